@@ -1,0 +1,126 @@
+"""One error hierarchy for every service, and the gRPC ↔ HTTP status table.
+
+Each error carries its gRPC status and HTTP status (DESIGN.md §3). Only the gRPC
+server interceptor (`services.common.server`) and the gateway's exception
+handlers translate errors into wire statuses.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+#: gRPC status → HTTP status, the table of DESIGN.md §3.
+GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 400,
+    grpc.StatusCode.INTERNAL: 500,
+}
+
+GENERIC_INTERNAL_MESSAGE = "internal error; see the service logs"
+
+
+class HfmeshError(Exception):
+    """Base class; `message` is safe to show to clients."""
+
+    grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    http_status: int = 500
+    #: Seconds a client should wait before retrying (503/429 answers).
+    retry_after: float | None = None
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+
+class InvalidArgument(HfmeshError):
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    http_status = 400
+
+
+class NotFound(HfmeshError):
+    grpc_code = grpc.StatusCode.NOT_FOUND
+    http_status = 404
+
+
+class Unavailable(HfmeshError):
+    """Model loading, not ready, or the service is draining."""
+
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    http_status = 503
+    retry_after = 1.0
+
+
+class Overloaded(Unavailable):
+    """Queue full or admission refused."""
+
+
+class ResourceExhausted(HfmeshError):
+    """A tenant over its rate or token limit."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 429
+    retry_after = 1.0
+
+
+class PayloadTooLarge(ResourceExhausted):
+    http_status = 413
+    retry_after = None
+
+
+class DeadlineExceeded(HfmeshError):
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    http_status = 504
+
+
+class Cancelled(HfmeshError):
+    grpc_code = grpc.StatusCode.CANCELLED
+    http_status = 499
+
+
+class Unimplemented(HfmeshError):
+    """The operation does not exist for this model or task."""
+
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+    http_status = 400
+
+
+class InternalError(HfmeshError):
+    """A bug. Clients only ever see the generic message."""
+
+    def __init__(self, message: str = GENERIC_INTERNAL_MESSAGE) -> None:
+        super().__init__(message)
+
+
+_BY_CODE: dict[grpc.StatusCode, type[HfmeshError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.CANCELLED: Cancelled,
+    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+}
+
+
+def http_status_for(code: grpc.StatusCode) -> int:
+    """HTTP status for a gRPC status; anything outside the table is a 500."""
+    return GRPC_TO_HTTP.get(code, 500)
+
+
+def from_grpc(code: grpc.StatusCode, details: str | None) -> HfmeshError:
+    """The error a failed downstream RPC means to our own callers."""
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        return InternalError()
+    return cls(details or code.name.lower())
+
+
+def from_rpc_error(error: grpc.RpcError) -> HfmeshError:
+    return from_grpc(error.code(), error.details())

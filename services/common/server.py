@@ -1,0 +1,211 @@
+"""gRPC server runner shared by every service.
+
+`GrpcServiceRunner.start()` binds (port 0 picks a free port) and returns the
+bound port. Health (`grpc.health.v1`) answers NOT_SERVING until `set_serving(True)`
+— engines call it once their model is loaded — and NOT_SERVING again while
+draining. Reflection is on. SIGTERM/SIGINT → NOT_SERVING → `server.stop(grace)`.
+
+`ErrorInterceptor` is the one place where exceptions become gRPC statuses
+(DESIGN.md §3): `HfmeshError` → its status and message; anything else →
+INTERNAL with a generic message, the traceback only in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any, Awaitable, Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.errors import GENERIC_INTERNAL_MESSAGE, HfmeshError
+from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
+from services.common.pb import inference_pb2, pool
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+OIP_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+def request_id_from(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and value:
+            return value
+    return new_request_id()
+
+
+async def _translate(error: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
+    if isinstance(error, HfmeshError):
+        if error.retry_after is not None:
+            context.set_trailing_metadata((("retry-after", str(int(max(1, error.retry_after)))),))
+        await context.abort(error.grpc_code, error.message)
+    logger.exception("unhandled error in %s", method)
+    await context.abort(grpc.StatusCode.INTERNAL, GENERIC_INTERNAL_MESSAGE)
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps errors to statuses and binds the request id for logging."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            async def unary_unary(request, context):
+                request_id_var.set(request_id_from(context))
+                try:
+                    return await inner(request, context)
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception as error:  # noqa: BLE001 - the translation point
+                    await _translate(error, context, method)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_stream or handler.unary_stream:
+            streaming = handler.stream_stream or handler.unary_stream
+
+            async def stream(request, context):
+                request_id_var.set(request_id_from(context))
+                try:
+                    async for response in streaming(request, context):
+                        yield response
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception as error:  # noqa: BLE001
+                    await _translate(error, context, method)
+
+            factory = (
+                grpc.stream_stream_rpc_method_handler
+                if handler.stream_stream
+                else grpc.unary_stream_rpc_method_handler
+            )
+            return factory(stream, handler.request_deserializer, handler.response_serializer)
+        return handler
+
+
+def _reflection_pool():
+    """hfmesh's pool (see scripts/gen_proto.py) plus the health and reflection protos."""
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    for module in (health_pb2, reflection_pb2):
+        try:
+            pool.POOL.FindFileByName(module.DESCRIPTOR.name)
+        except KeyError:
+            pool.POOL.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+    return pool.POOL
+
+
+class GrpcServiceRunner:
+    """Owns one `grpc.aio` server: health, reflection, error interceptor, drain."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        grace_seconds: float = 30.0,
+        extra_service_names: Iterable[str] = (),
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.grace_seconds = grace_seconds
+        self.server = grpc.aio.server(
+            interceptors=[ErrorInterceptor()],
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self._service_names = [OIP_SERVICE, *extra_service_names]
+        reflection.enable_server_reflection(
+            [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME],
+            self.server,
+            pool=_reflection_pool(),
+        )
+        self._stopping = asyncio.Event()
+        self.bound_port: int | None = None
+
+    def add(self, register: Callable[[grpc.aio.Server], Any]) -> None:
+        """Register a servicer: `runner.add(lambda s: add_XServicer_to_server(x, s))`."""
+        register(self.server)
+
+    async def start(self) -> int:
+        address = f"{self.host}:{self.port}"
+        self.bound_port = self.server.add_insecure_port(address)
+        if not self.bound_port:
+            raise OSError(f"cannot bind {address}")
+        await self.server.start()
+        await self.set_serving(False)
+        logger.info("gRPC listening on %s:%d", self.host, self.bound_port)
+        return self.bound_port
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self._service_names):
+            await self.health.set(name, status)
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_for_stop_signal(self) -> None:
+        await self._stopping.wait()
+
+    async def drain_and_stop(self) -> None:
+        logger.info("draining: health NOT_SERVING, stopping with %.0fs grace", self.grace_seconds)
+        await self.set_serving(False)
+        await self.server.stop(self.grace_seconds)
+
+
+async def serve(
+    runner: GrpcServiceRunner,
+    load: Callable[[], Awaitable[None]] | None = None,
+    shutdown: Callable[[], Awaitable[None]] | None = None,
+    on_bound: Callable[[int], None] | None = None,
+) -> None:
+    """Start, load (health NOT_SERVING meanwhile), serve until SIGTERM, drain, shut down.
+
+    A failed load is fatal: the process exits non-zero so an orchestrator restarts it.
+    """
+    port = await runner.start()
+    runner.install_signal_handlers()
+    if on_bound:
+        on_bound(port)
+    try:
+        if load is not None:
+            load_task = asyncio.ensure_future(load())
+            stop_task = asyncio.ensure_future(runner.wait_for_stop_signal())
+            done, _ = await asyncio.wait({load_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            if load_task not in done:
+                load_task.cancel()
+                await runner.drain_and_stop()
+                return
+            stop_task.cancel()
+            load_task.result()
+        await runner.set_serving(True)
+        logger.info("serving on port %d", port)
+        await runner.wait_for_stop_signal()
+        await runner.drain_and_stop()
+    finally:
+        if shutdown is not None:
+            await shutdown()

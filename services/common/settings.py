@@ -1,0 +1,92 @@
+"""Typed settings: one pydantic model per service, filled from flags and environment.
+
+`parse_settings(Model, argv)` builds an argparse parser from the model's fields
+(the field descriptions become `--help`), reads `HFMESH_<FIELD>` environment
+variables as defaults, validates, and returns the model plus any arguments it
+did not know (the vLLM engine passes those through to vLLM; other services
+reject them). This is the only place services read the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import types
+import typing
+from typing import Any, TypeVar, Union
+
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+ENV_PREFIX = "HFMESH_"
+
+
+def _base_type(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _base_type(args[0]) if len(args) == 1 else str
+    return annotation
+
+
+def _env_value(name: str, env: dict[str, str]) -> str | None:
+    return env.get(ENV_PREFIX + name.upper())
+
+
+def build_parser(model: type[BaseModel], *, prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    for name, field in model.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        flags = [f"--{name}"]
+        if "-" not in name and "_" in name:
+            flags.append(f"--{name.replace('_', '-')}")
+        flags += list(extra.get("aliases", []))
+        help_text = (field.description or "") + f" [env {ENV_PREFIX}{name.upper()}]"
+        kind = _base_type(field.annotation)
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        if kind is bool:
+            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif typing.get_origin(kind) is list:
+            parser.add_argument(*flags, dest=name, nargs="*", default=default, help=help_text)
+        else:
+            parser.add_argument(*flags, dest=name, default=default, help=help_text, metavar=name.upper())
+    return parser
+
+
+def parse_settings(
+    model: type[M],
+    argv: list[str] | None = None,
+    *,
+    prog: str,
+    description: str,
+    allow_unknown: bool = False,
+    env: dict[str, str] | None = None,
+) -> tuple[M, list[str]]:
+    env = dict(os.environ) if env is None else env
+    parser = build_parser(model, prog=prog, description=description)
+    if allow_unknown:
+        namespace, unknown = parser.parse_known_args(argv)
+    else:
+        namespace, unknown = parser.parse_args(argv), []
+    values: dict[str, Any] = {}
+    given = vars(namespace)
+    for name, field in model.model_fields.items():
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        value = given.get(name)
+        if value == default:
+            from_env = _env_value(name, env)
+            if from_env is not None:
+                value = from_env
+        if value is not None or not field.is_required():
+            values[name] = value
+    try:
+        return model.model_validate(values), unknown
+    except ValidationError as error:
+        problems = "; ".join(
+            f"--{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        parser.error(problems)
+        raise  # unreachable: parser.error exits
