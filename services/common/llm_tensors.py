@@ -1,0 +1,217 @@
+"""Triton vLLM-backend LLM tensors ↔ `GenerateRequest` / `GenerateDelta`.
+
+Inputs (DESIGN.md §3): `text_input` BYTES [1] or our `input_ids` INT64 [n];
+`stream`, `exclude_input_in_output`, `return_finish_reason`,
+`return_num_input_tokens`, `return_num_output_tokens`, `return_logprobs` BOOL [1];
+`sampling_parameters` BYTES [1] holding JSON of vLLM `SamplingParams` fields.
+Sampling fields may also come as request parameters (KServe style); the JSON wins.
+
+Outputs: `text_output` BYTES, `output_ids` INT64, and — on the last response of
+a sequence, or on every response when the matching `return_*` flag is set —
+`finish_reason` BYTES [1], `num_input_tokens` / `num_output_tokens` INT64 [1].
+`logprobs` BYTES [1] is JSON: a list, one entry per new token,
+`{"token_id": int, "logprob": float, "top_logprobs": {"<id>": float}}`.
+With `n` > 1, each response also carries `sequence_index` INT64 [1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from services.common.codec import InferRequest, InferResponse, Tensor, as_bytes_array
+from services.common.engine import GenerateDelta, GenerateRequest, SamplingParams
+from services.common.errors import InvalidArgument
+
+_SAMPLING_FIELDS = {f.name: f for f in dataclasses.fields(SamplingParams) if f.name != "extra"}
+_FLAG_INPUTS = (
+    "stream",
+    "exclude_input_in_output",
+    "return_finish_reason",
+    "return_num_input_tokens",
+    "return_num_output_tokens",
+    "return_logprobs",
+)
+_KNOWN_INPUTS = {"text_input", "input_ids", "sampling_parameters", *_FLAG_INPUTS}
+# Request parameters that are protocol options, not sampling fields.
+_PROTOCOL_PARAMETERS = {"triton_enable_empty_final_response", "sequence_id", "priority", "timeout"}
+
+
+@dataclass
+class LLMOptions:
+    """How to shape the responses of one generation request."""
+
+    stream: bool = False
+    exclude_input_in_output: bool = False
+    return_finish_reason: bool = False
+    return_num_input_tokens: bool = False
+    return_num_output_tokens: bool = False
+    return_logprobs: bool = False
+    empty_final_response: bool = False
+    requested_outputs: tuple[str, ...] = ()
+
+
+def _scalar(tensor: Tensor) -> Any:
+    if tensor.data.size != 1:
+        raise InvalidArgument(f"tensor '{tensor.name}': expected one element, got shape {list(tensor.shape)}")
+    return tensor.data.ravel()[0]
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Triton clients often send numbers as strings; accept both."""
+    try:
+        if isinstance(default, bool) or name in ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens"):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1")
+            return bool(value)
+        if name in ("stop", "stop_token_ids"):
+            items = [value] if isinstance(value, (str, int)) else list(value)
+            return [int(v) for v in items] if name == "stop_token_ids" else [str(v) for v in items]
+        if value is None:
+            return None
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, int) or name in ("seed", "max_tokens", "logprobs"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"sampling parameter '{name}': invalid value {value!r}") from None
+    return value
+
+
+def sampling_from_mapping(values: dict[str, Any]) -> SamplingParams:
+    """`SamplingParams` from a dict of vLLM field names; unknown keys go to `extra`."""
+    params = SamplingParams()
+    for key, value in values.items():
+        spec = _SAMPLING_FIELDS.get(key)
+        if spec is None:
+            params.extra[key] = value
+            continue
+        setattr(params, key, _coerce(key, value, getattr(params, key)))
+    if params.n < 1:
+        raise InvalidArgument(f"sampling parameter 'n' must be at least 1, got {params.n}")
+    if params.max_tokens is not None and params.max_tokens < 1:
+        raise InvalidArgument(f"sampling parameter 'max_tokens' must be at least 1, got {params.max_tokens}")
+    if params.temperature < 0:
+        raise InvalidArgument(f"sampling parameter 'temperature' must be >= 0, got {params.temperature}")
+    if not 0 < params.top_p <= 1:
+        raise InvalidArgument(f"sampling parameter 'top_p' must be in (0, 1], got {params.top_p}")
+    return params
+
+
+def parse_generate_request(request: InferRequest, request_id: str) -> tuple[GenerateRequest, LLMOptions]:
+    for tensor in request.inputs:
+        if tensor.name not in _KNOWN_INPUTS:
+            raise InvalidArgument(
+                f"unknown input '{tensor.name}' for generative model '{request.model_name}' "
+                f"(expected text_input or input_ids, sampling_parameters, stream, ...)"
+            )
+    text, ids = request.input("text_input"), request.input("input_ids")
+    if (text is None) == (ids is None):
+        raise InvalidArgument("a generation request needs exactly one of 'text_input' or 'input_ids'")
+    prompt = prompt_ids = None
+    if text is not None:
+        if text.datatype != "BYTES":
+            raise InvalidArgument(f"tensor 'text_input': datatype must be BYTES, got {text.datatype}")
+        try:
+            prompt = bytes(_scalar(text)).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument("tensor 'text_input': not valid UTF-8") from None
+        if not prompt:
+            raise InvalidArgument("tensor 'text_input': the prompt is empty")
+    else:
+        if ids.datatype not in ("INT64", "INT32"):
+            raise InvalidArgument(f"tensor 'input_ids': datatype must be INT64, got {ids.datatype}")
+        if ids.data.ndim > 2 or (ids.data.ndim == 2 and ids.data.shape[0] != 1):
+            raise InvalidArgument(f"tensor 'input_ids': expected shape [n] or [1, n], got {list(ids.shape)}")
+        prompt_ids = [int(v) for v in ids.data.ravel()]
+        if not prompt_ids:
+            raise InvalidArgument("tensor 'input_ids': the prompt is empty")
+        if min(prompt_ids) < 0:
+            raise InvalidArgument("tensor 'input_ids': token ids must be non-negative")
+    values = {k: v for k, v in request.parameters.items() if k not in _PROTOCOL_PARAMETERS}
+    sampling_json = request.input("sampling_parameters")
+    if sampling_json is not None:
+        try:
+            decoded = json.loads(bytes(_scalar(sampling_json)).decode("utf-8") or "{}")
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InvalidArgument(f"tensor 'sampling_parameters': not valid JSON ({error})") from None
+        if not isinstance(decoded, dict):
+            raise InvalidArgument("tensor 'sampling_parameters': expected a JSON object")
+        values.update(decoded)
+    options = LLMOptions(
+        empty_final_response=bool(request.parameters.get("triton_enable_empty_final_response", False)),
+        requested_outputs=tuple(request.requested_outputs),
+    )
+    for flag in _FLAG_INPUTS:
+        tensor = request.input(flag)
+        if tensor is not None:
+            setattr(options, flag, bool(_scalar(tensor)))
+    generate = GenerateRequest(
+        request_id=request_id,
+        model=request.model_name,
+        sampling=sampling_from_mapping(values),
+        prompt=prompt,
+        prompt_token_ids=prompt_ids,
+    )
+    return generate, options
+
+
+def _logprobs_json(deltas: list[GenerateDelta]) -> bytes:
+    entries = []
+    for delta in deltas:
+        for i, token_id in enumerate(delta.token_ids):
+            entry: dict[str, Any] = {"token_id": token_id}
+            if delta.logprobs is not None and i < len(delta.logprobs):
+                entry["logprob"] = delta.logprobs[i]
+            if delta.top_logprobs is not None and i < len(delta.top_logprobs):
+                entry["top_logprobs"] = {str(k): v for k, v in delta.top_logprobs[i].items()}
+            entries.append(entry)
+    return json.dumps(entries).encode()
+
+
+def response_for(
+    request: InferRequest,
+    options: LLMOptions,
+    deltas: list[GenerateDelta],
+    *,
+    text_prefix: str = "",
+    n: int = 1,
+) -> InferResponse:
+    """One response from the deltas of one sequence (streaming) or a whole generation."""
+    last = deltas[-1]
+    final = last.finish_reason is not None
+    text = text_prefix + "".join(d.text for d in deltas)
+    ids = [t for d in deltas for t in d.token_ids]
+    outputs = [
+        Tensor("text_output", "BYTES", as_bytes_array([text])),
+        Tensor("output_ids", "INT64", np.asarray(ids, dtype=np.int64)),
+    ]
+    if final or options.return_finish_reason:
+        outputs.append(Tensor("finish_reason", "BYTES", as_bytes_array([last.finish_reason or ""])))
+    if final or options.return_num_input_tokens:
+        outputs.append(Tensor("num_input_tokens", "INT64", np.asarray([last.num_input_tokens], dtype=np.int64)))
+    if final or options.return_num_output_tokens:
+        outputs.append(Tensor("num_output_tokens", "INT64", np.asarray([last.num_output_tokens], dtype=np.int64)))
+    if options.return_logprobs:
+        outputs.append(Tensor("logprobs", "BYTES", as_bytes_array([_logprobs_json(deltas)])))
+    if n > 1:
+        outputs.append(Tensor("sequence_index", "INT64", np.asarray([last.index], dtype=np.int64)))
+    if options.requested_outputs:
+        wanted = set(options.requested_outputs)
+        outputs = [t for t in outputs if t.name in wanted]
+    parameters = {"triton_final_response": False} if options.empty_final_response else {}
+    return InferResponse(model_name=request.model_name, id=request.id, outputs=outputs, parameters=parameters)
+
+
+def empty_final_response(request: InferRequest) -> InferResponse:
+    return InferResponse(
+        model_name=request.model_name, id=request.id, outputs=[], parameters={"triton_final_response": True}
+    )

@@ -1,0 +1,300 @@
+"""The OIP v2 `GRPCInferenceService` for any `Engine`.
+
+A thin adapter: protobuf in → `converters` → engine call → `converters` →
+protobuf out. Generative models speak the Triton vLLM-backend tensors
+(`llm_tensors`); encoder models take text (BYTES) or token tensors.
+
+`ModelStreamInfer` is decoupled, as in Triton: several requests may share one
+stream and run concurrently; a request's failure is sent as that response's
+`error_message` and the stream stays open. When the call is cancelled, every
+generation it started is aborted in the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import AsyncIterator
+
+import grpc
+import numpy as np
+
+from services.common import llm_tensors
+from services.common.codec import InferRequest, InferResponse, Tensor, as_bytes_array, datatype_of
+from services.common.converters import (
+    infer_request_from_pb,
+    infer_response_to_pb,
+    model_metadata_to_pb,
+)
+from services.common.engine import EncodeRequest, Engine, GenerateDelta, ModelInfo, Task
+from services.common.errors import HfmeshError, InvalidArgument, NotFound, Unavailable
+from services.common.logs import request_id_var
+from services.common.pb import inference_pb2 as pb
+from services.common.pb import inference_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+VERSION = "0.1.0"
+EXTENSIONS = ["model_repository", "model_repository(unload_dependents)", "schedule_policy", "binary_tensor_data"]
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, engine: Engine, *, server_name: str) -> None:
+        self.engine = engine
+        self.server_name = server_name
+
+    # -- health and metadata -------------------------------------------------
+
+    def _model(self, name: str) -> ModelInfo:
+        for info in self.engine.models():
+            if info.name == name:
+                return info
+        known = ", ".join(m.name for m in self.engine.models()) or "none"
+        raise NotFound(f"unknown model '{name}' (this server serves: {known})")
+
+    def _ready_model(self, name: str) -> ModelInfo:
+        info = self._model(name)
+        if not info.ready:
+            raise Unavailable(f"model '{name}' is not ready ({info.state.value.lower()}{': ' + info.reason if info.reason else ''})")
+        return info
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=self.engine.healthy())
+
+    async def ServerReady(self, request, context):
+        models = self.engine.models()
+        ready = self.engine.healthy() and bool(models) and all(m.ready for m in models)
+        return pb.ServerReadyResponse(ready=ready)
+
+    async def ModelReady(self, request, context):
+        try:
+            return pb.ModelReadyResponse(ready=self._model(request.name).ready)
+        except NotFound:
+            return pb.ModelReadyResponse(ready=False)
+
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name=self.server_name, version=VERSION, extensions=EXTENSIONS)
+
+    async def ModelMetadata(self, request, context):
+        return model_metadata_to_pb(self._model(request.name))
+
+    # -- repository ----------------------------------------------------------
+
+    async def RepositoryIndex(self, request, context):
+        response = pb.RepositoryIndexResponse()
+        for info in self.engine.models():
+            if request.ready and not info.ready:
+                continue
+            response.models.add(name=info.name, version="1", state=info.state.value, reason=info.reason)
+        return response
+
+    async def RepositoryModelLoad(self, request, context):
+        parameter = request.parameters.get("lora_path")
+        path = parameter.string_param if parameter is not None else ""
+        if not path:
+            self._model(request.model_name)  # loading a served base model is a no-op
+            return pb.RepositoryModelLoadResponse()
+        await self.engine.load_adapter(request.model_name, path)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context):
+        self._model(request.model_name)
+        await self.engine.unload_adapter(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    # -- inference -----------------------------------------------------------
+
+    async def ModelInfer(self, request, context):
+        infer = infer_request_from_pb(request)
+        info = self._ready_model(infer.model_name)
+        if info.task.is_generative:
+            response = await self._generate_whole(infer)
+        else:
+            response = await self._encode(infer, info)
+        return infer_response_to_pb(response, raw=infer.raw)
+
+    async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        queue: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        tasks: set[asyncio.Task] = set()
+
+        async def run_one(message: pb.ModelInferRequest) -> None:
+            try:
+                async for response in self._stream_one(message):
+                    await queue.put(pb.ModelStreamInferResponse(infer_response=response))
+            except HfmeshError as error:
+                await queue.put(_stream_error(message, error.message))
+            except Exception:  # noqa: BLE001 - one request's bug must not end the stream
+                logger.exception("stream request failed")
+                await queue.put(_stream_error(message, "internal error; see the service logs"))
+
+        async def read_requests() -> None:
+            async for message in request_iterator:
+                task = asyncio.ensure_future(run_one(message))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*list(tasks), return_exceptions=True)
+            await queue.put(None)
+
+        reader = asyncio.ensure_future(read_requests())
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+            await asyncio.gather(reader, *tasks, return_exceptions=True)
+
+    async def _stream_one(self, message: pb.ModelInferRequest) -> AsyncIterator[pb.ModelInferResponse]:
+        infer = infer_request_from_pb(message)
+        info = self._ready_model(infer.model_name)
+        if not info.task.is_generative:
+            yield infer_response_to_pb(await self._encode(infer, info), raw=infer.raw)
+            return
+        generate, options = llm_tensors.parse_generate_request(infer, self._engine_request_id(infer))
+        n = generate.sampling.n
+        if not options.stream:
+            response = await self._collect(infer, generate, options)
+            yield infer_response_to_pb(response, raw=infer.raw)
+        else:
+            async for delta in self._deltas(generate):
+                response = llm_tensors.response_for(infer, options, [delta], n=n)
+                yield infer_response_to_pb(response, raw=infer.raw)
+        if options.empty_final_response:
+            yield infer_response_to_pb(llm_tensors.empty_final_response(infer), raw=infer.raw)
+
+    # -- generation helpers --------------------------------------------------
+
+    def _engine_request_id(self, infer: InferRequest) -> str:
+        base = infer.id or request_id_var.get()
+        return f"{base}-{uuid.uuid4().hex[:8]}" if base and base != "-" else uuid.uuid4().hex
+
+    async def _deltas(self, generate) -> AsyncIterator[GenerateDelta]:
+        """Engine deltas; a cancelled caller aborts the engine request."""
+        finished = False
+        try:
+            async for delta in self.engine.generate(generate):
+                yield delta
+            finished = True
+        finally:
+            if not finished:
+                await asyncio.shield(self.engine.abort(generate.request_id))
+
+    async def _generate_whole(self, infer: InferRequest) -> InferResponse:
+        generate, options = llm_tensors.parse_generate_request(infer, self._engine_request_id(infer))
+        return await self._collect(infer, generate, options)
+
+    async def _collect(self, infer, generate, options) -> InferResponse:
+        by_index: dict[int, list[GenerateDelta]] = {}
+        async for delta in self._deltas(generate):
+            by_index.setdefault(delta.index, []).append(delta)
+        prefix = "" if options.exclude_input_in_output or generate.prompt is None else generate.prompt
+        n = generate.sampling.n
+        if n == 1:
+            return llm_tensors.response_for(infer, options, by_index.get(0, []), text_prefix=prefix)
+        return _combine_sequences(infer, options, by_index, n, prefix)
+
+    # -- encoders ------------------------------------------------------------
+
+    async def _encode(self, infer: InferRequest, info: ModelInfo) -> InferResponse:
+        request = encode_request_from(infer, info, self._engine_request_id(infer))
+        result = await self.engine.encode(request)
+        outputs = [Tensor(name, datatype_of(array), array) for name, array in result.outputs.items()]
+        if infer.requested_outputs:
+            wanted = set(infer.requested_outputs)
+            unknown = wanted - {t.name for t in outputs}
+            if unknown:
+                raise InvalidArgument(f"unknown output '{sorted(unknown)[0]}' for model '{info.name}'")
+            outputs = [t for t in outputs if t.name in wanted]
+        return InferResponse(model_name=infer.model_name, id=infer.id, outputs=outputs)
+
+
+def encode_request_from(infer: InferRequest, info: ModelInfo, request_id: str) -> EncodeRequest:
+    """Text style (BYTES inputs) or tensor style (`input_ids` ...) — never both."""
+    names = [t.name for t in infer.inputs]
+    if not infer.inputs:
+        raise InvalidArgument(f"model '{info.name}' needs at least one input")
+    options = dict(infer.parameters)
+    if "input_ids" in names:
+        tensors: dict[str, np.ndarray] = {}
+        for tensor in infer.inputs:
+            if tensor.name not in TOKEN_INPUTS:
+                raise InvalidArgument(
+                    f"unknown input '{tensor.name}' for model '{info.name}' (token inputs are {', '.join(TOKEN_INPUTS)})"
+                )
+            if tensor.datatype not in ("INT64", "INT32"):
+                raise InvalidArgument(f"tensor '{tensor.name}': datatype must be INT64, got {tensor.datatype}")
+            if tensor.data.ndim != 2:
+                raise InvalidArgument(f"tensor '{tensor.name}': expected shape [N, L], got {list(tensor.shape)}")
+            tensors[tensor.name] = tensor.data.astype(np.int64)
+        shape = tensors["input_ids"].shape
+        for name, array in tensors.items():
+            if array.shape != shape:
+                raise InvalidArgument(f"tensor '{name}': shape {list(array.shape)} differs from input_ids {list(shape)}")
+        return EncodeRequest(request_id=request_id, model=info.name, tensors=tensors, options=options)
+    for tensor in infer.inputs:
+        if tensor.datatype != "BYTES":
+            raise InvalidArgument(
+                f"tensor '{tensor.name}': text inputs are BYTES, got {tensor.datatype} (token inputs are named input_ids ...)"
+            )
+    if info.task is Task.RERANK:
+        query, documents = infer.input("query"), infer.input("documents")
+        if query is None or documents is None or len(infer.inputs) != 2:
+            raise InvalidArgument(f"rerank model '{info.name}' takes BYTES inputs 'query' [1] and 'documents' [N]")
+        q = _text(query.data.ravel()[0], "query") if query.data.size == 1 else None
+        if q is None:
+            raise InvalidArgument(f"tensor 'query': expected one element, got shape {list(query.shape)}")
+        pairs = [(q, _text(d, "documents")) for d in documents.data.ravel()]
+        return EncodeRequest(request_id=request_id, model=info.name, pairs=pairs, options=options)
+    if len(infer.inputs) != 1:
+        raise InvalidArgument(f"model '{info.name}' takes one BYTES input, got {', '.join(names)}")
+    texts = [_text(item, infer.inputs[0].name) for item in infer.inputs[0].data.ravel()]
+    if not texts:
+        raise InvalidArgument(f"tensor '{infer.inputs[0].name}' is empty")
+    return EncodeRequest(request_id=request_id, model=info.name, texts=texts, options=options)
+
+
+def _text(item: object, name: str) -> str:
+    try:
+        return bytes(item).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"tensor '{name}': not valid UTF-8") from None
+
+
+def _combine_sequences(infer, options, by_index, n, prefix) -> InferResponse:
+    texts, ids, reasons, counts = [], [], [], []
+    num_input = 0
+    for index in range(n):
+        deltas = by_index.get(index, [])
+        texts.append(prefix + "".join(d.text for d in deltas))
+        ids.append([t for d in deltas for t in d.token_ids])
+        reasons.append(deltas[-1].finish_reason or "" if deltas else "")
+        counts.append(deltas[-1].num_output_tokens if deltas else 0)
+        num_input = deltas[-1].num_input_tokens if deltas else num_input
+    width = max((len(x) for x in ids), default=0)
+    padded = np.full((n, width), -1, dtype=np.int64)
+    for row, values in enumerate(ids):
+        padded[row, : len(values)] = values
+    outputs = [
+        Tensor("text_output", "BYTES", as_bytes_array(texts)),
+        Tensor("output_ids", "INT64", padded),
+        Tensor("finish_reason", "BYTES", as_bytes_array(reasons)),
+        Tensor("num_input_tokens", "INT64", np.asarray([num_input], dtype=np.int64)),
+        Tensor("num_output_tokens", "INT64", np.asarray(counts, dtype=np.int64)),
+    ]
+    if options.requested_outputs:
+        outputs = [t for t in outputs if t.name in set(options.requested_outputs)]
+    return InferResponse(model_name=infer.model_name, id=infer.id, outputs=outputs)
+
+
+def _stream_error(message: pb.ModelInferRequest, text: str) -> pb.ModelStreamInferResponse:
+    return pb.ModelStreamInferResponse(
+        error_message=text,
+        infer_response=pb.ModelInferResponse(model_name=message.model_name, id=message.id),
+    )
