@@ -1,0 +1,28 @@
+# hfmesh — the two commands: `make run` (the local mesh) and `make test`.
+PY := .venv/bin/python
+PYTEST := $(PY) -m pytest
+
+.PHONY: setup run test test-quick test-slow proto bench clean
+
+setup:
+	scripts/setup.sh
+
+## Start the whole mesh locally on the default models; prints the URL to call.
+run: setup
+	$(PY) -m services.launcher
+
+## The full test suite (what CI runs).
+test: setup
+	HF_HUB_OFFLINE=1 $(PYTEST) tests
+
+## The quick tier: no real model loads, no multi-process meshes.
+test-quick: setup
+	HF_HUB_OFFLINE=1 $(PYTEST) tests -m "not slow"
+
+proto:
+	$(PY) scripts/gen_proto.py
+
+bench: setup
+	$(PY) bench/engine_hf.py
+	$(PY) bench/gateway.py
+	$(PY) bench/vllm_mesh.py
