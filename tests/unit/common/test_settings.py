@@ -1,0 +1,31 @@
+import pytest
+from pydantic import BaseModel, Field
+
+from services.common.settings import build_parser, parse_settings
+
+
+class Example(BaseModel):
+    model_name: str = Field("model", description="name clients use")
+    max_model_len: int | None = Field(None, description="context limit", json_schema_extra={"aliases": ["--max_length"]})
+    disable_lower_case: bool = Field(False, description="keep case")
+    port: int = Field(0, description="port")
+
+
+def test_flags_aliases_and_env():
+    settings, extra = parse_settings(
+        Example, ["--max_length", "128", "--disable_lower_case", "--enforce-eager"],
+        prog="x", description="d", allow_unknown=True, env={"HFMESH_PORT": "9"},
+    )
+    assert settings.max_model_len == 128 and settings.disable_lower_case and settings.port == 9
+    assert extra == ["--enforce-eager"]
+
+
+def test_help_comes_from_descriptions():
+    text = build_parser(Example, prog="x", description="d").format_help()
+    assert "name clients use" in text and "HFMESH_MODEL_NAME" in text
+
+
+def test_invalid_value_names_the_flag(capsys):
+    with pytest.raises(SystemExit):
+        parse_settings(Example, ["--port", "abc"], prog="x", description="d", env={})
+    assert "--port" in capsys.readouterr().err
