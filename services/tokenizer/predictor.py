@@ -1,0 +1,61 @@
+"""The client of the predictor behind the tokenizer in transformer mode.
+
+Any OIP v2 gRPC server works (the HF engine's tensor path, Triton, MLServer):
+one `ModelInfer` per request, raw tensors, the request id as metadata, and a
+deadline on every call.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import numpy as np
+
+from services.common.codec import InferRequest, Tensor
+from services.common.converters import infer_request_to_pb, infer_response_from_pb
+from services.common.errors import from_rpc_error
+from services.common.logs import REQUEST_ID_HEADER
+from services.common.pb import inference_pb2_grpc as pb_grpc
+from services.common.server import MAX_MESSAGE_BYTES
+
+logger = logging.getLogger(__name__)
+
+
+class PredictorClient:
+    """A long-lived channel to one OIP v2 predictor."""
+
+    def __init__(self, address: str, *, timeout: float = 60.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+
+    async def infer(
+        self, model_name: str, tensors: dict[str, np.ndarray], *, request_id: str, timeout: float | None = None
+    ) -> dict[str, np.ndarray]:
+        request = InferRequest(
+            model_name=model_name,
+            id=request_id,
+            inputs=[Tensor(name, "INT64", array.astype(np.int64)) for name, array in tensors.items()],
+        )
+        try:
+            reply = await self._stub.ModelInfer(
+                infer_request_to_pb(request, raw=True),
+                timeout=timeout or self.timeout,
+                metadata=((REQUEST_ID_HEADER, request_id),),
+            )
+        except grpc.aio.AioRpcError as error:
+            logger.info("predictor %s answered %s: %s", self.address, error.code().name, error.details())
+            raise from_rpc_error(error) from None
+        response = infer_response_from_pb(reply)
+        return {tensor.name: tensor.data for tensor in response.outputs}
+
+    async def close(self) -> None:
+        await self._channel.close()
