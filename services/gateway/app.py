@@ -1,0 +1,57 @@
+"""The gateway app factory: `build_app(settings)`.
+
+The lifespan opens one gRPC channel per mesh service (with its health watch)
+and closes them on shutdown; everything long-lived sits on `app.state.gateway`.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from services.common.mesh import MeshPlan, load_mesh
+from services.gateway.errors import install_error_handlers
+from services.gateway.kserve.router import build_v1_router, build_v2_router
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.middleware import AccessMiddleware, ApiKeyMiddleware, BodyLimitMiddleware, RequestIdMiddleware
+from services.gateway.openai.router import build_router as build_openai_router
+from services.gateway.routing import Router
+from services.gateway.settings import GatewaySettings
+from services.gateway.state import build_state
+
+logger = logging.getLogger(__name__)
+
+
+def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAPI:
+    if plan is None and settings.model_list:
+        plan = load_mesh(settings.model_list)
+    router = Router(plan)
+    metrics = GatewayMetrics(router)
+    state = build_state(settings, router, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await router.start()
+        logger.info("routing %d model(s): %s", len(router.routes), ", ".join(router.routes) or "none")
+        try:
+            yield
+        finally:
+            await router.close()
+
+    app = FastAPI(title="hfmesh gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.gateway = state
+    prefix = settings.openai_prefix_path
+    install_error_handlers(app, openai_prefix=prefix, retry_after=settings.retry_after)
+    # With an empty prefix OpenAI's GET /v1/models answers before KServe V1's list.
+    app.include_router(build_openai_router(prefix))
+    app.include_router(build_v1_router())
+    app.include_router(build_v2_router())
+    # Added innermost first: the request id wraps everything.
+    if settings.api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key, openai_prefix=prefix)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, openai_prefix=prefix)
+    app.add_middleware(AccessMiddleware, metrics=metrics, openai_prefix=prefix)
+    app.add_middleware(RequestIdMiddleware)
+    return app

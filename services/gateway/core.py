@@ -1,0 +1,186 @@
+"""The gateway's transport-free core: the mesh seen as typed operations.
+
+Routers (OpenAI, KServe V1/V2) translate HTTP to these calls and back; this
+module orchestrates the hops (tokenizer → engine → tokenizer), checks what can
+be checked before any engine work, and picks engine replicas with fallback.
+No FastAPI here; protobuf stays inside `grpc_clients`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import numpy as np
+
+from services.common.codec import InferRequest, InferResponse, Tensor
+from services.common.engine import Task
+from services.common.errors import InvalidArgument, Unavailable
+from services.gateway import grpc_clients as rpc
+from services.gateway.grpc_clients import CallContext, EngineDelta, Rendered
+from services.gateway.routing import ModelRoute, Router
+from services.gateway.settings import GatewaySettings
+
+logger = logging.getLogger(__name__)
+
+ENCODER_TENSORS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class Encoded:
+    """An encoder task's result and how many tokens its inputs held."""
+
+    output: np.ndarray
+    num_tokens: int
+    token_counts: list[int]
+
+
+def check_task(route: ModelRoute, wanted: tuple[Task, ...], endpoint: str) -> None:
+    if route.task not in wanted:
+        needs = " or ".join(t.value for t in wanted)
+        raise InvalidArgument(
+            f"model '{route.name}' serves task {route.task.value}; {endpoint} needs a {needs} model"
+        )
+
+
+def check_context(prompt_tokens: int, max_tokens: int | None, limit: int | None) -> None:
+    """Reject (never clamp) a request that cannot fit the model's context."""
+    if limit is None:
+        return
+    if prompt_tokens >= limit:
+        raise InvalidArgument(
+            f"This model's maximum context length is {limit} tokens. However, your prompt has "
+            f"{prompt_tokens} tokens, which leaves no room for a completion. Please reduce the length of the prompt."
+        )
+    if max_tokens is not None and prompt_tokens + max_tokens > limit:
+        raise InvalidArgument(
+            f"This model's maximum context length is {limit} tokens. However, you requested "
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, {max_tokens} for the completion "
+            f"(max_tokens)). Please reduce the length of the prompt or max_tokens."
+        )
+
+
+class MeshClient:
+    """What the HTTP layers can ask of the mesh."""
+
+    def __init__(self, router: Router, settings: GatewaySettings) -> None:
+        self.router = router
+        self.settings = settings
+
+    def route(self, model: str) -> ModelRoute:
+        return self.router.route(model)
+
+    def context(self, request_id: str) -> CallContext:
+        return CallContext(request_id=request_id, deadline=time.monotonic() + self.settings.request_timeout)
+
+    def max_model_len(self, route: ModelRoute, rendered: Rendered | None = None) -> int | None:
+        return route.entry.max_model_len or (rendered.max_model_len if rendered else None)
+
+    # -- tokenizer hops ------------------------------------------------------
+
+    async def render_chat(self, route: ModelRoute, call: CallContext, **fields: Any) -> Rendered:
+        return await rpc.render(route.tokenizer(), route.name, call, cap=self.settings.tokenizer_timeout, **fields)
+
+    async def tokenize(self, route: ModelRoute, call: CallContext, text: str, *, add_special_tokens: bool | None = None) -> Rendered:
+        if not text:
+            raise InvalidArgument("the prompt is empty")
+        return await rpc.render(
+            route.tokenizer(), route.name, call, cap=self.settings.tokenizer_timeout,
+            text_input=text, add_special_tokens=add_special_tokens,
+        )
+
+    async def detokenize(self, route: ModelRoute, call: CallContext, ids: list[int]) -> str:
+        return await rpc.detokenize(route.tokenizer(), route.name, ids, call, cap=self.settings.tokenizer_timeout)
+
+    async def token_strings(self, route: ModelRoute, call: CallContext, ids: list[int]) -> list[str]:
+        if not ids:
+            return []
+        return await rpc.token_strings(route.tokenizer(), route.name, ids, call, cap=self.settings.tokenizer_timeout)
+
+    # -- generation ----------------------------------------------------------
+
+    async def generate(
+        self, route: ModelRoute, input_ids: list[int], sampling: dict[str, Any], call: CallContext, *, logprobs: bool
+    ) -> AsyncIterator[EngineDelta]:
+        """Stream engine deltas. An engine answering UNAVAILABLE before any output is
+        skipped and the next replica (or the fallback backend) is tried."""
+        request = rpc.generate_request(route.name, input_ids, sampling, logprobs=logprobs, request_id=call.request_id)
+        tried: set = set()
+        while True:
+            replica = route.engine(exclude=tried)
+            started = False
+            replica.in_flight += 1
+            try:
+                async for delta in rpc.stream_generate(replica, request, call):
+                    started = True
+                    yield delta
+                return
+            except Unavailable as error:
+                if started:
+                    raise
+                logger.warning("engine %s unavailable for %s (%s); trying another", replica.address, route.name, error.message)
+                replica.mark_failed()
+                tried.add(replica)
+            finally:
+                replica.in_flight -= 1
+
+    # -- encoder tasks (tokenizer preprocess → engine tensors → tokenizer postprocess)
+
+    async def encode(
+        self,
+        route: ModelRoute,
+        call: CallContext,
+        *,
+        texts: list[str] | None = None,
+        pairs: list[str] | None = None,
+        token_ids: list[list[int]] | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> Encoded:
+        cap = self.settings.tokenizer_timeout
+        if token_ids is not None:
+            encoded = _pad(token_ids)
+        else:
+            encoded = await rpc.preprocess(route.tokenizer(), route.name, texts or [], pairs, call, cap=cap)
+        counts = [int(c) for c in encoded["attention_mask"].sum(axis=1)]
+        limit = self.max_model_len(route)
+        if token_ids is not None and limit is not None and max(counts) > limit:
+            raise InvalidArgument(f"an input has {max(counts)} tokens; the model's limit is {limit}")
+        sent = [Tensor(n, "INT64", encoded[n]) for n in ENCODER_TENSORS if n in encoded]
+        raw = await self.infer_engine(route, InferRequest(route.name, sent, id=call.request_id), call)
+        outputs = {t.name: t.data for t in raw.outputs}
+        result = await rpc.postprocess(route.tokenizer(), route.name, outputs, encoded, call, cap=cap, parameters=parameters)
+        return Encoded(output=result, num_tokens=sum(counts), token_counts=counts)
+
+    async def infer_engine(self, route: ModelRoute, request: InferRequest, call: CallContext) -> InferResponse:
+        """One unary engine call, skipping replicas that answer UNAVAILABLE."""
+        tried: set = set()
+        while True:
+            replica = route.engine(exclude=tried)
+            replica.in_flight += 1
+            try:
+                return await rpc.infer(replica, request, call)
+            except Unavailable:
+                replica.mark_failed()
+                tried.add(replica)
+            finally:
+                replica.in_flight -= 1
+
+    async def engine_metadata(self, route: ModelRoute, call: CallContext) -> dict[str, Any]:
+        return await rpc.model_metadata(route.engine(), route.name, call)
+
+
+def _pad(rows: list[list[int]]) -> dict[str, np.ndarray]:
+    """Token-id inputs as tensors: right-padded with 0 under a zero attention mask."""
+    if not rows or any(not row for row in rows):
+        raise InvalidArgument("token id inputs must be non-empty lists of ids")
+    width = max(len(row) for row in rows)
+    ids = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        if min(row) < 0:
+            raise InvalidArgument("token ids must be non-negative")
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return {"input_ids": ids, "attention_mask": mask}

@@ -1,0 +1,109 @@
+"""Errors → HTTP answers: the DESIGN.md §3 table, in the OpenAI error envelope on
+OpenAI routes and `{"error": ...}` on KServe V1/V2 routes. Validation errors
+are 400, never FastAPI's 422."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from services.common.errors import GENERIC_INTERNAL_MESSAGE, HfmeshError
+from services.common.logs import request_id_var
+
+logger = logging.getLogger(__name__)
+
+OPENAI_TAG = "openai"
+OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/rerank", "/v1/models")
+
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    499: "client_closed_request",
+    503: "service_unavailable_error",
+    504: "timeout_error",
+}
+
+
+def is_openai(scope: dict[str, Any], openai_prefix: str) -> bool:
+    """OpenAI routes get the OpenAI envelope. With an empty prefix, `/v1/models` is OpenAI's."""
+    route = scope.get("route")
+    if route is not None and OPENAI_TAG in (getattr(route, "tags", None) or []):
+        return True
+    path = scope.get("path", "")
+    if openai_prefix:
+        return path.startswith(openai_prefix + "/")
+    return path in OPENAI_PATHS
+
+
+def error_body(status: int, message: str, *, openai: bool, param: str | None = None) -> dict[str, Any]:
+    if openai:
+        kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        return {"error": {"message": message, "type": kind, "param": param, "code": status}}
+    return {"error": message}
+
+
+def error_response(
+    status: int, message: str, *, openai: bool, retry_after: float | None = None, param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    all_headers = dict(headers or {})
+    if retry_after is not None and status in (429, 503):
+        all_headers["Retry-After"] = str(int(max(1, retry_after)))
+    body = json.dumps(error_body(status, message, openai=openai, param=param)).encode()
+    return Response(body, status_code=status, media_type="application/json", headers=all_headers)
+
+
+def validation_message(error: RequestValidationError) -> tuple[str, str | None]:
+    problems, first = [], None
+    for item in error.errors():
+        loc = [str(p) for p in item.get("loc", ()) if p != "body"]
+        where = ".".join(loc) or "body"
+        first = first or where
+        problems.append(f"{where}: {item.get('msg', 'invalid')}")
+    return "; ".join(problems) or "invalid request", first
+
+
+def install_error_handlers(app: FastAPI, *, openai_prefix: str, retry_after: int) -> None:
+    def openai(request: Request) -> bool:
+        return is_openai(request.scope, openai_prefix)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, error: RequestValidationError) -> Response:
+        message, param = validation_message(error)
+        return error_response(400, message, openai=openai(request), param=param)
+
+    @app.exception_handler(HfmeshError)
+    async def _hfmesh(request: Request, error: HfmeshError) -> Response:
+        status = error.http_status
+        message = error.message if status < 500 or status in (503, 504) else GENERIC_INTERNAL_MESSAGE
+        if status >= 500:
+            logger.warning("%s %s → %d: %s", request.method, request.url.path, status, error.message)
+        retry = error.retry_after if error.retry_after is not None else (retry_after if status in (429, 503) else None)
+        return error_response(status, message, openai=openai(request), retry_after=retry)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, error: StarletteHTTPException) -> Response:
+        return error_response(
+            error.status_code, str(error.detail), openai=openai(request), headers=dict(error.headers or {})
+        )
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, error: Exception) -> Response:
+        logger.error("unhandled error on %s %s [%s]", request.method, request.url.path, request_id_var.get(), exc_info=error)
+        return error_response(500, GENERIC_INTERNAL_MESSAGE, openai=openai(request))
+
+
+def json_response(model: Any) -> Response:
+    """A pydantic model as JSON (None fields kept, as the OpenAI API answers)."""
+    return Response(model.model_dump_json(), media_type="application/json")
+

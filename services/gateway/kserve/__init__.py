@@ -1,0 +1,1 @@
+"""KServe V1 and OIP V2 REST routes."""

@@ -1,0 +1,79 @@
+"""KServe V1 (`/v1/models`, `:predict`) and OIP V2 REST (`/v2/...`) routes, plus `/metrics`."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from services.gateway.errors import json_response
+from services.gateway.kserve.protocol import V1PredictRequest, V2InferRequest
+from services.gateway.state import gateway
+from services.gateway.streaming import cancel_on_disconnect
+
+SERVER_NAME = "hfmesh-gateway"
+VERSION = "0.1.0"
+
+
+def _json(payload: object, status: int = 200) -> Response:
+    return Response(json.dumps(payload), status_code=status, media_type="application/json")
+
+
+def build_v1_router() -> APIRouter:
+    router = APIRouter(tags=["kserve-v1"])
+
+    @router.get("/v1/models")
+    async def list_models(request: Request) -> Response:
+        return _json({"models": gateway(request).kserve.model_names()})
+
+    @router.get("/v1/models/{name}")
+    async def model_status(name: str, request: Request) -> Response:
+        return _json({"name": name, "ready": gateway(request).kserve.ready(name)})
+
+    @router.post("/v1/models/{name}:predict")
+    async def predict(name: str, body: V1PredictRequest, request: Request) -> Response:
+        state = gateway(request)
+        result = await cancel_on_disconnect(request, state.kserve.v1_predict(name, body, state.call(request)))
+        return json_response(result)
+
+    return router
+
+
+def build_v2_router() -> APIRouter:
+    router = APIRouter(tags=["kserve-v2"])
+
+    @router.get("/v2")
+    async def server_metadata() -> Response:
+        return _json({"name": SERVER_NAME, "version": VERSION, "extensions": []})
+
+    @router.get("/v2/health/live")
+    async def live() -> Response:
+        return _json({"live": True})
+
+    @router.get("/v2/health/ready")
+    async def ready(request: Request) -> Response:
+        is_ready = gateway(request).router.ready
+        return _json({"ready": is_ready}, 200 if is_ready else 503)
+
+    @router.get("/v2/models/{name}")
+    async def model_metadata(name: str, request: Request) -> Response:
+        state = gateway(request)
+        return _json(await state.kserve.v2_metadata(name, state.call(request)))
+
+    @router.get("/v2/models/{name}/ready")
+    async def model_ready(name: str, request: Request) -> Response:
+        is_ready = gateway(request).kserve.ready(name)
+        return _json({"name": name, "ready": is_ready}, 200 if is_ready else 503)
+
+    @router.post("/v2/models/{name}/infer")
+    async def infer(name: str, body: V2InferRequest, request: Request) -> Response:
+        state = gateway(request)
+        result = await cancel_on_disconnect(request, state.kserve.v2_infer(name, body, state.call(request)))
+        return Response(result.model_dump_json(exclude_none=True), media_type="application/json")
+
+    @router.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        return Response(gateway(request).metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return router

@@ -1,0 +1,135 @@
+"""KServe V1 `:predict` and V2 REST inference over the mesh.
+
+Encoder models answer with the KServe HF server's per-task results through the
+split path (tokenizer preprocess → engine tensors → tokenizer postprocess).
+Generative models: V1 instances are prompts (greedy, `parameters` hold
+OpenAI completion fields); V2 requests go to the engine as they are (Triton
+vLLM-backend tensors, unary `ModelInfer`). V2 tensor requests (`input_ids` …)
+also go to the engine as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from services.common.codec import InferRequest, InferResponse, Tensor, datatype_of
+from services.common.engine import Task
+from services.common.errors import InvalidArgument
+from services.gateway.core import MeshClient
+from services.gateway.grpc_clients import CallContext
+from services.gateway.kserve.protocol import (
+    V1PredictRequest,
+    V1PredictResponse,
+    V2InferRequest,
+    V2InferResponse,
+    request_from_json,
+    response_to_json,
+)
+from services.gateway.openai.protocol import CompletionRequest
+from services.gateway.openai.serving import GenerationServing
+from services.gateway.routing import ModelRoute
+
+RESULT_OUTPUT = "output-0"
+_ENCODER_OPTIONS = ("return_probabilities", "return_raw_logits")
+
+
+def _options(parameters: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: bool(v) for k, v in (parameters or {}).items() if k in _ENCODER_OPTIONS}
+
+
+def _predictions(task: Task, result: np.ndarray, options: dict[str, Any]) -> list[Any]:
+    if result.dtype == object:
+        return [bytes(v).decode("utf-8", errors="replace") for v in result.ravel()]
+    if task is Task.SEQUENCE_CLASSIFICATION and options.get("return_probabilities") and not options.get("return_raw_logits"):
+        return [{str(i): float(p) for i, p in enumerate(row)} for row in result]
+    return [row.tolist() for row in result]
+
+
+def _texts_and_pairs(task: Task, instances: list[Any]) -> tuple[list[str], list[str] | None]:
+    if task is Task.RERANK:
+        pairs = []
+        for index, item in enumerate(instances):
+            if isinstance(item, dict) and isinstance(item.get("text"), str) and isinstance(item.get("text_pair"), str):
+                pairs.append((item["text"], item["text_pair"]))
+            elif isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item):
+                pairs.append((item[0], item[1]))
+            else:
+                raise InvalidArgument(f"instances[{index}]: rerank instances are [query, document] pairs")
+        return [q for q, _ in pairs], [d for _, d in pairs]
+    for index, item in enumerate(instances):
+        if not isinstance(item, str):
+            raise InvalidArgument(f"instances[{index}]: {task.value} instances are strings")
+    return list(instances), None
+
+
+class KServeServing:
+    def __init__(self, mesh: MeshClient, generation: GenerationServing) -> None:
+        self.mesh = mesh
+        self.generation = generation
+
+    def model_names(self) -> list[str]:
+        return list(self.mesh.router.routes)
+
+    def ready(self, name: str) -> bool:
+        return self.mesh.route(name).ready
+
+    async def v1_predict(self, name: str, body: V1PredictRequest, call: CallContext) -> V1PredictResponse:
+        route = self.mesh.route(name)
+        if route.task.is_generative:
+            return await self._v1_generate(route, body, call)
+        options = _options(body.parameters)
+        texts, pairs = _texts_and_pairs(route.task, body.instances)
+        encoded = await self.mesh.encode(route, call, texts=texts, pairs=pairs, parameters=options)
+        return V1PredictResponse(predictions=_predictions(route.task, np.asarray(encoded.output), options))
+
+    async def _v1_generate(self, route: ModelRoute, body: V1PredictRequest, call: CallContext) -> V1PredictResponse:
+        if not all(isinstance(i, str) for i in body.instances):
+            raise InvalidArgument(f"instances of {route.task.value} model '{route.name}' are prompt strings")
+        fields = {"temperature": 0.0, **(body.parameters or {}), "model": route.name, "prompt": body.instances, "stream": False, "n": 1}
+        try:
+            request = CompletionRequest.model_validate(fields)
+        except ValidationError as error:
+            problems = "; ".join(f"parameters.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            raise InvalidArgument(problems) from None
+        response = await self.generation.completions(request, call)
+        return V1PredictResponse(predictions=[c.text for c in sorted(response.choices, key=lambda c: c.index)])
+
+    async def v2_infer(self, name: str, body: V2InferRequest, call: CallContext) -> V2InferResponse:
+        route = self.mesh.route(name)
+        infer = request_from_json(name, body)
+        if not infer.id:
+            infer.id = call.request_id
+        text_inputs = all(t.datatype == "BYTES" for t in infer.inputs)
+        if route.task.is_generative or not text_inputs:
+            response = await self.mesh.infer_engine(route, infer, call)
+        else:
+            response = await self._v2_encode(route, infer, call)
+        response.model_name = name
+        if body.id:
+            response.id = body.id
+        return response_to_json(response)
+
+    async def _v2_encode(self, route: ModelRoute, infer: InferRequest, call: CallContext) -> InferResponse:
+        query, documents = infer.input("query"), infer.input("documents")
+        if route.task is Task.RERANK:
+            if query is None or documents is None or len(infer.inputs) != 2 or query.data.size != 1:
+                raise InvalidArgument(f"rerank model '{route.name}' takes BYTES inputs 'query' [1] and 'documents' [N]")
+            q = bytes(query.data.ravel()[0]).decode("utf-8", errors="replace")
+            pairs = [bytes(d).decode("utf-8", errors="replace") for d in documents.data.ravel()]
+            texts: list[str] = [q] * len(pairs)
+        else:
+            if len(infer.inputs) != 1:
+                raise InvalidArgument(f"model '{route.name}' takes one BYTES input, got {len(infer.inputs)}")
+            texts = [bytes(v).decode("utf-8", errors="replace") for v in infer.inputs[0].data.ravel()]
+            pairs = None
+        if not texts:
+            raise InvalidArgument(f"model '{route.name}': the text input is empty")
+        encoded = await self.mesh.encode(route, call, texts=texts, pairs=pairs, parameters=_options(infer.parameters))
+        result = np.asarray(encoded.output)
+        return InferResponse(model_name=route.name, id=infer.id, outputs=[Tensor(RESULT_OUTPUT, datatype_of(result), result)])
+
+    async def v2_metadata(self, name: str, call: CallContext) -> dict[str, Any]:
+        return await self.mesh.engine_metadata(self.mesh.route(name), call)

@@ -1,0 +1,47 @@
+"""Prometheus metrics of one gateway app (its own registry, so apps in one process don't collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from services.gateway.routing import Router
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class _ReplicaCollector:
+    """Per-replica state read at scrape time."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def collect(self):
+        in_flight = GaugeMetricFamily("hfmesh_gateway_replica_in_flight", "requests in flight per service replica", labels=["address"])
+        serving = GaugeMetricFamily("hfmesh_gateway_replica_serving", "1 when the replica's health is SERVING", labels=["address"])
+        for address, replica in self.router.replicas.items():
+            in_flight.add_metric([address], replica.in_flight)
+            serving.add_metric([address], 1.0 if replica.serving else 0.0)
+        yield in_flight
+        yield serving
+
+
+class GatewayMetrics:
+    def __init__(self, router: Router) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "hfmesh_gateway_requests", "HTTP requests by route family and status", ["family", "status"], registry=self.registry
+        )
+        self.in_flight = Gauge("hfmesh_gateway_requests_in_flight", "HTTP requests being served", registry=self.registry)
+        self.ttft = Histogram(
+            "hfmesh_gateway_time_to_first_token_seconds", "request arrival → first generated token", ["model"],
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.generated_tokens = Counter(
+            "hfmesh_gateway_generation_tokens", "tokens generated", ["model"], registry=self.registry
+        )
+        self.prompt_tokens = Counter("hfmesh_gateway_prompt_tokens", "prompt tokens", ["model"], registry=self.registry)
+        self.registry.register(_ReplicaCollector(router))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,155 @@
+"""Pure ASGI middleware (no `BaseHTTPMiddleware`: it hides client disconnects).
+
+- `RequestIdMiddleware`: accepts or generates `X-Request-Id`, binds it for
+  logging and the gRPC hops, echoes it on the response.
+- `AccessMiddleware`: request counts and in-flight gauge; 499 logged for
+  clients that went away.
+- `BodyLimitMiddleware`: bodies over the limit → 413 (by Content-Length up
+  front, or while reading a chunked body).
+- `ApiKeyMiddleware`: `Authorization: Bearer <key>` on every route except
+  health and metrics, compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
+from services.gateway.errors import error_response, is_openai
+from services.gateway.metrics import GatewayMetrics
+
+logger = logging.getLogger(__name__)
+
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+OPEN_PATHS = ("/metrics", "/v2/health/live", "/v2/health/ready", "/health")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = _header(scope, REQUEST_ID_HEADER.encode())
+        request_id = given if given and _VALID_ID.match(given) else new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+
+def _family(path: str, openai_prefix: str) -> str:
+    if is_openai({"path": path}, openai_prefix):
+        return "openai"
+    if path.startswith("/v2"):
+        return "v2"
+    if path.startswith("/v1"):
+        return "v1"
+    return "other"
+
+
+class AccessMiddleware:
+    def __init__(self, app: ASGIApp, *, metrics: GatewayMetrics, openai_prefix: str) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.openai_prefix = openai_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = {"code": 499}
+        started = time.monotonic()
+
+        async def record(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            self.metrics.in_flight.dec()
+            family = _family(scope.get("path", ""), self.openai_prefix)
+            self.metrics.requests.labels(family, str(status["code"])).inc()
+            if status["code"] == 499:
+                logger.info("%s %s → 499 client closed the request after %.3fs", scope.get("method"), scope.get("path"), time.monotonic() - started)
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, openai_prefix: str) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.openai_prefix = openai_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            response = error_response(
+                413, f"request body of {declared} bytes exceeds the limit of {self.max_bytes} bytes",
+                openai=is_openai(scope, self.openai_prefix),
+            )
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # FastAPI re-raises HTTPException from body reading; the error handler renders it.
+                    raise HTTPException(413, f"request body exceeds the limit of {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+class ApiKeyMiddleware:
+    def __init__(self, app: ASGIApp, *, api_key: str, openai_prefix: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+        self.openai_prefix = openai_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        given = (_header(scope, b"authorization") or "").encode("latin-1")
+        if not hmac.compare_digest(given, self.expected):
+            response = error_response(
+                401, "missing or invalid API key (send 'Authorization: Bearer <key>')",
+                openai=is_openai(scope, self.openai_prefix), headers={"WWW-Authenticate": "Bearer"},
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

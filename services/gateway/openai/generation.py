@@ -1,0 +1,150 @@
+"""Pieces shared by completions and chat: sampling parameters, per-choice state,
+merging concurrent engine streams, and OpenAI logprobs."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, TypeVar
+
+from services.common.errors import InvalidArgument
+from services.gateway.grpc_clients import EngineDelta
+from services.gateway.openai.protocol import (
+    CompletionLogprobs,
+    SamplingFields,
+    TokenLogprob,
+    TopLogprob,
+)
+
+T = TypeVar("T")
+
+_PASSED_THROUGH = (
+    "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p",
+    "repetition_penalty", "min_tokens", "ignore_eos", "stop_token_ids", "skip_special_tokens",
+    "include_stop_str_in_output", "logit_bias",
+)
+
+
+def sampling_parameters(request: SamplingFields, *, max_tokens: int | None, logprobs: int | None) -> dict[str, Any]:
+    """The engine's `sampling_parameters` JSON (vLLM `SamplingParams` field names)."""
+    params: dict[str, Any] = {"n": request.n}
+    if max_tokens is not None:
+        params["max_tokens"] = max_tokens
+    for name in _PASSED_THROUGH:
+        value = getattr(request, name)
+        if value is not None:
+            params[name] = value
+    if request.stop is not None:
+        stops = [request.stop] if isinstance(request.stop, str) else list(request.stop)
+        if any(not s for s in stops):
+            raise InvalidArgument("'stop' strings must not be empty")
+        params["stop"] = stops
+    if logprobs is not None:
+        params["logprobs"] = logprobs
+    return params
+
+
+@dataclass
+class Choice:
+    """One output sequence as it accumulates."""
+
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    finish_reason: str | None = None
+    num_output_tokens: int = 0
+    started: bool = False
+
+    def add(self, delta: EngineDelta) -> None:
+        self.text += delta.text
+        self.token_ids += delta.token_ids
+        if delta.logprobs:
+            self.logprobs += delta.logprobs
+        if delta.num_output_tokens is not None:
+            self.num_output_tokens = delta.num_output_tokens
+        else:
+            self.num_output_tokens = len(self.token_ids)
+        if delta.finish_reason:
+            self.finish_reason = delta.finish_reason
+
+
+async def merge(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
+    """Items of several streams as they come, tagged with the stream's position.
+    Closing the merged iterator cancels every stream."""
+    if len(streams) == 1:
+        async for item in streams[0]:
+            yield 0, item
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(position: int, stream: AsyncIterator[T]) -> None:
+        try:
+            async for item in stream:
+                await queue.put((position, item))
+            await queue.put((position, done))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            await queue.put((position, error))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            position, item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield position, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def logprob_ids(entries: list[dict[str, Any]]) -> list[int]:
+    """Every token id named in engine logprobs entries (sampled and alternatives)."""
+    ids: list[int] = []
+    for entry in entries:
+        ids.append(int(entry["token_id"]))
+        ids += [int(k) for k in (entry.get("top_logprobs") or {})]
+    return ids
+
+
+def _top(entry: dict[str, Any], names: dict[int, str], limit: int) -> list[tuple[str, float]]:
+    alternatives = sorted(((int(k), float(v)) for k, v in (entry.get("top_logprobs") or {}).items()), key=lambda kv: -kv[1])
+    return [(names.get(k, ""), v) for k, v in alternatives[:limit]]
+
+
+def completion_logprobs(
+    entries: list[dict[str, Any]], names: dict[int, str], limit: int, *, offset: int = 0
+) -> CompletionLogprobs:
+    out = CompletionLogprobs()
+    position = offset
+    for entry in entries:
+        token = names.get(int(entry["token_id"]), "")
+        out.tokens.append(token)
+        out.token_logprobs.append(entry.get("logprob"))
+        out.top_logprobs.append(dict(_top(entry, names, limit)) if limit else None)
+        out.text_offset.append(position)
+        position += len(token)
+    return out
+
+
+def chat_logprobs(entries: list[dict[str, Any]], names: dict[int, str], limit: int) -> list[TokenLogprob]:
+    out = []
+    for entry in entries:
+        token = names.get(int(entry["token_id"]), "")
+        out.append(
+            TokenLogprob(
+                token=token,
+                logprob=float(entry.get("logprob") if entry.get("logprob") is not None else float("-inf")),
+                bytes=list(token.encode("utf-8")),
+                top_logprobs=[
+                    TopLogprob(token=t, logprob=v, bytes=list(t.encode("utf-8"))) for t, v in _top(entry, names, limit)
+                ],
+            )
+        )
+    return out

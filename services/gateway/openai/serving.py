@@ -1,0 +1,257 @@
+"""OpenAI completions and chat completions over the mesh.
+
+Everything that can be checked is checked before the first engine call
+(task, ranges, empty prompt, context length); a streamed request also waits
+for the engine's first answer before the HTTP status is sent, so an engine's
+rejection is still a proper 4xx. Then deltas become OpenAI JSON or SSE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, AsyncIterator
+
+from services.common.engine import Task
+from services.common.errors import InternalError, InvalidArgument
+from services.gateway.core import MeshClient, check_context, check_task
+from services.gateway.grpc_clients import CallContext, EngineDelta, Rendered
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.openai import generation as gen
+from services.gateway.openai.messages import hf_messages
+from services.gateway.openai.protocol import (
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprobs,
+    ChatResponseMessage,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    Usage,
+    new_id,
+    now,
+)
+from services.gateway.routing import ModelRoute
+
+logger = logging.getLogger(__name__)
+
+GENERATIVE = (Task.TEXT_GENERATION, Task.TEXT2TEXT_GENERATION)
+DONE = b"data: [DONE]\n\n"
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+class GenerationServing:
+    def __init__(self, mesh: MeshClient, metrics: GatewayMetrics) -> None:
+        self.mesh = mesh
+        self.metrics = metrics
+
+    # -- completions ---------------------------------------------------------
+
+    async def completions(self, request: CompletionRequest, call: CallContext) -> CompletionResponse | AsyncIterator[bytes]:
+        route = self.mesh.route(request.model)
+        check_task(route, GENERATIVE, "/v1/completions")
+        if request.suffix:
+            raise InvalidArgument("'suffix' is not supported")
+        if request.best_of is not None and request.best_of != request.n:
+            raise InvalidArgument("'best_of' must equal 'n' (beam-style best_of is not supported)")
+        if request.echo and request.logprobs is not None:
+            raise InvalidArgument("'echo' together with 'logprobs' needs prompt logprobs, which are not supported")
+        prompts = _prompts(request.prompt)
+        rendered = await asyncio.gather(*(self._prompt(route, call, p, request) for p in prompts))
+        limit = self.mesh.max_model_len(route, rendered[0])
+        for item in rendered:
+            check_context(len(item.input_ids), request.max_tokens, limit)
+        sampling = gen.sampling_parameters(request, max_tokens=request.max_tokens, logprobs=request.logprobs)
+        streams = [self.mesh.generate(route, r.input_ids, sampling, call, logprobs=request.logprobs is not None) for r in rendered]
+        run = _Run(self, route, call, request.n, rendered, time.monotonic())
+        if request.stream:
+            return await run.start_stream(streams, lambda: self._completion_chunks(run, request, streams))
+        choices = await run.collect(streams)
+        out = []
+        for choice in choices:
+            text = (rendered[choice.index // request.n].prompt if request.echo else "") + choice.text
+            logprobs = None
+            if request.logprobs is not None:
+                names = await run.names(choice.logprobs)
+                logprobs = gen.completion_logprobs(choice.logprobs, names, request.logprobs)
+            out.append(CompletionChoice(index=choice.index, text=text, logprobs=logprobs, finish_reason=choice.finish_reason))
+        return CompletionResponse(id=run.id("cmpl"), created=now(), model=request.model, choices=out, usage=run.usage(choices))
+
+    async def _prompt(self, route: ModelRoute, call: CallContext, prompt: str | list[int], request: CompletionRequest) -> Rendered:
+        if isinstance(prompt, str):
+            return await self.mesh.tokenize(route, call, prompt, add_special_tokens=request.add_special_tokens)
+        text = await self.mesh.detokenize(route, call, prompt) if request.echo else ""
+        return Rendered(input_ids=prompt, prompt=text, max_model_len=None)
+
+    async def _completion_chunks(self, run: "_Run", request: CompletionRequest, streams) -> AsyncIterator[bytes]:
+        base = {"id": run.id("cmpl"), "object": "text_completion", "created": now(), "model": request.model}
+        usage = request.stream_options is not None and request.stream_options.include_usage
+        async for choice, delta in run.deltas(streams):
+            text = delta.text
+            if request.echo and not choice.started:
+                text = run.rendered[choice.index // request.n].prompt + text
+            choice.started = True
+            logprobs = None
+            if request.logprobs is not None and delta.logprobs:
+                names = await run.names(delta.logprobs)
+                logprobs = gen.completion_logprobs(delta.logprobs, names, request.logprobs).model_dump()
+            entry = {"index": choice.index, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason}
+            yield sse({**base, "choices": [entry], **({"usage": None} if usage else {})})
+        if usage:
+            yield sse({**base, "choices": [], "usage": run.usage(run.choices).model_dump()})
+        yield DONE
+
+    # -- chat ----------------------------------------------------------------
+
+    async def chat(self, request: ChatCompletionRequest, call: CallContext) -> ChatCompletionResponse | AsyncIterator[bytes]:
+        route = self.mesh.route(request.model)
+        check_task(route, GENERATIVE, "/v1/chat/completions")
+        if request.tool_choice not in (None, "none", "auto"):
+            raise InvalidArgument("'tool_choice' may be 'none' or 'auto'; forced tool calls are not supported")
+        if request.response_format and request.response_format.get("type") not in (None, "text"):
+            raise InvalidArgument(f"response_format type '{request.response_format.get('type')}' is not supported")
+        if request.top_logprobs and not request.logprobs:
+            raise InvalidArgument("'top_logprobs' needs 'logprobs': true")
+        rendered = await self.mesh.render_chat(
+            route, call,
+            messages=hf_messages(request.messages),
+            tools=request.tools if request.tool_choice != "none" else None,
+            documents=request.documents,
+            chat_template=request.chat_template,
+            chat_template_kwargs=request.chat_template_kwargs,
+            add_generation_prompt=request.add_generation_prompt and not request.continue_final_message,
+            continue_final_message=request.continue_final_message,
+        )
+        limit = self.mesh.max_model_len(route, rendered)
+        max_tokens = request.max_completion_tokens or request.max_tokens
+        check_context(len(rendered.input_ids), max_tokens, limit)
+        if max_tokens is None and limit is not None:
+            max_tokens = limit - len(rendered.input_ids)
+        top = request.top_logprobs or 0
+        sampling = gen.sampling_parameters(request, max_tokens=max_tokens, logprobs=top if request.logprobs else None)
+        streams = [self.mesh.generate(route, rendered.input_ids, sampling, call, logprobs=request.logprobs)]
+        run = _Run(self, route, call, request.n, [rendered], time.monotonic())
+        if request.stream:
+            return await run.start_stream(streams, lambda: self._chat_chunks(run, request, streams))
+        choices = await run.collect(streams)
+        out = []
+        for choice in choices:
+            logprobs = None
+            if request.logprobs:
+                names = await run.names(choice.logprobs)
+                logprobs = ChatLogprobs(content=gen.chat_logprobs(choice.logprobs, names, top))
+            message = ChatResponseMessage(content=choice.text)
+            out.append(ChatChoice(index=choice.index, message=message, logprobs=logprobs, finish_reason=choice.finish_reason))
+        return ChatCompletionResponse(id=run.id("chatcmpl"), created=now(), model=request.model, choices=out, usage=run.usage(choices))
+
+    async def _chat_chunks(self, run: "_Run", request: ChatCompletionRequest, streams) -> AsyncIterator[bytes]:
+        base = {"id": run.id("chatcmpl"), "object": "chat.completion.chunk", "created": now(), "model": request.model}
+        usage = request.stream_options is not None and request.stream_options.include_usage
+        extra = {"usage": None} if usage else {}
+        top = request.top_logprobs or 0
+        async for choice, delta in run.deltas(streams):
+            if not choice.started:
+                choice.started = True
+                first = {"index": choice.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+                yield sse({**base, "choices": [first], **extra})
+            logprobs = None
+            if request.logprobs and delta.logprobs:
+                names = await run.names(delta.logprobs)
+                logprobs = {"content": [e.model_dump() for e in gen.chat_logprobs(delta.logprobs, names, top)]}
+            content = {"content": delta.text} if delta.text or not delta.finish_reason else {}
+            entry = {"index": choice.index, "delta": content, "logprobs": logprobs, "finish_reason": delta.finish_reason}
+            yield sse({**base, "choices": [entry], **extra})
+        if usage:
+            yield sse({**base, "choices": [], "usage": run.usage(run.choices).model_dump()})
+        yield DONE
+
+
+def _prompts(prompt: str | list) -> list[str | list[int]]:
+    if isinstance(prompt, str):
+        items: list = [prompt]
+    elif prompt and all(isinstance(p, int) for p in prompt):
+        items = [list(prompt)]
+    else:
+        items = list(prompt)
+    if not items:
+        raise InvalidArgument("'prompt' is empty")
+    for item in items:
+        if not item:
+            raise InvalidArgument("'prompt' is empty")
+    return items
+
+
+class _Run:
+    """One generation request's choices across its prompts (choice index = prompt * n + sequence)."""
+
+    def __init__(self, serving: GenerationServing, route: ModelRoute, call: CallContext, n: int, rendered: list[Rendered], arrival: float):
+        self.serving, self.route, self.call, self.n, self.rendered = serving, route, call, n, rendered
+        self.arrival = arrival
+        self.choices = [gen.Choice(index=i) for i in range(n * len(rendered))]
+        self._id: str | None = None
+        self._first_seen = False
+        self._first: list[tuple[int, EngineDelta]] = []
+        self._merged: AsyncIterator[tuple[int, EngineDelta]] | None = None
+
+    def id(self, prefix: str) -> str:
+        if self._id is None:
+            self._id = new_id(prefix)
+        return self._id
+
+    async def deltas(self, streams) -> AsyncIterator[tuple[gen.Choice, EngineDelta]]:
+        merged = self._merged if self._merged is not None else gen.merge(streams)
+        async for position, delta in merged:
+            if not self._first_seen:
+                self._first_seen = True
+                self.serving.metrics.ttft.labels(self.route.name).observe(time.monotonic() - self.arrival)
+            choice = self.choices[position * self.n + delta.index]
+            if choice.finish_reason is not None:
+                continue  # exactly one finish_reason per choice
+            choice.add(delta)
+            yield choice, delta
+        unfinished = [c.index for c in self.choices if c.finish_reason is None]
+        if unfinished:
+            logger.error("engine stream for %s ended without finishing choices %s", self.route.name, unfinished)
+            raise InternalError()
+        self.serving.metrics.generated_tokens.labels(self.route.name).inc(sum(c.num_output_tokens for c in self.choices))
+
+    async def start_stream(self, streams, make_chunks) -> AsyncIterator[bytes]:
+        """Wait for the engine's first answer (errors are still HTTP errors), then stream."""
+        merged = gen.merge(streams)
+        try:
+            self._first.append(await merged.__anext__())
+        except StopAsyncIteration:
+            pass
+        except BaseException:
+            await merged.aclose()
+            raise
+
+        async def replay():
+            for item in self._first:
+                yield item
+            async for item in merged:
+                yield item
+
+        self._merged = replay()
+        return make_chunks()
+
+    async def collect(self, streams) -> list[gen.Choice]:
+        async for _ in self.deltas(streams):
+            pass
+        return self.choices
+
+    async def names(self, entries: list[dict[str, Any]]) -> dict[int, str]:
+        ids = sorted(set(gen.logprob_ids(entries)))
+        strings = await self.serving.mesh.token_strings(self.route, self.call, ids)
+        return dict(zip(ids, strings))
+
+    def usage(self, choices: list[gen.Choice]) -> Usage:
+        prompt = sum(len(r.input_ids) for r in self.rendered)
+        completion = sum(c.num_output_tokens for c in choices)
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
