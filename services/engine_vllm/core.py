@@ -1,0 +1,301 @@
+"""`VLLMEngine`: the `Engine` protocol around vLLM's `AsyncLLM` (no protobuf here).
+
+vLLM does the serving work — continuous batching, paged KV, prefix caching,
+chunked prefill, LoRA, speculative decoding, pooling. This class only maps our
+typed requests onto it: prompt token ids (or text) + `SamplingParams` →
+`AsyncLLM.generate` with `RequestOutputKind.DELTA`, whose outputs become one
+`GenerateDelta` per sequence step. LoRA adapters are served as model names of
+their own. vLLM's `EngineDeadError` (or the engine core process dying) makes
+`healthy()` False; `__main__` then drains and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from services.common.engine import (
+    EncodeRequest,
+    EncodeResult,
+    GenerateDelta,
+    GenerateRequest,
+    ModelInfo,
+    ModelState,
+    Task,
+    TensorSpec,
+)
+from services.common.errors import InternalError, InvalidArgument, NotFound, Unavailable, Unimplemented
+from services.engine_vllm.pooling import PoolingRunner, encoder_specs
+from services.engine_vllm.sampling import to_vllm
+from services.engine_vllm.settings import EngineConfig
+
+logger = logging.getLogger(__name__)
+
+PLATFORM = "vllm"
+LLM_INPUTS = [
+    TensorSpec("text_input", "BYTES", (1,)),
+    TensorSpec("input_ids", "INT64", (-1,)),
+    TensorSpec("sampling_parameters", "BYTES", (1,)),
+    *(TensorSpec(flag, "BOOL", (1,)) for flag in (
+        "stream", "exclude_input_in_output", "return_finish_reason",
+        "return_num_input_tokens", "return_num_output_tokens", "return_logprobs",
+    )),
+]
+LLM_OUTPUTS = [
+    TensorSpec("text_output", "BYTES", (-1,)),
+    TensorSpec("output_ids", "INT64", (-1,)),
+    TensorSpec("finish_reason", "BYTES", (-1,)),
+    TensorSpec("num_input_tokens", "INT64", (1,)),
+    TensorSpec("num_output_tokens", "INT64", (-1,)),
+    TensorSpec("logprobs", "BYTES", (1,)),
+]
+_TASK_FROM_VLLM = (("generate", Task.TEXT_GENERATION), ("embed", Task.TEXT_EMBEDDING),
+                   ("classify", Task.SEQUENCE_CLASSIFICATION))
+
+
+def _in_top(rank: int | None, top_k: int) -> bool:
+    """vLLM adds the sampled token to the top-k even when it ranks lower; keep only the real top-k (-1: all)."""
+    return top_k < 0 or (rank is not None and rank <= top_k)
+
+
+def _delta(output: Any, num_input: int, num_output: int, top_k: int | None) -> GenerateDelta:
+    """One vLLM `CompletionOutput` (DELTA kind) as a `GenerateDelta`."""
+    token_ids = list(output.token_ids)
+    logprobs = top = None
+    if top_k is not None and output.logprobs is not None:
+        steps = list(output.logprobs)
+        logprobs = [float(step[t].logprob) if t in step else float("nan") for t, step in zip(token_ids, steps)]
+        top = [{int(t): float(lp.logprob) for t, lp in step.items() if _in_top(lp.rank, top_k)} for step in steps]
+    return GenerateDelta(
+        index=output.index, text=output.text, token_ids=token_ids, num_input_tokens=num_input,
+        num_output_tokens=num_output, finish_reason=output.finish_reason, logprobs=logprobs, top_logprobs=top,
+    )
+
+
+class VLLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.name = config.served_name
+        self.task = config.task
+        self._llm: Any = None
+        self._pooling: PoolingRunner | None = None
+        self._state = ModelState.LOADING
+        self._reason = ""
+        self._max_model_len = config.settings.max_model_len
+        self._adapters: dict[str, Any] = {}  # name → vllm LoRARequest
+        self._next_lora_id = 1
+        self.stopping = False
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the model (minutes on CPU) without blocking the event loop, then the static adapters."""
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        logger.info("loading %s with vLLM (%s)", self.config.engine_args.model, self.name)
+        try:
+            self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, self.config.engine_args)
+            self._max_model_len = self._llm.model_config.max_model_len
+            if self.task is None:
+                supported = await self._llm.get_supported_tasks()
+                self.task = next((task for name, task in _TASK_FROM_VLLM if name in supported), None)
+                if self.task is None:
+                    raise RuntimeError(f"vLLM offers tasks {supported}, none of which this engine serves")
+            if not self.task.is_generative:
+                settings = self.config.settings
+                self._pooling = PoolingRunner(
+                    self._llm, self.task, max_model_len=self._max_model_len,
+                    add_special_tokens=not settings.disable_special_tokens,
+                    return_probabilities=settings.return_probabilities,
+                    return_raw_logits=settings.return_raw_logits,
+                )
+            for module in self.config.lora_modules:
+                await self.load_adapter(module.name, module.path)
+        except BaseException as error:
+            self._state = ModelState.UNAVAILABLE
+            self._reason = getattr(error, "message", None) or str(error) or type(error).__name__
+            raise
+        self._state = ModelState.READY
+        logger.info("model %s ready (task %s, context %d)", self.name, self.task.value, self._max_model_len)
+
+    async def shutdown(self) -> None:
+        self.stopping = True
+        self._state = ModelState.UNAVAILABLE
+        llm, self._llm, self._pooling = self._llm, None, None
+        if llm is not None:
+            await asyncio.to_thread(llm.shutdown)
+
+    def healthy(self) -> bool:
+        if self._llm is None:
+            return self._state is not ModelState.UNAVAILABLE
+        return not self._llm.errored
+
+    # -- models --------------------------------------------------------------
+
+    def _state_now(self) -> ModelState:
+        if self._llm is not None and self._llm.errored:
+            return ModelState.UNAVAILABLE
+        return self._state
+
+    def models(self) -> list[ModelInfo]:
+        task = self.task or Task.TEXT_GENERATION
+        if task.is_generative:
+            inputs, outputs = list(LLM_INPUTS), list(LLM_OUTPUTS)
+        else:
+            inputs, outputs = encoder_specs(task)
+        state = self._state_now()
+        reason = "the vLLM engine died" if state is ModelState.UNAVAILABLE and not self._reason else self._reason
+        base = ModelInfo(self.name, task, state, reason, PLATFORM, self._max_model_len, inputs, outputs)
+        adapters = [
+            ModelInfo(name, task, state, reason, PLATFORM, self._max_model_len, inputs, outputs, base_model=self.name)
+            for name in self._adapters
+        ]
+        return [base, *adapters]
+
+    def _ready_llm(self) -> Any:
+        state = self._state_now()
+        if state is ModelState.LOADING:
+            raise Unavailable(f"model '{self.name}' is loading")
+        if state is not ModelState.READY:
+            raise Unavailable(f"model '{self.name}' is unavailable: {self._reason or 'the vLLM engine died'}")
+        return self._llm
+
+    def _lora_for(self, model: str) -> Any:
+        if model == self.name:
+            return None
+        if model in self._adapters:
+            return self._adapters[model]
+        raise NotFound(f"unknown model '{model}' (this engine serves: {', '.join([self.name, *self._adapters])})")
+
+    # -- generation ----------------------------------------------------------
+
+    async def _prompt_ids(self, request: GenerateRequest) -> list[int]:
+        if request.prompt_token_ids is not None:
+            if not request.prompt_token_ids:
+                raise InvalidArgument("the prompt is empty")
+            return list(request.prompt_token_ids)
+        if not request.prompt:
+            raise InvalidArgument("the prompt is empty")
+        tokenizer = self._llm.get_tokenizer()
+        return list(await asyncio.to_thread(tokenizer.encode, request.prompt))
+
+    def _check_context(self, prompt_len: int, max_tokens: int | None) -> None:
+        limit = self._max_model_len
+        wanted = prompt_len + (max_tokens or 0)
+        if prompt_len >= limit or wanted > limit:
+            raise InvalidArgument(
+                f"the prompt has {prompt_len} tokens and max_tokens is {max_tokens}: {wanted} exceeds "
+                f"the model's context length of {limit} tokens"
+            )
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateDelta]:
+        from vllm.exceptions import VLLMClientError
+        from vllm.inputs.engine import tokens_input
+        from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+        llm = self._ready_llm()
+        if not self.task.is_generative:
+            raise Unimplemented(f"model '{self.name}' is a {self.task.value} model; it does not generate text")
+        lora = self._lora_for(request.model)
+        params = to_vllm(request.sampling)
+        ids = await self._prompt_ids(request)
+        self._check_context(len(ids), params.max_tokens)
+        prompt = tokens_input(ids, prompt=request.prompt) if request.prompt else tokens_input(ids)
+        produced: dict[int, int] = {}
+        top_k = params.logprobs
+        try:
+            async for out in llm.generate(prompt, params, request.request_id, lora_request=lora):
+                num_input = len(out.prompt_token_ids or ids)
+                for output in out.outputs:
+                    if not output.token_ids and output.finish_reason is None:
+                        continue
+                    produced[output.index] = produced.get(output.index, 0) + len(output.token_ids)
+                    yield _delta(output, num_input, produced[output.index], top_k)
+        except VLLMClientError as error:
+            raise InvalidArgument(str(error)) from None
+        except EngineDeadError:
+            logger.error("the vLLM engine died during request %s", request.request_id)
+            raise Unavailable("the vLLM engine died; this server is shutting down") from None
+        except EngineGenerateError:
+            logger.exception("vLLM failed request %s", request.request_id)
+            raise InternalError() from None
+
+    async def abort(self, request_id: str) -> None:
+        if self._llm is not None and not self._llm.errored:
+            await self._llm.abort(request_id)
+
+    # -- encoders ------------------------------------------------------------
+
+    async def encode(self, request: EncodeRequest) -> EncodeResult:
+        from vllm.exceptions import VLLMClientError
+
+        self._ready_llm()
+        if self._pooling is None:
+            raise Unimplemented(f"model '{self.name}' generates text; encoder requests need a pooling model")
+        if request.model != self.name:
+            raise NotFound(f"unknown model '{request.model}' (this engine serves: {self.name})")
+        try:
+            return await self._pooling.encode(request)
+        except VLLMClientError as error:
+            raise InvalidArgument(str(error)) from None
+
+    # -- LoRA adapters -------------------------------------------------------
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        from vllm.lora.request import LoRARequest
+
+        llm = self._llm
+        if llm is None or self._state_now() is ModelState.UNAVAILABLE:
+            raise Unavailable(f"model '{self.name}' is not loaded")
+        lora_config = llm.vllm_config.lora_config
+        if lora_config is None:
+            raise Unimplemented("LoRA adapters need the engine started with --enable-lora (or --lora-modules)")
+        if not name or name == self.name:
+            raise InvalidArgument(f"an adapter cannot be named '{name}' (the base model's name)")
+        rank = _adapter_rank(path)
+        if rank > lora_config.max_lora_rank:
+            raise InvalidArgument(
+                f"adapter '{name}' has rank {rank}; this engine allows at most --max-lora-rank {lora_config.max_lora_rank}"
+            )
+        previous = self._adapters.pop(name, None)
+        if previous is not None:
+            await llm.remove_lora(previous.lora_int_id)
+        lora = LoRARequest(lora_name=name, lora_int_id=self._next_lora_id, lora_path=str(Path(path).resolve()),
+                           base_model_name=self.name)
+        self._next_lora_id += 1
+        try:
+            await llm.add_lora(lora)
+        except Exception as error:  # noqa: BLE001 - vLLM reports adapter problems as plain exceptions
+            logger.warning("loading adapter %s from %s failed: %s", name, path, error)
+            raise InvalidArgument(f"cannot load LoRA adapter '{name}' from '{path}': {error}") from None
+        self._adapters[name] = lora
+        logger.info("LoRA adapter %s loaded from %s", name, path)
+
+    async def unload_adapter(self, name: str) -> None:
+        if name == self.name:
+            raise InvalidArgument(f"'{name}' is the base model; only LoRA adapters can be unloaded")
+        lora = self._adapters.pop(name, None)
+        if lora is None:
+            raise NotFound(f"no LoRA adapter named '{name}' is loaded")
+        if self._llm is not None and not self._llm.errored:
+            await self._llm.remove_lora(lora.lora_int_id)
+        logger.info("LoRA adapter %s unloaded", name)
+
+
+def _adapter_rank(path: str) -> int:
+    """The rank in a PEFT adapter folder's `adapter_config.json`; a missing or bad folder is a bad request."""
+    config = Path(path) / "adapter_config.json"
+    try:
+        data = json.loads(config.read_text())
+    except OSError:
+        raise InvalidArgument(f"lora_path '{path}' is not a PEFT adapter folder (no adapter_config.json)") from None
+    except json.JSONDecodeError as error:
+        raise InvalidArgument(f"lora_path '{path}': adapter_config.json is not valid JSON ({error})") from None
+    ranks = [data.get("r", 0), *(data.get("rank_pattern") or {}).values()]
+    try:
+        return max(int(r) for r in ranks)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"lora_path '{path}': adapter_config.json has no valid rank 'r'") from None

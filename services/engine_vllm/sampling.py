@@ -1,0 +1,109 @@
+"""`services.common.engine.SamplingParams` → vLLM `SamplingParams`, with errors that name the parameter.
+
+Every field of ours has the vLLM name and meaning. `extra` may hold any other
+public vLLM field (`logit_bias`, `structured_outputs`, `bad_words`,
+`allowed_token_ids`, `min_tokens`, ...) and the older `guided_*` names of
+structured outputs. A key vLLM does not have, or one that would change what
+the stream carries (`output_kind`, `detokenize`, prompt logprobs), is refused
+with `InvalidArgument` naming it — never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from services.common.engine import SamplingParams
+from services.common.errors import InvalidArgument
+
+# vLLM fields a request may not set: the engine needs incremental, detokenized output.
+RESERVED_FIELDS = frozenset(
+    {
+        "output_kind",
+        "detokenize",
+        "skip_clone",
+        "output_text_buffer_length",
+        "flat_logprobs",
+        "prompt_logprobs",
+        "prompt_logprob_token_ids",
+        "prompt_logprob_start",
+        "trace_decode_token_ids",
+        "routed_experts_prompt_start",
+    }
+)
+
+# Older request names of structured-output constraints → `StructuredOutputsParams` fields.
+GUIDED_ALIASES = {
+    "guided_json": "json",
+    "guided_regex": "regex",
+    "guided_choice": "choice",
+    "guided_grammar": "grammar",
+    "guided_json_object": "json_object",
+    "guided_whitespace_pattern": "whitespace_pattern",
+}
+
+
+def vllm_field_names() -> frozenset[str]:
+    import msgspec
+    from vllm import SamplingParams as VLLMSamplingParams
+
+    return frozenset(
+        f.name for f in msgspec.structs.fields(VLLMSamplingParams) if not f.name.startswith("_")
+    )
+
+
+def sampling_fields(sampling: SamplingParams) -> dict[str, Any]:
+    """Our sampling parameters as one dict of vLLM field names (extras merged, aliases resolved)."""
+    values = {f.name: getattr(sampling, f.name) for f in dataclasses.fields(sampling) if f.name != "extra"}
+    known = vllm_field_names()
+    structured: dict[str, Any] = {}
+    for key, value in sampling.extra.items():
+        if key in GUIDED_ALIASES:
+            structured[GUIDED_ALIASES[key]] = value
+        elif key in RESERVED_FIELDS:
+            raise InvalidArgument(f"sampling parameter '{key}' cannot be set on this engine")
+        elif key in known:
+            values[key] = value
+        else:
+            raise InvalidArgument(f"unknown sampling parameter '{key}' (not a vLLM SamplingParams field)")
+    if structured:
+        given = values.get("structured_outputs")
+        if given is not None and not isinstance(given, dict):
+            raise InvalidArgument("sampling parameter 'structured_outputs' must be a JSON object")
+        values["structured_outputs"] = {**(given or {}), **structured}
+    if values.get("seed") is None:
+        values.pop("seed", None)
+    return values
+
+
+def _parameter_of(error: Exception) -> str | None:
+    """The field a msgspec error points at (`... - at `$.n``)."""
+    text = str(error)
+    marker = "`$."
+    start = text.find(marker)
+    if start < 0:
+        return None
+    name = text[start + len(marker) :].split("`", 1)[0]
+    return name.split(".", 1)[0].split("[", 1)[0] or None
+
+
+def to_vllm(sampling: SamplingParams):
+    """A vLLM `SamplingParams` streaming deltas; bad values raise `InvalidArgument` naming the parameter."""
+    import msgspec
+    from vllm import SamplingParams as VLLMSamplingParams
+    from vllm.exceptions import VLLMValidationError
+    from vllm.sampling_params import RequestOutputKind
+
+    values = sampling_fields(sampling)
+    try:
+        params = msgspec.convert(values, VLLMSamplingParams, strict=False)
+    except msgspec.ValidationError as error:
+        name = _parameter_of(error)
+        where = f"sampling parameter '{name}'" if name else "sampling parameters"
+        raise InvalidArgument(f"{where}: {str(error).split(' - at ', 1)[0]}") from None
+    except VLLMValidationError as error:
+        raise InvalidArgument(f"invalid sampling parameters: {error}") from None
+    except (ValueError, TypeError) as error:
+        raise InvalidArgument(f"invalid sampling parameters: {error}") from None
+    params.output_kind = RequestOutputKind.DELTA
+    return params

@@ -1,0 +1,225 @@
+"""Settings of the vLLM engine: KServe's Hugging Face runtime flags plus every vLLM engine argument.
+
+The command line is split in two. Flags this service defines (the KServe names,
+DESIGN.md §4, in `--snake_case` or `--kebab-case`) become `VLLMEngineSettings`;
+everything else goes, unchanged, to vLLM's own `AsyncEngineArgs` parser, so
+`--enable-lora --max-lora-rank 8 --kv-cache-dtype ... --speculative-config ...`
+mean what vLLM says they mean, and a flag neither knows is an error.
+The split is exact (no prefix matching), so vLLM's `--tokenizer` is never read
+as our `--tokenizer_revision`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+
+from services.common.engine import Task
+from services.common.errors import InvalidArgument
+from services.common.settings import build_parser, parse_settings
+
+PROG = "python -m services.engine_vllm"
+DESCRIPTION = "OIP v2 gRPC server around vLLM's AsyncLLM. Flags not listed here are vLLM engine arguments."
+
+#: Tasks vLLM serves here, and the vLLM runner for each.
+RUNNER_FOR_TASK = {
+    Task.TEXT_GENERATION: "generate",
+    Task.TEXT_EMBEDDING: "pooling",
+    Task.RERANK: "pooling",
+    Task.SEQUENCE_CLASSIFICATION: "pooling",
+}
+
+
+class VLLMEngineSettings(BaseModel):
+    model_name: str = Field("model", description="Name the model is served under")
+    model_id: str | None = Field(None, description="Hugging Face model id (offline: must be in the local HF cache)")
+    model_dir: str | None = Field(None, description="Local model folder (wins over --model_id)")
+    model_revision: str | None = Field(None, description="Model revision")
+    tokenizer_revision: str | None = Field(None, description="Tokenizer revision")
+    dtype: str = Field("auto", description="auto | float32 | float16 | bfloat16; auto is float32 on CPU")
+    task: str | None = Field(None, description="KServe task; inferred from the architecture when absent")
+    backend: str = Field("vllm", description="Accepted for KServe compatibility: auto or vllm")
+    max_model_len: int | None = Field(
+        None, description="Context length", json_schema_extra={"aliases": ["--max_length", "--max-length"]}
+    )
+    disable_lower_case: bool = Field(False, description="Accepted for KServe compatibility")
+    disable_special_tokens: bool = Field(False, description="Encoder text inputs: no special tokens")
+    trust_remote_code: bool = Field(False, description="Allow model code from the model folder")
+    tensor_input_names: str | None = Field(None, description="Accepted for KServe compatibility")
+    return_token_type_ids: bool = Field(False, description="Accepted for KServe compatibility")
+    return_probabilities: bool = Field(False, description="Sequence classification: probabilities, not class ids")
+    return_raw_logits: bool = Field(False, description="Sequence classification: raw logits")
+    disable_log_requests: bool = Field(False, description="Do not log each request")
+    lora_modules: list[str] = Field(
+        default_factory=list, description="LoRA adapters served at start: name=path or JSON {name, path}"
+    )
+    host: str = Field("0.0.0.0", description="gRPC bind address")
+    port: int = Field(8081, description="gRPC port (0 picks a free one)")
+    metrics_port: int | None = Field(None, description="HTTP port for Prometheus /metrics (off when absent)")
+    log_level: str = Field("INFO", description="Log level")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        names = [t.value for t in Task]
+        if value not in names:
+            raise ValueError(f"must be one of {', '.join(names)}")
+        return value
+
+    @field_validator("backend")
+    @classmethod
+    def _this_backend(cls, value: str) -> str:
+        if value not in ("auto", "vllm"):
+            raise ValueError(f"this is the vLLM engine; '{value}' is served by another engine")
+        return value
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    name: str
+    path: str
+
+
+@dataclass
+class EngineConfig:
+    """Everything the engine needs, resolved: our settings, vLLM's args, the task, the adapters."""
+
+    settings: VLLMEngineSettings
+    engine_args: object  # vllm AsyncEngineArgs (vLLM is imported lazily)
+    task: Task | None
+    lora_modules: list[LoraModule] = field(default_factory=list)
+
+    @property
+    def served_name(self) -> str:
+        return self.settings.model_name
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(our flags with their values, the rest for vLLM), by exact flag name."""
+    actions = build_parser(VLLMEngineSettings, prog=PROG, description=DESCRIPTION)._option_string_actions
+    ours: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        flag = token.split("=", 1)[0]
+        action = actions.get(flag) if token.startswith("--") else None
+        if action is None:
+            rest.append(token)
+            index += 1
+            continue
+        ours.append(token)
+        index += 1
+        if "=" in token or action.nargs == 0:
+            continue
+        if action.nargs == "*":
+            while index < len(argv) and not argv[index].startswith("--"):
+                ours.append(argv[index])
+                index += 1
+        elif index < len(argv):
+            ours.append(argv[index])
+            index += 1
+    return ours, rest
+
+
+def parse_lora_module(spec: str) -> LoraModule:
+    """`name=path` or JSON `{"name": ..., "path": ...}`, as vLLM's --lora-modules takes them."""
+    text = spec.strip()
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise InvalidArgument(f"--lora-modules: invalid JSON {spec!r} ({error})") from None
+        if not isinstance(data, dict) or not data.get("name") or not data.get("path"):
+            raise InvalidArgument(f"--lora-modules: {spec!r} needs 'name' and 'path'")
+        return LoraModule(str(data["name"]), str(data["path"]))
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise InvalidArgument(f"--lora-modules: expected name=path, got {spec!r}")
+    return LoraModule(name, path)
+
+
+def resolve_dtype(dtype: str, *, on_cpu: bool) -> str:
+    """KServe's `auto`, with DESIGN.md §8: bfloat16 gives wrong answers on vLLM CPU, so auto is float32 there."""
+    return "float32" if dtype == "auto" and on_cpu else dtype
+
+
+def infer_task(model: str, requested: str | None) -> Task | None:
+    """The KServe task: as given, else from a local folder's architecture; None lets vLLM decide."""
+    if requested is not None:
+        return Task(requested)
+    if not (Path(model) / "config.json").is_file():
+        return None
+    from services.common.mesh import read_architecture, task_from_architecture
+
+    try:
+        return task_from_architecture(read_architecture(model))
+    except InvalidArgument:
+        return None
+
+
+def vllm_parser() -> argparse.ArgumentParser:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser(prog=f"{PROG} (vLLM engine arguments)")
+    return AsyncEngineArgs.add_cli_args(parser)
+
+
+def build_config(argv: list[str] | None = None, *, on_cpu: bool | None = None) -> EngineConfig:
+    """Parse the whole command line into an `EngineConfig`; bad flags exit with a usage message."""
+    import sys
+
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        build_parser(VLLMEngineSettings, prog=PROG, description=DESCRIPTION).print_help()
+        print("\nEvery other flag is a vLLM engine argument:\n")
+        vllm_parser().print_help()
+        raise SystemExit(0)
+    ours, rest = split_argv(argv)
+    settings, _ = parse_settings(VLLMEngineSettings, ours, prog=PROG, description=DESCRIPTION, allow_unknown=True)
+    parser = vllm_parser()
+    namespace = parser.parse_args(rest)
+    model = settings.model_dir or settings.model_id
+    if model is None and any(t.split("=", 1)[0] == "--model" for t in rest):
+        model = namespace.model
+    if model is None:
+        parser.error("give the model with --model_dir (a local folder) or --model_id")
+    try:
+        task = infer_task(model, settings.task)
+        lora_modules = [parse_lora_module(spec) for spec in settings.lora_modules]
+    except InvalidArgument as error:
+        parser.error(error.message)
+    if task is not None and task not in RUNNER_FOR_TASK:
+        parser.error(f"task {task.value} is not served by the vLLM engine; use the HF engine (--backend huggingface)")
+    if on_cpu is None:
+        from vllm.platforms import current_platform
+
+        on_cpu = current_platform.is_cpu()
+    # Our flags win over vLLM's defaults; set on the namespace, since AsyncEngineArgs
+    # resolves the model path as soon as it is constructed.
+    overrides = {
+        "model": model,
+        "served_model_name": [settings.model_name],
+        "dtype": resolve_dtype(settings.dtype, on_cpu=on_cpu),
+        "trust_remote_code": settings.trust_remote_code,
+        "enable_log_requests": not settings.disable_log_requests,
+        "max_model_len": settings.max_model_len,
+        "revision": settings.model_revision,
+        "tokenizer_revision": settings.tokenizer_revision,
+        "runner": RUNNER_FOR_TASK[task] if task is not None else None,
+        "enable_lora": True if lora_modules else None,
+    }
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(namespace, name, value)
+    args = AsyncEngineArgs.from_cli_args(namespace)
+    return EngineConfig(settings=settings, engine_args=args, task=task, lora_modules=lora_modules)
