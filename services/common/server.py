@@ -13,6 +13,7 @@ INTERNAL with a generic message, the traceback only in the log.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 from typing import Any, Awaitable, Callable, Iterable
@@ -76,7 +77,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             async def stream(request, context):
                 request_id_var.set(request_id_from(context))
                 try:
-                    async for response in streaming(request, context):
+                    result = streaming(request, context)
+                    if inspect.isawaitable(result):  # handlers that answer with context.write()
+                        await result
+                        return
+                    async for response in result:
                         yield response
                 except (asyncio.CancelledError, grpc.aio.AbortError):
                     raise
