@@ -66,8 +66,10 @@ def _wait_all(processes: list[tuple[ProcessSpec, ServiceProcess]], timeout: floa
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging("INFO", "launcher")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="hfmesh-logs-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
     print(f"hfmesh: model list {args.model_list}; logs in {log_dir}", flush=True)
     print("==> models (built once per machine)", flush=True)
     plan = load_mesh(args.model_list, vllm_available=False if args.no_vllm else None)
