@@ -17,6 +17,24 @@ from services.engine_hf.settings import HFEngineSettings
 logger = logging.getLogger("services.engine_hf")
 
 
+WATCHDOG_SECONDS = 1.0
+
+
+class EngineDied(RuntimeError):
+    pass
+
+
+async def _watch(engine: HFEngine, runner: GrpcServiceRunner, died: list[bool]) -> None:
+    """A dead generation loop cannot recover: stop serving so the process exits non-zero."""
+    while True:
+        await asyncio.sleep(WATCHDOG_SECONDS)
+        if not engine.healthy():
+            logger.error("the engine is no longer healthy; shutting down")
+            died.append(True)
+            runner.request_stop()
+            return
+
+
 async def run(settings: HFEngineSettings) -> None:
     engine = HFEngine(settings)
     servicer = InferenceServicer(engine, server_name="hfmesh-engine-hf")
@@ -25,7 +43,14 @@ async def run(settings: HFEngineSettings) -> None:
     if settings.metrics_port:
         engine.metrics.serve(settings.metrics_port)
         logger.info("metrics on :%d/metrics", settings.metrics_port)
-    await serve(runner, load=engine.load, shutdown=engine.shutdown)
+    died: list[bool] = []
+    watchdog = asyncio.ensure_future(_watch(engine, runner, died))
+    try:
+        await serve(runner, load=engine.load, shutdown=engine.shutdown)
+    finally:
+        watchdog.cancel()
+    if died:
+        raise EngineDied("the generation loop died")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,7 @@ class DynamicBatcher(Generic[Req, Res]):
         max_batch_size: int,
         max_wait_ms: float,
         executor: Executor,
+        on_change: Callable[[int, int], None] | None = None,
     ) -> None:
         self._run_batch = run_batch
         self._rows = rows
@@ -50,6 +51,8 @@ class DynamicBatcher(Generic[Req, Res]):
         self._pending: deque[_Pending[Req]] = deque()
         self._arrived = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._on_change = on_change or (lambda waiting, running: None)
+        self.running = 0
         self.batches = 0
         self.batched_rows = 0
 
@@ -77,7 +80,11 @@ class DynamicBatcher(Generic[Req, Res]):
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(request, max(1, self._rows(request)), future))
         self._arrived.set()
+        self._notify()
         return await future
+
+    def _notify(self) -> None:
+        self._on_change(len(self._pending), self.running)
 
     async def _wait_arrival(self, timeout: float | None) -> bool:
         self._arrived.clear()
@@ -112,6 +119,8 @@ class DynamicBatcher(Generic[Req, Res]):
             batch = [item for item in await self._collect() if not item.future.done()]
             if not batch:
                 continue
+            self.running = len(batch)
+            self._notify()
             try:
                 results = await loop.run_in_executor(self._executor, self._run_batch, [i.request for i in batch])
             except asyncio.CancelledError:
@@ -124,6 +133,9 @@ class DynamicBatcher(Generic[Req, Res]):
                 results = [error] * len(batch)
             self.batches += 1
             self.batched_rows += sum(item.rows for item in batch)
+            logger.debug("batch %d: %d requests, %d rows", self.batches, len(batch), sum(i.rows for i in batch))
+            self.running = 0
+            self._notify()
             for item, result in zip(batch, results):
                 if item.future.done():
                     continue

@@ -81,6 +81,7 @@ class HFEngine:
                 max_batch_size=self.settings.max_batch_size,
                 max_wait_ms=self.settings.max_batch_wait_ms,
                 executor=self._executor,
+                on_change=self._encoder_load,
             )
             self._batcher.start()
         self._state = ModelState.READY
@@ -146,6 +147,10 @@ class HFEngine:
         if not self.settings.disable_log_requests:
             logger.info("encode %s: %d rows", request.request_id, request_rows(request))
         return await self._batcher.submit(request)
+
+    def _encoder_load(self, waiting: int, running: int) -> None:
+        self.metrics.waiting.set(waiting)
+        self.metrics.running.set(running)
 
     def _run_encoder_batch(self, requests: list[EncodeRequest]):
         assert self._runner is not None

@@ -21,8 +21,8 @@ class HFEngineSettings(BaseModel):
     tokenizer_revision: str | None = Field(None, description="hub revision of the tokenizer")
     dtype: str = Field("auto", description="auto (float32 on CPU, as KServe), float32, float16, bfloat16")
     task: Task | None = Field(None, description="task; inferred from the architecture when absent")
-    backend: Literal["auto", "huggingface"] = Field(
-        "huggingface", description="accepted for KServe compatibility; this engine is the huggingface backend"
+    backend: Literal["auto", "huggingface", "vllm"] = Field(
+        "huggingface", description="KServe's backend choice; this engine is the huggingface backend"
     )
     max_model_len: int | None = Field(
         None,
@@ -35,7 +35,11 @@ class HFEngineSettings(BaseModel):
     tensor_input_names: str | None = Field(
         None, description="comma-separated token tensors accepted on the tensor path (default all the model takes)"
     )
-    return_token_type_ids: bool = Field(False, description="also pass token_type_ids to the model for text inputs")
+    return_token_type_ids: bool = Field(
+        False,
+        description="KServe flag for a transformer in front of a remote predictor (the tokenizer service); "
+        "here the model always gets the token_type_ids its tokenizer makes",
+    )
     return_probabilities: bool = Field(False, description="classification/fill_mask: answer softmax probabilities")
     return_raw_logits: bool = Field(False, description="classification/fill_mask: answer raw logits")
     disable_log_requests: bool = Field(False, description="do not log each request")
@@ -50,6 +54,8 @@ class HFEngineSettings(BaseModel):
     def _check(self) -> "HFEngineSettings":
         if not self.model_dir and not self.model_id:
             raise ValueError("give --model_dir (a local folder) or --model_id (a hub id)")
+        if self.backend == "vllm":
+            raise ValueError("--backend vllm: this is the transformers engine; run services.engine_vllm instead")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.max_batch_size < 1 or self.max_concurrent_sequences < 1:

@@ -81,3 +81,11 @@ async def test_max_model_len_cannot_exceed_the_model(model_path):
     with pytest.raises(ModelLoadError, match="exceeds the model's limit 512"):
         await engine.load()
     await engine.shutdown()
+
+
+def test_backend_vllm_is_refused_with_a_reason(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse_settings(
+            HFEngineSettings, ["--model_dir", str(tmp_path), "--backend", "vllm"], prog="t", description="t", env={}
+        )
+    assert "run services.engine_vllm instead" in capsys.readouterr().err
