@@ -27,7 +27,8 @@ from services.engine_hf import sampling
 from services.engine_hf.adapters import AdapterSet
 from services.engine_hf.batcher import DynamicBatcher
 from services.engine_hf.encoder import EncoderRunner, request_rows
-from services.engine_hf.generation import ActiveRequest, GenerationScheduler
+from services.engine_hf.generation import GenerationScheduler
+from services.engine_hf.sequence import ActiveRequest
 from services.engine_hf.loading import LoadedModel, load_model
 from services.engine_hf.metadata import tensor_specs
 from services.engine_hf.metrics import EngineMetrics

@@ -13,65 +13,26 @@ Results travel to the asyncio side through each request's queue via
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
-from services.common.engine import GenerateDelta, GenerateRequest
 from services.common.errors import HfmeshError, InternalError, Unavailable
 from services.engine_hf import sampling
 from services.engine_hf.decoding import CausalBatch, Seq2SeqBatch
 from services.engine_hf.detok import TextTracker
 from services.engine_hf.metrics import EngineMetrics
+from services.engine_hf.sequence import ActiveRequest, Sequence
 
 logger = logging.getLogger(__name__)
 
 PREFILL_TOKEN_BUDGET = 16384
-
-
-@dataclass
-class Sequence:
-    request: "ActiveRequest"
-    index: int
-    sampler: sampling.SamplingState
-    text: TextTracker
-    last_token: int = -1
-    finished: bool = False
-
-
-@dataclass
-class ActiveRequest:
-    request: GenerateRequest
-    prompt_ids: list[int]
-    max_tokens: int
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue
-    adapter: str | None = None
-    submitted: float = field(default_factory=time.monotonic)
-    sequences: list[Sequence] = field(default_factory=list)
-    first_token_seen: bool = False
-    aborted: bool = False
-
-    def send(self, item: GenerateDelta | BaseException) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the caller's event loop is gone
-            pass
-
-    @property
-    def request_id(self) -> str:
-        return self.request.request_id
-
-    @property
-    def done(self) -> bool:
-        return all(seq.finished for seq in self.sequences)
 
 
 @dataclass
@@ -228,7 +189,7 @@ class GenerationScheduler:
         for seq in active.sequences:
             if not seq.finished:
                 seq.finished = True
-                active.send(self._delta(seq, [], None, "abort"))
+                active.send(seq.delta([], "abort"))
 
     def _keep(self, lane: Lane, rows: list[Sequence]) -> None:
         if len(rows) == len(lane.rows):
@@ -298,49 +259,11 @@ class GenerationScheduler:
             if not active.first_token_seen:
                 active.first_token_seen = True
                 self.metrics.ttft.observe(now - active.submitted)
-            reason = self._append(seq, choice.token_id)
+            limit = None if self.seq2seq else self.max_model_len
+            reason = seq.append(choice.token_id, eos_ids=self.eos_ids, context_limit=limit)
             logprobs = [choice.logprob] if choice.logprob is not None else None
             tops = [choice.top_logprobs] if choice.top_logprobs is not None else None
-            active.send(self._delta(seq, [choice.token_id], reason, None, logprobs, tops))
-
-    def _append(self, seq: Sequence, token: int) -> str | None:
-        """Record one token; the finish reason when the sequence ends with it."""
-        params, sampler = seq.sampler.params, seq.sampler
-        sampler.output_ids.append(token)
-        seq.last_token = token
-        count = len(sampler.output_ids)
-        stop_token = (token in self.eos_ids and not params.ignore_eos) or token in params.stop_token_ids
-        if stop_token:
-            if params.include_stop_str_in_output:
-                seq.text.add(token)
-            reason: str | None = "stop"
-        elif seq.text.add(token):
-            seq.finished = True
-            return "stop"  # the text is already cut at the stop string
-        elif count >= seq.request.max_tokens:
-            reason = "length"
-        elif not self.seq2seq and len(seq.request.prompt_ids) + count >= self.max_model_len:
-            reason = "length"
-        else:
-            return None
-        if seq.text.finish():
-            reason = "stop"
-        seq.finished = reason is not None
-        return reason
-
-    def _delta(self, seq: Sequence, tokens: list[int], reason: str | None, forced: str | None,
-               logprobs: list[float] | None = None, tops: list[dict[int, float]] | None = None) -> GenerateDelta:
-        finish = forced or reason
-        return GenerateDelta(
-            index=seq.index,
-            text=seq.text.take(final=finish is not None),
-            token_ids=tokens,
-            num_input_tokens=len(seq.request.prompt_ids),
-            num_output_tokens=len(seq.sampler.output_ids),
-            finish_reason=finish,
-            logprobs=logprobs,
-            top_logprobs=tops,
-        )
+            active.send(seq.delta([choice.token_id], reason, logprobs, tops))
 
     def _fail_all(self, error: BaseException) -> None:
         with self._cond:
