@@ -26,11 +26,20 @@ HEALTH_POLL_SECONDS = 0.5
 
 
 async def watch_engine(engine: VLLMEngine, runner: GrpcServiceRunner) -> bool:
-    """Turn a dead vLLM engine into NOT_SERVING and a stop; True when it died (not shut down by us)."""
-    while engine.healthy():
-        await asyncio.sleep(HEALTH_POLL_SECONDS)
-    if engine.stopping:
-        return False
+    """Turn a dead vLLM engine into NOT_SERVING and a stop; True when it died on its own.
+
+    A SIGTERM to the whole process group also stops vLLM's engine core; that is
+    a requested shutdown, not a death.
+    """
+    stop_requested = asyncio.ensure_future(runner.wait_for_stop_signal())
+    try:
+        while engine.healthy():
+            await asyncio.sleep(HEALTH_POLL_SECONDS)
+        await asyncio.sleep(0)
+        if engine.stopping or stop_requested.done():
+            return False
+    finally:
+        stop_requested.cancel()
     logger.error("the vLLM engine died: health NOT_SERVING, shutting down")
     await runner.set_serving(False)
     runner.request_stop()
