@@ -94,6 +94,8 @@ class GenerationServing:
         usage = request.stream_options is not None and request.stream_options.include_usage
         async for choice, delta in run.deltas(streams):
             text = delta.text
+            if not text and not delta.finish_reason and not delta.logprobs and choice.started:
+                continue  # nothing to tell the client yet (the detokenizer holds partial characters)
             if request.echo and not choice.started:
                 text = run.rendered[choice.index // request.n].prompt + text
             choice.started = True
@@ -160,11 +162,13 @@ class GenerationServing:
                 choice.started = True
                 first = {"index": choice.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
                 yield sse({**base, "choices": [first], **extra})
+            if not delta.text and not delta.finish_reason and not delta.logprobs:
+                continue  # nothing to tell the client yet (the detokenizer holds partial characters)
             logprobs = None
             if request.logprobs and delta.logprobs:
                 names = await run.names(delta.logprobs)
                 logprobs = {"content": [e.model_dump() for e in gen.chat_logprobs(delta.logprobs, names, top)]}
-            content = {"content": delta.text} if delta.text or not delta.finish_reason else {}
+            content = {"content": delta.text} if delta.text else {}
             entry = {"index": choice.index, "delta": content, "logprobs": logprobs, "finish_reason": delta.finish_reason}
             yield sse({**base, "choices": [entry], **extra})
         if usage:

@@ -1,0 +1,239 @@
+"""Gateway overhead: the same streaming load against the engine directly and through the gateway.
+
+    python bench/gateway.py [--requests 48] [--concurrency 8] [--max-tokens 64] [--rounds 2]
+
+Starts tiny-llama on the HF engine, the tokenizer service and the gateway as
+real processes, then runs the same chat workload two ways, alternating rounds,
+in two phases: latency (one stream at a time, so TTFT differences are the
+gateway's own hops, not the engine's batching) and throughput (concurrent
+streams):
+- direct: gRPC `ModelStreamInfer` to the engine with the rendered `input_ids`
+  (rendered once up front, as a client holding token ids would);
+- gateway: HTTP `POST /openai/v1/chat/completions` with `stream: true` (SSE) →
+  tokenizer `render` → engine `ModelStreamInfer`.
+Every request generates exactly `--max-tokens` tokens (`ignore_eos`). TTFT is
+the time to the first response carrying a token: direct, the first response
+with `output_ids`; through the gateway, the first SSE chunk (which the gateway
+sends when the engine's first token arrives). Prints output tokens/s of each
+path, their ratio (target ≥ 0.9), and TTFT p50/p99 with the gateway's added
+TTFT (target ≤ 5 ms at p50).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import grpc  # noqa: E402
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from services.common.codec import InferRequest, Tensor, as_bytes_array  # noqa: E402
+from services.common.converters import infer_request_to_pb, infer_response_from_pb  # noqa: E402
+from services.common.models import ensure_model  # noqa: E402
+from services.common.pb import inference_pb2_grpc as pb_grpc  # noqa: E402
+from tests.procs import free_port, start_service  # noqa: E402
+
+TOPICS = ["the sea", "a robot", "autumn", "a lighthouse", "coffee", "mountains", "a train", "the moon"]
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process (this one when `pid` is None)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Result:
+    mode: str
+    seconds: float = 0.0
+    tokens: int = 0
+    requests: int = 0
+    ttfts: list[float] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def p(self, q: float) -> float:
+        return float(np.percentile(self.ttfts, q)) * 1000 if self.ttfts else float("nan")
+
+
+def messages(i: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"Write a short story about {TOPICS[i % len(TOPICS)]}."}]
+
+
+async def render_all(channel: grpc.aio.Channel, count: int) -> list[list[int]]:
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    out = []
+    for i in range(count):
+        request = InferRequest("llm.render", [Tensor("messages", "BYTES", as_bytes_array([json.dumps(messages(i))]))])
+        reply = infer_response_from_pb(await stub.ModelInfer(infer_request_to_pb(request), timeout=30))
+        out.append([int(v) for v in reply.outputs[0].data])
+    return out
+
+
+async def direct_one(stub, ids: list[int], max_tokens: int, result: Result) -> None:
+    sampling = {"max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+    request = InferRequest("llm", [
+        Tensor("input_ids", "INT64", np.asarray(ids, dtype=np.int64)),
+        Tensor("sampling_parameters", "BYTES", as_bytes_array([json.dumps(sampling)])),
+        Tensor("stream", "BOOL", np.asarray([True])),
+        Tensor("exclude_input_in_output", "BOOL", np.asarray([True])),
+    ])
+    message = infer_request_to_pb(request)
+
+    async def requests():
+        yield message
+
+    started = time.perf_counter()
+    first = None
+    async for reply in stub.ModelStreamInfer(requests(), timeout=300):
+        if reply.error_message:
+            raise RuntimeError(reply.error_message)
+        outputs = {t.name: t for t in infer_response_from_pb(reply.infer_response).outputs}
+        if first is None and outputs.get("output_ids") is not None and outputs["output_ids"].data.size:
+            first = time.perf_counter() - started
+        if "num_output_tokens" in outputs:
+            result.tokens += int(outputs["num_output_tokens"].data.ravel()[0])
+    result.ttfts.append(first)
+    result.requests += 1
+
+
+async def gateway_one(client: httpx.AsyncClient, i: int, max_tokens: int, result: Result) -> None:
+    body = {"model": "llm", "messages": messages(i), "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
+            "stream": True, "stream_options": {"include_usage": True}}
+    started = time.perf_counter()
+    first = None
+    async with client.stream("POST", "/openai/v1/chat/completions", json=body) as reply:
+        reply.raise_for_status()
+        async for line in reply.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if first is None and chunk["choices"]:
+                first = time.perf_counter() - started  # the gateway's first chunk waits for the first token
+            if chunk.get("usage"):
+                result.tokens += chunk["usage"]["completion_tokens"]
+    result.ttfts.append(first)
+    result.requests += 1
+
+
+async def run_load(make_call, count: int, concurrency: int, result: Result, pids: dict[str, int | None]) -> None:
+    """`count` requests in waves of `concurrency` that start together, so the engine
+    sees the same arrivals on both paths (its batching, not the path, would
+    otherwise decide the numbers: staggered arrivals cost it extra prefills and merges)."""
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    started = time.perf_counter()
+    for first in range(0, count, concurrency):
+        await asyncio.gather(*(make_call(i) for i in range(first, min(first + concurrency, count))))
+    result.seconds += time.perf_counter() - started
+    for name, pid in pids.items():
+        result.cpu[name] = result.cpu.get(name, 0.0) + cpu_seconds(pid) - cpu_before[name]
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    concurrency: int
+    requests: int
+    max_tokens: int
+
+
+async def run_phase(phase: Phase, rounds: int, stub, client, prompts, pids) -> tuple[Result, Result]:
+    direct, through = Result("direct gRPC → engine"), Result("HTTP SSE → gateway → tokenizer → engine")
+    for _ in range(rounds):
+        await run_load(lambda i: direct_one(stub, prompts[i % len(prompts)], phase.max_tokens, direct),
+                       phase.requests, phase.concurrency, direct, pids)
+        await run_load(lambda i: gateway_one(client, i, phase.max_tokens, through),
+                       phase.requests, phase.concurrency, through, pids)
+    return direct, through
+
+
+async def bench(args, phases: list[Phase], engine_address: str, tokenizer_address: str, gateway_url: str, pids):
+    tokenizer_channel = grpc.aio.insecure_channel(tokenizer_address)
+    engine_channel = grpc.aio.insecure_channel(engine_address)
+    stub = pb_grpc.GRPCInferenceServiceStub(engine_channel)
+    prompts = await render_all(tokenizer_channel, len(TOPICS))
+    width = max(p.concurrency for p in phases) * 2
+    limits = httpx.Limits(max_connections=width, max_keepalive_connections=width)
+    results = []
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=300, limits=limits) as client:
+        await run_phase(Phase("warm-up", 4, 8, 8), 1, stub, client, prompts, pids)
+        for phase in phases:
+            results.append((phase, *await run_phase(phase, args.rounds, stub, client, prompts, pids)))
+    await tokenizer_channel.close()
+    await engine_channel.close()
+    return results
+
+
+def report(phase: Phase, direct: Result, through: Result, rounds: int) -> None:
+    print(f"\n{phase.name}: {rounds}×{phase.requests} streamed chat requests per path, concurrency {phase.concurrency}, "
+          f"{phase.max_tokens} new tokens each (ignore_eos)")
+    print(f"{'path':42} {'requests':>8} {'tokens':>7} {'seconds':>8} {'tok/s':>8} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12}"
+          f"  CPU s: engine / tokenizer / gateway / client")
+    for r in (direct, through):
+        cpu = " / ".join(f"{r.cpu.get(k, 0.0):.2f}" for k in ("engine", "tokenizer", "gateway", "client"))
+        print(f"{r.mode:42} {r.requests:8d} {r.tokens:7d} {r.seconds:8.2f} {r.rate:8.1f} {r.p(50):12.1f} {r.p(99):12.1f}  {cpu}")
+    ratio = through.rate / direct.rate if direct.rate else float("nan")
+    print(f"  output tokens/s ratio (gateway / direct): {ratio:.3f}   (target >= 0.9)")
+    print(f"  added TTFT: p50 {through.p(50) - direct.p(50):+.1f} ms (target <= 5 ms), p99 {through.p(99) - direct.p(99):+.1f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=48, help="throughput phase: requests per round and path")
+    parser.add_argument("--concurrency", type=int, default=8, help="throughput phase: concurrent streams")
+    parser.add_argument("--max-tokens", type=int, default=64, help="throughput phase: new tokens per request")
+    parser.add_argument("--latency-requests", type=int, default=40, help="latency phase: requests per round and path")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per path and phase")
+    args = parser.parse_args()
+    phases = [
+        Phase("latency (one stream at a time: the gateway's own added TTFT)", 1, args.latency_requests, 16),
+        Phase("throughput", args.concurrency, args.requests, args.max_tokens),
+    ]
+    folder = str(ensure_model("tiny-llama"))
+    engine_port, tokenizer_port = free_port(), free_port()
+    model_list = Path(tempfile.mkdtemp(prefix="hfmesh-bench-")) / "mesh.yaml"
+    model_list.write_text(yaml.safe_dump({"models": [{
+        "name": "llm", "source": folder, "task": "text_generation", "backend": "huggingface", "max_model_len": 512,
+        "endpoints": {"tokenizer": [f"127.0.0.1:{tokenizer_port}"], "huggingface": [f"127.0.0.1:{engine_port}"]},
+    }]}))
+    services = []
+    try:
+        services.append(start_service("services.engine_hf", ["--model_dir", folder, "--model_name", "llm", "--host", "127.0.0.1"],
+                                      name="bench-engine", port=engine_port))
+        services.append(start_service("services.tokenizer", ["--model_list", str(model_list), "--host", "127.0.0.1"],
+                                      name="bench-tokenizer", port=tokenizer_port))
+        gateway = start_service("services.gateway", ["--model_list", str(model_list), "--host", "127.0.0.1", "--log_level", "WARNING"],
+                                name="bench-gateway", ready="http")
+        services.append(gateway)
+        pids = {"engine": services[0].process.pid, "tokenizer": services[1].process.pid, "gateway": gateway.process.pid, "client": None}
+        results = asyncio.run(bench(args, phases, f"127.0.0.1:{engine_port}", f"127.0.0.1:{tokenizer_port}", gateway.url, pids))
+    finally:
+        for service in services:
+            service.stop()
+    print(f"\ntiny-llama on the HF engine, {os.cpu_count()} CPU cores, rounds alternate direct / gateway")
+    for phase, direct, through in results:
+        report(phase, direct, through, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
