@@ -1,9 +1,10 @@
 """HF engine throughput: dynamic/batched vs one request at a time, over real gRPC.
 
-    python bench/engine_hf.py [--embed-requests 512] [--gen-requests 32] [--seq-gen-requests 8]
+    python bench/engine_hf.py [--rounds 2] [--embed-requests 256] [--gen-requests 16] [--seq-gen-requests 4]
 
-Starts real engine processes (one at a time, so they never compete for CPU) and
-calls them with `tritonclient.grpc.aio`:
+Starts real engine processes (both modes of a comparison at once; rounds
+alternate between them, so load from elsewhere on the machine hits both alike)
+and calls them with `tritonclient.grpc.aio`:
 - embeddings: all-MiniLM-L6-v2, concurrency 32, dynamic batching (max_batch_size 32)
   vs max_batch_size 1 (one request per forward pass, KServe's HF backend behaviour);
 - generation: SmolLM2-135M-Instruct fp32, 64 new tokens (ignore_eos), concurrency 16,
@@ -61,10 +62,11 @@ def _bytes(name: str, values: list[str]) -> tgrpc.InferInput:
     return tensor
 
 
-async def _drive(address: str, count: int, concurrency: int, make_call) -> tuple[float, float]:
+async def _drive(address: str, count: int, concurrency: int, make_call, warm: bool) -> tuple[float, float]:
     """Run `count` calls with at most `concurrency` in flight; (seconds, summed units)."""
     client = tgrpc.InferenceServerClient(address)
-    await make_call(client, -1)  # warm-up
+    if warm:
+        await make_call(client, -1)
     gate = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> float:
@@ -84,43 +86,48 @@ def _engine(model: str, name: str, extra: list[str]):
     return start_service("services.engine_hf", args, name=f"bench-{name}", ready_timeout=600)
 
 
-def bench_embeddings(requests: int, concurrency: int) -> list[Row]:
+def _compare(workload: str, unit: str, model: str, name: str, modes, concurrency: int, rounds: int, call) -> list[Row]:
+    """Both engines up at once; rounds alternate between them so load from elsewhere hits both alike."""
+    services = [_engine(model, name, flags) for _, _, flags in modes]
+    totals = [[0.0, 0.0, 0] for _ in modes]
+    try:
+        for round_index in range(rounds):
+            for (_, count, _), service, total in zip(modes, services, totals):
+                seconds, units = asyncio.run(_drive(service.address, count, concurrency, call, warm=round_index == 0))
+                total[0] += seconds
+                total[1] += units
+                total[2] += count
+    finally:
+        for service in services:
+            service.stop()
+    return [Row(workload, mode, total[2], concurrency, total[0], total[1], unit) for (mode, _, _), total in zip(modes, totals)]
+
+
+def bench_embeddings(requests: int, concurrency: int, rounds: int) -> list[Row]:
     async def call(client, i: int) -> float:
         text = SENTENCES[i % len(SENTENCES)] + f" ({i})"
         result = await client.infer("minilm", [_bytes("input-0", [text])])
         assert result.as_numpy("output-0").shape == (1, 384)
         return 1.0
 
-    rows = []
-    for mode, flags in (("dynamic batching (32)", ["--max_batch_size", "32", "--max_batch_wait_ms", "5"]),
-                        ("one at a time", ["--max_batch_size", "1"])):
-        service = _engine("all-minilm-l6-v2", "minilm", flags)
-        try:
-            seconds, units = asyncio.run(_drive(service.address, requests, concurrency, call))
-        finally:
-            service.stop()
-        rows.append(Row("embeddings MiniLM", mode, requests, concurrency, seconds, units, "req/s"))
-    return rows
+    modes = (("dynamic batching (32)", requests, ["--max_batch_size", "32", "--max_batch_wait_ms", "5"]),
+             ("one at a time", requests, ["--max_batch_size", "1"]))
+    return _compare("embeddings MiniLM", "req/s", "all-minilm-l6-v2", "minilm", modes, concurrency, rounds, call)
 
 
-def bench_generation(batched_requests: int, sequential_requests: int, concurrency: int, new_tokens: int) -> list[Row]:
+def bench_generation(batched: int, sequential: int, concurrency: int, new_tokens: int, rounds: int) -> list[Row]:
     sampling = json.dumps({"max_tokens": new_tokens, "temperature": 0, "ignore_eos": True})
 
     async def call(client, i: int) -> float:
-        prompt = f"<|im_start|>user\nWrite a short story about {TOPICS[i % len(TOPICS)]}.<|im_end|>\n<|im_start|>assistant\n"
+        topic = TOPICS[i % len(TOPICS)]
+        prompt = f"<|im_start|>user\nWrite a short story about {topic}.<|im_end|>\n<|im_start|>assistant\n"
         result = await client.infer("smollm2", [_bytes("text_input", [prompt]), _bytes("sampling_parameters", [sampling])])
         return float(result.as_numpy("num_output_tokens")[0])
 
-    rows = []
-    for mode, count, flags in (("batched decoding", batched_requests, ["--max_concurrent_sequences", "32"]),
-                               ("one at a time", sequential_requests, ["--max_concurrent_sequences", "1"])):
-        service = _engine("smollm2-135m-instruct", "smollm2", flags)
-        try:
-            seconds, units = asyncio.run(_drive(service.address, count, concurrency, call))
-        finally:
-            service.stop()
-        rows.append(Row(f"generation SmolLM2 {new_tokens} tok", mode, count, concurrency, seconds, units, "tok/s"))
-    return rows
+    modes = (("batched decoding", batched, ["--max_concurrent_sequences", "32"]),
+             ("one at a time", sequential, ["--max_concurrent_sequences", "1"]))
+    workload = f"generation SmolLM2 {new_tokens} tok"
+    return _compare(workload, "tok/s", "smollm2-135m-instruct", "smollm2", modes, concurrency, rounds, call)
 
 
 def print_table(rows: list[Row]) -> None:
@@ -137,16 +144,18 @@ def print_table(rows: list[Row]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--embed-requests", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per comparison")
+    parser.add_argument("--embed-requests", type=int, default=256, help="per mode and round")
     parser.add_argument("--embed-concurrency", type=int, default=32)
-    parser.add_argument("--gen-requests", type=int, default=32)
-    parser.add_argument("--seq-gen-requests", type=int, default=8)
+    parser.add_argument("--gen-requests", type=int, default=16, help="batched mode, per round")
+    parser.add_argument("--seq-gen-requests", type=int, default=4, help="one-at-a-time mode, per round")
     parser.add_argument("--gen-concurrency", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=64)
     args = parser.parse_args()
-    rows = bench_embeddings(args.embed_requests, args.embed_concurrency)
-    rows += bench_generation(args.gen_requests, args.seq_gen_requests, args.gen_concurrency, args.new_tokens)
-    print(f"\nHF engine bench on {os.cpu_count()} CPU cores (fp32, gRPC via tritonclient.grpc.aio)\n")
+    rows = bench_embeddings(args.embed_requests, args.embed_concurrency, args.rounds)
+    rows += bench_generation(args.gen_requests, args.seq_gen_requests, args.gen_concurrency, args.new_tokens, args.rounds)
+    print(f"\nHF engine bench on {os.cpu_count()} CPU cores (fp32, gRPC via tritonclient.grpc.aio, "
+          f"{args.rounds} alternating rounds)\n")
     print_table(rows)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator
 
@@ -51,6 +52,8 @@ class HFEngine:
         self._scheduler: GenerationScheduler | None = None
         self._runner: EncoderRunner | None = None
         self.adapters: AdapterSet | None = None
+        # Fast tokenizers are not safe to call from several threads at once.
+        self._tokenizer_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -199,7 +202,8 @@ class HFEngine:
             if bad:
                 raise InvalidArgument(f"tensor 'input_ids': token id {bad[0]} is outside the vocabulary [0, {vocab - 1}]")
             return ids
-        ids = self.loaded.tokenizer(request.prompt or "")["input_ids"]
+        with self._tokenizer_lock:
+            ids = self.loaded.tokenizer(request.prompt or "")["input_ids"]
         if not ids:
             raise InvalidArgument("the prompt tokenizes to nothing")
         return list(ids)
