@@ -23,6 +23,8 @@ import yaml
 from services.common import tasks
 from tests.procs import free_port, start_service, wait_ready
 
+pytestmark = pytest.mark.slow  # a multi-process mesh
+
 # mesh name → (model folder, task, extra engine flags)
 ENGINES = {
     "llm": ("tiny-llama", "text_generation", []),

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import TypeVar
 
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
+from services.common.errors import InvalidArgument
 from services.gateway.errors import json_response
 from services.gateway.kserve.protocol import V1PredictRequest, V2InferRequest
 from services.gateway.state import gateway
@@ -16,8 +20,23 @@ SERVER_NAME = "hfmesh-gateway"
 VERSION = "0.1.0"
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
 def _json(payload: object, status: int = 200) -> Response:
     return Response(json.dumps(payload), status_code=status, media_type="application/json")
+
+
+async def _body(request: Request, model: type[M]) -> M:
+    """The JSON body whatever its Content-Type (`curl -d @file` sends a form type), as KServe reads it."""
+    try:
+        data = json.loads(await request.body() or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InvalidArgument(f"the request body is not valid JSON ({error})") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise RequestValidationError(error.errors()) from None
 
 
 def build_v1_router() -> APIRouter:
@@ -32,7 +51,8 @@ def build_v1_router() -> APIRouter:
         return _json({"name": name, "ready": gateway(request).kserve.ready(name)})
 
     @router.post("/v1/models/{name}:predict")
-    async def predict(name: str, body: V1PredictRequest, request: Request) -> Response:
+    async def predict(name: str, request: Request) -> Response:
+        body = await _body(request, V1PredictRequest)
         state = gateway(request)
         result = await cancel_on_disconnect(request, state.kserve.v1_predict(name, body, state.call(request)))
         return json_response(result)
@@ -67,7 +87,8 @@ def build_v2_router() -> APIRouter:
         return _json({"name": name, "ready": is_ready}, 200 if is_ready else 503)
 
     @router.post("/v2/models/{name}/infer")
-    async def infer(name: str, body: V2InferRequest, request: Request) -> Response:
+    async def infer(name: str, request: Request) -> Response:
+        body = await _body(request, V2InferRequest)
         state = gateway(request)
         result = await cancel_on_disconnect(request, state.kserve.v2_infer(name, body, state.call(request)))
         return Response(result.model_dump_json(exclude_none=True), media_type="application/json")

@@ -100,3 +100,13 @@ async def test_v2_health_metadata_and_ready(http):
     assert (await http.get("/v2/models/ner/ready")).json() == {"name": "ner", "ready": True}
     assert (await http.get("/v2/models/ner")).json()["name"] == "ner"
     assert (await http.get("/v2/models/nope/ready")).status_code == 404
+
+
+async def test_kserve_bodies_are_json_whatever_the_content_type(http):
+    form = {"content-type": "application/x-www-form-urlencoded"}  # what `curl -d @file.json` sends
+    reply = await http.post("/v1/models/sentiment:predict", content=b'{"instances": ["fine"]}', headers=form)
+    assert reply.status_code == 200 and len(reply.json()["predictions"]) == 1
+    broken = await http.post("/v1/models/sentiment:predict", content=b'{"instances": [', headers=form)
+    assert broken.status_code == 400 and "JSON" in broken.json()["error"]
+    missing = await http.post("/v2/models/sentiment/infer", json={"inputs": [{"name": "x", "shape": [1]}]})
+    assert missing.status_code == 400 and "datatype" in missing.json()["error"]
