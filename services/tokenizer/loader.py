@@ -16,21 +16,9 @@ from typing import Any
 
 from services.common.engine import Task
 from services.common.errors import InvalidArgument
+from services.common.mesh import task_from_architecture
 
 logger = logging.getLogger(__name__)
-
-# Architecture suffix → task, the inference KServe's HF runtime does.
-_ARCHITECTURE_TASKS = (
-    ("ForCausalLM", Task.TEXT_GENERATION),
-    ("LMHeadModel", Task.TEXT_GENERATION),
-    ("ForConditionalGeneration", Task.TEXT2TEXT_GENERATION),
-    ("ForSeq2SeqLM", Task.TEXT2TEXT_GENERATION),
-    ("ForMaskedLM", Task.FILL_MASK),
-    ("ForTokenClassification", Task.TOKEN_CLASSIFICATION),
-    ("ForSequenceClassification", Task.SEQUENCE_CLASSIFICATION),
-    ("Model", Task.TEXT_EMBEDDING),
-)
-
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -63,14 +51,10 @@ def read_model_config(model_dir: Path) -> ModelConfig:
 
 
 def infer_task(config: ModelConfig) -> Task:
-    """The task from the architecture name (rerank cannot be inferred: ask for it)."""
-    for architecture in config.architectures:
-        for suffix, task in _ARCHITECTURE_TASKS:
-            if architecture.endswith(suffix):
-                return task
-    raise InvalidArgument(
-        f"cannot infer the task from architectures {list(config.architectures)}; pass --task"
-    )
+    """The task from the architecture, by KServe's rules (rerank cannot be inferred: ask for it)."""
+    if not config.architectures:
+        raise InvalidArgument("the model config names no architecture; pass --task")
+    return task_from_architecture(config.architectures[0])
 
 
 def _tokenizer_class(name: str | None) -> type:
