@@ -93,11 +93,15 @@ class VLLMEngine:
 
     async def start(self) -> None:
         """Load the model (minutes on CPU) without blocking the event loop, then the static adapters."""
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
         logger.info("loading %s with vLLM (%s)", self.config.engine_args.model, self.name)
         try:
-            self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, self.config.engine_args)
+            # A server's scheduler defaults (max_num_seqs, max_num_batched_tokens), as vLLM's own API server.
+            self._llm = await asyncio.to_thread(
+                AsyncLLM.from_engine_args, self.config.engine_args, usage_context=UsageContext.OPENAI_API_SERVER
+            )
             self._max_model_len = self._llm.model_config.max_model_len
             if self.task is None:
                 supported = await self._llm.get_supported_tasks()
