@@ -67,6 +67,11 @@ class Result:
     requests: int = 0
     ttfts: list[float] = field(default_factory=list)
     cpu: dict[str, float] = field(default_factory=dict)
+    engine_ttft: list[float] = field(default_factory=lambda: [0.0, 0.0])  # sum, count
+
+    @property
+    def engine_ttft_mean(self) -> float:
+        return self.engine_ttft[0] / self.engine_ttft[1] * 1000 if self.engine_ttft[1] else float("nan")
 
     @property
     def rate(self) -> float:
@@ -74,6 +79,20 @@ class Result:
 
     def p(self, q: float) -> float:
         return float(np.percentile(self.ttfts, q)) * 1000 if self.ttfts else float("nan")
+
+
+ENGINE_METRICS = {"url": ""}
+
+
+def engine_ttft() -> tuple[float, float]:
+    """(sum, count) of the engine's own `vllm:time_to_first_token_seconds` histogram."""
+    text = httpx.get(ENGINE_METRICS["url"], timeout=10).text
+    values = {}
+    for line in text.splitlines():
+        for key in ("_sum", "_count"):
+            if line.startswith(f"vllm:time_to_first_token_seconds{key}"):
+                values[key] = float(line.rsplit(" ", 1)[1])
+    return values.get("_sum", 0.0), values.get("_count", 0.0)
 
 
 def messages(i: int) -> list[dict[str, str]]:
@@ -136,15 +155,23 @@ async def gateway_one(client: httpx.AsyncClient, i: int, max_tokens: int, result
     result.requests += 1
 
 
-async def run_load(make_call, count: int, concurrency: int, result: Result, pids: dict[str, int | None]) -> None:
-    """`count` requests in waves of `concurrency` that start together, so the engine
-    sees the same arrivals on both paths (its batching, not the path, would
-    otherwise decide the numbers: staggered arrivals cost it extra prefills and merges)."""
+async def run_load(make_call, count: int, concurrency: int, stagger: float, result: Result, pids: dict[str, int | None]) -> None:
+    """`concurrency` streams, each sending its share of `count` requests back to back,
+    started `stagger` seconds apart so arrivals spread as in steady traffic (in
+    lockstep, the engine's batching rather than the path would decide the numbers)."""
+
+    async def stream(worker: int) -> None:
+        await asyncio.sleep(worker * stagger)  # the stream's phase offset, not synchronisation
+        for i in range(worker, count, concurrency):
+            await make_call(i)
+
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    ttft_before = engine_ttft()
     started = time.perf_counter()
-    for first in range(0, count, concurrency):
-        await asyncio.gather(*(make_call(i) for i in range(first, min(first + concurrency, count))))
+    await asyncio.gather(*(stream(w) for w in range(concurrency)))
     result.seconds += time.perf_counter() - started
+    ttft_after = engine_ttft()
+    result.engine_ttft = [result.engine_ttft[i] + ttft_after[i] - ttft_before[i] for i in range(2)]
     for name, pid in pids.items():
         result.cpu[name] = result.cpu.get(name, 0.0) + cpu_seconds(pid) - cpu_before[name]
 
@@ -155,15 +182,16 @@ class Phase:
     concurrency: int
     requests: int
     max_tokens: int
+    stagger: float = 0.0
 
 
 async def run_phase(phase: Phase, rounds: int, stub, client, prompts, pids) -> tuple[Result, Result]:
     direct, through = Result("direct gRPC → engine"), Result("HTTP SSE → gateway → tokenizer → engine")
     for _ in range(rounds):
         await run_load(lambda i: direct_one(stub, prompts[i % len(prompts)], phase.max_tokens, direct),
-                       phase.requests, phase.concurrency, direct, pids)
+                       phase.requests, phase.concurrency, phase.stagger, direct, pids)
         await run_load(lambda i: gateway_one(client, i, phase.max_tokens, through),
-                       phase.requests, phase.concurrency, through, pids)
+                       phase.requests, phase.concurrency, phase.stagger, through, pids)
     return direct, through
 
 
@@ -185,13 +213,14 @@ async def bench(args, phases: list[Phase], engine_address: str, tokenizer_addres
 
 
 def report(phase: Phase, direct: Result, through: Result, rounds: int) -> None:
-    print(f"\n{phase.name}: {rounds}×{phase.requests} streamed chat requests per path, concurrency {phase.concurrency}, "
-          f"{phase.max_tokens} new tokens each (ignore_eos)")
+    print(f"\n{phase.name}: {rounds}×{phase.requests} streamed chat requests per path, concurrency {phase.concurrency} "
+          f"(streams {phase.stagger * 1000:.0f} ms apart), {phase.max_tokens} new tokens each (ignore_eos)")
     print(f"{'path':42} {'requests':>8} {'tokens':>7} {'seconds':>8} {'tok/s':>8} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12}"
-          f"  CPU s: engine / tokenizer / gateway / client")
+          f" {'engine TTFT mean ms':>20}  CPU s: engine / tokenizer / gateway / client")
     for r in (direct, through):
         cpu = " / ".join(f"{r.cpu.get(k, 0.0):.2f}" for k in ("engine", "tokenizer", "gateway", "client"))
-        print(f"{r.mode:42} {r.requests:8d} {r.tokens:7d} {r.seconds:8.2f} {r.rate:8.1f} {r.p(50):12.1f} {r.p(99):12.1f}  {cpu}")
+        print(f"{r.mode:42} {r.requests:8d} {r.tokens:7d} {r.seconds:8.2f} {r.rate:8.1f} {r.p(50):12.1f} {r.p(99):12.1f}"
+              f" {r.engine_ttft_mean:20.1f}  {cpu}")
     ratio = through.rate / direct.rate if direct.rate else float("nan")
     print(f"  output tokens/s ratio (gateway / direct): {ratio:.3f}   (target >= 0.9)")
     print(f"  added TTFT: p50 {through.p(50) - direct.p(50):+.1f} ms (target <= 5 ms), p99 {through.p(99) - direct.p(99):+.1f} ms")
@@ -202,15 +231,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=48, help="throughput phase: requests per round and path")
     parser.add_argument("--concurrency", type=int, default=8, help="throughput phase: concurrent streams")
     parser.add_argument("--max-tokens", type=int, default=64, help="throughput phase: new tokens per request")
+    parser.add_argument("--stagger-ms", type=float, default=25.0, help="throughput phase: start offset between streams")
     parser.add_argument("--latency-requests", type=int, default=40, help="latency phase: requests per round and path")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per path and phase")
+    parser.add_argument("--engine-flags", default="", help="extra HF engine flags, e.g. '--num_threads 1'")
     args = parser.parse_args()
     phases = [
         Phase("latency (one stream at a time: the gateway's own added TTFT)", 1, args.latency_requests, 16),
-        Phase("throughput", args.concurrency, args.requests, args.max_tokens),
+        Phase("throughput", args.concurrency, args.requests, args.max_tokens, args.stagger_ms / 1000),
     ]
     folder = str(ensure_model("tiny-llama"))
-    engine_port, tokenizer_port = free_port(), free_port()
+    engine_port, tokenizer_port, metrics_port = free_port(), free_port(), free_port()
+    ENGINE_METRICS["url"] = f"http://127.0.0.1:{metrics_port}/metrics"
     model_list = Path(tempfile.mkdtemp(prefix="hfmesh-bench-")) / "mesh.yaml"
     model_list.write_text(yaml.safe_dump({"models": [{
         "name": "llm", "source": folder, "task": "text_generation", "backend": "huggingface", "max_model_len": 512,
@@ -218,7 +250,8 @@ def main() -> None:
     }]}))
     services = []
     try:
-        services.append(start_service("services.engine_hf", ["--model_dir", folder, "--model_name", "llm", "--host", "127.0.0.1"],
+        services.append(start_service("services.engine_hf", ["--model_dir", folder, "--model_name", "llm", "--host", "127.0.0.1",
+                                                         "--metrics_port", str(metrics_port), *args.engine_flags.split()],
                                       name="bench-engine", port=engine_port))
         services.append(start_service("services.tokenizer", ["--model_list", str(model_list), "--host", "127.0.0.1"],
                                       name="bench-tokenizer", port=tokenizer_port))

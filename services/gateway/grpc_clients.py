@@ -8,6 +8,7 @@ carries a deadline (the request's remaining budget) and the request id as
 from __future__ import annotations
 
 import json
+import struct
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -211,6 +212,43 @@ def _delta(response: InferResponse) -> EngineDelta:
     )
 
 
+_LENGTH = struct.Struct("<I")
+
+
+def _raw_delta(message: pb.ModelInferResponse) -> EngineDelta | None:
+    """The per-token hot path: a raw-form streamed response decoded without numpy.
+    None when the response is in another form or shape; the codec then decodes it."""
+    raw, outputs = message.raw_output_contents, message.outputs
+    if not raw or len(raw) != len(outputs):
+        return None
+    values: dict[str, Any] = {}
+    for tensor, data in zip(outputs, raw):
+        if tensor.datatype == "BYTES":
+            if len(data) < 4 or _LENGTH.unpack_from(data)[0] != len(data) - 4 or list(tensor.shape) != [1]:
+                return None
+            values[tensor.name] = data[4:]
+        elif tensor.datatype == "INT64" and len(data) % 8 == 0 and len(tensor.shape) == 1:
+            values[tensor.name] = struct.unpack(f"<{len(data) // 8}q", data)
+        else:
+            return None
+    reason = values.get("finish_reason")
+    logprobs = values.get("logprobs")
+    index = values.get("sequence_index")
+    counts = values.get("num_input_tokens"), values.get("num_output_tokens")
+    try:
+        return EngineDelta(
+            index=index[0] if index else 0,
+            text=values.get("text_output", b"").decode("utf-8"),
+            token_ids=list(values.get("output_ids", ())),
+            finish_reason=reason.decode() or None if reason is not None else None,
+            num_input_tokens=counts[0][0] if counts[0] else None,
+            num_output_tokens=counts[1][0] if counts[1] else None,
+            logprobs=json.loads(logprobs) if logprobs is not None else None,
+        )
+    except (UnicodeDecodeError, ValueError, IndexError):
+        return None
+
+
 async def stream_generate(replica: Replica, request: InferRequest, call: CallContext) -> AsyncIterator[EngineDelta]:
     """`ModelStreamInfer` with one request; closing the iterator cancels the call."""
     message = infer_request_to_pb(request, raw=True)
@@ -223,10 +261,10 @@ async def stream_generate(replica: Replica, request: InferRequest, call: CallCon
         async for reply in stream:
             if reply.error_message:
                 raise _stream_error(reply.error_message)
-            response = infer_response_from_pb(reply.infer_response)
-            if not response.outputs:
+            if not reply.infer_response.outputs:
                 continue  # an empty final response
-            yield _delta(response)
+            delta = _raw_delta(reply.infer_response)
+            yield delta if delta is not None else _delta(infer_response_from_pb(reply.infer_response))
     except grpc.aio.AioRpcError as error:
         raise from_rpc_error(error) from None
     finally:

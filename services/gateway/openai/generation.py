@@ -69,35 +69,55 @@ class Choice:
             self.finish_reason = delta.finish_reason
 
 
-async def merge(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
-    """Items of several streams as they come, tagged with the stream's position.
+def combine(first: EngineDelta, then: EngineDelta) -> EngineDelta:
+    """Two consecutive deltas of one sequence as one."""
+    logprobs = (first.logprobs or []) + (then.logprobs or []) if first.logprobs or then.logprobs else None
+    return EngineDelta(
+        index=first.index,
+        text=first.text + then.text,
+        token_ids=first.token_ids + then.token_ids,
+        finish_reason=then.finish_reason or first.finish_reason,
+        num_input_tokens=then.num_input_tokens if then.num_input_tokens is not None else first.num_input_tokens,
+        num_output_tokens=then.num_output_tokens if then.num_output_tokens is not None else first.num_output_tokens,
+        logprobs=logprobs,
+    )
+
+
+async def merge(streams: list[AsyncIterator[T]]) -> AsyncIterator[list[tuple[int, T]]]:
+    """Items of several streams as they come, tagged with the stream's position, in
+    batches: everything that arrived while the consumer was busy comes together,
+    so a loaded gateway writes fewer, larger chunks instead of falling behind.
     Closing the merged iterator cancels every stream."""
-    if len(streams) == 1:
-        async for item in streams[0]:
-            yield 0, item
-        return
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
 
     async def pump(position: int, stream: AsyncIterator[T]) -> None:
         try:
             async for item in stream:
-                await queue.put((position, item))
-            await queue.put((position, done))
+                queue.put_nowait((position, item))
+            queue.put_nowait((position, done))
         except BaseException as error:  # noqa: BLE001 - handed to the consumer
-            await queue.put((position, error))
+            queue.put_nowait((position, error))
 
     tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
     remaining = len(tasks)
     try:
         while remaining:
-            position, item = await queue.get()
-            if item is done:
-                remaining -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield position, item
+            arrived = [await queue.get()]
+            while not queue.empty():
+                arrived.append(queue.get_nowait())
+            batch: list[tuple[int, T]] = []
+            for position, item in arrived:
+                if item is done:
+                    remaining -= 1
+                elif isinstance(item, BaseException):
+                    if batch:
+                        yield batch
+                    raise item
+                else:
+                    batch.append((position, item))
+            if batch:
+                yield batch
     finally:
         for task in tasks:
             task.cancel()

@@ -42,8 +42,19 @@ GENERATIVE = (Task.TEXT_GENERATION, Task.TEXT2TEXT_GENERATION)
 DONE = b"data: [DONE]\n\n"
 
 
-def sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+class Chunks:
+    """The SSE `data:` lines of one stream; the part every chunk shares is encoded once."""
+
+    def __init__(self, chunk_id: str, kind: str, model: str, *, include_usage: bool) -> None:
+        shared = json.dumps({"id": chunk_id, "object": kind, "created": now(), "model": model}, separators=(",", ":"))
+        self.head = b"data: " + shared[:-1].encode() + b',"choices":['
+        self.tail = (b'],"usage":null}' if include_usage else b"]}") + b"\n\n"
+
+    def choice(self, entry: dict[str, Any]) -> bytes:
+        return self.head + json.dumps(entry, separators=(",", ":")).encode() + self.tail
+
+    def usage(self, usage: Usage) -> bytes:
+        return self.head + b'],"usage":' + usage.model_dump_json().encode() + b"}\n\n"
 
 
 class GenerationServing:
@@ -90,8 +101,8 @@ class GenerationServing:
         return Rendered(input_ids=prompt, prompt=text, max_model_len=None)
 
     async def _completion_chunks(self, run: "_Run", request: CompletionRequest, streams) -> AsyncIterator[bytes]:
-        base = {"id": run.id("cmpl"), "object": "text_completion", "created": now(), "model": request.model}
         usage = request.stream_options is not None and request.stream_options.include_usage
+        chunks = Chunks(run.id("cmpl"), "text_completion", request.model, include_usage=usage)
         async for choice, delta in run.deltas(streams):
             text = delta.text
             if not text and not delta.finish_reason and not delta.logprobs and choice.started:
@@ -104,9 +115,9 @@ class GenerationServing:
                 names = await run.names(delta.logprobs)
                 logprobs = gen.completion_logprobs(delta.logprobs, names, request.logprobs).model_dump()
             entry = {"index": choice.index, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason}
-            yield sse({**base, "choices": [entry], **({"usage": None} if usage else {})})
+            yield chunks.choice(entry)
         if usage:
-            yield sse({**base, "choices": [], "usage": run.usage(run.choices).model_dump()})
+            yield chunks.usage(run.usage(run.choices))
         yield DONE
 
     # -- chat ----------------------------------------------------------------
@@ -153,15 +164,14 @@ class GenerationServing:
         return ChatCompletionResponse(id=run.id("chatcmpl"), created=now(), model=request.model, choices=out, usage=run.usage(choices))
 
     async def _chat_chunks(self, run: "_Run", request: ChatCompletionRequest, streams) -> AsyncIterator[bytes]:
-        base = {"id": run.id("chatcmpl"), "object": "chat.completion.chunk", "created": now(), "model": request.model}
         usage = request.stream_options is not None and request.stream_options.include_usage
-        extra = {"usage": None} if usage else {}
+        chunks = Chunks(run.id("chatcmpl"), "chat.completion.chunk", request.model, include_usage=usage)
         top = request.top_logprobs or 0
         async for choice, delta in run.deltas(streams):
             if not choice.started:
                 choice.started = True
                 first = {"index": choice.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-                yield sse({**base, "choices": [first], **extra})
+                yield chunks.choice(first)
             if not delta.text and not delta.finish_reason and not delta.logprobs:
                 continue  # nothing to tell the client yet (the detokenizer holds partial characters)
             logprobs = None
@@ -170,9 +180,9 @@ class GenerationServing:
                 logprobs = {"content": [e.model_dump() for e in gen.chat_logprobs(delta.logprobs, names, top)]}
             content = {"content": delta.text} if delta.text else {}
             entry = {"index": choice.index, "delta": content, "logprobs": logprobs, "finish_reason": delta.finish_reason}
-            yield sse({**base, "choices": [entry], **extra})
+            yield chunks.choice(entry)
         if usage:
-            yield sse({**base, "choices": [], "usage": run.usage(run.choices).model_dump()})
+            yield chunks.usage(run.usage(run.choices))
         yield DONE
 
 
@@ -200,8 +210,8 @@ class _Run:
         self.choices = [gen.Choice(index=i) for i in range(n * len(rendered))]
         self._id: str | None = None
         self._first_seen = False
-        self._first: list[tuple[int, EngineDelta]] = []
-        self._merged: AsyncIterator[tuple[int, EngineDelta]] | None = None
+        self._first: list[list[tuple[int, EngineDelta]]] = []
+        self._merged: AsyncIterator[list[tuple[int, EngineDelta]]] | None = None
 
     def id(self, prefix: str) -> str:
         if self._id is None:
@@ -209,16 +219,22 @@ class _Run:
         return self._id
 
     async def deltas(self, streams) -> AsyncIterator[tuple[gen.Choice, EngineDelta]]:
+        """(choice, delta) as the engines answer; deltas that arrived together are combined per choice."""
         merged = self._merged if self._merged is not None else gen.merge(streams)
-        async for position, delta in merged:
+        async for batch in merged:
             if not self._first_seen:
                 self._first_seen = True
                 self.serving.metrics.ttft.labels(self.route.name).observe(time.monotonic() - self.arrival)
-            choice = self.choices[position * self.n + delta.index]
-            if choice.finish_reason is not None:
-                continue  # exactly one finish_reason per choice
-            choice.add(delta)
-            yield choice, delta
+            combined: dict[int, EngineDelta] = {}
+            for position, delta in batch:
+                index = position * self.n + delta.index
+                combined[index] = gen.combine(combined[index], delta) if index in combined else delta
+            for index, delta in combined.items():
+                choice = self.choices[index]
+                if choice.finish_reason is not None:
+                    continue  # exactly one finish_reason per choice
+                choice.add(delta)
+                yield choice, delta
         unfinished = [c.index for c in self.choices if c.finish_reason is None]
         if unfinished:
             logger.error("engine stream for %s ended without finishing choices %s", self.route.name, unfinished)
