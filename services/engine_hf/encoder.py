@@ -24,6 +24,7 @@ from services.common import tasks
 from services.common.engine import EncodeRequest, EncodeResult, Task
 from services.common.errors import HfmeshError, InternalError, InvalidArgument
 from services.engine_hf.loading import LoadedModel, ModelLoadError
+from services.engine_hf.packing import pack, packing_supported, unpack
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,11 @@ class EncoderRunner:
         self.type_vocab_size = int(getattr(self.model.config, "type_vocab_size", 0) or 0)
         if self.task is Task.FILL_MASK and self.tokenizer.mask_token_id is None:
             raise ModelLoadError("fill_mask needs a tokenizer with a mask token")
+        # Text-in embeddings pool over real tokens only, so their batches can skip padding.
+        self.packing = self.task is Task.TEXT_EMBEDDING and packing_supported(
+            self.model, self.tokenizer, loaded.device
+        )
+        logger.info("sequence packing for text embeddings: %s", "on" if self.packing else "off")
 
     # -- preparation (per request) -------------------------------------------
 
@@ -181,6 +187,8 @@ class EncoderRunner:
         """One padded forward pass; each job gets its own rows, cut to its own length."""
         import torch
 
+        if self.packing and all(job.text_style for job in jobs):
+            return self._forward_packed(jobs)
         width = max(job.input_ids.shape[1] for job in jobs)
         pad = self.tokenizer.pad_token_id or 0
         ids = np.concatenate([_pad(job.input_ids, width, pad) for job in jobs])
@@ -199,6 +207,26 @@ class EncoderRunner:
         for job in jobs:
             rows = array[start : start + job.rows]
             pieces.append(rows[:, : job.input_ids.shape[1]] if rows.ndim == 3 else rows)
+            start += job.rows
+        return pieces
+
+    def _forward_packed(self, jobs: list[EncodeJob]) -> list[np.ndarray]:
+        """Text embeddings without padding (see `packing`); same shapes as `forward` returns."""
+        import torch
+
+        sequences, types = [], []
+        for job in jobs:
+            for row in range(job.rows):
+                real = job.attention_mask[row] == 1
+                sequences.append(job.input_ids[row][real])
+                types.append(job.token_type_ids[row][real] if job.token_type_ids is not None else None)
+        with_types = self.takes_token_types and all(t is not None for t in types)
+        inputs, places = pack(sequences, types if with_types else None, self.loaded.device)
+        with torch.inference_mode():
+            hidden = self.model(**inputs).last_hidden_state.float().cpu().numpy()
+        pieces, start = [], 0
+        for job in jobs:
+            pieces.append(unpack(hidden, places[start : start + job.rows], job.input_ids.shape[1]))
             start += job.rows
         return pieces
 
