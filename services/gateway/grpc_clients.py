@@ -26,6 +26,7 @@ from services.common.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
+    from_grpc,
     from_rpc_error,
 )
 from services.common.logs import REQUEST_ID_HEADER
@@ -179,8 +180,14 @@ def generate_request(model: str, input_ids: list[int], sampling: dict[str, Any],
     return InferRequest(model, inputs, id=request_id)
 
 
-def _stream_error(text: str) -> HfmeshError:
-    """A `ModelStreamInfer` response's `error_message` carries no status: recover it from the text."""
+def _stream_error(reply: pb.ModelStreamInferResponse) -> HfmeshError:
+    """The error a `ModelStreamInfer` response's `error_message` means. Triton's message
+    carries no status: an `error_code` response parameter (a gRPC status name) is used
+    when the engine sets one, else the status is recovered from the text."""
+    text = reply.error_message
+    named = reply.infer_response.parameters.get("error_code")
+    if named is not None and named.string_param in grpc.StatusCode.__members__:
+        return from_grpc(grpc.StatusCode[named.string_param], text)
     lowered = text.lower()
     if text == GENERIC_INTERNAL_MESSAGE:
         return InternalError()
@@ -260,7 +267,7 @@ async def stream_generate(replica: Replica, request: InferRequest, call: CallCon
     try:
         async for reply in stream:
             if reply.error_message:
-                raise _stream_error(reply.error_message)
+                raise _stream_error(reply)
             if not reply.infer_response.outputs:
                 continue  # an empty final response
             delta = _raw_delta(reply.infer_response)
