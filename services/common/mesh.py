@@ -138,7 +138,9 @@ def _vllm_supports(architecture: str, vllm_available: bool | None) -> bool:
     return vllm_supports(architecture)
 
 
-def _entry_from_dict(raw: dict[str, Any], *, vllm_available: bool | None) -> tuple[ModelEntry, Endpoints | None]:
+def _entry_from_dict(
+    raw: dict[str, Any], *, vllm_available: bool | None, resolve: bool = True
+) -> tuple[ModelEntry, Endpoints | None]:
     name = raw.get("name")
     if not name:
         raise InvalidArgument("every model in the model list needs a 'name'")
@@ -160,7 +162,9 @@ def _entry_from_dict(raw: dict[str, Any], *, vllm_available: bool | None) -> tup
         source=source,
         task=task,
         backend=backend,
-        resolved_backend=resolve_backend(backend, task, architecture, vllm_available=vllm_available),
+        resolved_backend=(
+            resolve_backend(backend, task, architecture, vllm_available=vllm_available) if resolve else backend
+        ),
         fallback=raw.get("fallback"),
         max_model_len=raw.get("max_model_len"),
         replicas=int(raw.get("replicas", 1)),
@@ -211,13 +215,14 @@ def _entry_dict(entry: ModelEntry, endpoints: Endpoints | None) -> dict[str, Any
     return out
 
 
-def parse_mesh(document: dict[str, Any], *, vllm_available: bool | None = None) -> MeshPlan:
+def parse_mesh(document: dict[str, Any], *, vllm_available: bool | None = None, resolve: bool = True) -> MeshPlan:
+    """`resolve=False` keeps each entry's backend as written (services that only need tasks and sources)."""
     models = document.get("models") if isinstance(document, dict) else None
     if not models:
         raise InvalidArgument("the model list has no 'models'")
     plan = MeshPlan(models=[])
     for raw in models:
-        entry, endpoints = _entry_from_dict(raw, vllm_available=vllm_available)
+        entry, endpoints = _entry_from_dict(raw, vllm_available=vllm_available, resolve=resolve)
         if any(m.name == entry.name for m in plan.models):
             raise InvalidArgument(f"model '{entry.name}' is listed twice")
         plan.models.append(entry)
@@ -226,9 +231,9 @@ def parse_mesh(document: dict[str, Any], *, vllm_available: bool | None = None) 
     return plan
 
 
-def load_mesh(path: str | Path, *, vllm_available: bool | None = None) -> MeshPlan:
+def load_mesh(path: str | Path, *, vllm_available: bool | None = None, resolve: bool = True) -> MeshPlan:
     try:
         document = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as error:
         raise InvalidArgument(f"cannot read model list {path}: {error}") from None
-    return parse_mesh(document, vllm_available=vllm_available)
+    return parse_mesh(document, vllm_available=vllm_available, resolve=resolve)

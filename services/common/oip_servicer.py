@@ -28,7 +28,7 @@ from services.common.converters import (
     model_metadata_to_pb,
 )
 from services.common.engine import EncodeRequest, Engine, GenerateDelta, ModelInfo, Task
-from services.common.errors import HfmeshError, InvalidArgument, NotFound, Unavailable
+from services.common.errors import GENERIC_INTERNAL_MESSAGE, HfmeshError, InvalidArgument, NotFound, Unavailable
 from services.common.logs import request_id_var
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import inference_pb2_grpc as pb_grpc
@@ -124,10 +124,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 async for response in self._stream_one(message):
                     await queue.put(pb.ModelStreamInferResponse(infer_response=response))
             except HfmeshError as error:
-                await queue.put(_stream_error(message, error.message))
+                await queue.put(_stream_error(message, error.message, error.grpc_code))
             except Exception:  # noqa: BLE001 - one request's bug must not end the stream
                 logger.exception("stream request failed")
-                await queue.put(_stream_error(message, "internal error; see the service logs"))
+                await queue.put(_stream_error(message, GENERIC_INTERNAL_MESSAGE, grpc.StatusCode.INTERNAL))
 
         async def read_requests() -> None:
             async for message in request_iterator:
@@ -293,8 +293,8 @@ def _combine_sequences(infer, options, by_index, n, prefix) -> InferResponse:
     return InferResponse(model_name=infer.model_name, id=infer.id, outputs=outputs)
 
 
-def _stream_error(message: pb.ModelInferRequest, text: str) -> pb.ModelStreamInferResponse:
-    return pb.ModelStreamInferResponse(
-        error_message=text,
-        infer_response=pb.ModelInferResponse(model_name=message.model_name, id=message.id),
-    )
+def _stream_error(message: pb.ModelInferRequest, text: str, code: grpc.StatusCode) -> pb.ModelStreamInferResponse:
+    """A failed stream request; `error_code` carries its gRPC status name (e.g. UNAVAILABLE)."""
+    response = pb.ModelInferResponse(model_name=message.model_name, id=message.id)
+    response.parameters["error_code"].string_param = code.name
+    return pb.ModelStreamInferResponse(error_message=text, infer_response=response)

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAPI:
     if plan is None and settings.model_list:
-        plan = load_mesh(settings.model_list)
+        plan = load_mesh(settings.model_list, resolve=False)
     router = Router(plan)
     metrics = GatewayMetrics(router)
     state = build_state(settings, router, metrics)

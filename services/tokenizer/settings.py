@@ -84,7 +84,7 @@ def model_specs(settings: TokenizerSettings) -> list[ModelSpec]:
     if settings.model_list:
         from services.common.mesh import load_mesh
 
-        plan = load_mesh(settings.model_list, vllm_available=False)
+        plan = load_mesh(settings.model_list, resolve=False)
         for entry in plan.models:
             endpoints = plan.endpoints.get(entry.name)
             listed = endpoints.tokenizer if endpoints else []

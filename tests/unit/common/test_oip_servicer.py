@@ -182,3 +182,20 @@ async def test_adapter_load_and_unload_with_triton_messages(served):
     with pytest.raises(InferenceServerException) as info:
         await client.unload_model("gen-lora")
     assert info.value.status() == "StatusCode.NOT_FOUND"
+
+
+async def test_stream_error_carries_its_status(served):
+    _, client = served
+
+    async def requests():
+        yield {"model_name": "cold", "inputs": _llm_inputs("x", {}, stream=True)}
+
+    async for result, error in client.stream_infer(requests()):
+        assert result is None and "not ready" in str(error)
+        break
+    from tritonclient.grpc import _utils
+
+    request = _utils._get_inference_request("missing", _llm_inputs("x", {}), "", "", None, 0, False, False, 0, None, None)
+    async for response in _stub(client).ModelStreamInfer(iter([request])):
+        assert response.infer_response.parameters["error_code"].string_param == "NOT_FOUND"
+        break
