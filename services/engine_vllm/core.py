@@ -12,9 +12,7 @@ their own. vLLM's `EngineDeadError` (or the engine core process dying) makes
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from pathlib import Path
 from typing import Any, AsyncIterator
 
 from services.common.engine import (
@@ -28,6 +26,7 @@ from services.common.engine import (
     TensorSpec,
 )
 from services.common.errors import InternalError, InvalidArgument, NotFound, Unavailable, Unimplemented
+from services.engine_vllm.adapters import Adapters
 from services.engine_vllm.pooling import PoolingRunner, encoder_specs
 from services.engine_vllm.sampling import to_vllm
 from services.engine_vllm.settings import EngineConfig
@@ -85,8 +84,7 @@ class VLLMEngine:
         self._state = ModelState.LOADING
         self._reason = ""
         self._max_model_len = config.settings.max_model_len
-        self._adapters: dict[str, Any] = {}  # name → vllm LoRARequest
-        self._next_lora_id = 1
+        self._adapters = Adapters(self.name)
         self.stopping = False
 
     # -- lifecycle -----------------------------------------------------------
@@ -155,7 +153,7 @@ class VLLMEngine:
         base = ModelInfo(self.name, task, state, reason, PLATFORM, self._max_model_len, inputs, outputs)
         adapters = [
             ModelInfo(name, task, state, reason, PLATFORM, self._max_model_len, inputs, outputs, base_model=self.name)
-            for name in self._adapters
+            for name in self._adapters.names()
         ]
         return [base, *adapters]
 
@@ -166,13 +164,6 @@ class VLLMEngine:
         if state is not ModelState.READY:
             raise Unavailable(f"model '{self.name}' is unavailable: {self._reason or 'the vLLM engine died'}")
         return self._llm
-
-    def _lora_for(self, model: str) -> Any:
-        if model == self.name:
-            return None
-        if model in self._adapters:
-            return self._adapters[model]
-        raise NotFound(f"unknown model '{model}' (this engine serves: {', '.join([self.name, *self._adapters])})")
 
     # -- generation ----------------------------------------------------------
 
@@ -203,7 +194,7 @@ class VLLMEngine:
         llm = self._ready_llm()
         if not self.task.is_generative:
             raise Unimplemented(f"model '{self.name}' is a {self.task.value} model; it does not generate text")
-        lora = self._lora_for(request.model)
+        lora = self._adapters.request_for(request.model)
         params = to_vllm(request.sampling)
         ids = await self._prompt_ids(request)
         self._check_context(len(ids), params.max_tokens)
@@ -223,7 +214,12 @@ class VLLMEngine:
         except EngineDeadError:
             logger.error("the vLLM engine died during request %s", request.request_id)
             raise Unavailable("the vLLM engine died; this server is shutting down") from None
-        except EngineGenerateError:
+        except EngineGenerateError as error:
+            cause = error.__cause__
+            if not produced and isinstance(cause, (ValueError, TypeError)):
+                # Rejected while vLLM prepared the request (e.g. a structured-output grammar that
+                # does not compile): the request is bad, as vLLM's own server answers with a 400.
+                raise InvalidArgument(f"vLLM rejected the request: {cause}") from None
             logger.exception("vLLM failed request %s", request.request_id)
             raise InternalError() from None
 
@@ -249,57 +245,9 @@ class VLLMEngine:
     # -- LoRA adapters -------------------------------------------------------
 
     async def load_adapter(self, name: str, path: str) -> None:
-        from vllm.lora.request import LoRARequest
-
-        llm = self._llm
-        if llm is None or self._state_now() is ModelState.UNAVAILABLE:
+        if self._llm is None or self._state_now() is ModelState.UNAVAILABLE:
             raise Unavailable(f"model '{self.name}' is not loaded")
-        lora_config = llm.vllm_config.lora_config
-        if lora_config is None:
-            raise Unimplemented("LoRA adapters need the engine started with --enable-lora (or --lora-modules)")
-        if not name or name == self.name:
-            raise InvalidArgument(f"an adapter cannot be named '{name}' (the base model's name)")
-        rank = _adapter_rank(path)
-        if rank > lora_config.max_lora_rank:
-            raise InvalidArgument(
-                f"adapter '{name}' has rank {rank}; this engine allows at most --max-lora-rank {lora_config.max_lora_rank}"
-            )
-        previous = self._adapters.pop(name, None)
-        if previous is not None:
-            await llm.remove_lora(previous.lora_int_id)
-        lora = LoRARequest(lora_name=name, lora_int_id=self._next_lora_id, lora_path=str(Path(path).resolve()),
-                           base_model_name=self.name)
-        self._next_lora_id += 1
-        try:
-            await llm.add_lora(lora)
-        except Exception as error:  # noqa: BLE001 - vLLM reports adapter problems as plain exceptions
-            logger.warning("loading adapter %s from %s failed: %s", name, path, error)
-            raise InvalidArgument(f"cannot load LoRA adapter '{name}' from '{path}': {error}") from None
-        self._adapters[name] = lora
-        logger.info("LoRA adapter %s loaded from %s", name, path)
+        await self._adapters.load(self._llm, name, path)
 
     async def unload_adapter(self, name: str) -> None:
-        if name == self.name:
-            raise InvalidArgument(f"'{name}' is the base model; only LoRA adapters can be unloaded")
-        lora = self._adapters.pop(name, None)
-        if lora is None:
-            raise NotFound(f"no LoRA adapter named '{name}' is loaded")
-        if self._llm is not None and not self._llm.errored:
-            await self._llm.remove_lora(lora.lora_int_id)
-        logger.info("LoRA adapter %s unloaded", name)
-
-
-def _adapter_rank(path: str) -> int:
-    """The rank in a PEFT adapter folder's `adapter_config.json`; a missing or bad folder is a bad request."""
-    config = Path(path) / "adapter_config.json"
-    try:
-        data = json.loads(config.read_text())
-    except OSError:
-        raise InvalidArgument(f"lora_path '{path}' is not a PEFT adapter folder (no adapter_config.json)") from None
-    except json.JSONDecodeError as error:
-        raise InvalidArgument(f"lora_path '{path}': adapter_config.json is not valid JSON ({error})") from None
-    ranks = [data.get("r", 0), *(data.get("rank_pattern") or {}).values()]
-    try:
-        return max(int(r) for r in ranks)
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"lora_path '{path}': adapter_config.json has no valid rank 'r'") from None
+        await self._adapters.unload(self._llm, name)

@@ -235,6 +235,8 @@ def test_structured_outputs_reach_vllm(client):
         ({"max_tokens": 4, "frobnicate": 1}, "frobnicate"),
         ({"max_tokens": 4, "n": "two"}, "'n'"),
         ({"max_tokens": 600}, "context length of 512"),
+        ({"max_tokens": 4, "structured_outputs": {"json": "{not json"}}, "JSON"),
+        ({"max_tokens": 4, "guided_regex": "(["}, "regex"),
     ],
 )
 def test_invalid_parameters_are_invalid_argument_and_the_engine_keeps_serving(client, params, named):

@@ -1,8 +1,9 @@
 """Pooling models on the vLLM engine, with the HF engine's encoder tensors, checked against transformers.
 
-Two engine processes, started together: all-MiniLM-L6-v2 (real sentence
-embeddings, task inferred from `BertModel`) and the tiny BERT cross-encoder
-(`--task rerank`). The last test stops one with SIGTERM and expects exit 0.
+Three engine processes, started together: all-MiniLM-L6-v2 (real sentence
+embeddings, task inferred from `BertModel`), the tiny BERT cross-encoder
+(`--task rerank`) and the tiny BERT sentiment classifier (task inferred from
+`BertForSequenceClassification`). The last test stops one with SIGTERM and expects exit 0.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def engines(model_path):
     specs = {
         "minilm": [model_path("all-minilm-l6-v2")],
         "reranker": [model_path("tiny-bert-reranker"), "--task", "rerank"],
+        "sentiment": [model_path("tiny-bert-sentiment")],
     }
     started = {}
     try:
@@ -117,6 +119,26 @@ def test_rerank_scores_are_the_cross_encoder_logits(clients, model_path):
     )
     np.testing.assert_allclose(raw.as_numpy("scores"), expected[:1], atol=1e-4)
     assert raw.as_numpy("logits").shape == (1, 1)
+
+
+def test_sequence_classification_answers_like_kserve(clients, model_path):
+    import torch
+
+    model, tokenizer = _transformers(model_path, "tiny-bert-sentiment", "AutoModelForSequenceClassification")
+    encoded = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        logits = model(**encoded).logits.numpy()
+    labels = clients["sentiment"].infer("sentiment", [_bytes("input-0", SENTENCES)]).as_numpy("output-0")
+    assert labels.tolist() == logits.argmax(-1).tolist()
+    probabilities = clients["sentiment"].infer(
+        "sentiment", [_bytes("input-0", SENTENCES)], parameters={"return_probabilities": True}
+    ).as_numpy("output-0")
+    expected = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-4)
+    raw = clients["sentiment"].infer(
+        "sentiment", [_ints("input_ids", encoded["input_ids"].numpy()), _ints("attention_mask", encoded["attention_mask"].numpy())]
+    )
+    np.testing.assert_allclose(raw.as_numpy("logits"), logits, atol=1e-4)
 
 
 def test_bad_encoder_inputs_are_invalid_argument(clients):

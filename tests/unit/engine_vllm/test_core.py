@@ -8,7 +8,8 @@ import pytest
 
 from services.common.engine import ModelState, Task
 from services.common.errors import InvalidArgument, Unavailable
-from services.engine_vllm.core import VLLMEngine, _adapter_rank, _delta
+from services.engine_vllm.adapters import adapter_rank
+from services.engine_vllm.core import VLLMEngine, _delta
 from services.engine_vllm.settings import build_config
 
 pytest.importorskip("vllm")
@@ -40,14 +41,14 @@ def test_delta_logprobs_keep_the_sampled_token_and_the_real_top_k():
 
 
 def test_adapter_rank_reads_the_peft_config(tmp_path, model_path):
-    assert _adapter_rank(model_path("tiny-llama-lora")) == 8
+    assert adapter_rank(model_path("tiny-llama-lora")) == 8
     with pytest.raises(InvalidArgument, match="no adapter_config.json"):
-        _adapter_rank(str(tmp_path))
+        adapter_rank(str(tmp_path))
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 4, "rank_pattern": {"q_proj": 32}}))
-    assert _adapter_rank(str(tmp_path)) == 32
+    assert adapter_rank(str(tmp_path)) == 32
     (tmp_path / "adapter_config.json").write_text("{nope")
     with pytest.raises(InvalidArgument, match="not valid JSON"):
-        _adapter_rank(str(tmp_path))
+        adapter_rank(str(tmp_path))
 
 
 @pytest.fixture
