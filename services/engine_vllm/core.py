@@ -34,6 +34,8 @@ from services.engine_vllm.settings import EngineConfig
 logger = logging.getLogger(__name__)
 
 PLATFORM = "vllm"
+# Text prompts shorter than this are tokenized on the event loop (microseconds); longer ones in a thread.
+INLINE_TOKENIZE_CHARS = 4096
 LLM_INPUTS = [
     TensorSpec("text_input", "BYTES", (1,)),
     TensorSpec("input_ids", "INT64", (-1,)),
@@ -175,6 +177,8 @@ class VLLMEngine:
         if not request.prompt:
             raise InvalidArgument("the prompt is empty")
         tokenizer = self._llm.get_tokenizer()
+        if len(request.prompt) < INLINE_TOKENIZE_CHARS:
+            return list(tokenizer.encode(request.prompt))
         return list(await asyncio.to_thread(tokenizer.encode, request.prompt))
 
     def _check_context(self, prompt_len: int, max_tokens: int | None) -> None:
