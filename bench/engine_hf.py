@@ -110,7 +110,7 @@ def bench_embeddings(requests: int, concurrency: int, rounds: int) -> list[Row]:
         assert result.as_numpy("output-0").shape == (1, 384)
         return 1.0
 
-    modes = (("dynamic batching (32)", requests, ["--max_batch_size", "32", "--max_batch_wait_ms", "5"]),
+    modes = (("dynamic batching (32)", requests, ["--max_batch_size", "32"]),
              ("one at a time", requests, ["--max_batch_size", "1"]))
     return _compare("embeddings MiniLM", "req/s", "all-minilm-l6-v2", "minilm", modes, concurrency, rounds, call)
 
@@ -151,9 +151,13 @@ def main() -> None:
     parser.add_argument("--seq-gen-requests", type=int, default=4, help="one-at-a-time mode, per round")
     parser.add_argument("--gen-concurrency", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--only", choices=("embeddings", "generation"), help="run one comparison")
     args = parser.parse_args()
-    rows = bench_embeddings(args.embed_requests, args.embed_concurrency, args.rounds)
-    rows += bench_generation(args.gen_requests, args.seq_gen_requests, args.gen_concurrency, args.new_tokens, args.rounds)
+    rows: list[Row] = []
+    if args.only in (None, "embeddings"):
+        rows += bench_embeddings(args.embed_requests, args.embed_concurrency, args.rounds)
+    if args.only in (None, "generation"):
+        rows += bench_generation(args.gen_requests, args.seq_gen_requests, args.gen_concurrency, args.new_tokens, args.rounds)
     print(f"\nHF engine bench on {os.cpu_count()} CPU cores (fp32, gRPC via tritonclient.grpc.aio, "
           f"{args.rounds} alternating rounds)\n")
     print_table(rows)

@@ -1,9 +1,12 @@
 """Dynamic batching: concurrent requests share one forward pass.
 
-The first request of a batch waits at most `max_wait_ms` for others; a batch
-closes early when it holds `max_batch_size` rows. Batches run one at a time in
-a worker thread (never on the event loop); requests arriving meanwhile queue
-up and form the next batch. `max_batch_size=1` is one request at a time, the
+A batch takes every request already queued (up to `max_batch_size` rows). If
+that is fewer rows than the previous batch held, it waits up to `max_wait_ms`
+for the rest: under steady load (clients sending their next request when the
+last one returns) batches refill to their full size instead of splitting into
+fragments, while a lone request after a quiet spell does not wait at all.
+Batches run one at a time in a worker thread (never on the event loop);
+requests arriving meanwhile queue up and form the next batch. `max_batch_size=1` is one request at a time, the
 behaviour of KServe's HF backend. A request larger than the limit runs alone.
 """
 
@@ -53,6 +56,7 @@ class DynamicBatcher(Generic[Req, Res]):
         self._task: asyncio.Task | None = None
         self._on_change = on_change or (lambda waiting, running: None)
         self.running = 0
+        self._expected_rows = 1
         self.batches = 0
         self.batched_rows = 0
 
@@ -108,9 +112,12 @@ class DynamicBatcher(Generic[Req, Res]):
                 batch.append(item)
                 rows += item.rows
                 continue
+            if rows >= self._expected_rows:
+                break
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not await self._wait_arrival(remaining):
                 break
+        self._expected_rows = min(rows, self.max_batch_size)
         return batch
 
     async def _loop(self) -> None:

@@ -44,7 +44,11 @@ class HFEngineSettings(BaseModel):
     return_raw_logits: bool = Field(False, description="classification/fill_mask: answer raw logits")
     disable_log_requests: bool = Field(False, description="do not log each request")
     max_batch_size: int = Field(32, description="encoder rows per forward pass (1: one request at a time)")
-    max_batch_wait_ms: float = Field(5.0, description="how long the first request of a batch waits for company")
+    max_batch_wait_ms: float = Field(
+        10.0,
+        description="longest wait for company: an encoder batch smaller than the previous one, "
+        "or the first generation request arriving at an idle engine",
+    )
     max_concurrent_sequences: int = Field(32, description="generation sequences decoded together")
     metrics_port: int = Field(0, description="Prometheus /metrics port (0: off)")
     num_threads: int = Field(0, description="torch intra-op threads (0: torch's default)")
