@@ -4,7 +4,8 @@
 
 Starts real engine processes (both modes of a comparison at once; rounds
 alternate between them, so load from elsewhere on the machine hits both alike)
-and calls them with `tritonclient.grpc.aio`:
+and calls them over gRPC (requests serialized with tritonclient's protobufs before
+the clock starts, sent on a raw grpc.aio channel):
 - embeddings: all-MiniLM-L6-v2, concurrency 32, dynamic batching (max_batch_size 32)
   vs max_batch_size 1 (one request per forward pass, KServe's HF backend behaviour);
 - generation: SmolLM2-135M-Instruct fp32, 64 new tokens (ignore_eos), concurrency 16,
@@ -27,8 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-import tritonclient.grpc.aio as tgrpc  # noqa: E402
+from tritonclient.grpc import service_pb2  # noqa: E402
 
 from services.common.models import ensure_model  # noqa: E402
 from tests.procs import start_service  # noqa: E402
@@ -56,28 +58,46 @@ class Row:
         return self.units / self.seconds
 
 
-def _bytes(name: str, values: list[str]) -> tgrpc.InferInput:
-    tensor = tgrpc.InferInput(name, [len(values)], "BYTES")
-    tensor.set_data_from_numpy(np.array([v.encode() for v in values], dtype=object))
-    return tensor
+INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 
-async def _drive(address: str, count: int, concurrency: int, make_call, warm: bool) -> tuple[float, float]:
-    """Run `count` calls with at most `concurrency` in flight; (seconds, summed units)."""
-    client = tgrpc.InferenceServerClient(address)
-    if warm:
-        await make_call(client, -1)
-    gate = asyncio.Semaphore(concurrency)
+def infer_request(model: str, inputs: dict[str, list[str]]) -> bytes:
+    """A serialized ModelInferRequest with BYTES inputs (built before the clock starts)."""
+    request = service_pb2.ModelInferRequest(model_name=model)
+    for name, values in inputs.items():
+        request.inputs.add(name=name, datatype="BYTES", shape=[len(values)])
+        request.raw_input_contents.append(b"".join(len(v.encode()).to_bytes(4, "little") + v.encode() for v in values))
+    return request.SerializeToString()
 
-    async def one(i: int) -> float:
-        async with gate:
-            return await make_call(client, i)
 
-    start = time.perf_counter()
-    units = await asyncio.gather(*(one(i) for i in range(count)))
-    elapsed = time.perf_counter() - start
-    await client.close()
-    return elapsed, float(sum(units))
+def output(response: service_pb2.ModelInferResponse, name: str, dtype: str) -> np.ndarray:
+    for index, tensor in enumerate(response.outputs):
+        if tensor.name == name:
+            return np.frombuffer(response.raw_output_contents[index], dtype=dtype).reshape(list(tensor.shape))
+    raise KeyError(name)
+
+
+async def _drive(address: str, requests: list[bytes], concurrency: int, check, warm: bool) -> tuple[float, float]:
+    """Send pre-built requests with at most `concurrency` in flight; (seconds, summed units from `check`).
+
+    The client is deliberately thin (raw grpc.aio, no per-call tensor building): on a small
+    machine it shares the CPU with the engine, and a heavy client would hide the engine's speed.
+    """
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.unary_unary(INFER_METHOD)
+        if warm:
+            check(service_pb2.ModelInferResponse.FromString(await call(requests[0], timeout=600)))
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(request: bytes) -> bytes:
+            async with gate:
+                return await call(request, timeout=600)
+
+        start = time.perf_counter()
+        replies = await asyncio.gather(*(one(r) for r in requests))
+        elapsed = time.perf_counter() - start
+    units = sum(check(service_pb2.ModelInferResponse.FromString(reply)) for reply in replies)
+    return elapsed, float(units)
 
 
 def _engine(model: str, name: str, extra: list[str]):
@@ -86,14 +106,16 @@ def _engine(model: str, name: str, extra: list[str]):
     return start_service("services.engine_hf", args, name=f"bench-{name}", ready_timeout=600)
 
 
-def _compare(workload: str, unit: str, model: str, name: str, modes, concurrency: int, rounds: int, call) -> list[Row]:
+def _compare(workload: str, unit: str, model: str, name: str, modes, concurrency: int, rounds: int,
+             make_request, check) -> list[Row]:
     """Both engines up at once; rounds alternate between them so load from elsewhere hits both alike."""
     services = [_engine(model, name, flags) for _, _, flags in modes]
     totals = [[0.0, 0.0, 0] for _ in modes]
     try:
         for round_index in range(rounds):
             for (_, count, _), service, total in zip(modes, services, totals):
-                seconds, units = asyncio.run(_drive(service.address, count, concurrency, call, warm=round_index == 0))
+                requests = [make_request(i) for i in range(count)]
+                seconds, units = asyncio.run(_drive(service.address, requests, concurrency, check, warm=round_index == 0))
                 total[0] += seconds
                 total[1] += units
                 total[2] += count
@@ -104,30 +126,35 @@ def _compare(workload: str, unit: str, model: str, name: str, modes, concurrency
 
 
 def bench_embeddings(requests: int, concurrency: int, rounds: int) -> list[Row]:
-    async def call(client, i: int) -> float:
-        text = SENTENCES[i % len(SENTENCES)] + f" ({i})"
-        result = await client.infer("minilm", [_bytes("input-0", [text])])
-        assert result.as_numpy("output-0").shape == (1, 384)
+    def make_request(i: int) -> bytes:
+        return infer_request("minilm", {"input-0": [SENTENCES[i % len(SENTENCES)] + f" ({i})"]})
+
+    def check(response) -> float:
+        assert output(response, "output-0", "<f4").shape == (1, 384)
         return 1.0
 
     modes = (("dynamic batching (32)", requests, ["--max_batch_size", "32"]),
              ("one at a time", requests, ["--max_batch_size", "1"]))
-    return _compare("embeddings MiniLM", "req/s", "all-minilm-l6-v2", "minilm", modes, concurrency, rounds, call)
+    return _compare("embeddings MiniLM", "req/s", "all-minilm-l6-v2", "minilm", modes, concurrency, rounds,
+                    make_request, check)
 
 
 def bench_generation(batched: int, sequential: int, concurrency: int, new_tokens: int, rounds: int) -> list[Row]:
     sampling = json.dumps({"max_tokens": new_tokens, "temperature": 0, "ignore_eos": True})
 
-    async def call(client, i: int) -> float:
+    def make_request(i: int) -> bytes:
         topic = TOPICS[i % len(TOPICS)]
         prompt = f"<|im_start|>user\nWrite a short story about {topic}.<|im_end|>\n<|im_start|>assistant\n"
-        result = await client.infer("smollm2", [_bytes("text_input", [prompt]), _bytes("sampling_parameters", [sampling])])
-        return float(result.as_numpy("num_output_tokens")[0])
+        return infer_request("smollm2", {"text_input": [prompt], "sampling_parameters": [sampling]})
+
+    def check(response) -> float:
+        return float(output(response, "num_output_tokens", "<i8")[0])
 
     modes = (("batched decoding", batched, ["--max_concurrent_sequences", "32"]),
              ("one at a time", sequential, ["--max_concurrent_sequences", "1"]))
     workload = f"generation SmolLM2 {new_tokens} tok"
-    return _compare(workload, "tok/s", "smollm2-135m-instruct", "smollm2", modes, concurrency, rounds, call)
+    return _compare(workload, "tok/s", "smollm2-135m-instruct", "smollm2", modes, concurrency, rounds,
+                    make_request, check)
 
 
 def print_table(rows: list[Row]) -> None:
@@ -158,7 +185,7 @@ def main() -> None:
         rows += bench_embeddings(args.embed_requests, args.embed_concurrency, args.rounds)
     if args.only in (None, "generation"):
         rows += bench_generation(args.gen_requests, args.seq_gen_requests, args.gen_concurrency, args.new_tokens, args.rounds)
-    print(f"\nHF engine bench on {os.cpu_count()} CPU cores (fp32, gRPC via tritonclient.grpc.aio, "
+    print(f"\nHF engine bench on {os.cpu_count()} CPU cores (fp32, OIP v2 gRPC, "
           f"{args.rounds} alternating rounds)\n")
     print_table(rows)
 
