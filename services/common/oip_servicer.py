@@ -13,6 +13,7 @@ generation it started is aborted in the engine.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from typing import AsyncIterator
@@ -91,8 +92,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def RepositoryModelLoad(self, request, context):
-        parameter = request.parameters.get("lora_path")
-        path = parameter.string_param if parameter is not None else ""
+        path = _lora_path(request.parameters)
         if not path:
             self._model(request.model_name)  # loading a served base model is a no-op
             return pb.RepositoryModelLoadResponse()
@@ -291,6 +291,21 @@ def _combine_sequences(infer, options, by_index, n, prefix) -> InferResponse:
     if options.requested_outputs:
         outputs = [t for t in outputs if t.name in set(options.requested_outputs)]
     return InferResponse(model_name=infer.model_name, id=infer.id, outputs=outputs)
+
+
+def _lora_path(parameters) -> str:
+    """The adapter folder: a `lora_path` parameter, or `{"lora_path": ...}` in Triton's
+    `config` parameter (what `tritonclient`'s `load_model(name, config=...)` sends)."""
+    if "lora_path" in parameters:
+        return parameters["lora_path"].string_param
+    if "config" in parameters:
+        try:
+            config = json.loads(parameters["config"].string_param or "{}")
+        except json.JSONDecodeError as error:
+            raise InvalidArgument(f"parameter 'config': not valid JSON ({error})") from None
+        if isinstance(config, dict) and isinstance(config.get("lora_path"), str):
+            return config["lora_path"]
+    return ""
 
 
 def _stream_error(message: pb.ModelInferRequest, text: str, code: grpc.StatusCode) -> pb.ModelStreamInferResponse:

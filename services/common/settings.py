@@ -36,7 +36,10 @@ def _env_value(name: str, env: dict[str, str]) -> str | None:
 
 def build_parser(model: type[BaseModel], *, prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog=prog,
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,  # `--tokenizer` must never be read as `--tokenizer_revision`
     )
     for name, field in model.model_fields.items():
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}

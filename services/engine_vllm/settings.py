@@ -60,6 +60,12 @@ class VLLMEngineSettings(BaseModel):
     host: str = Field("0.0.0.0", description="gRPC bind address")
     port: int = Field(8081, description="gRPC port (0 picks a free one)")
     metrics_port: int | None = Field(None, description="HTTP port for Prometheus /metrics (off when absent)")
+    cpu_kv_cache_gib: int = Field(
+        2,
+        description="on CPU: KV cache size in GiB when neither --kv-cache-memory-bytes, "
+        "--gpu-memory-utilization nor VLLM_CPU_KVCACHE_SPACE is given (vLLM's own default "
+        "reserves 92%% of the machine's memory and refuses to start beside other services)",
+    )
     log_level: str = Field("INFO", description="Log level")
 
     @field_validator("task")
@@ -221,5 +227,15 @@ def build_config(argv: list[str] | None = None, *, on_cpu: bool | None = None) -
     for name, value in overrides.items():
         if value is not None:
             setattr(namespace, name, value)
+    if on_cpu and _kv_cache_unsized(rest):
+        namespace.kv_cache_memory_bytes = settings.cpu_kv_cache_gib * 2**30
     args = AsyncEngineArgs.from_cli_args(namespace)
     return EngineConfig(settings=settings, engine_args=args, task=task, lora_modules=lora_modules)
+
+
+def _kv_cache_unsized(vllm_argv: list[str]) -> bool:
+    import os
+
+    given = {token.split("=", 1)[0].replace("_", "-") for token in vllm_argv}
+    sized = {"--kv-cache-memory-bytes", "--gpu-memory-utilization"} & given
+    return not sized and not os.environ.get("VLLM_CPU_KVCACHE_SPACE")

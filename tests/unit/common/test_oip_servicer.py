@@ -179,6 +179,8 @@ async def test_adapter_load_and_unload_with_triton_messages(served):
     assert await client.is_model_ready("gen-lora")
     await client.unload_model("gen-lora")
     assert not await client.is_model_ready("gen-lora")
+    await client.load_model("gen-lora2", config='{"lora_path": "/tmp/adapter"}')
+    assert await client.is_model_ready("gen-lora2")
     with pytest.raises(InferenceServerException) as info:
         await client.unload_model("gen-lora")
     assert info.value.status() == "StatusCode.NOT_FOUND"
