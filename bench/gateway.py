@@ -1,8 +1,9 @@
 """Gateway overhead: the same streaming load against the engine directly and through the gateway.
 
-    python bench/gateway.py [--requests 48] [--concurrency 8] [--max-tokens 64] [--rounds 2]
+    python bench/gateway.py [--model tiny-llama] [--requests 48] [--concurrency 8] [--max-tokens 64] [--rounds 2]
 
-Starts tiny-llama on the HF engine, the tokenizer service and the gateway as
+Starts the model (tiny-llama, or smollm2-135m-instruct for a realistic per-token
+cost, with fewer requests by default) on the HF engine, the tokenizer service and the gateway as
 real processes, then runs the same chat workload two ways, alternating rounds,
 in two phases: latency (one stream at a time, so TTFT differences are the
 gateway's own hops, not the engine's batching) and throughput (concurrent
@@ -47,6 +48,8 @@ from services.common.models import ensure_model  # noqa: E402
 from services.common.pb import inference_pb2_grpc as pb_grpc  # noqa: E402
 from tests.procs import free_port, start_service  # noqa: E402
 
+# (latency phase, throughput phase) requests per round and path
+DEFAULT_REQUESTS = {"tiny-llama": (40, 48), "smollm2-135m-instruct": (10, 16)}
 TOPICS = ["the sea", "a robot", "autumn", "a lighthouse", "coffee", "mountains", "a train", "the moon"]
 
 
@@ -228,19 +231,22 @@ def report(phase: Phase, direct: Result, through: Result, rounds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=48, help="throughput phase: requests per round and path")
+    parser.add_argument("--model", default="tiny-llama", choices=sorted(DEFAULT_REQUESTS), help="model served by the HF engine")
+    parser.add_argument("--requests", type=int, help="throughput phase: requests per round and path (default per model)")
     parser.add_argument("--concurrency", type=int, default=8, help="throughput phase: concurrent streams")
     parser.add_argument("--max-tokens", type=int, default=64, help="throughput phase: new tokens per request")
     parser.add_argument("--stagger-ms", type=float, default=25.0, help="throughput phase: start offset between streams")
-    parser.add_argument("--latency-requests", type=int, default=40, help="latency phase: requests per round and path")
+    parser.add_argument("--latency-requests", type=int, help="latency phase: requests per round and path (default per model)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per path and phase")
     parser.add_argument("--engine-flags", default="", help="extra HF engine flags, e.g. '--num_threads 1'")
     args = parser.parse_args()
+    args.latency_requests = args.latency_requests or DEFAULT_REQUESTS[args.model][0]
+    args.requests = args.requests or DEFAULT_REQUESTS[args.model][1]
     phases = [
         Phase("latency (one stream at a time: the gateway's own added TTFT)", 1, args.latency_requests, 16),
         Phase("throughput", args.concurrency, args.requests, args.max_tokens, args.stagger_ms / 1000),
     ]
-    folder = str(ensure_model("tiny-llama"))
+    folder = str(ensure_model(args.model))
     engine_port, tokenizer_port, metrics_port = free_port(), free_port(), free_port()
     ENGINE_METRICS["url"] = f"http://127.0.0.1:{metrics_port}/metrics"
     model_list = Path(tempfile.mkdtemp(prefix="hfmesh-bench-")) / "mesh.yaml"
@@ -263,7 +269,7 @@ def main() -> None:
     finally:
         for service in services:
             service.stop()
-    print(f"\ntiny-llama on the HF engine, {os.cpu_count()} CPU cores, rounds alternate direct / gateway")
+    print(f"\n{args.model} on the HF engine, {os.cpu_count()} CPU cores, rounds alternate direct / gateway")
     for phase, direct, through in results:
         report(phase, direct, through, args.rounds)
 
