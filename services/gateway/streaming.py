@@ -4,6 +4,11 @@ calls, and so the engine's generation).
 `EventStreamResponse` always listens for `http.disconnect` beside the stream
 (whatever the server's ASGI spec version) and closes the body iterator
 explicitly; `cancel_on_disconnect` does the same for a non-streamed answer.
+
+A body iterator may mark its closing write as a `LastChunk`: it is sent as the
+end of the response body (one write instead of two), and the iterator is then
+run to its end without writing, so its bookkeeping after the last event still
+happens.
 """
 
 from __future__ import annotations
@@ -30,22 +35,39 @@ async def _wait_disconnect(receive: Receive) -> None:
             return
 
 
+class LastChunk(bytes):
+    """The final bytes of an event stream."""
+
+
 class EventStreamResponse(StreamingResponse):
     def __init__(self, content, **kwargs) -> None:
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **kwargs.pop("headers", {})}
         super().__init__(content, media_type="text/event-stream", headers=headers, **kwargs)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ended = False
+
         async def stream() -> None:
+            nonlocal ended
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             async for chunk in self.body_iterator:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if ended:
+                    continue
+                last = isinstance(chunk, LastChunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+                ended = last
+            if not ended:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
 
         writer = asyncio.ensure_future(stream())
         listener = asyncio.ensure_future(_wait_disconnect(receive))
         try:
             done, _ = await asyncio.wait({writer, listener}, return_when=asyncio.FIRST_COMPLETED)
+            if writer not in done and ended:
+                # The response is complete (so the server reports a disconnect); the
+                # iterator only has its own ending left to run.
+                await asyncio.wait({writer})
+                done = {writer}
             if writer in done:
                 try:
                     writer.result()

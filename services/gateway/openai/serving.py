@@ -35,6 +35,7 @@ from services.gateway.openai.protocol import (
     now,
 )
 from services.gateway.routing import ModelRoute
+from services.gateway.streaming import LastChunk
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,13 @@ class Chunks:
 
     def choice(self, entry: dict[str, Any]) -> bytes:
         return self.head + json.dumps(entry, separators=(",", ":")).encode() + self.tail
+
+    def content(self, index: int, text: str) -> bytes:
+        """A chat chunk carrying only new text (the per-token case), without building a dict."""
+        return b"".join((
+            self.head, b'{"index":', str(index).encode(), b',"delta":{"content":',
+            json.dumps(text).encode(), b'},"logprobs":null,"finish_reason":null}', self.tail,
+        ))
 
     def usage(self, usage: Usage) -> bytes:
         return self.head + b'],"usage":' + usage.model_dump_json().encode() + b"}\n\n"
@@ -103,22 +111,25 @@ class GenerationServing:
     async def _completion_chunks(self, run: "_Run", request: CompletionRequest, streams) -> AsyncIterator[bytes]:
         usage = request.stream_options is not None and request.stream_options.include_usage
         chunks = Chunks(run.id("cmpl"), "text_completion", request.model, include_usage=usage)
-        async for choice, delta in run.deltas(streams):
-            text = delta.text
-            if not text and not delta.finish_reason and not delta.logprobs and choice.started:
-                continue  # nothing to tell the client yet (the detokenizer holds partial characters)
-            if request.echo and not choice.started:
-                text = run.rendered[choice.index // request.n].prompt + text
-            choice.started = True
-            logprobs = None
-            if request.logprobs is not None and delta.logprobs:
-                names = await run.names(delta.logprobs)
-                logprobs = gen.completion_logprobs(delta.logprobs, names, request.logprobs).model_dump()
-            entry = {"index": choice.index, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason}
-            yield chunks.choice(entry)
-        if usage:
-            yield chunks.usage(run.usage(run.choices))
-        yield DONE
+        async for batch in run.deltas(streams):
+            parts = []
+            for choice, delta in batch:
+                text = delta.text
+                if not text and not delta.finish_reason and not delta.logprobs and choice.started:
+                    continue  # nothing to tell the client yet (the detokenizer holds partial characters)
+                if request.echo and not choice.started:
+                    text = run.rendered[choice.index // request.n].prompt + text
+                choice.started = True
+                logprobs = None
+                if request.logprobs is not None and delta.logprobs:
+                    names = await run.names(delta.logprobs)
+                    logprobs = gen.completion_logprobs(delta.logprobs, names, request.logprobs).model_dump()
+                entry = {"index": choice.index, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason}
+                parts.append(chunks.choice(entry))
+            if run.finished:
+                yield _last(parts, chunks.usage(run.usage(run.choices)) if usage else None)
+            elif parts:
+                yield b"".join(parts)
 
     # -- chat ----------------------------------------------------------------
 
@@ -167,23 +178,36 @@ class GenerationServing:
         usage = request.stream_options is not None and request.stream_options.include_usage
         chunks = Chunks(run.id("chatcmpl"), "chat.completion.chunk", request.model, include_usage=usage)
         top = request.top_logprobs or 0
-        async for choice, delta in run.deltas(streams):
-            if not choice.started:
-                choice.started = True
-                first = {"index": choice.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-                yield chunks.choice(first)
-            if not delta.text and not delta.finish_reason and not delta.logprobs:
-                continue  # nothing to tell the client yet (the detokenizer holds partial characters)
-            logprobs = None
-            if request.logprobs and delta.logprobs:
-                names = await run.names(delta.logprobs)
-                logprobs = {"content": [e.model_dump() for e in gen.chat_logprobs(delta.logprobs, names, top)]}
-            content = {"content": delta.text} if delta.text else {}
-            entry = {"index": choice.index, "delta": content, "logprobs": logprobs, "finish_reason": delta.finish_reason}
-            yield chunks.choice(entry)
-        if usage:
-            yield chunks.usage(run.usage(run.choices))
-        yield DONE
+        async for batch in run.deltas(streams):
+            parts = []
+            for choice, delta in batch:
+                if not choice.started:
+                    choice.started = True
+                    first = {"index": choice.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+                    parts.append(chunks.choice(first))
+                if not delta.finish_reason and not delta.logprobs:
+                    if delta.text:
+                        parts.append(chunks.content(choice.index, delta.text))
+                    continue  # no text: the detokenizer holds partial characters
+                logprobs = None
+                if request.logprobs and delta.logprobs:
+                    names = await run.names(delta.logprobs)
+                    logprobs = {"content": [e.model_dump() for e in gen.chat_logprobs(delta.logprobs, names, top)]}
+                content = {"content": delta.text} if delta.text else {}
+                entry = {"index": choice.index, "delta": content, "logprobs": logprobs, "finish_reason": delta.finish_reason}
+                parts.append(chunks.choice(entry))
+            if run.finished:
+                yield _last(parts, chunks.usage(run.usage(run.choices)) if usage else None)
+            elif parts:
+                yield b"".join(parts)
+
+
+def _last(parts: list[bytes], usage: bytes | None) -> LastChunk:
+    """The stream's closing write: the last choices, the usage chunk and `[DONE]` together."""
+    if usage is not None:
+        parts.append(usage)
+    parts.append(DONE)
+    return LastChunk(b"".join(parts))
 
 
 def _prompts(prompt: str | list) -> list[str | list[int]]:
@@ -218,8 +242,13 @@ class _Run:
             self._id = new_id(prefix)
         return self._id
 
-    async def deltas(self, streams) -> AsyncIterator[tuple[gen.Choice, EngineDelta]]:
-        """(choice, delta) as the engines answer; deltas that arrived together are combined per choice."""
+    @property
+    def finished(self) -> bool:
+        return all(c.finish_reason is not None for c in self.choices)
+
+    async def deltas(self, streams) -> AsyncIterator[list[tuple[gen.Choice, EngineDelta]]]:
+        """(choice, delta) pairs as the engines answer, one list per batch of responses that
+        arrived together; deltas of one choice in a batch are combined."""
         merged = self._merged if self._merged is not None else gen.merge(streams)
         async for batch in merged:
             if not self._first_seen:
@@ -229,12 +258,15 @@ class _Run:
             for position, delta in batch:
                 index = position * self.n + delta.index
                 combined[index] = gen.combine(combined[index], delta) if index in combined else delta
+            out = []
             for index, delta in combined.items():
                 choice = self.choices[index]
                 if choice.finish_reason is not None:
                     continue  # exactly one finish_reason per choice
                 choice.add(delta)
-                yield choice, delta
+                out.append((choice, delta))
+            if out:
+                yield out
         unfinished = [c.index for c in self.choices if c.finish_reason is None]
         if unfinished:
             logger.error("engine stream for %s ended without finishing choices %s", self.route.name, unfinished)
