@@ -9,7 +9,8 @@ in two phases: latency (one stream at a time, so TTFT differences are the
 gateway's own hops, not the engine's batching) and throughput (concurrent
 streams):
 - direct: gRPC `ModelStreamInfer` to the engine with the rendered `input_ids`
-  (rendered once up front, as a client holding token ids would);
+  (rendered once up front, as a client holding token ids would) and the
+  `coalesce_deltas` parameter the gateway sets too;
 - gateway: HTTP `POST /openai/v1/chat/completions` with `stream: true` (SSE) →
   tokenizer `render` → engine `ModelStreamInfer`.
 Every request generates exactly `--max-tokens` tokens (`ignore_eos`). TTFT is
@@ -119,7 +120,7 @@ async def direct_one(stub, ids: list[int], max_tokens: int, result: Result) -> N
         Tensor("sampling_parameters", "BYTES", as_bytes_array([json.dumps(sampling)])),
         Tensor("stream", "BOOL", np.asarray([True])),
         Tensor("exclude_input_in_output", "BOOL", np.asarray([True])),
-    ])
+    ], parameters={"coalesce_deltas": True})  # as the gateway asks, so both paths get the same engine behaviour
     message = infer_request_to_pb(request)
 
     async def requests():

@@ -38,7 +38,7 @@ _FLAG_INPUTS = (
 )
 _KNOWN_INPUTS = {"text_input", "input_ids", "sampling_parameters", *_FLAG_INPUTS}
 # Request parameters that are protocol options, not sampling fields.
-_PROTOCOL_PARAMETERS = {"triton_enable_empty_final_response", "sequence_id", "priority", "timeout"}
+_PROTOCOL_PARAMETERS = {"triton_enable_empty_final_response", "coalesce_deltas", "sequence_id", "priority", "timeout"}
 
 
 @dataclass
@@ -52,6 +52,7 @@ class LLMOptions:
     return_num_output_tokens: bool = False
     return_logprobs: bool = False
     empty_final_response: bool = False
+    coalesce_deltas: bool = False
     requested_outputs: tuple[str, ...] = ()
 
 
@@ -148,6 +149,7 @@ def parse_generate_request(request: InferRequest, request_id: str) -> tuple[Gene
         values.update(decoded)
     options = LLMOptions(
         empty_final_response=bool(request.parameters.get("triton_enable_empty_final_response", False)),
+        coalesce_deltas=bool(request.parameters.get("coalesce_deltas", False)),
         requested_outputs=tuple(request.requested_outputs),
     )
     for flag in _FLAG_INPUTS:

@@ -8,6 +8,12 @@ protobuf out. Generative models speak the Triton vLLM-backend tensors
 stream and run concurrently; a request's failure is sent as that response's
 `error_message` and the stream stays open. When the call is cancelled, every
 generation it started is aborted in the engine.
+
+A streamed generation sends one response per engine delta, as Triton does. A
+request with the `coalesce_deltas` parameter set allows fewer, larger responses
+when the stream's reader is behind: its deltas of one sequence that are already
+queued when the next response is written go out as one response (text and ids
+concatenated, the last delta's finish reason and counts).
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import asyncio
 import json
 import logging
 import uuid
-from typing import AsyncIterator
+from dataclasses import dataclass
+from typing import AsyncIterator, Iterable
 
 import grpc
 import numpy as np
@@ -116,13 +123,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return infer_response_to_pb(response, raw=infer.raw)
 
     async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        queue: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        queue: asyncio.Queue[_Pending | pb.ModelStreamInferResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
 
         async def run_one(message: pb.ModelInferRequest) -> None:
             try:
                 async for response in self._stream_one(message):
-                    await queue.put(pb.ModelStreamInferResponse(infer_response=response))
+                    if isinstance(response, pb.ModelInferResponse):
+                        response = pb.ModelStreamInferResponse(infer_response=response)
+                    await queue.put(response)
             except HfmeshError as error:
                 await queue.put(_stream_error(message, error.message, error.grpc_code))
             except Exception:  # noqa: BLE001 - one request's bug must not end the stream
@@ -140,18 +149,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         reader = asyncio.ensure_future(read_requests())
         try:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    break
-                yield item
+            ended = False
+            while not ended:
+                queued = [await queue.get()]
+                while not queue.empty():
+                    queued.append(queue.get_nowait())
+                if queued[-1] is None:
+                    queued.pop()
+                    ended = True
+                for item in _coalesce(queued):
+                    yield item
         finally:
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
             await asyncio.gather(reader, *tasks, return_exceptions=True)
 
-    async def _stream_one(self, message: pb.ModelInferRequest) -> AsyncIterator[pb.ModelInferResponse]:
+    async def _stream_one(self, message: pb.ModelInferRequest) -> AsyncIterator[pb.ModelInferResponse | _Pending]:
         infer = infer_request_from_pb(message)
         info = self._ready_model(infer.model_name)
         if not info.task.is_generative:
@@ -164,8 +178,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             yield infer_response_to_pb(response, raw=infer.raw)
         else:
             async for delta in self._deltas(generate):
-                response = llm_tensors.response_for(infer, options, [delta], n=n)
-                yield infer_response_to_pb(response, raw=infer.raw)
+                if options.coalesce_deltas:
+                    yield _Pending(infer, options, n, [delta])
+                else:
+                    yield infer_response_to_pb(llm_tensors.response_for(infer, options, [delta], n=n), raw=infer.raw)
         if options.empty_final_response:
             yield infer_response_to_pb(llm_tensors.empty_final_response(infer), raw=infer.raw)
 
@@ -291,6 +307,48 @@ def _combine_sequences(infer, options, by_index, n, prefix) -> InferResponse:
     if options.requested_outputs:
         outputs = [t for t in outputs if t.name in set(options.requested_outputs)]
     return InferResponse(model_name=infer.model_name, id=infer.id, outputs=outputs)
+
+
+@dataclass
+class _Pending:
+    """Deltas of one streamed sequence not yet encoded: queued responses of one
+    sequence can still become one."""
+
+    infer: InferRequest
+    options: llm_tensors.LLMOptions
+    n: int
+    deltas: list[GenerateDelta]
+
+    def joins(self, other: "_Pending") -> bool:
+        return (
+            other.infer is self.infer
+            and other.deltas[0].index == self.deltas[-1].index
+            and self.deltas[-1].finish_reason is None
+        )
+
+    def encode(self) -> pb.ModelStreamInferResponse:
+        response = llm_tensors.response_for(self.infer, self.options, self.deltas, n=self.n)
+        return pb.ModelStreamInferResponse(infer_response=infer_response_to_pb(response, raw=self.infer.raw))
+
+
+def _coalesce(queued: Iterable[_Pending | pb.ModelStreamInferResponse]) -> list[pb.ModelStreamInferResponse]:
+    """Queued responses in order, each sequence's consecutive deltas merged into one
+    response. Only a request's own order matters, so another request's responses
+    in between do not stop a merge."""
+    out: list[_Pending | pb.ModelStreamInferResponse] = []
+    latest: dict[int, int] = {}  # id(request) -> position in out of its latest response
+    for item in queued:
+        if isinstance(item, _Pending):
+            at = latest.get(id(item.infer))
+            previous = out[at] if at is not None else None
+            if isinstance(previous, _Pending) and previous.joins(item):
+                previous.deltas += item.deltas
+                continue
+            latest[id(item.infer)] = len(out)
+        else:
+            latest.clear()  # an error or a final marker: nothing merges across it
+        out.append(item)
+    return [item.encode() if isinstance(item, _Pending) else item for item in out]
 
 
 def _lora_path(parameters) -> str:

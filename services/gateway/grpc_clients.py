@@ -177,7 +177,7 @@ def generate_request(model: str, input_ids: list[int], sampling: dict[str, Any],
     ]
     if logprobs:
         inputs.append(_bool_tensor("return_logprobs", True))
-    return InferRequest(model, inputs, id=request_id)
+    return InferRequest(model, inputs, id=request_id, parameters={"coalesce_deltas": True})
 
 
 def _stream_error(reply: pb.ModelStreamInferResponse) -> HfmeshError:

@@ -201,3 +201,37 @@ async def test_stream_error_carries_its_status(served):
     async for response in _stub(client).ModelStreamInfer(iter([request])):
         assert response.infer_response.parameters["error_code"].string_param == "NOT_FOUND"
         break
+
+
+def _pending(request, index, text, finish=None):
+    from services.common import llm_tensors
+    from services.common.engine import GenerateDelta
+    from services.common.oip_servicer import _Pending
+
+    options = llm_tensors.LLMOptions(stream=True, exclude_input_in_output=True, coalesce_deltas=True)
+    delta = GenerateDelta(index=index, text=text, token_ids=[len(text)], num_input_tokens=3, num_output_tokens=1, finish_reason=finish)
+    return _Pending(request, options, 1, [delta])
+
+
+def test_queued_deltas_of_a_sequence_leave_as_one_response():
+    from services.common.codec import InferRequest
+    from services.common.converters import infer_response_from_pb
+    from services.common.oip_servicer import _coalesce
+    from services.common.pb import inference_pb2 as pb
+
+    a, b = InferRequest("llm", [], id="a"), InferRequest("llm", [], id="b")
+    marker = pb.ModelStreamInferResponse()
+    queued = [
+        _pending(a, 0, "x"), _pending(b, 0, "p"), _pending(a, 0, "y", "length"),  # b between: a still merges
+        _pending(a, 0, "z"),  # after a finish: never merged into it
+        _pending(b, 0, "q"), marker, _pending(b, 0, "r"),  # nothing merges across a ready response
+    ]
+    out = _coalesce(queued)
+    texts = []
+    for item in out:
+        if item is marker:
+            texts.append("|")
+            continue
+        tensors = {t.name: t.data for t in infer_response_from_pb(item.infer_response).outputs}
+        texts.append((item.infer_response.id, bytes(tensors["text_output"][0]).decode(), "finish_reason" in tensors))
+    assert texts == [("a", "xy", True), ("b", "pq", False), ("a", "z", False), "|", ("b", "r", False)]
