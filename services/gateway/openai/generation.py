@@ -87,7 +87,19 @@ async def merge(streams: list[AsyncIterator[T]]) -> AsyncIterator[list[tuple[int
     """Items of several streams as they come, tagged with the stream's position, in
     batches: everything that arrived while the consumer was busy comes together,
     so a loaded gateway writes fewer, larger chunks instead of falling behind.
-    Closing the merged iterator cancels every stream."""
+    Closing the merged iterator cancels every stream. A lone stream is read
+    directly, without a task and a queue per item: its engine already sends
+    what the gateway fell behind on as one response (`coalesce_deltas`)."""
+    if len(streams) == 1:
+        stream = streams[0]
+        try:
+            async for item in stream:
+                yield [(0, item)]
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        return
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
 
