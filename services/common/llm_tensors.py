@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from services.common.codec import InferRequest, InferResponse, Tensor, as_bytes_array
-from services.common.engine import GenerateDelta, GenerateRequest, SamplingParams
+from services.common.engine import GenerateDelta, GenerateRequest, SamplingParams, TensorSpec
 from services.common.errors import InvalidArgument
 
 _SAMPLING_FIELDS = {f.name: f for f in dataclasses.fields(SamplingParams) if f.name != "extra"}
@@ -37,6 +37,21 @@ _FLAG_INPUTS = (
     "return_logprobs",
 )
 _KNOWN_INPUTS = {"text_input", "input_ids", "sampling_parameters", *_FLAG_INPUTS}
+#: What ModelMetadata reports for a generative model (-1: any size).
+LLM_INPUTS = [
+    TensorSpec("text_input", "BYTES", (1,)),
+    TensorSpec("input_ids", "INT64", (-1,)),
+    TensorSpec("sampling_parameters", "BYTES", (1,)),
+    *(TensorSpec(flag, "BOOL", (1,)) for flag in _FLAG_INPUTS),
+]
+LLM_OUTPUTS = [
+    TensorSpec("text_output", "BYTES", (-1,)),
+    TensorSpec("output_ids", "INT64", (-1,)),
+    TensorSpec("finish_reason", "BYTES", (-1,)),
+    TensorSpec("num_input_tokens", "INT64", (1,)),
+    TensorSpec("num_output_tokens", "INT64", (-1,)),
+    TensorSpec("logprobs", "BYTES", (1,)),
+]
 # Request parameters that are protocol options, not sampling fields.
 _PROTOCOL_PARAMETERS = {"triton_enable_empty_final_response", "coalesce_deltas", "sequence_id", "priority", "timeout"}
 

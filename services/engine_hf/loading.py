@@ -10,20 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.engine import Task
+from services.common.errors import InvalidArgument
+from services.common.mesh import task_from_architecture
 from services.engine_hf.settings import HFEngineSettings
 
 logger = logging.getLogger(__name__)
-
-# Architecture suffix → task, in KServe's order (a ForConditionalGeneration model is seq2seq).
-_SUFFIX_TASKS: tuple[tuple[str, Task], ...] = (
-    ("ForCausalLM", Task.TEXT_GENERATION),
-    ("ForConditionalGeneration", Task.TEXT2TEXT_GENERATION),
-    ("ForSeq2SeqLM", Task.TEXT2TEXT_GENERATION),
-    ("ForMaskedLM", Task.FILL_MASK),
-    ("ForSequenceClassification", Task.SEQUENCE_CLASSIFICATION),
-    ("ForTokenClassification", Task.TOKEN_CLASSIFICATION),
-    ("Model", Task.TEXT_EMBEDDING),
-)
 
 _AUTO_CLASSES = {
     Task.TEXT_GENERATION: "AutoModelForCausalLM",
@@ -55,11 +46,10 @@ def infer_task(architectures: list[str] | None) -> Task:
     """KServe's rule: the first architecture's class-name suffix decides."""
     if not architectures:
         raise ModelLoadError("the model config names no architecture; set --task")
-    architecture = architectures[0]
-    for suffix, task in _SUFFIX_TASKS:
-        if architecture.endswith(suffix):
-            return task
-    raise ModelLoadError(f"cannot infer a task from architecture {architecture}; set --task")
+    try:
+        return task_from_architecture(architectures[0])
+    except InvalidArgument:
+        raise ModelLoadError(f"cannot infer a task from architecture {architectures[0]}; set --task") from None
 
 
 def resolve_dtype(name: str, device: Any, config_dtype: Any = None) -> Any:

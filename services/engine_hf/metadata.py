@@ -5,26 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.common.engine import Task, TensorSpec
-
-GENERATIVE_INPUTS = [
-    TensorSpec("text_input", "BYTES", (1,)),
-    TensorSpec("input_ids", "INT64", (-1,)),
-    TensorSpec("stream", "BOOL", (1,)),
-    TensorSpec("sampling_parameters", "BYTES", (1,)),
-    TensorSpec("exclude_input_in_output", "BOOL", (1,)),
-    TensorSpec("return_finish_reason", "BOOL", (1,)),
-    TensorSpec("return_num_input_tokens", "BOOL", (1,)),
-    TensorSpec("return_num_output_tokens", "BOOL", (1,)),
-    TensorSpec("return_logprobs", "BOOL", (1,)),
-]
-GENERATIVE_OUTPUTS = [
-    TensorSpec("text_output", "BYTES", (-1,)),
-    TensorSpec("output_ids", "INT64", (-1,)),
-    TensorSpec("finish_reason", "BYTES", (-1,)),
-    TensorSpec("num_input_tokens", "INT64", (1,)),
-    TensorSpec("num_output_tokens", "INT64", (-1,)),
-    TensorSpec("logprobs", "BYTES", (1,)),
-]
+from services.common.llm_tensors import LLM_INPUTS, LLM_OUTPUTS
 
 
 def _text_output(task: Task, width: int, probabilities: bool, raw: bool) -> TensorSpec:
@@ -47,7 +28,7 @@ def _text_output(task: Task, width: int, probabilities: bool, raw: bool) -> Tens
 
 def tensor_specs(task: Task, runner: Any, loaded: Any, settings: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
     if task.is_generative:
-        return list(GENERATIVE_INPUTS), list(GENERATIVE_OUTPUTS)
+        return list(LLM_INPUTS), list(LLM_OUTPUTS)
     if runner is None or loaded is None:
         return [], []
     config = loaded.model.config

@@ -23,9 +23,9 @@ from services.common.engine import (
     ModelInfo,
     ModelState,
     Task,
-    TensorSpec,
 )
 from services.common.errors import InternalError, InvalidArgument, NotFound, Unavailable, Unimplemented
+from services.common.llm_tensors import LLM_INPUTS, LLM_OUTPUTS
 from services.engine_vllm.adapters import Adapters
 from services.engine_vllm.pooling import PoolingRunner, encoder_specs
 from services.engine_vllm.sampling import to_vllm
@@ -36,23 +36,6 @@ logger = logging.getLogger(__name__)
 PLATFORM = "vllm"
 # Text prompts shorter than this are tokenized on the event loop (microseconds); longer ones in a thread.
 INLINE_TOKENIZE_CHARS = 4096
-LLM_INPUTS = [
-    TensorSpec("text_input", "BYTES", (1,)),
-    TensorSpec("input_ids", "INT64", (-1,)),
-    TensorSpec("sampling_parameters", "BYTES", (1,)),
-    *(TensorSpec(flag, "BOOL", (1,)) for flag in (
-        "stream", "exclude_input_in_output", "return_finish_reason",
-        "return_num_input_tokens", "return_num_output_tokens", "return_logprobs",
-    )),
-]
-LLM_OUTPUTS = [
-    TensorSpec("text_output", "BYTES", (-1,)),
-    TensorSpec("output_ids", "INT64", (-1,)),
-    TensorSpec("finish_reason", "BYTES", (-1,)),
-    TensorSpec("num_input_tokens", "INT64", (1,)),
-    TensorSpec("num_output_tokens", "INT64", (-1,)),
-    TensorSpec("logprobs", "BYTES", (1,)),
-]
 _TASK_FROM_VLLM = (("generate", Task.TEXT_GENERATION), ("embed", Task.TEXT_EMBEDDING),
                    ("classify", Task.SEQUENCE_CLASSIFICATION))
 
