@@ -17,7 +17,7 @@ Results follow the KServe Hugging Face server per task:
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -28,6 +28,16 @@ def softmax(values: np.ndarray, axis: int = -1) -> np.ndarray:
     shifted = values - values.max(axis=axis, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=axis, keepdims=True)
+
+
+def option_flag(options: Mapping[str, object], name: str, default: bool) -> bool:
+    """A per-request boolean option (`return_probabilities`, ...); OIP clients may send "true"/"1"."""
+    value = options.get(name, default)
+    if isinstance(value, str):
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise InvalidArgument(f"parameter '{name}': expected a boolean, got {value!r}")
+        return value.lower() in ("true", "1")
+    return bool(value)
 
 
 def sigmoid(values: np.ndarray) -> np.ndarray:

@@ -50,15 +50,6 @@ def request_rows(request: EncodeRequest) -> int:
     return len(request.texts or request.pairs or ())
 
 
-def _flag(options: dict[str, object], name: str, default: bool) -> bool:
-    value = options.get(name, default)
-    if isinstance(value, str):
-        if value.lower() not in ("true", "false", "1", "0"):
-            raise InvalidArgument(f"parameter '{name}': expected a boolean, got {value!r}")
-        return value.lower() in ("true", "1")
-    return bool(value)
-
-
 class EncoderRunner:
     def __init__(
         self,
@@ -234,8 +225,8 @@ class EncoderRunner:
         if not job.text_style:
             return EncodeResult(self._raw_outputs(job, output))
         options = job.request.options
-        probabilities = _flag(options, "return_probabilities", self.return_probabilities)
-        raw = _flag(options, "return_raw_logits", self.return_raw_logits)
+        probabilities = tasks.option_flag(options, "return_probabilities", self.return_probabilities)
+        raw = tasks.option_flag(options, "return_raw_logits", self.return_raw_logits)
         task = self.task
         if task is Task.FILL_MASK:
             result = tasks.fill_mask(

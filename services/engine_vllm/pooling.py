@@ -47,15 +47,6 @@ class PoolingRow:
     second_segment_start: int | None = None
 
 
-def _flag(options: dict[str, Any], name: str, default: bool) -> bool:
-    value = options.get(name, default)
-    if isinstance(value, str):
-        if value.lower() not in ("true", "false", "1", "0"):
-            raise InvalidArgument(f"parameter '{name}': expected a boolean, got {value!r}")
-        return value.lower() in ("true", "1")
-    return bool(value)
-
-
 def _segment_start(type_ids: list[int] | np.ndarray) -> int | None:
     """First index of segment 1 in BERT token type ids (0...0 1...1), None for a single segment."""
     values = [int(v) for v in type_ids]
@@ -182,8 +173,8 @@ class PoolingRunner:
             options = request.options
             result = tasks.sequence_classification(
                 logits,
-                return_probabilities=_flag(options, "return_probabilities", self.return_probabilities),
-                return_raw_logits=_flag(options, "return_raw_logits", self.return_raw_logits),
+                return_probabilities=tasks.option_flag(options, "return_probabilities", self.return_probabilities),
+                return_raw_logits=tasks.option_flag(options, "return_raw_logits", self.return_raw_logits),
             )
             return EncodeResult({OUTPUT_NAME: result})
         raise Unimplemented(f"task {self.task.value} is not served by the vLLM engine")

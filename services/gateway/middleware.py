@@ -1,4 +1,4 @@
-"""Pure ASGI middleware (no `BaseHTTPMiddleware`: it hides client disconnects).
+"""Pure ASGI middleware (Starlette's base-class middleware would hide client disconnects).
 
 - `RequestIdMiddleware`: accepts or generates `X-Request-Id`, binds it for
   logging and the gRPC hops, echoes it on the response.

@@ -19,7 +19,7 @@ from pathlib import Path
 from services.common.logs import configure_logging
 from services.common.mesh import load_mesh
 from services.launcher.plan import ProcessSpec, gateway_process, plan_processes
-from services.launcher.processes import ROOT, ServiceProcess, grpc_serving, http_ready, start_service
+from services.launcher.processes import ROOT, ServiceProcess, is_ready, start_service
 
 logger = logging.getLogger("hfmesh.launcher")
 
@@ -51,8 +51,7 @@ def _wait_all(processes: list[tuple[ProcessSpec, ServiceProcess]], timeout: floa
         for name, (spec, proc) in list(pending.items()):
             if not proc.alive():
                 raise RuntimeError(f"{name} exited with {proc.process.returncode}; log: {proc.log_path}\n{proc.log()[-3000:]}")
-            ok = grpc_serving(proc.address) if spec.ready == "grpc" else http_ready(f"{proc.url}/v2/health/ready")
-            if ok:
+            if is_ready(proc, spec.ready):
                 print(f"  ready  {name:<40} {proc.address}  ({time.monotonic() - start:.0f}s)", flush=True)
                 del pending[name]
         if pending and time.monotonic() - last_note > 15:

@@ -129,15 +129,19 @@ def start_service(
     return service
 
 
+def is_ready(service: ServiceProcess, kind: str = "grpc") -> bool:
+    """gRPC health SERVING ("grpc") or GET /v2/health/ready answering 200 ("http")."""
+    if kind == "grpc":
+        return grpc_serving(service.address)
+    return http_ready(f"{service.url}/v2/health/ready")
+
+
 def wait_ready(service: ServiceProcess, kind: str = "grpc", timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
-    probe = (lambda: grpc_serving(service.address)) if kind == "grpc" else (
-        lambda: http_ready(f"{service.url}/v2/health/ready")
-    )
     while time.monotonic() < deadline:
         if not service.alive():
             raise RuntimeError(f"{service.name} exited with {service.process.returncode}:\n{service.log()[-4000:]}")
-        if probe():
+        if is_ready(service, kind):
             return
         time.sleep(0.25)
     service.stop()
