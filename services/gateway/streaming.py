@@ -4,6 +4,8 @@ calls, and so the engine's generation).
 `EventStreamResponse` always listens for `http.disconnect` beside the stream
 (whatever the server's ASGI spec version) and closes the body iterator
 explicitly; `cancel_on_disconnect` does the same for a non-streamed answer.
+Both do the work in the request's own task, which a listener task cancels on
+a disconnect.
 
 A body iterator may mark its closing write as a `LastChunk`: it is sent as the
 end of the response body (one write instead of two), and the iterator is then
@@ -39,46 +41,64 @@ class LastChunk(bytes):
     """The final bytes of an event stream."""
 
 
+class _DisconnectWatch:
+    """Cancels the current task when the client disconnects; the task itself does the
+    work (no extra task per request, so no extra event-loop turn before the first byte)."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.task = asyncio.current_task()
+        self.disconnected = False
+        self.closed = False
+        self.listener = asyncio.ensure_future(_wait_disconnect(receive))
+        self.listener.add_done_callback(self._on_done)
+
+    def _on_done(self, listener: asyncio.Future) -> None:
+        if self.closed or listener.cancelled() or listener.exception() is not None:
+            return
+        self.disconnected = True
+        self.task.cancel()
+
+    def caught(self) -> bool:
+        """In an `except CancelledError`: True when the cancellation was this watch's."""
+        if self.disconnected and self.task.cancelling():
+            self.task.uncancel()
+            return True
+        return False
+
+    async def close(self) -> None:
+        self.closed = True
+        self.listener.cancel()
+        await asyncio.gather(self.listener, return_exceptions=True)
+
+
 class EventStreamResponse(StreamingResponse):
     def __init__(self, content, **kwargs) -> None:
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **kwargs.pop("headers", {})}
         super().__init__(content, media_type="text/event-stream", headers=headers, **kwargs)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watch = _DisconnectWatch(receive)
         ended = False
-
-        async def stream() -> None:
-            nonlocal ended
+        try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             async for chunk in self.body_iterator:
                 if ended:
-                    continue
+                    continue  # the iterator's own ending (bookkeeping after its last event)
                 last = isinstance(chunk, LastChunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": not last})
-                ended = last
+                if last:
+                    ended = True
+                    await watch.close()  # the response is complete: a disconnect now is the normal end
             if not ended:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-        writer = asyncio.ensure_future(stream())
-        listener = asyncio.ensure_future(_wait_disconnect(receive))
-        try:
-            done, _ = await asyncio.wait({writer, listener}, return_when=asyncio.FIRST_COMPLETED)
-            if writer not in done and ended:
-                # The response is complete (so the server reports a disconnect); the
-                # iterator only has its own ending left to run.
-                await asyncio.wait({writer})
-                done = {writer}
-            if writer in done:
-                try:
-                    writer.result()
-                except OSError:
-                    logger.info("client went away while streaming")
-            else:
-                logger.info("client disconnected; cancelling the stream")
+        except asyncio.CancelledError:
+            if not watch.caught():
+                raise
+            logger.info("client disconnected; cancelling the stream")
+        except OSError:
+            logger.info("client went away while streaming")
         finally:
-            for task in (writer, listener):
-                task.cancel()
-            await asyncio.gather(writer, listener, return_exceptions=True)
+            await watch.close()
             aclose = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:
                 await aclose()
@@ -86,18 +106,12 @@ class EventStreamResponse(StreamingResponse):
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Run `work`; if the client disconnects first, cancel it and raise `Cancelled`."""
-    task = asyncio.ensure_future(work)
-    listener = asyncio.ensure_future(_wait_disconnect(request.receive))
+    watch = _DisconnectWatch(request.receive)
     try:
-        done, _ = await asyncio.wait({task, listener}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
     except asyncio.CancelledError:
-        task.cancel()
-        listener.cancel()
+        if watch.caught():
+            raise Cancelled("the client closed the request") from None
         raise
-    if task in done:
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
-        return task.result()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    raise Cancelled("the client closed the request")
+    finally:
+        await watch.close()

@@ -264,3 +264,19 @@ def test_client_disconnect_stops_generation_within_one_second(mesh):
     assert time.monotonic() - closed < 1.0
     generated = _engine_metrics(mesh)["vllm:generation_tokens_total"] - before
     assert 3 <= generated < 4 * 480 / 2, f"the engine generated {generated} of 1920 tokens"
+
+
+def test_client_disconnect_stops_a_non_streamed_generation(mesh):
+    """The same for a non-streamed answer: a client that gives up waiting stops the engine."""
+    before = _engine_metrics(mesh)["vllm:generation_tokens_total"]
+    body = {"model": "llm", "messages": [{"role": "user", "content": "Write a long story."}],
+            "max_tokens": 480, "n": 4, "temperature": 0, "ignore_eos": True}
+    with httpx.Client(base_url=mesh["gateway"].url, timeout=0.5) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            client.post("/openai/v1/chat/completions", json=body)
+    closed = time.monotonic()
+    while _engine_metrics(mesh)["vllm:num_requests_running"] != 0:
+        assert time.monotonic() - closed < 1.0, "the engine still generates 1 s after the client left"
+        time.sleep(0.02)  # polling interval, under the 1 s deadline
+    generated = _engine_metrics(mesh)["vllm:generation_tokens_total"] - before
+    assert 0 < generated < 4 * 480 / 2, f"the engine generated {generated} of 1920 tokens"
