@@ -1,6 +1,6 @@
 """Gateway overhead: the same streaming load against the engine directly and through the gateway.
 
-    python bench/gateway.py [--model tiny-llama] [--requests 48] [--concurrency 8] [--max-tokens 64] [--rounds 2]
+    python bench/gateway.py [--model tiny-llama] [--requests 48] [--concurrency 8] [--max-tokens 64] [--rounds 3] [--no-pin]
 
 Starts the model (tiny-llama, or smollm2-135m-instruct for a realistic per-token
 cost, with fewer requests by default) on the HF engine, the tokenizer service and the gateway as
@@ -19,6 +19,15 @@ with `output_ids`; through the gateway, the first SSE chunk (which the gateway
 sends when the engine's first token arrives). Prints output tokens/s of each
 path, their ratio (target ≥ 0.9), and TTFT p50/p99 with the gateway's added
 TTFT (target ≤ 5 ms at p50).
+
+Both clients are lean (raw tensors read in place; SSE split on blank lines with
+only the usage event parsed), since on a small machine the client's CPU is
+taken from the servers it measures. By default the engine runs on its own CPUs
+(the first half, with as many torch threads) and the gateway, the tokenizer
+and this client on the others, as services with their own CPU requests run;
+the engine then is the same in both paths. With `--no-pin` every process
+shares every CPU: on 2 cores the engine's torch threads then wait on whichever
+core the gateway or client holds, which is what that number measures.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import aiohttp  # noqa: E402
 import grpc  # noqa: E402
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
@@ -131,30 +141,35 @@ async def direct_one(stub, ids: list[int], max_tokens: int, result: Result) -> N
     async for reply in stub.ModelStreamInfer(requests(), timeout=300):
         if reply.error_message:
             raise RuntimeError(reply.error_message)
-        outputs = {t.name: t for t in infer_response_from_pb(reply.infer_response).outputs}
-        if first is None and outputs.get("output_ids") is not None and outputs["output_ids"].data.size:
-            first = time.perf_counter() - started
-        if "num_output_tokens" in outputs:
-            result.tokens += int(outputs["num_output_tokens"].data.ravel()[0])
+        # Read the raw tensors in place (what a lean client does): new ids and the final count.
+        response = reply.infer_response
+        for tensor, data in zip(response.outputs, response.raw_output_contents):
+            if tensor.name == "output_ids" and first is None and data:
+                first = time.perf_counter() - started
+            elif tensor.name == "num_output_tokens" and data:
+                result.tokens += int.from_bytes(data[:8], "little", signed=True)
     result.ttfts.append(first)
     result.requests += 1
 
 
-async def gateway_one(client: httpx.AsyncClient, i: int, max_tokens: int, result: Result) -> None:
+async def gateway_one(session: aiohttp.ClientSession, i: int, max_tokens: int, result: Result) -> None:
     body = {"model": "llm", "messages": messages(i), "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
             "stream": True, "stream_options": {"include_usage": True}}
     started = time.perf_counter()
     first = None
-    async with client.stream("POST", "/openai/v1/chat/completions", json=body) as reply:
-        reply.raise_for_status()
-        async for line in reply.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if first is None and chunk["choices"]:
-                first = time.perf_counter() - started  # the gateway's first chunk waits for the first token
-            if chunk.get("usage"):
-                result.tokens += chunk["usage"]["completion_tokens"]
+    pending = b""
+    async with session.post("/openai/v1/chat/completions", json=body) as reply:
+        if reply.status != 200:
+            raise RuntimeError(f"gateway answered {reply.status}: {await reply.text()}")
+        async for data in reply.content.iter_any():
+            # Events are split on the blank line; only the usage event is parsed as JSON.
+            events = (pending + data).split(b"\n\n")
+            pending = events.pop()
+            for event in events:
+                if first is None and event.startswith(b'data: {') and b'"choices":[{' in event:
+                    first = time.perf_counter() - started  # the gateway's first chunk waits for the first token
+                if b'"usage":{' in event:
+                    result.tokens += json.loads(event[6:])["usage"]["completion_tokens"]
     result.ttfts.append(first)
     result.requests += 1
 
@@ -178,6 +193,20 @@ async def run_load(make_call, count: int, concurrency: int, stagger: float, resu
     result.engine_ttft = [result.engine_ttft[i] + ttft_after[i] - ttft_before[i] for i in range(2)]
     for name, pid in pids.items():
         result.cpu[name] = result.cpu.get(name, 0.0) + cpu_seconds(pid) - cpu_before[name]
+
+
+def split_cpus() -> tuple[set[int], set[int]]:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    half = len(cpus) // 2
+    return set(cpus[:half]), set(cpus[half:])
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of a process (threads started later inherit it)."""
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(thread), cpus)
 
 
 @dataclass(frozen=True)
@@ -205,9 +234,9 @@ async def bench(args, phases: list[Phase], engine_address: str, tokenizer_addres
     stub = pb_grpc.GRPCInferenceServiceStub(engine_channel)
     prompts = await render_all(tokenizer_channel, len(TOPICS))
     width = max(p.concurrency for p in phases) * 2
-    limits = httpx.Limits(max_connections=width, max_keepalive_connections=width)
     results = []
-    async with httpx.AsyncClient(base_url=gateway_url, timeout=300, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=width)
+    async with aiohttp.ClientSession(base_url=gateway_url, connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as client:
         await run_phase(Phase("warm-up", 4, 8, 8), 1, stub, client, prompts, pids)
         for phase in phases:
             results.append((phase, *await run_phase(phase, args.rounds, stub, client, prompts, pids)))
@@ -238,8 +267,12 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64, help="throughput phase: new tokens per request")
     parser.add_argument("--stagger-ms", type=float, default=25.0, help="throughput phase: start offset between streams")
     parser.add_argument("--latency-requests", type=int, help="latency phase: requests per round and path (default per model)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per path and phase")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per path and phase")
     parser.add_argument("--engine-flags", default="", help="extra HF engine flags, e.g. '--num_threads 1'")
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=len(os.sched_getaffinity(0)) >= 2,
+                        help="give the engine its own CPUs (the first half; torch threads to match) and the gateway, "
+                             "tokenizer and this client the rest, as services with their own CPU requests run "
+                             "(default: on with 2 or more CPUs; --no-pin lets every process use every CPU)")
     args = parser.parse_args()
     args.latency_requests = args.latency_requests or DEFAULT_REQUESTS[args.model][0]
     args.requests = args.requests or DEFAULT_REQUESTS[args.model][1]
@@ -255,22 +288,34 @@ def main() -> None:
         "name": "llm", "source": folder, "task": "text_generation", "backend": "huggingface", "max_model_len": 512,
         "endpoints": {"tokenizer": [f"127.0.0.1:{tokenizer_port}"], "huggingface": [f"127.0.0.1:{engine_port}"]},
     }]}))
+    engine_cpus, other_cpus = split_cpus() if args.pin else (None, None)
+    engine_flags = args.engine_flags.split()
+    if engine_cpus and "--num_threads" not in engine_flags:
+        engine_flags += ["--num_threads", str(len(engine_cpus))]
     services = []
     try:
         services.append(start_service("services.engine_hf", ["--model_dir", folder, "--model_name", "llm", "--host", "127.0.0.1",
-                                                         "--metrics_port", str(metrics_port), *args.engine_flags.split()],
+                                                         "--metrics_port", str(metrics_port), *engine_flags],
                                       name="bench-engine", port=engine_port))
         services.append(start_service("services.tokenizer", ["--model_list", str(model_list), "--host", "127.0.0.1"],
                                       name="bench-tokenizer", port=tokenizer_port))
         gateway = start_service("services.gateway", ["--model_list", str(model_list), "--host", "127.0.0.1", "--log_level", "WARNING"],
                                 name="bench-gateway", ready="http")
         services.append(gateway)
+        if engine_cpus:
+            pin(services[0].process.pid, engine_cpus)
+            for service in services[1:]:
+                pin(service.process.pid, other_cpus)
+            pin(os.getpid(), other_cpus)
         pids = {"engine": services[0].process.pid, "tokenizer": services[1].process.pid, "gateway": gateway.process.pid, "client": None}
         results = asyncio.run(bench(args, phases, f"127.0.0.1:{engine_port}", f"127.0.0.1:{tokenizer_port}", gateway.url, pids))
     finally:
         for service in services:
             service.stop()
-    print(f"\n{args.model} on the HF engine, {os.cpu_count()} CPU cores, rounds alternate direct / gateway")
+    placement = (f"engine pinned to CPUs {sorted(engine_cpus)}, gateway + tokenizer + client to {sorted(other_cpus)}"
+                 if engine_cpus else "no pinning")
+    print(f"\n{args.model} on the HF engine ({' '.join(engine_flags) or 'default flags'}), {os.cpu_count()} CPU cores, "
+          f"{placement}; rounds alternate direct / gateway")
     for phase, direct, through in results:
         report(phase, direct, through, args.rounds)
 
