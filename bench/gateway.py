@@ -1,6 +1,6 @@
 """Gateway overhead: the same streaming load against the engine directly and through the gateway.
 
-    python bench/gateway.py [--model tiny-llama] [--requests 48] [--concurrency 8] [--max-tokens 64] [--rounds 3] [--no-pin]
+    python bench/gateway.py [--model tiny-llama] [--requests 48] [--concurrency 8] [--max-tokens 64] [--rounds 6] [--no-pin]
 
 Starts the model (tiny-llama, or smollm2-135m-instruct for a realistic per-token
 cost, with fewer requests by default) on the HF engine, the tokenizer service and the gateway as
@@ -267,7 +267,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64, help="throughput phase: new tokens per request")
     parser.add_argument("--stagger-ms", type=float, default=25.0, help="throughput phase: start offset between streams")
     parser.add_argument("--latency-requests", type=int, help="latency phase: requests per round and path (default per model)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per path and phase")
+    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds per path and phase")
     parser.add_argument("--engine-flags", default="", help="extra HF engine flags, e.g. '--num_threads 1'")
     parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=len(os.sched_getaffinity(0)) >= 2,
                         help="give the engine its own CPUs (the first half; torch threads to match) and the gateway, "
