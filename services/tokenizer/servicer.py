@@ -137,6 +137,10 @@ class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _postprocess(self, model: TokenizerModel, infer: InferRequest):
         outputs, inputs = t.postprocess_inputs(infer)
+        return await self._result(model, infer, outputs, inputs)
+
+    async def _result(self, model: TokenizerModel, infer: InferRequest, outputs, inputs):
+        """Predictor outputs + the preprocess tensors → the task's `output-0`, with the request's options."""
         result = await self.core.run(
             model.postprocess,
             outputs,
@@ -166,14 +170,7 @@ class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):
         names = model.options.tensor_input_names or tuple(encoded)
         sent = {name: encoded[name] for name in names if name in encoded}
         raw = await self.predictor.infer(model.name, sent, request_id=infer.id or request_id_var.get())
-        result = await self.core.run(
-            model.postprocess,
-            raw,
-            encoded,
-            probabilities=t.option(infer, "return_probabilities"),
-            raw_logits=t.option(infer, "return_raw_logits"),
-        )
-        return t.tensors_out({t.RESULT_OUTPUT: result}), {}
+        return await self._result(model, infer, raw, encoded)
 
 
 def _stream_error(message: pb.ModelInferRequest, text: str) -> pb.ModelStreamInferResponse:

@@ -126,10 +126,8 @@ class GenerationServing:
                     logprobs = gen.completion_logprobs(delta.logprobs, names, request.logprobs).model_dump()
                 entry = {"index": choice.index, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason}
                 parts.append(chunks.choice(entry))
-            if run.finished:
-                yield _last(parts, chunks.usage(run.usage(run.choices)) if usage else None)
-            elif parts:
-                yield b"".join(parts)
+            if written := _batch_bytes(run, parts, chunks, usage):
+                yield written
 
     # -- chat ----------------------------------------------------------------
 
@@ -196,16 +194,17 @@ class GenerationServing:
                 content = {"content": delta.text} if delta.text else {}
                 entry = {"index": choice.index, "delta": content, "logprobs": logprobs, "finish_reason": delta.finish_reason}
                 parts.append(chunks.choice(entry))
-            if run.finished:
-                yield _last(parts, chunks.usage(run.usage(run.choices)) if usage else None)
-            elif parts:
-                yield b"".join(parts)
+            if written := _batch_bytes(run, parts, chunks, usage):
+                yield written
 
 
-def _last(parts: list[bytes], usage: bytes | None) -> LastChunk:
-    """The stream's closing write: the last choices, the usage chunk and `[DONE]` together."""
-    if usage is not None:
-        parts.append(usage)
+def _batch_bytes(run: "_Run", parts: list[bytes], chunks: Chunks, usage: bool) -> bytes:
+    """One write for a batch of chunks; once every choice has finished, the stream's closing
+    write: the last choices, the usage chunk (when asked for) and `[DONE]` together."""
+    if not run.finished:
+        return b"".join(parts)
+    if usage:
+        parts.append(chunks.usage(run.usage(run.choices)))
     parts.append(DONE)
     return LastChunk(b"".join(parts))
 
