@@ -32,7 +32,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from tritonclient.grpc import service_pb2  # noqa: E402
 
-from services.common.models import ensure_model  # noqa: E402
+from services.models.cache import ensure_model  # noqa: E402
 from tests.procs import start_service  # noqa: E402
 
 SENTENCES = [

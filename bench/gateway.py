@@ -55,7 +55,7 @@ import yaml  # noqa: E402
 
 from services.common.codec import InferRequest, Tensor, as_bytes_array  # noqa: E402
 from services.common.converters import infer_request_to_pb, infer_response_from_pb  # noqa: E402
-from services.common.models import ensure_model  # noqa: E402
+from services.models.cache import ensure_model  # noqa: E402
 from services.common.pb import inference_pb2_grpc as pb_grpc  # noqa: E402
 from tests.procs import free_port, start_service  # noqa: E402
 

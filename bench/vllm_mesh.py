@@ -39,7 +39,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.common.models import ensure_model  # noqa: E402
+from services.models.cache import ensure_model  # noqa: E402
 from services.launcher.processes import ServiceProcess, free_port, start_service, wait_ready  # noqa: E402
 
 CONTEXT = {"smollm2-135m-instruct": 1024, "tiny-llama": 512}

@@ -41,5 +41,5 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 
 echo "==> building models (once per machine; cache: ${HFMESH_CACHE_DIR:-~/.cache/hfmesh/models})"
-HF_HUB_OFFLINE=1 "$PY" -m services.common.models build
+HF_HUB_OFFLINE=1 "$PY" -m services.models build
 echo "==> setup done"

@@ -15,7 +15,7 @@ import pytest
 @pytest.fixture(scope="session")
 def model_path():
     """`model_path("tiny-llama")` → the built model folder (built on first use)."""
-    from services.common.models import ensure_model
+    from services.models.cache import ensure_model
 
     cache: dict[str, str] = {}
 

@@ -4,7 +4,7 @@ manifests are generated, and which the gateway and tokenizer read for routing.
 ```yaml
 models:
   - name: smollm2                     # the name clients use
-    model: smollm2-135m-instruct      # a model of services.common.models, or
+    model: smollm2-135m-instruct      # a model of services.models, or
     # source: /path/to/hf/folder      # any local Hugging Face folder
     task: text_generation             # optional: inferred from the architecture (KServe rules)
     backend: auto                     # auto | vllm | huggingface
@@ -148,7 +148,7 @@ def _entry_from_dict(
         return _planned_entry(name, raw)
     source = raw.get("source")
     if source is None and raw.get("model"):
-        from services.common.models import ensure_model
+        from services.models.cache import ensure_model
 
         source = str(ensure_model(raw["model"]))
     if not source:

@@ -1,7 +1,7 @@
 """Encoder tasks on a transformers model: requests → one padded forward pass → results.
 
 Two input styles (DESIGN.md §3). Text in: the tokenizer runs here and the result
-is the task's answer (`output-0`, see `services.common.tasks`). Tensors in:
+is the task's answer (`output-0`, see `services.common.task_results`). Tensors in:
 `input_ids` / `attention_mask` / `token_type_ids` [N, L] → raw FP32 tensors as a
 Triton-hosted model answers (`logits`; `last_hidden_state` + `embeddings` for
 embedding models; `logits` + `scores` for rerankers).
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from services.common import tasks
+from services.common import task_results
 from services.common.engine import EncodeRequest, EncodeResult, Task
 from services.common.errors import HfmeshError, InternalError, InvalidArgument
 from services.engine_hf.loading import LoadedModel, ModelLoadError
@@ -225,22 +225,22 @@ class EncoderRunner:
         if not job.text_style:
             return EncodeResult(self._raw_outputs(job, output))
         options = job.request.options
-        probabilities = tasks.option_flag(options, "return_probabilities", self.return_probabilities)
-        raw = tasks.option_flag(options, "return_raw_logits", self.return_raw_logits)
+        probabilities = task_results.option_flag(options, "return_probabilities", self.return_probabilities)
+        raw = task_results.option_flag(options, "return_raw_logits", self.return_raw_logits)
         task = self.task
         if task is Task.FILL_MASK:
-            result = tasks.fill_mask(
+            result = task_results.fill_mask(
                 output, job.input_ids, mask_token_id=self.tokenizer.mask_token_id,
                 decode=self.tokenizer.decode, return_probabilities=probabilities, return_raw_logits=raw,
             )
         elif task is Task.SEQUENCE_CLASSIFICATION:
-            result = tasks.sequence_classification(output, return_probabilities=probabilities, return_raw_logits=raw)
+            result = task_results.sequence_classification(output, return_probabilities=probabilities, return_raw_logits=raw)
         elif task is Task.TOKEN_CLASSIFICATION:
-            result = tasks.token_classification(output, return_probabilities=probabilities, return_raw_logits=raw)
+            result = task_results.token_classification(output, return_probabilities=probabilities, return_raw_logits=raw)
         elif task is Task.TEXT_EMBEDDING:
-            result = tasks.text_embedding(output, job.attention_mask)
+            result = task_results.text_embedding(output, job.attention_mask)
         elif task is Task.RERANK:
-            result = tasks.rerank_scores(output)
+            result = task_results.rerank_scores(output)
         else:
             raise InvalidArgument(f"task {task.value} is not an encoder task")
         return EncodeResult({OUTPUT_NAME: result})
@@ -248,9 +248,9 @@ class EncoderRunner:
     def _raw_outputs(self, job: EncodeJob, output: np.ndarray) -> dict[str, np.ndarray]:
         output = np.ascontiguousarray(output, dtype=np.float32)
         if self.task is Task.TEXT_EMBEDDING:
-            return {"last_hidden_state": output, "embeddings": tasks.text_embedding(output, job.attention_mask)}
+            return {"last_hidden_state": output, "embeddings": task_results.text_embedding(output, job.attention_mask)}
         if self.task is Task.RERANK:
-            return {"logits": output, "scores": tasks.rerank_scores(output)}
+            return {"logits": output, "scores": task_results.rerank_scores(output)}
         return {"logits": output}
 
 

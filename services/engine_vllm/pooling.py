@@ -1,7 +1,7 @@
 """Encoder tasks on a vLLM pooling model, with the HF engine's tensors (DESIGN.md §3).
 
 Text in (`EncodeRequest.texts` / `.pairs`) → `output-0` with the KServe HF
-server's meaning (`services.common.tasks`). Tokens in (`input_ids`,
+server's meaning (`services.common.task_results`). Tokens in (`input_ids`,
 `attention_mask`, `token_type_ids` [N, L]) → raw FP32 tensors, as a
 Triton-hosted model answers: `embeddings` [N, H] (pooled, normalised),
 `logits` [N, C], and for rerankers also `scores` [N].
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from services.common import tasks
+from services.common import task_results
 from services.common.engine import EncodeRequest, EncodeResult, Task, TensorSpec
 from services.common.errors import InvalidArgument, Unimplemented
 
@@ -165,16 +165,16 @@ class PoolingRunner:
         logits = stacked.reshape(len(rows), -1)
         if self.task is Task.RERANK:
             if text_style:
-                return EncodeResult({OUTPUT_NAME: tasks.rerank_scores(logits)})
-            return EncodeResult({"logits": logits, "scores": tasks.rerank_scores(logits)})
+                return EncodeResult({OUTPUT_NAME: task_results.rerank_scores(logits)})
+            return EncodeResult({"logits": logits, "scores": task_results.rerank_scores(logits)})
         if self.task is Task.SEQUENCE_CLASSIFICATION:
             if not text_style:
                 return EncodeResult({"logits": logits})
             options = request.options
-            result = tasks.sequence_classification(
+            result = task_results.sequence_classification(
                 logits,
-                return_probabilities=tasks.option_flag(options, "return_probabilities", self.return_probabilities),
-                return_raw_logits=tasks.option_flag(options, "return_raw_logits", self.return_raw_logits),
+                return_probabilities=task_results.option_flag(options, "return_probabilities", self.return_probabilities),
+                return_raw_logits=task_results.option_flag(options, "return_raw_logits", self.return_raw_logits),
             )
             return EncodeResult({OUTPUT_NAME: result})
         raise Unimplemented(f"task {self.task.value} is not served by the vLLM engine")

@@ -1,6 +1,6 @@
 """Raw predictor tensors → the task result, with the HF engine's text-in semantics.
 
-The numpy task functions live in `services.common.tasks` (shared with the HF
+The numpy task functions live in `services.common.task_results` (shared with the HF
 engine); this module only picks the right predictor output and the right
 preprocess tensor for each task.
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from services.common import tasks
+from services.common import task_results
 from services.common.engine import Task
 from services.common.errors import InvalidArgument, Unimplemented
 
@@ -61,18 +61,18 @@ def task_output(
     if data.dtype.kind not in "fiu":
         raise InvalidArgument(f"predictor output '{name}' must be numeric, got {data.dtype}")
     if task is Task.SEQUENCE_CLASSIFICATION:
-        return tasks.sequence_classification(
+        return task_results.sequence_classification(
             data, return_probabilities=probabilities, return_raw_logits=raw_logits
         )
     if task is Task.TOKEN_CLASSIFICATION:
-        return tasks.token_classification(
+        return task_results.token_classification(
             data, return_probabilities=probabilities, return_raw_logits=raw_logits
         )
     if task is Task.FILL_MASK:
         mask_id = getattr(tokenizer, "mask_token_id", None)
         if mask_id is None:
             raise InvalidArgument("this tokenizer has no mask token; fill_mask needs one")
-        return tasks.fill_mask(
+        return task_results.fill_mask(
             data,
             _needs(inputs, "input_ids", task),
             mask_token_id=int(mask_id),
@@ -82,8 +82,8 @@ def task_output(
         )
     if task is Task.TEXT_EMBEDDING:
         if data.ndim == 2:  # already pooled by the predictor
-            return tasks.l2_normalize(data.astype(np.float32))
-        return tasks.text_embedding(data, _needs(inputs, "attention_mask", task))
+            return task_results.l2_normalize(data.astype(np.float32))
+        return task_results.text_embedding(data, _needs(inputs, "attention_mask", task))
     if task is Task.RERANK:
-        return tasks.rerank_scores(data)
+        return task_results.rerank_scores(data)
     raise Unimplemented(f"no post-processing for task {task.value}")

@@ -20,7 +20,7 @@ import torch
 import transformers
 import yaml
 
-from services.common import tasks
+from services.common import task_results
 from tests.procs import free_port, start_service, wait_ready
 
 pytestmark = pytest.mark.slow  # a multi-process mesh
@@ -145,7 +145,7 @@ def test_embeddings_float_and_base64(sdk, reference):
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state.numpy()
-    np.testing.assert_allclose(got, tasks.text_embedding(hidden, batch["attention_mask"].numpy()), atol=1e-5)
+    np.testing.assert_allclose(got, task_results.text_embedding(hidden, batch["attention_mask"].numpy()), atol=1e-5)
     assert abs(float(got[0] @ got[1]) - 0.755) < 0.01 and abs(float(got[0] @ got[2])) < 0.05
     assert floats.usage.prompt_tokens == int(batch["attention_mask"].sum())
 
@@ -176,7 +176,7 @@ def test_rerank(http, reference):
         logits = model(**tokenizer([query] * 3, docs, padding=True, return_tensors="pt")).logits[:, 0].numpy()
     results = reply.json()["results"]
     assert [r["index"] for r in results] == list(np.argsort(-logits))
-    np.testing.assert_allclose([r["relevance_score"] for r in results], tasks.sigmoid(np.sort(logits)[::-1]), atol=1e-5)
+    np.testing.assert_allclose([r["relevance_score"] for r in results], task_results.sigmoid(np.sort(logits)[::-1]), atol=1e-5)
 
 
 def test_v1_predict_fill_mask_and_classification(http, reference):
@@ -187,7 +187,7 @@ def test_v1_predict_fill_mask_and_classification(http, reference):
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         logits = model(**batch).logits.numpy()
-    want = tasks.fill_mask(logits, batch["input_ids"].numpy(), mask_token_id=tokenizer.mask_token_id, decode=tokenizer.decode)
+    want = task_results.fill_mask(logits, batch["input_ids"].numpy(), mask_token_id=tokenizer.mask_token_id, decode=tokenizer.decode)
     assert reply.json()["predictions"] == [w.decode() for w in want]
     model, tokenizer = reference("tiny-bert-sentiment", transformers.AutoModelForSequenceClassification)
     texts = ["I loved it", "worst day ever", "meh"]
@@ -209,7 +209,7 @@ def test_v2_infer_text_and_tensors(http, reference):
         logits = model(**batch).logits.numpy()
     out = reply.json()["outputs"][0]
     assert out["shape"] == [2, 2]
-    np.testing.assert_allclose(np.array(out["data"]).reshape(2, 2), tasks.softmax(logits), atol=1e-5)
+    np.testing.assert_allclose(np.array(out["data"]).reshape(2, 2), task_results.softmax(logits), atol=1e-5)
     tensors = {"inputs": [
         {"name": n, "shape": list(batch[n].shape), "datatype": "INT64", "data": batch[n].flatten().tolist()}
         for n in ("input_ids", "attention_mask")

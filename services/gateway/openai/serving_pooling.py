@@ -6,7 +6,7 @@ import base64
 
 import numpy as np
 
-from services.common import tasks
+from services.common import task_results
 from services.common.engine import Task
 from services.common.errors import InvalidArgument
 from services.gateway.core import MeshClient, check_task
@@ -69,7 +69,7 @@ class PoolingServing:
             raise InvalidArgument("'query' is empty")
         encoded = await self.mesh.encode(route, call, texts=[request.query] * len(documents), pairs=documents)
         # The cross-encoder's raw logit → a 0..1 relevance score, as vLLM and Cohere report it.
-        scores = tasks.sigmoid(np.asarray(encoded.output, dtype=np.float64).ravel())
+        scores = task_results.sigmoid(np.asarray(encoded.output, dtype=np.float64).ravel())
         order = sorted(range(len(documents)), key=lambda i: -scores[i])
         if request.top_n:
             order = order[: request.top_n]

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import torch
 
-from services.common import tasks
+from services.common import task_results
 from services.common.engine import EncodeRequest
 from services.engine_hf.packing import pack, unpack
 
@@ -48,7 +48,7 @@ async def test_packed_embeddings_equal_a_padded_forward(engine, reference):
         encoded = tokenizer([sentence, sentence.upper()], padding=True, return_tensors="pt")
         with torch.inference_mode():
             hidden = model(**encoded).last_hidden_state.numpy()
-        expected = tasks.text_embedding(hidden, encoded["attention_mask"].numpy())
+        expected = task_results.text_embedding(hidden, encoded["attention_mask"].numpy())
         np.testing.assert_allclose(result.outputs["output-0"], expected, atol=1e-5)
 
 

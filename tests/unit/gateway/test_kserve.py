@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from transformers import AutoTokenizer
 
-from services.common import tasks
+from services.common import task_results
 
 
 def bert(model_path, folder: str, texts: list[str]):
@@ -25,10 +25,10 @@ async def test_v1_sequence_classification(http, model_path):
     logits = np.stack([ids.sum(axis=1) % 5, (ids.sum(axis=1) + 2) % 5], axis=-1)
     reply = await http.post("/v1/models/sentiment:predict", json={"instances": texts})
     assert reply.status_code == 200, reply.text
-    assert reply.json()["predictions"] == tasks.sequence_classification(logits).tolist()
+    assert reply.json()["predictions"] == task_results.sequence_classification(logits).tolist()
     probs = await http.post("/v1/models/sentiment:predict", json={"instances": texts, "parameters": {"return_probabilities": True}})
     got = probs.json()["predictions"]
-    np.testing.assert_allclose([[p["0"], p["1"]] for p in got], tasks.softmax(logits), rtol=1e-6)
+    np.testing.assert_allclose([[p["0"], p["1"]] for p in got], task_results.softmax(logits), rtol=1e-6)
 
 
 async def test_v1_fill_mask_and_token_classification(http, model_path):
@@ -41,7 +41,7 @@ async def test_v1_fill_mask_and_token_classification(http, model_path):
     _, batch = bert(model_path, "tiny-bert-ner", ["John lives in Paris"])
     ner = await http.post("/v1/models/ner:predict", json={"instances": ["John lives in Paris"]})
     ids = batch["input_ids"].astype(np.float32)
-    want = tasks.token_classification(np.stack([(ids + c) % 3 for c in range(3)], axis=-1))
+    want = task_results.token_classification(np.stack([(ids + c) % 3 for c in range(3)], axis=-1))
     assert ner.json()["predictions"] == want.tolist()
 
 
@@ -62,7 +62,7 @@ async def test_v2_text_and_tensor_paths(http, model_path):
     out = reply.json()
     _, batch = bert(model_path, "tiny-bert-sentiment", texts)
     ids = batch["input_ids"].astype(np.float32)
-    want = tasks.sequence_classification(np.stack([ids.sum(axis=1) % 5, (ids.sum(axis=1) + 2) % 5], axis=-1))
+    want = task_results.sequence_classification(np.stack([ids.sum(axis=1) % 5, (ids.sum(axis=1) + 2) % 5], axis=-1))
     assert out["id"] == "r1" and out["model_name"] == "sentiment"
     assert out["outputs"] == [{"name": "output-0", "shape": [2], "datatype": "INT64", "data": want.tolist()}]
     tensors = {"inputs": [

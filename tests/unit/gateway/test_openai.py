@@ -8,7 +8,7 @@ import json
 import numpy as np
 from transformers import AutoTokenizer
 
-from services.common import tasks
+from services.common import task_results
 from tests.unit.gateway.fakes import fake_token
 
 
@@ -119,7 +119,7 @@ async def test_embeddings_float_and_base64(http, mesh, model_path):
     batch = tokenizer(texts, padding=True, return_tensors="np")
     ids = batch["input_ids"].astype(np.float32)
     hidden = np.stack([np.sin(ids * (h + 1) / 50.0) for h in range(8)], axis=-1)
-    want = tasks.text_embedding(hidden, batch["attention_mask"])
+    want = task_results.text_embedding(hidden, batch["attention_mask"])
     got = np.asarray([d["embedding"] for d in floats.json()["data"]], dtype=np.float32)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     decoded = [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in encoded.json()["data"]]
@@ -137,7 +137,7 @@ async def test_rerank_sorted_sigmoid_scores(http, model_path):
     logits = batch["input_ids"].astype(np.float32).sum(axis=1) % 7 - 3
     want = sorted(range(3), key=lambda i: -logits[i])[:2]
     assert [r["index"] for r in results] == want
-    assert results[0]["relevance_score"] == float(tasks.sigmoid(np.float64(logits[want[0]])))
+    assert results[0]["relevance_score"] == float(task_results.sigmoid(np.float64(logits[want[0]])))
     assert results[0]["document"]["text"] == docs[want[0]]
 
 

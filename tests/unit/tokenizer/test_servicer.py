@@ -12,7 +12,7 @@ import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 from transformers import AutoTokenizer
 
-from services.common import tasks
+from services.common import task_results
 from services.common.engine import Task
 from services.common.pb import inference_pb2_grpc as pb_grpc
 from services.common.server import GrpcServiceRunner
@@ -96,7 +96,7 @@ async def test_preprocess_postprocess_fill_mask(service, model_path):
     logits_input = triton.InferInput("logits", list(logits.shape), "FP32")
     logits_input.set_data_from_numpy(logits)
     post = await service.infer("fill.postprocess", [logits_input, int_input("input_ids", batch["input_ids"])])
-    want = tasks.fill_mask(logits, batch["input_ids"], mask_token_id=reference.mask_token_id, decode=reference.decode)
+    want = task_results.fill_mask(logits, batch["input_ids"], mask_token_id=reference.mask_token_id, decode=reference.decode)
     assert post.as_numpy("output-0").tolist() == want.tolist()
 
 
@@ -150,7 +150,7 @@ async def test_transformer_mode_fronts_an_oip_predictor(model_path):
         batch = AutoTokenizer.from_pretrained(model_path("tiny-bert-sentiment"))(texts, padding=True, return_tensors="np")
         ids = batch["input_ids"].astype(np.float32)
         logits = np.stack([ids.sum(axis=1) % 5, (ids.sum(axis=1) + 2) % 5], axis=-1)
-        assert reply.as_numpy("output-0").tolist() == tasks.sequence_classification(logits).tolist()
+        assert reply.as_numpy("output-0").tolist() == task_results.sequence_classification(logits).tolist()
         assert set(engine.encodes[-1].tensors) == {"input_ids", "attention_mask"}  # --tensor_input_names
         await predictor_runner.set_serving(False)
         await predictor_runner.server.stop(0)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common import models
-from services.common.models import MARKER_FILE, MODEL_NAMES, ModelRecipe, ensure_model
+from services.models import cache as models
+from services.models.cache import MARKER_FILE, MODEL_NAMES, ModelRecipe, ensure_model
 
 ARCHITECTURES = {
     "smollm2-135m-instruct": "LlamaForCausalLM",

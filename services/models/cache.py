@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common import tiny_models
+from services.models import recipes
 
 logger = logging.getLogger(__name__)
 
@@ -98,13 +98,13 @@ _RECIPES: dict[str, ModelRecipe] = {
     for recipe in (
         ModelRecipe("smollm2-135m-instruct", build_smollm2),
         ModelRecipe("all-minilm-l6-v2", copy_minilm),
-        ModelRecipe("tiny-llama", tiny_models.build_tiny_llama),
-        ModelRecipe("tiny-llama-lora", tiny_models.build_tiny_llama_lora, needs=("tiny-llama",)),
-        ModelRecipe("tiny-bert-fill-mask", tiny_models.build_tiny_bert_fill_mask),
-        ModelRecipe("tiny-bert-ner", tiny_models.build_tiny_bert_ner),
-        ModelRecipe("tiny-bert-sentiment", tiny_models.build_tiny_bert_sentiment),
-        ModelRecipe("tiny-bert-reranker", tiny_models.build_tiny_bert_reranker),
-        ModelRecipe("tiny-t5", tiny_models.build_tiny_t5),
+        ModelRecipe("tiny-llama", recipes.build_tiny_llama),
+        ModelRecipe("tiny-llama-lora", recipes.build_tiny_llama_lora, needs=("tiny-llama",)),
+        ModelRecipe("tiny-bert-fill-mask", recipes.build_tiny_bert_fill_mask),
+        ModelRecipe("tiny-bert-ner", recipes.build_tiny_bert_ner),
+        ModelRecipe("tiny-bert-sentiment", recipes.build_tiny_bert_sentiment),
+        ModelRecipe("tiny-bert-reranker", recipes.build_tiny_bert_reranker),
+        ModelRecipe("tiny-t5", recipes.build_tiny_t5),
     )
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_RECIPES)
@@ -214,7 +214,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"cache directory (default: ${CACHE_DIR_ENV}, else ~/.cache/hfmesh/models)",
     )
     parser = argparse.ArgumentParser(
-        prog="python -m services.common.models",
+        prog="python -m services.models",
         description="Build the models hfmesh needs into a cache directory, once per machine. "
         "Built models are reused; concurrent builders wait for each other.",
     )
