@@ -16,6 +16,10 @@ def test_generated_code_is_current(tmp_path):
     shutil.copy(ROOT / "services/common/pb/pool.py", out / "services/common/pb/pool.py")
     generated = module.generate(out)
     assert generated
+    names = {path.name for path in generated}
+    assert {"inference_pb2.py", "registration_pb2.py", "registration_pb2_grpc.py"} <= names
+    checked_in = {path.name for path in (ROOT / "services/common/pb").glob("*_pb2*.py*")}
+    assert checked_in == names, "a generated file has no .proto any more: run `make proto`"
     for path in generated:
         checked_in = ROOT / path.relative_to(out)
         assert checked_in.read_text() == path.read_text(), f"{checked_in} is stale: run `make proto`"
