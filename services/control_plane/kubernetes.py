@@ -23,6 +23,7 @@ from typing import Any
 
 from kubernetes import client, config, watch
 
+from services.common.errors import InvalidArgument
 from services.control_plane.store import ROLES, EndpointStore, Publication, ServiceKey
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,12 @@ def _settle(future: asyncio.Future[None]) -> None:
 def api_client(host: str | None) -> client.ApiClient:
     """`host` given: that API server, no credentials (tests, `kubectl proxy`); else in-cluster."""
     if host is None:
-        config.load_incluster_config()
+        try:
+            config.load_incluster_config()
+        except config.ConfigException as error:
+            raise InvalidArgument(
+                f"--kubernetes needs a pod's service account or --kubernetes_host URL ({error})"
+            ) from None
         return client.ApiClient()
     configuration = client.Configuration()
     configuration.host = host

@@ -45,6 +45,8 @@ def read_model_list(path: str | Path) -> StaticMesh:
                 try:
                     parse_address(address)
                 except ValueError as error:
-                    raise InvalidArgument(f"model list {path}, model {entry.name}: {error}") from None
+                    raise InvalidArgument(
+                        f"model list {path}, model {entry.name}: {error}"
+                    ) from None
                 mesh.publications.append(Publication(ServiceKey(entry.name, role), address))
     return mesh

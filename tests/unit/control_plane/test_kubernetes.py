@@ -158,3 +158,12 @@ async def test_list_watch_resume_and_resync(tmp_path, control_plane, api_server)
     api_server.events.put({"type": "DELETED", "object": endpoint_slice(
         "m-hf-2", "huggingface", ["10.0.0.2"], "21")})
     await eventually(lambda: published(M_HF) == [])
+
+
+def test_outside_a_cluster_is_a_clear_error(monkeypatch):
+    from services.common.errors import InvalidArgument
+    from services.control_plane.kubernetes import api_client
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(InvalidArgument, match="--kubernetes_host"):
+        api_client(None)

@@ -1,4 +1,4 @@
-"""A plain grpcio client with an xDS bootstrap dials `xds:///<service>` through the control plane."""
+"""A plain grpcio client with an xDS bootstrap dials `xds:///<service>` via the control plane."""
 
 from __future__ import annotations
 
