@@ -14,7 +14,7 @@ from google.rpc import status_pb2
 from services.control_plane import resources
 from services.control_plane.resources import CLUSTER, ENDPOINT, LISTENER
 from services.control_plane.store import Publication, ServiceKey
-from tests.unit.control_plane.conftest import WHO, eventually, mesh_file
+from tests.unit.control_plane.helpers import WHO, eventually, mesh_file
 
 M_HF = ServiceKey("m", "huggingface")
 

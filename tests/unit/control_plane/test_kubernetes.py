@@ -12,7 +12,7 @@ import pytest
 
 from services.control_plane.kubernetes import MODEL_LABEL, ROLE_LABEL
 from services.control_plane.store import Endpoint, ServiceKey
-from tests.unit.control_plane.conftest import eventually, mesh_file
+from tests.unit.control_plane.helpers import eventually, mesh_file
 
 M_HF, M_TOK = ServiceKey("m", "huggingface"), ServiceKey("m", "tokenizer")
 PATH = "/apis/discovery.k8s.io/v1/namespaces/ns/endpointslices"

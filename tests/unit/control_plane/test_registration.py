@@ -10,7 +10,7 @@ import pytest
 from services.common.pb import registration_pb2 as pb
 from services.common.pb import registration_pb2_grpc as pb_grpc
 from services.control_plane.store import ServiceKey
-from tests.unit.control_plane.conftest import WHO, eventually, mesh_file
+from tests.unit.control_plane.helpers import WHO, eventually, mesh_file
 
 M_HF = ServiceKey("m", "huggingface")
 

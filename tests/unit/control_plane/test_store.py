@@ -25,7 +25,7 @@ from services.control_plane.store import (
     ServiceKey,
     parse_address,
 )
-from tests.unit.control_plane.conftest import mesh_file
+from tests.unit.control_plane.helpers import mesh_file
 
 G_VLLM, G_HF = ServiceKey("g", "vllm"), ServiceKey("g", "huggingface")
 

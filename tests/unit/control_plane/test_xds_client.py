@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from services.control_plane.store import Publication, ServiceKey
-from tests.unit.control_plane.conftest import WHO, eventually, mesh_file
+from tests.unit.control_plane.helpers import WHO, eventually, mesh_file
 
 M_HF = ServiceKey("m", "huggingface")
 
