@@ -9,7 +9,6 @@ No FastAPI here; protobuf stays inside `grpc_clients`.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
@@ -20,7 +19,7 @@ from services.common.engine import Task
 from services.common.errors import InvalidArgument, Unavailable
 from services.gateway import grpc_clients as rpc
 from services.gateway.grpc_clients import CallContext, EngineDelta, Rendered
-from services.gateway.routing import ModelRoute, Router
+from services.gateway.routing import ModelRoute, ReplicaRouter
 from services.gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
@@ -65,15 +64,12 @@ def check_context(prompt_tokens: int, max_tokens: int | None, limit: int | None)
 class MeshClient:
     """What the HTTP layers can ask of the mesh."""
 
-    def __init__(self, router: Router, settings: GatewaySettings) -> None:
-        self.router = router
+    def __init__(self, routes: ReplicaRouter, settings: GatewaySettings) -> None:
+        self.routes = routes
         self.settings = settings
 
     def route(self, model: str) -> ModelRoute:
-        return self.router.route(model)
-
-    def context(self, request_id: str) -> CallContext:
-        return CallContext(request_id=request_id, deadline=time.monotonic() + self.settings.request_timeout)
+        return self.routes.route(model)
 
     def max_model_len(self, route: ModelRoute, rendered: Rendered | None = None) -> int | None:
         return route.entry.max_model_len or (rendered.max_model_len if rendered else None)

@@ -21,16 +21,16 @@ def now() -> int:
     return int(time.time())
 
 
-class Request(BaseModel):
+class OpenAIRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class StreamOptions(Request):
+class StreamOptions(OpenAIRequest):
     include_usage: bool = False
     continuous_usage_stats: bool = False
 
 
-class SamplingFields(Request):
+class SamplingFields(OpenAIRequest):
     """Fields shared by completions and chat, with OpenAI's ranges (plus vLLM's extras)."""
 
     model: str
@@ -93,7 +93,7 @@ class ChatCompletionRequest(SamplingFields):
     continue_final_message: bool = False
 
 
-class EmbeddingRequest(Request):
+class EmbeddingRequest(OpenAIRequest):
     model: str
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
@@ -105,7 +105,7 @@ class RerankDocument(BaseModel):
     text: str
 
 
-class RerankRequest(Request):
+class RerankRequest(OpenAIRequest):
     model: str
     query: str
     documents: list[str | RerankDocument] = Field(min_length=1)

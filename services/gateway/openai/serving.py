@@ -39,7 +39,7 @@ from services.gateway.streaming import LastChunk
 
 logger = logging.getLogger(__name__)
 
-GENERATIVE = (Task.TEXT_GENERATION, Task.TEXT2TEXT_GENERATION)
+GENERATIVE = tuple(task for task in Task if task.is_generative)
 DONE = b"data: [DONE]\n\n"
 
 
