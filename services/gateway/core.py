@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator
 import numpy as np
 
 from services.common.codec import InferRequest, InferResponse, Tensor
-from services.common.engine import Task
+from services.common.engine import SamplingParams, Task
 from services.common.errors import InvalidArgument, Unavailable
 from services.gateway import grpc_clients as rpc
 from services.gateway.grpc_clients import CallContext, EngineDelta, Rendered
@@ -41,23 +41,6 @@ def check_task(route: ModelRoute, wanted: tuple[Task, ...], endpoint: str) -> No
         needs = " or ".join(t.value for t in wanted)
         raise InvalidArgument(
             f"model '{route.name}' serves task {route.task.value}; {endpoint} needs a {needs} model"
-        )
-
-
-def check_context(prompt_tokens: int, max_tokens: int | None, limit: int | None) -> None:
-    """Reject (never clamp) a request that cannot fit the model's context."""
-    if limit is None:
-        return
-    if prompt_tokens >= limit:
-        raise InvalidArgument(
-            f"This model's maximum context length is {limit} tokens. However, your prompt has "
-            f"{prompt_tokens} tokens, which leaves no room for a completion. Please reduce the length of the prompt."
-        )
-    if max_tokens is not None and prompt_tokens + max_tokens > limit:
-        raise InvalidArgument(
-            f"This model's maximum context length is {limit} tokens. However, you requested "
-            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, {max_tokens} for the completion "
-            f"(max_tokens)). Please reduce the length of the prompt or max_tokens."
         )
 
 
@@ -98,7 +81,8 @@ class MeshClient:
     # -- generation ----------------------------------------------------------
 
     async def generate(
-        self, route: ModelRoute, input_ids: list[int], sampling: dict[str, Any], call: CallContext, *, logprobs: bool
+        self, route: ModelRoute, input_ids: list[int], sampling: SamplingParams,
+        call: CallContext, *, logprobs: bool,
     ) -> AsyncIterator[EngineDelta]:
         """Stream engine deltas. An engine answering UNAVAILABLE before any output is
         skipped and the next replica (or the fallback backend) is tried."""

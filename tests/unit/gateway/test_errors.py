@@ -23,7 +23,10 @@ async def test_missing_field_is_400_not_422(http):
 
 @pytest.mark.parametrize(
     "field,value",
-    [("temperature", 2.5), ("top_p", 0), ("n", 0), ("max_tokens", 0), ("presence_penalty", -3), ("top_logprobs", 21)],
+    [
+        ("temperature", 2.5), ("top_p", 0), ("n", 0), ("max_tokens", 0), ("presence_penalty", -3),
+        ("top_logprobs", 21), ("max_completion_tokens", 0), ("stop", ["ok", ""]),
+    ],
 )
 async def test_parameter_ranges(http, mesh, field, value):
     before = len(mesh.engine.requests)
