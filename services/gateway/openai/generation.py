@@ -39,7 +39,9 @@ def sampling_params(
         given["max_tokens"] = max_tokens
     if request.stop is not None:
         given["stop"] = [request.stop] if isinstance(request.stop, str) else list(request.stop)
-    extra = {"logit_bias": request.logit_bias} if request.logit_bias is not None else {}
+    extra: dict[str, object] = {}
+    if request.logit_bias is not None:
+        extra["logit_bias"] = request.logit_bias
     params = SamplingParams(n=request.n, logprobs=logprobs, extra=extra, **given)
     check_sampling(params)
     return params
