@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup run test test-quick test-slow proto bench clean
+.PHONY: setup run test test-quick proto bench
 
 setup:
 	scripts/setup.sh

@@ -1,6 +1,7 @@
-"""One error hierarchy for every service, and the gRPC ↔ HTTP status table.
+"""One error hierarchy for every service: the status table of DESIGN.md §3.
 
-Each error carries its gRPC status and HTTP status (DESIGN.md §3). Only the gRPC
+Each error class carries its gRPC status and HTTP status; `from_grpc` maps a
+gRPC status back to its class (anything else is a bug: 500). Only the gRPC
 server interceptor (`services.common.server`) and the gateway's exception
 handlers translate errors into wire statuses.
 """
@@ -8,18 +9,6 @@ handlers translate errors into wire statuses.
 from __future__ import annotations
 
 import grpc
-
-#: gRPC status → HTTP status, the table of DESIGN.md §3.
-GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNIMPLEMENTED: 400,
-    grpc.StatusCode.INTERNAL: 500,
-}
 
 GENERIC_INTERNAL_MESSAGE = "internal error; see the service logs"
 
@@ -50,15 +39,11 @@ class NotFound(HfmeshError):
 
 
 class Unavailable(HfmeshError):
-    """Model loading, not ready, or the service is draining."""
+    """Model loading, not ready, the service draining, or overloaded (queue full)."""
 
     grpc_code = grpc.StatusCode.UNAVAILABLE
     http_status = 503
     retry_after = 1.0
-
-
-class Overloaded(Unavailable):
-    """Queue full or admission refused."""
 
 
 class ResourceExhausted(HfmeshError):
@@ -70,6 +55,8 @@ class ResourceExhausted(HfmeshError):
 
 
 class PayloadTooLarge(ResourceExhausted):
+    """A request body over the size limit."""
+
     http_status = 413
     retry_after = None
 
@@ -107,11 +94,6 @@ _BY_CODE: dict[grpc.StatusCode, type[HfmeshError]] = {
     grpc.StatusCode.CANCELLED: Cancelled,
     grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
 }
-
-
-def http_status_for(code: grpc.StatusCode) -> int:
-    """HTTP status for a gRPC status; anything outside the table is a 500."""
-    return GRPC_TO_HTTP.get(code, 500)
 
 
 def from_grpc(code: grpc.StatusCode, details: str | None) -> HfmeshError:

@@ -27,7 +27,12 @@ from services.common.codec import InferRequest, InferResponse, Tensor, as_bytes_
 from services.common.engine import GenerateDelta, GenerateRequest, SamplingParams, TensorSpec
 from services.common.errors import InvalidArgument
 
-_SAMPLING_FIELDS = {f.name: f for f in dataclasses.fields(SamplingParams) if f.name != "extra"}
+# Every typed sampling field (vLLM's name) → its default.
+_SAMPLING_DEFAULTS = {
+    f.name: getattr(SamplingParams(), f.name)
+    for f in dataclasses.fields(SamplingParams)
+    if f.name != "extra"
+}
 _FLAG_INPUTS = (
     "stream",
     "exclude_input_in_output",
@@ -106,20 +111,81 @@ def sampling_from_mapping(values: dict[str, Any]) -> SamplingParams:
     """`SamplingParams` from a dict of vLLM field names; unknown keys go to `extra`."""
     params = SamplingParams()
     for key, value in values.items():
-        spec = _SAMPLING_FIELDS.get(key)
-        if spec is None:
+        if key in _SAMPLING_DEFAULTS:
+            setattr(params, key, _coerce(key, value, getattr(params, key)))
+        else:
             params.extra[key] = value
-            continue
-        setattr(params, key, _coerce(key, value, getattr(params, key)))
-    if params.n < 1:
-        raise InvalidArgument(f"sampling parameter 'n' must be at least 1, got {params.n}")
-    if params.max_tokens is not None and params.max_tokens < 1:
-        raise InvalidArgument(f"sampling parameter 'max_tokens' must be at least 1, got {params.max_tokens}")
-    if params.temperature < 0:
-        raise InvalidArgument(f"sampling parameter 'temperature' must be >= 0, got {params.temperature}")
-    if not 0 < params.top_p <= 1:
-        raise InvalidArgument(f"sampling parameter 'top_p' must be in (0, 1], got {params.top_p}")
+    check_sampling(params)
     return params
+
+
+def sampling_to_json(params: SamplingParams) -> str:
+    """The `sampling_parameters` JSON for `params`: the fields that differ from vLLM's
+    defaults and the extras, by vLLM name. `sampling_from_mapping` reads it back."""
+    values = {
+        name: getattr(params, name)
+        for name, default in _SAMPLING_DEFAULTS.items()
+        if getattr(params, name) != default
+    }
+    return json.dumps({**values, **params.extra})
+
+
+def check_sampling(params: SamplingParams) -> None:
+    """Reject values outside vLLM's ranges, naming the parameter. The one copy of these
+    rules: the gateway, the wire parser and the HF engine call it; an engine adds only
+    the limits of its own (vocabulary, sequences per batch, logprobs count)."""
+    p = params
+    checks = (
+        ("n", p.n >= 1, "at least 1"),
+        ("max_tokens", p.max_tokens is None or p.max_tokens >= 1, "at least 1"),
+        ("temperature", p.temperature >= 0, ">= 0"),
+        ("top_p", 0 < p.top_p <= 1, "in (0, 1]"),
+        ("top_k", p.top_k >= -1, "-1, 0 (off) or a positive count"),
+        ("min_p", 0.0 <= p.min_p <= 1.0, "in [0, 1]"),
+        ("repetition_penalty", p.repetition_penalty > 0, "> 0"),
+        ("presence_penalty", -2.0 <= p.presence_penalty <= 2.0, "in [-2, 2]"),
+        ("frequency_penalty", -2.0 <= p.frequency_penalty <= 2.0, "in [-2, 2]"),
+        ("min_tokens", p.min_tokens >= 0, ">= 0"),
+        ("stop", all(isinstance(s, str) and s for s in p.stop), "non-empty strings"),
+    )
+    for name, ok, expected in checks:
+        if not ok:
+            value = getattr(p, name)
+            raise InvalidArgument(f"sampling parameter '{name}' must be {expected}, got {value!r}")
+    if p.max_tokens is not None and p.min_tokens > p.max_tokens:
+        raise InvalidArgument(
+            f"sampling parameter 'min_tokens' ({p.min_tokens}) exceeds "
+            f"'max_tokens' ({p.max_tokens})"
+        )
+
+
+def check_context_length(
+    prompt: int, asked: int | None, limit: int | None, *, model: str, separate: bool = False
+) -> None:
+    """Reject, never clamp, a generation of `prompt` tokens and at most `asked` (max_tokens)
+    that does not fit the model (DESIGN.md §3): the one rule and message for the gateway and
+    both engines. A decoder holds prompt and completion in one context of `limit` tokens; an
+    encoder-decoder (T5, `separate`) limits each on its own. `limit` None: not known here
+    (the engine checks)."""
+    if limit is None:
+        return
+    where = f"the maximum context length of {limit} tokens of model '{model}'"
+    if separate:
+        if prompt > limit:
+            raise InvalidArgument(f"The prompt has {prompt} tokens, more than {where}.")
+        if asked is not None and asked > limit:
+            raise InvalidArgument(f"max_tokens is {asked}, more than {where}.")
+        return
+    if prompt >= limit:
+        raise InvalidArgument(
+            f"The prompt has {prompt} tokens, which leaves no room for a completion in {where}."
+        )
+    if asked is not None and prompt + asked > limit:
+        raise InvalidArgument(
+            f"The prompt has {prompt} tokens and max_tokens is {asked}: {prompt + asked} tokens "
+            f"({prompt} in the prompt, {asked} for the completion) do not fit {where}. "
+            "Reduce the prompt or max_tokens."
+        )
 
 
 def parse_generate_request(request: InferRequest, request_id: str) -> tuple[GenerateRequest, LLMOptions]:

@@ -40,11 +40,11 @@ from services.common.errors import GENERIC_INTERNAL_MESSAGE, HfmeshError, Invali
 from services.common.logs import request_id_var
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import inference_pb2_grpc as pb_grpc
+from services.common.version import VERSION
 
 logger = logging.getLogger(__name__)
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-VERSION = "0.1.0"
 EXTENSIONS = ["model_repository", "model_repository(unload_dependents)", "schedule_policy", "binary_tensor_data"]
 
 

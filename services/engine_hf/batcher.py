@@ -29,7 +29,9 @@ Res = TypeVar("Res")
 
 
 @dataclass
-class _Pending(Generic[Req]):
+class QueuedRequest(Generic[Req]):
+    """A submitted request waiting for its batch; `rows` is its share of `max_batch_size`."""
+
     request: Req
     rows: int
     future: asyncio.Future
@@ -51,7 +53,7 @@ class DynamicBatcher(Generic[Req, Res]):
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self._executor = executor
-        self._pending: deque[_Pending[Req]] = deque()
+        self._pending: deque[QueuedRequest[Req]] = deque()
         self._arrived = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._on_change = on_change or (lambda waiting, running: None)
@@ -82,7 +84,7 @@ class DynamicBatcher(Generic[Req, Res]):
         if self._task is None:
             raise Unavailable("the engine is not running")
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(request, max(1, self._rows(request)), future))
+        self._pending.append(QueuedRequest(request, max(1, self._rows(request)), future))
         self._arrived.set()
         self._notify()
         return await future
@@ -98,7 +100,7 @@ class DynamicBatcher(Generic[Req, Res]):
             return False
         return True
 
-    async def _collect(self) -> list[_Pending[Req]]:
+    async def _collect(self) -> list[QueuedRequest[Req]]:
         while not self._pending:
             await self._wait_arrival(None)
         batch = [self._pending.popleft()]

@@ -24,6 +24,7 @@ from services.common.engine import (
     Task,
 )
 from services.common.errors import InvalidArgument, NotFound, Unavailable, Unimplemented
+from services.common.llm_tensors import check_context_length
 from services.engine_hf import sampling
 from services.engine_hf.adapters import AdapterSet
 from services.engine_hf.batcher import DynamicBatcher
@@ -209,25 +210,15 @@ class HFEngine:
         return list(ids)
 
     def _max_tokens(self, request: GenerateRequest, prompt_len: int) -> int:
+        """The tokens to generate at most: `max_tokens`, or when unset all the model allows."""
         assert self.loaded is not None
         limit = self.loaded.max_model_len
         asked = request.sampling.max_tokens
-        if self._task is Task.TEXT2TEXT_GENERATION:
-            if prompt_len > limit:
-                raise InvalidArgument(f"the prompt has {prompt_len} tokens; the model's limit is {limit}")
-            if asked is not None and asked > limit:
-                raise InvalidArgument(f"max_tokens {asked} exceeds the model's limit {limit}")
-            return asked or limit
-        if asked is None:
-            if prompt_len >= limit:
-                raise InvalidArgument(f"the prompt has {prompt_len} tokens, filling the model's context length {limit}")
-            return limit - prompt_len
-        if prompt_len + asked > limit:
-            raise InvalidArgument(
-                f"the prompt has {prompt_len} tokens and max_tokens is {asked}: {prompt_len + asked} "
-                f"exceeds the model's context length {limit}"
-            )
-        return asked
+        separate = self._task is Task.TEXT2TEXT_GENERATION
+        check_context_length(prompt_len, asked, limit, model=request.model, separate=separate)
+        if asked is not None:
+            return asked
+        return limit if separate else limit - prompt_len
 
     async def abort(self, request_id: str) -> None:
         if self._scheduler is not None:

@@ -19,35 +19,27 @@ import torch
 
 from services.common.engine import SamplingParams
 from services.common.errors import InvalidArgument
+from services.common.llm_tensors import check_sampling
 
 GREEDY_EPS = 1e-5
 MAX_LOGPROBS = 20
 
 
 def validate(params: SamplingParams, *, vocab_size: int, max_sequences: int) -> None:
-    """Reject what this engine cannot honour, naming the parameter."""
+    """Reject what this engine cannot honour, naming the parameter: the common ranges
+    (`check_sampling`), then this engine's own limits."""
+    check_sampling(params)
     if params.extra:
         key = sorted(params.extra)[0]
         raise InvalidArgument(f"sampling parameter '{key}' is not supported by the HF engine")
     checks = (
         ("n", params.n <= max_sequences, f"at most {max_sequences} (--max_concurrent_sequences)"),
-        ("top_k", params.top_k >= -1, "-1, 0 (off) or a positive count"),
-        ("min_p", 0.0 <= params.min_p <= 1.0, "in [0, 1]"),
-        ("repetition_penalty", params.repetition_penalty > 0, "> 0"),
-        ("presence_penalty", -2.0 <= params.presence_penalty <= 2.0, "in [-2, 2]"),
-        ("frequency_penalty", -2.0 <= params.frequency_penalty <= 2.0, "in [-2, 2]"),
-        ("min_tokens", params.min_tokens >= 0, ">= 0"),
         ("logprobs", params.logprobs is None or 0 <= params.logprobs <= MAX_LOGPROBS, f"in [0, {MAX_LOGPROBS}]"),
         ("stop_token_ids", all(0 <= t < vocab_size for t in params.stop_token_ids), f"token ids in [0, {vocab_size - 1}]"),
-        ("stop", all(isinstance(s, str) and s for s in params.stop), "non-empty strings"),
     )
     for name, ok, expected in checks:
         if not ok:
             raise InvalidArgument(f"sampling parameter '{name}' must be {expected}, got {getattr(params, name)!r}")
-    if params.max_tokens is not None and params.min_tokens > params.max_tokens:
-        raise InvalidArgument(
-            f"sampling parameter 'min_tokens' ({params.min_tokens}) exceeds 'max_tokens' ({params.max_tokens})"
-        )
 
 
 def make_generator(seed: int | None) -> torch.Generator:

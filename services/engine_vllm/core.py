@@ -25,7 +25,7 @@ from services.common.engine import (
     Task,
 )
 from services.common.errors import InternalError, InvalidArgument, NotFound, Unavailable, Unimplemented
-from services.common.llm_tensors import LLM_INPUTS, LLM_OUTPUTS
+from services.common.llm_tensors import LLM_INPUTS, LLM_OUTPUTS, check_context_length
 from services.engine_vllm.adapters import Adapters
 from services.engine_vllm.pooling import PoolingRunner, encoder_specs
 from services.engine_vllm.sampling import to_vllm
@@ -164,15 +164,6 @@ class VLLMEngine:
             return list(tokenizer.encode(request.prompt))
         return list(await asyncio.to_thread(tokenizer.encode, request.prompt))
 
-    def _check_context(self, prompt_len: int, max_tokens: int | None) -> None:
-        limit = self._max_model_len
-        wanted = prompt_len + (max_tokens or 0)
-        if prompt_len >= limit or wanted > limit:
-            raise InvalidArgument(
-                f"the prompt has {prompt_len} tokens and max_tokens is {max_tokens}: {wanted} exceeds "
-                f"the model's context length of {limit} tokens"
-            )
-
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateDelta]:
         from vllm.exceptions import VLLMClientError
         from vllm.inputs.engine import tokens_input
@@ -184,7 +175,7 @@ class VLLMEngine:
         lora = self._adapters.request_for(request.model)
         params = to_vllm(request.sampling)
         ids = await self._prompt_ids(request)
-        self._check_context(len(ids), params.max_tokens)
+        check_context_length(len(ids), params.max_tokens, self._max_model_len, model=request.model)
         prompt = tokens_input(ids, prompt=request.prompt) if request.prompt else tokens_input(ids)
         produced: dict[int, int] = {}
         top_k = params.logprobs

@@ -1,6 +1,7 @@
 """`services.common.engine.SamplingParams` → vLLM `SamplingParams`, with errors that name the parameter.
 
-Every field of ours has the vLLM name and meaning. `extra` may hold any other
+Every field of ours has the vLLM name and meaning, so msgspec reads the
+dataclass's attributes straight into vLLM's struct. `extra` may hold any other
 public vLLM field (`logit_bias`, `structured_outputs`, `bad_words`,
 `allowed_token_ids`, `min_tokens`, ...) and the older `guided_*` names of
 structured outputs. A key vLLM does not have, or one that would change what
@@ -10,7 +11,7 @@ with `InvalidArgument` naming it — never silently ignored.
 
 from __future__ import annotations
 
-import dataclasses
+from types import SimpleNamespace
 from typing import Any
 
 from services.common.engine import SamplingParams
@@ -52,12 +53,13 @@ def vllm_field_names() -> frozenset[str]:
     )
 
 
-def sampling_fields(sampling: SamplingParams) -> dict[str, Any]:
-    """Our sampling parameters as one dict of vLLM field names (extras merged, aliases resolved)."""
-    values = {f.name: getattr(sampling, f.name) for f in dataclasses.fields(sampling) if f.name != "extra"}
+def vllm_extras(extra: dict[str, Any]) -> dict[str, Any]:
+    """The extras as vLLM fields (guided aliases folded into `structured_outputs`);
+    a reserved or unknown key raises `InvalidArgument` naming it."""
     known = vllm_field_names()
+    values: dict[str, Any] = {}
     structured: dict[str, Any] = {}
-    for key, value in sampling.extra.items():
+    for key, value in extra.items():
         if key in GUIDED_ALIASES:
             structured[GUIDED_ALIASES[key]] = value
         elif key in RESERVED_FIELDS:
@@ -71,8 +73,6 @@ def sampling_fields(sampling: SamplingParams) -> dict[str, Any]:
         if given is not None and not isinstance(given, dict):
             raise InvalidArgument("sampling parameter 'structured_outputs' must be a JSON object")
         values["structured_outputs"] = {**(given or {}), **structured}
-    if values.get("seed") is None:
-        values.pop("seed", None)
     return values
 
 
@@ -94,9 +94,11 @@ def to_vllm(sampling: SamplingParams):
     from vllm.exceptions import VLLMValidationError
     from vllm.sampling_params import RequestOutputKind
 
-    values = sampling_fields(sampling)
+    extras = vllm_extras(sampling.extra)
+    # Extras are read as attributes beside ours; without any, the dataclass is read as it is.
+    source = SimpleNamespace(**{**vars(sampling), **extras}) if extras else sampling
     try:
-        params = msgspec.convert(values, VLLMSamplingParams, strict=False)
+        params = msgspec.convert(source, VLLMSamplingParams, strict=False, from_attributes=True)
     except msgspec.ValidationError as error:
         name = _parameter_of(error)
         where = f"sampling parameter '{name}'" if name else "sampling parameters"

@@ -12,12 +12,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.common.mesh import MeshPlan, load_mesh
+from services.common.version import VERSION
 from services.gateway.errors import install_error_handlers
 from services.gateway.kserve.router import build_v1_router, build_v2_router
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import AccessMiddleware, ApiKeyMiddleware, BodyLimitMiddleware, RequestIdMiddleware
 from services.gateway.openai.router import build_router as build_openai_router
-from services.gateway.routing import Router
+from services.gateway.routing import ReplicaRouter
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import build_state
 
@@ -27,20 +28,23 @@ logger = logging.getLogger(__name__)
 def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAPI:
     if plan is None and settings.model_list:
         plan = load_mesh(settings.model_list, resolve=False)
-    router = Router(plan)
-    metrics = GatewayMetrics(router)
-    state = build_state(settings, router, metrics)
+    routes = ReplicaRouter(plan)
+    metrics = GatewayMetrics(routes)
+    state = build_state(settings, routes, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await router.start()
-        logger.info("routing %d model(s): %s", len(router.routes), ", ".join(router.routes) or "none")
+        await routes.start()
+        names = ", ".join(routes.by_name) or "none"
+        logger.info("routing %d model(s): %s", len(routes.by_name), names)
         try:
             yield
         finally:
-            await router.close()
+            await routes.close()
 
-    app = FastAPI(title="hfmesh gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="hfmesh gateway", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.gateway = state
     prefix = settings.openai_prefix_path
     install_error_handlers(app, openai_prefix=prefix, retry_after=settings.retry_after)

@@ -9,18 +9,17 @@ No FastAPI here; protobuf stays inside `grpc_clients`.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 import numpy as np
 
 from services.common.codec import InferRequest, InferResponse, Tensor
-from services.common.engine import Task
+from services.common.engine import SamplingParams, Task
 from services.common.errors import InvalidArgument, Unavailable
 from services.gateway import grpc_clients as rpc
 from services.gateway.grpc_clients import CallContext, EngineDelta, Rendered
-from services.gateway.routing import ModelRoute, Router
+from services.gateway.routing import ModelRoute, ReplicaRouter
 from services.gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
@@ -45,35 +44,15 @@ def check_task(route: ModelRoute, wanted: tuple[Task, ...], endpoint: str) -> No
         )
 
 
-def check_context(prompt_tokens: int, max_tokens: int | None, limit: int | None) -> None:
-    """Reject (never clamp) a request that cannot fit the model's context."""
-    if limit is None:
-        return
-    if prompt_tokens >= limit:
-        raise InvalidArgument(
-            f"This model's maximum context length is {limit} tokens. However, your prompt has "
-            f"{prompt_tokens} tokens, which leaves no room for a completion. Please reduce the length of the prompt."
-        )
-    if max_tokens is not None and prompt_tokens + max_tokens > limit:
-        raise InvalidArgument(
-            f"This model's maximum context length is {limit} tokens. However, you requested "
-            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, {max_tokens} for the completion "
-            f"(max_tokens)). Please reduce the length of the prompt or max_tokens."
-        )
-
-
 class MeshClient:
     """What the HTTP layers can ask of the mesh."""
 
-    def __init__(self, router: Router, settings: GatewaySettings) -> None:
-        self.router = router
+    def __init__(self, routes: ReplicaRouter, settings: GatewaySettings) -> None:
+        self.routes = routes
         self.settings = settings
 
     def route(self, model: str) -> ModelRoute:
-        return self.router.route(model)
-
-    def context(self, request_id: str) -> CallContext:
-        return CallContext(request_id=request_id, deadline=time.monotonic() + self.settings.request_timeout)
+        return self.routes.route(model)
 
     def max_model_len(self, route: ModelRoute, rendered: Rendered | None = None) -> int | None:
         return route.entry.max_model_len or (rendered.max_model_len if rendered else None)
@@ -102,7 +81,8 @@ class MeshClient:
     # -- generation ----------------------------------------------------------
 
     async def generate(
-        self, route: ModelRoute, input_ids: list[int], sampling: dict[str, Any], call: CallContext, *, logprobs: bool
+        self, route: ModelRoute, input_ids: list[int], sampling: SamplingParams,
+        call: CallContext, *, logprobs: bool,
     ) -> AsyncIterator[EngineDelta]:
         """Stream engine deltas. An engine answering UNAVAILABLE before any output is
         skipped and the next replica (or the fallback backend) is tried."""

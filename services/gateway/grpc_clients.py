@@ -18,6 +18,7 @@ import numpy as np
 
 from services.common.codec import InferRequest, InferResponse, Tensor, as_bytes_array, datatype_of
 from services.common.converters import infer_request_to_pb, infer_response_from_pb
+from services.common.engine import SamplingParams
 from services.common.errors import (
     GENERIC_INTERNAL_MESSAGE,
     DeadlineExceeded,
@@ -29,6 +30,7 @@ from services.common.errors import (
     from_grpc,
     from_rpc_error,
 )
+from services.common.llm_tensors import sampling_to_json
 from services.common.logs import REQUEST_ID_HEADER
 from services.common.pb import inference_pb2 as pb
 from services.gateway.routing import Replica
@@ -168,10 +170,10 @@ async def detokenize(replica: Replica, model: str, ids: list[int], call: CallCon
 # -- engines -----------------------------------------------------------------
 
 
-def generate_request(model: str, input_ids: list[int], sampling: dict[str, Any], *, logprobs: bool, request_id: str) -> InferRequest:
+def generate_request(model: str, input_ids: list[int], sampling: SamplingParams, *, logprobs: bool, request_id: str) -> InferRequest:
     inputs = [
         Tensor("input_ids", "INT64", np.asarray(input_ids, dtype=np.int64)),
-        _bytes_tensor("sampling_parameters", json.dumps(sampling)),
+        _bytes_tensor("sampling_parameters", sampling_to_json(sampling)),
         _bool_tensor("stream", True),
         _bool_tensor("exclude_input_in_output", True),
     ]

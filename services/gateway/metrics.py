@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from services.gateway.routing import Router
+from services.gateway.routing import ReplicaRouter
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -13,13 +13,13 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 class _ReplicaCollector:
     """Per-replica state read at scrape time."""
 
-    def __init__(self, router: Router) -> None:
-        self.router = router
+    def __init__(self, routes: ReplicaRouter) -> None:
+        self.routes = routes
 
     def collect(self):
         in_flight = GaugeMetricFamily("hfmesh_gateway_replica_in_flight", "requests in flight per service replica", labels=["address"])
         serving = GaugeMetricFamily("hfmesh_gateway_replica_serving", "1 when the replica's health is SERVING", labels=["address"])
-        for address, replica in self.router.replicas.items():
+        for address, replica in self.routes.replicas.items():
             in_flight.add_metric([address], replica.in_flight)
             serving.add_metric([address], 1.0 if replica.serving else 0.0)
         yield in_flight
@@ -27,7 +27,7 @@ class _ReplicaCollector:
 
 
 class GatewayMetrics:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, routes: ReplicaRouter) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "hfmesh_gateway_requests", "HTTP requests by route family and status", ["family", "status"], registry=self.registry
@@ -41,7 +41,7 @@ class GatewayMetrics:
             "hfmesh_gateway_generation_tokens", "tokens generated", ["model"], registry=self.registry
         )
         self.prompt_tokens = Counter("hfmesh_gateway_prompt_tokens", "prompt tokens", ["model"], registry=self.registry)
-        self.registry.register(_ReplicaCollector(router))
+        self.registry.register(_ReplicaCollector(routes))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -20,6 +20,7 @@ import time
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.common.errors import PayloadTooLarge
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.gateway.errors import error_response, is_openai
 from services.gateway.metrics import GatewayMetrics
@@ -113,10 +114,11 @@ class BodyLimitMiddleware:
             return
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = error_response(
-                413, f"request body of {declared} bytes exceeds the limit of {self.max_bytes} bytes",
-                openai=is_openai(scope, self.openai_prefix),
+            error = PayloadTooLarge(
+                f"request body of {declared} bytes exceeds the limit of {self.max_bytes} bytes"
             )
+            openai = is_openai(scope, self.openai_prefix)
+            response = error_response(error.http_status, error.message, openai=openai)
             await response(scope, receive, send)
             return
         seen = 0
@@ -127,8 +129,11 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    # FastAPI re-raises HTTPException from body reading; the error handler renders it.
-                    raise HTTPException(413, f"request body exceeds the limit of {self.max_bytes} bytes")
+                    # FastAPI re-raises only HTTPException from body reading (any other error
+                    # becomes a 400); the error handler renders it.
+                    limit = self.max_bytes
+                    error = PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                    raise HTTPException(error.http_status, error.message)
             return message
 
         await self.app(scope, limited, send)

@@ -142,13 +142,14 @@ class ModelRoute:
         return None
 
 
-class Router:
-    """Every served model's route; owns the channels."""
+class ReplicaRouter:
+    """Every served model's route (by model name) to its tokenizer and engine replicas;
+    owns the channels."""
 
     def __init__(self, plan: MeshPlan | None) -> None:
         self.plan = plan or MeshPlan(models=[])
         self.replicas: dict[str, Replica] = {}
-        self.routes: dict[str, ModelRoute] = {}
+        self.by_name: dict[str, ModelRoute] = {}
 
     def _replica(self, address: str) -> Replica:
         if address not in self.replicas:
@@ -165,7 +166,7 @@ class Router:
                 route.engines = [
                     (b, [self._replica(a) for a in endpoints.engines[b]]) for b in backends if endpoints.engines.get(b)
                 ]
-            self.routes[entry.name] = route
+            self.by_name[entry.name] = route
         for replica in self.replicas.values():
             replica.start()
 
@@ -174,14 +175,14 @@ class Router:
 
     def route(self, name: str) -> ModelRoute:
         try:
-            return self.routes[name]
+            return self.by_name[name]
         except KeyError:
-            known = ", ".join(self.routes) or "none"
+            known = ", ".join(self.by_name) or "none"
             raise NotFound(f"The model '{name}' does not exist (served models: {known})") from None
 
     @property
     def ready(self) -> bool:
-        return bool(self.routes) and all(route.ready for route in self.routes.values())
+        return bool(self.by_name) and all(route.ready for route in self.by_name.values())
 
     async def wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

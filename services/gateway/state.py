@@ -14,14 +14,14 @@ from services.gateway.kserve.serving import KServeServing
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openai.serving import GenerationServing
 from services.gateway.openai.serving_pooling import PoolingServing
-from services.gateway.routing import Router
+from services.gateway.routing import ReplicaRouter
 from services.gateway.settings import GatewaySettings
 
 
 @dataclass
 class GatewayState:
     settings: GatewaySettings
-    router: Router
+    routes: ReplicaRouter
     mesh: MeshClient
     metrics: GatewayMetrics
     generation: GenerationServing
@@ -33,12 +33,14 @@ class GatewayState:
         return CallContext(request_id=request_id, deadline=time.monotonic() + self.settings.request_timeout)
 
 
-def build_state(settings: GatewaySettings, router: Router, metrics: GatewayMetrics) -> GatewayState:
-    mesh = MeshClient(router, settings)
+def build_state(
+    settings: GatewaySettings, routes: ReplicaRouter, metrics: GatewayMetrics
+) -> GatewayState:
+    mesh = MeshClient(routes, settings)
     generation = GenerationServing(mesh, metrics)
     return GatewayState(
         settings=settings,
-        router=router,
+        routes=routes,
         mesh=mesh,
         metrics=metrics,
         generation=generation,

@@ -18,13 +18,12 @@ from services.common.errors import GENERIC_INTERNAL_MESSAGE, HfmeshError, NotFou
 from services.common.logs import request_id_var
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import inference_pb2_grpc as pb_grpc
+from services.common.version import VERSION
 from services.tokenizer import tensors as t
 from services.tokenizer.core import TokenizerCore, TokenizerModel
 from services.tokenizer.predictor import PredictorClient
 
 logger = logging.getLogger(__name__)
-
-VERSION = "0.1.0"
 
 
 class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):

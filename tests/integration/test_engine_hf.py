@@ -273,7 +273,7 @@ BAD_REQUESTS = [
     ("llm", [("text_input", "BYTES", [1], _text(b"hi")),
              ("sampling_parameters", "BYTES", [1], _text(b'{"logit_bias": {"1": 2}}'))], "INVALID_ARGUMENT", "logit_bias"),
     ("llm", [("text_input", "BYTES", [1], _text(b"hi")),
-             ("sampling_parameters", "BYTES", [1], _text(b'{"max_tokens": 9000}'))], "INVALID_ARGUMENT", "context length 512"),
+             ("sampling_parameters", "BYTES", [1], _text(b'{"max_tokens": 9000}'))], "INVALID_ARGUMENT", "context length of 512"),
 ]
 
 

@@ -44,20 +44,12 @@ class V2InferRequest(BaseModel):
     outputs: list[V2RequestedOutput] | None = None
 
 
-class V2OutputTensor(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: str
-    parameters: dict[str, Any] | None = None
-    data: list[Any]
-
-
 class V2InferResponse(BaseModel):
     model_name: str
     model_version: str | None = None
     id: str | None = None
     parameters: dict[str, Any] | None = None
-    outputs: list[V2OutputTensor]
+    outputs: list[V2Tensor]
 
 
 def _flatten(values: list[Any]) -> list[Any]:
@@ -126,7 +118,7 @@ def response_to_json(response: InferResponse) -> V2InferResponse:
         id=response.id or None,
         parameters=response.parameters or None,
         outputs=[
-            V2OutputTensor(
+            V2Tensor(
                 name=t.name, shape=list(t.shape), datatype=t.datatype,
                 parameters=t.parameters or None, data=json_value(t.data, t.datatype),
             )

@@ -11,13 +11,13 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from services.common.errors import InvalidArgument
+from services.common.version import VERSION
 from services.gateway.errors import json_response
 from services.gateway.kserve.protocol import V1PredictRequest, V2InferRequest
 from services.gateway.state import gateway
 from services.gateway.streaming import cancel_on_disconnect
 
 SERVER_NAME = "hfmesh-gateway"
-VERSION = "0.1.0"
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -73,7 +73,7 @@ def build_v2_router() -> APIRouter:
 
     @router.get("/v2/health/ready")
     async def ready(request: Request) -> Response:
-        is_ready = gateway(request).router.ready
+        is_ready = gateway(request).routes.ready
         return _json({"ready": is_ready}, 200 if is_ready else 503)
 
     @router.get("/v2/models/{name}")

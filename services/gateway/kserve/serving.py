@@ -71,7 +71,7 @@ class KServeServing:
         self.generation = generation
 
     def model_names(self) -> list[str]:
-        return list(self.mesh.router.routes)
+        return list(self.mesh.routes.by_name)
 
     def ready(self, name: str) -> bool:
         return self.mesh.route(name).ready

@@ -7,7 +7,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, TypeVar
 
-from services.common.errors import InvalidArgument
+from services.common.engine import SamplingParams
+from services.common.llm_tensors import check_sampling
 from services.gateway.grpc_clients import EngineDelta
 from services.gateway.openai.protocol import (
     CompletionLogprobs,
@@ -18,29 +19,31 @@ from services.gateway.openai.protocol import (
 
 T = TypeVar("T")
 
-_PASSED_THROUGH = (
+# Request fields that are `SamplingParams` fields of the same name and meaning.
+_SAMPLING_FIELDS = (
     "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p",
     "repetition_penalty", "min_tokens", "ignore_eos", "stop_token_ids", "skip_special_tokens",
-    "include_stop_str_in_output", "logit_bias",
+    "include_stop_str_in_output",
 )
 
 
-def sampling_parameters(request: SamplingFields, *, max_tokens: int | None, logprobs: int | None) -> dict[str, Any]:
-    """The engine's `sampling_parameters` JSON (vLLM `SamplingParams` field names)."""
-    params: dict[str, Any] = {"n": request.n}
+def sampling_params(
+    request: SamplingFields, *, max_tokens: int | None, logprobs: int | None
+) -> SamplingParams:
+    """The engine's sampling parameters for an OpenAI request, range-checked (400 naming the
+    parameter). A field the request leaves out keeps vLLM's default."""
+    given: dict[str, Any] = {
+        name: value for name in _SAMPLING_FIELDS if (value := getattr(request, name)) is not None
+    }
     if max_tokens is not None:
-        params["max_tokens"] = max_tokens
-    for name in _PASSED_THROUGH:
-        value = getattr(request, name)
-        if value is not None:
-            params[name] = value
+        given["max_tokens"] = max_tokens
     if request.stop is not None:
-        stops = [request.stop] if isinstance(request.stop, str) else list(request.stop)
-        if any(not s for s in stops):
-            raise InvalidArgument("'stop' strings must not be empty")
-        params["stop"] = stops
-    if logprobs is not None:
-        params["logprobs"] = logprobs
+        given["stop"] = [request.stop] if isinstance(request.stop, str) else list(request.stop)
+    extra: dict[str, object] = {}
+    if request.logit_bias is not None:
+        extra["logit_bias"] = request.logit_bias
+    params = SamplingParams(n=request.n, logprobs=logprobs, extra=extra, **given)
+    check_sampling(params)
     return params
 
 

@@ -1,7 +1,12 @@
 """OpenAI API request and response types (the fields hfmesh honours).
 
-Ranges are checked here, so a bad value is a 400 before any engine work.
-Unknown request fields are ignored, as OpenAI-compatible servers do.
+Types are checked here, and the ranges of fields that exist only in the OpenAI
+API (`max_completion_tokens`, `top_logprobs`, `best_of`, ...) or that it limits
+beyond vLLM (temperature <= 2, n <= 128, 20 logprobs). The ranges of vLLM's
+sampling fields are checked once, when the gateway builds the engine's
+`SamplingParams` (`services.common.llm_tensors.check_sampling`). Either way a
+bad value is a 400 naming the parameter, before any engine work. Unknown
+request fields are ignored, as OpenAI-compatible servers do.
 """
 
 from __future__ import annotations
@@ -21,35 +26,35 @@ def now() -> int:
     return int(time.time())
 
 
-class Request(BaseModel):
+class OpenAIRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class StreamOptions(Request):
+class StreamOptions(OpenAIRequest):
     include_usage: bool = False
     continuous_usage_stats: bool = False
 
 
-class SamplingFields(Request):
-    """Fields shared by completions and chat, with OpenAI's ranges (plus vLLM's extras)."""
+class SamplingFields(OpenAIRequest):
+    """Fields shared by completions and chat: OpenAI's, plus vLLM's extras."""
 
     model: str
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=128)
+    temperature: float | None = Field(None, le=2.0)
+    top_p: float | None = None
+    n: int = Field(1, le=128)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
     logit_bias: dict[str, float] | None = None
     # vLLM extensions
-    top_k: int | None = Field(None, ge=-1)
-    min_p: float | None = Field(None, ge=0.0, le=1.0)
-    repetition_penalty: float | None = Field(None, gt=0.0)
-    min_tokens: int | None = Field(None, ge=0)
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    min_tokens: int | None = None
     ignore_eos: bool | None = None
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool | None = None
@@ -58,7 +63,7 @@ class SamplingFields(Request):
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = 16
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
     best_of: int | None = Field(None, ge=1)
@@ -78,7 +83,7 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = None
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
@@ -93,7 +98,7 @@ class ChatCompletionRequest(SamplingFields):
     continue_final_message: bool = False
 
 
-class EmbeddingRequest(Request):
+class EmbeddingRequest(OpenAIRequest):
     model: str
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
@@ -105,7 +110,7 @@ class RerankDocument(BaseModel):
     text: str
 
 
-class RerankRequest(Request):
+class RerankRequest(OpenAIRequest):
     model: str
     query: str
     documents: list[str | RerankDocument] = Field(min_length=1)

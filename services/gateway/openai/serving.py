@@ -16,7 +16,8 @@ from typing import Any, AsyncIterator
 
 from services.common.engine import Task
 from services.common.errors import InternalError, InvalidArgument
-from services.gateway.core import MeshClient, check_context, check_task
+from services.common.llm_tensors import check_context_length
+from services.gateway.core import MeshClient, check_task
 from services.gateway.grpc_clients import CallContext, EngineDelta, Rendered
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openai import generation as gen
@@ -39,7 +40,7 @@ from services.gateway.streaming import LastChunk
 
 logger = logging.getLogger(__name__)
 
-GENERATIVE = (Task.TEXT_GENERATION, Task.TEXT2TEXT_GENERATION)
+GENERATIVE = tuple(task for task in Task if task.is_generative)
 DONE = b"data: [DONE]\n\n"
 
 
@@ -75,6 +76,9 @@ class GenerationServing:
     async def completions(self, request: CompletionRequest, call: CallContext) -> CompletionResponse | AsyncIterator[bytes]:
         route = self.mesh.route(request.model)
         check_task(route, GENERATIVE, "/v1/completions")
+        sampling = gen.sampling_params(
+            request, max_tokens=request.max_tokens, logprobs=request.logprobs
+        )
         if request.suffix:
             raise InvalidArgument("'suffix' is not supported")
         if request.best_of is not None and request.best_of != request.n:
@@ -85,13 +89,12 @@ class GenerationServing:
         rendered = await asyncio.gather(*(self._prompt(route, call, p, request) for p in prompts))
         limit = self.mesh.max_model_len(route, rendered[0])
         for item in rendered:
-            check_context(len(item.input_ids), request.max_tokens, limit)
-        sampling = gen.sampling_parameters(request, max_tokens=request.max_tokens, logprobs=request.logprobs)
+            check_context_length(len(item.input_ids), request.max_tokens, limit, model=route.name)
         streams = [self.mesh.generate(route, r.input_ids, sampling, call, logprobs=request.logprobs is not None) for r in rendered]
-        run = _Run(self, route, call, request.n, rendered, time.monotonic())
+        run = ChoiceStreams(self, route, call, request.n, rendered, streams, time.monotonic())
         if request.stream:
-            return await run.start_stream(streams, lambda: self._completion_chunks(run, request, streams))
-        choices = await run.collect(streams)
+            return await run.start_stream(self._completion_chunks(run, request))
+        choices = await run.collect()
         out = []
         for choice in choices:
             text = (rendered[choice.index // request.n].prompt if request.echo else "") + choice.text
@@ -108,10 +111,12 @@ class GenerationServing:
         text = await self.mesh.detokenize(route, call, prompt) if request.echo else ""
         return Rendered(input_ids=prompt, prompt=text, max_model_len=None)
 
-    async def _completion_chunks(self, run: "_Run", request: CompletionRequest, streams) -> AsyncIterator[bytes]:
+    async def _completion_chunks(
+        self, run: "ChoiceStreams", request: CompletionRequest
+    ) -> AsyncIterator[bytes]:
         usage = request.stream_options is not None and request.stream_options.include_usage
         chunks = Chunks(run.id("cmpl"), "text_completion", request.model, include_usage=usage)
-        async for batch in run.deltas(streams):
+        async for batch in run.deltas():
             parts = []
             for choice, delta in batch:
                 text = delta.text
@@ -134,6 +139,13 @@ class GenerationServing:
     async def chat(self, request: ChatCompletionRequest, call: CallContext) -> ChatCompletionResponse | AsyncIterator[bytes]:
         route = self.mesh.route(request.model)
         check_task(route, GENERATIVE, "/v1/chat/completions")
+        max_tokens = request.max_completion_tokens
+        if max_tokens is None:
+            max_tokens = request.max_tokens
+        top = request.top_logprobs or 0
+        sampling = gen.sampling_params(
+            request, max_tokens=max_tokens, logprobs=top if request.logprobs else None
+        )
         if request.tool_choice not in (None, "none", "auto"):
             raise InvalidArgument("'tool_choice' may be 'none' or 'auto'; forced tool calls are not supported")
         if request.response_format and request.response_format.get("type") not in (None, "text"):
@@ -151,17 +163,14 @@ class GenerationServing:
             continue_final_message=request.continue_final_message,
         )
         limit = self.mesh.max_model_len(route, rendered)
-        max_tokens = request.max_completion_tokens or request.max_tokens
-        check_context(len(rendered.input_ids), max_tokens, limit)
+        check_context_length(len(rendered.input_ids), max_tokens, limit, model=route.name)
         if max_tokens is None and limit is not None:
-            max_tokens = limit - len(rendered.input_ids)
-        top = request.top_logprobs or 0
-        sampling = gen.sampling_parameters(request, max_tokens=max_tokens, logprobs=top if request.logprobs else None)
+            sampling.max_tokens = limit - len(rendered.input_ids)
         streams = [self.mesh.generate(route, rendered.input_ids, sampling, call, logprobs=request.logprobs)]
-        run = _Run(self, route, call, request.n, [rendered], time.monotonic())
+        run = ChoiceStreams(self, route, call, request.n, [rendered], streams, time.monotonic())
         if request.stream:
-            return await run.start_stream(streams, lambda: self._chat_chunks(run, request, streams))
-        choices = await run.collect(streams)
+            return await run.start_stream(self._chat_chunks(run, request))
+        choices = await run.collect()
         out = []
         for choice in choices:
             logprobs = None
@@ -172,11 +181,13 @@ class GenerationServing:
             out.append(ChatChoice(index=choice.index, message=message, logprobs=logprobs, finish_reason=choice.finish_reason))
         return ChatCompletionResponse(id=run.id("chatcmpl"), created=now(), model=request.model, choices=out, usage=run.usage(choices))
 
-    async def _chat_chunks(self, run: "_Run", request: ChatCompletionRequest, streams) -> AsyncIterator[bytes]:
+    async def _chat_chunks(
+        self, run: "ChoiceStreams", request: ChatCompletionRequest
+    ) -> AsyncIterator[bytes]:
         usage = request.stream_options is not None and request.stream_options.include_usage
         chunks = Chunks(run.id("chatcmpl"), "chat.completion.chunk", request.model, include_usage=usage)
         top = request.top_logprobs or 0
-        async for batch in run.deltas(streams):
+        async for batch in run.deltas():
             parts = []
             for choice, delta in batch:
                 if not choice.started:
@@ -198,7 +209,7 @@ class GenerationServing:
                 yield written
 
 
-def _batch_bytes(run: "_Run", parts: list[bytes], chunks: Chunks, usage: bool) -> bytes:
+def _batch_bytes(run: "ChoiceStreams", parts: list[bytes], chunks: Chunks, usage: bool) -> bytes:
     """One write for a batch of chunks; once every choice has finished, the stream's closing
     write: the last choices, the usage chunk (when asked for) and `[DONE]` together."""
     if not run.finished:
@@ -224,17 +235,20 @@ def _prompts(prompt: str | list) -> list[str | list[int]]:
     return items
 
 
-class _Run:
-    """One generation request's choices across its prompts (choice index = prompt * n + sequence)."""
+class ChoiceStreams:
+    """One generation request's engine streams, one per prompt, and the choices they fill
+    (choice index = prompt * n + sequence)."""
 
-    def __init__(self, serving: GenerationServing, route: ModelRoute, call: CallContext, n: int, rendered: list[Rendered], arrival: float):
+    def __init__(
+        self, serving: GenerationServing, route: ModelRoute, call: CallContext, n: int,
+        rendered: list[Rendered], streams: list[AsyncIterator[EngineDelta]], arrival: float,
+    ) -> None:
         self.serving, self.route, self.call, self.n, self.rendered = serving, route, call, n, rendered
         self.arrival = arrival
         self.choices = [gen.Choice(index=i) for i in range(n * len(rendered))]
         self._id: str | None = None
         self._first_seen = False
-        self._first: list[list[tuple[int, EngineDelta]]] = []
-        self._merged: AsyncIterator[list[tuple[int, EngineDelta]]] | None = None
+        self._batches: AsyncIterator[list[tuple[int, EngineDelta]]] = gen.merge(streams)
 
     def id(self, prefix: str) -> str:
         if self._id is None:
@@ -245,11 +259,10 @@ class _Run:
     def finished(self) -> bool:
         return all(c.finish_reason is not None for c in self.choices)
 
-    async def deltas(self, streams) -> AsyncIterator[list[tuple[gen.Choice, EngineDelta]]]:
+    async def deltas(self) -> AsyncIterator[list[tuple[gen.Choice, EngineDelta]]]:
         """(choice, delta) pairs as the engines answer, one list per batch of responses that
         arrived together; deltas of one choice in a batch are combined."""
-        merged = self._merged if self._merged is not None else gen.merge(streams)
-        async for batch in merged:
+        async for batch in self._batches:
             if not self._first_seen:
                 self._first_seen = True
                 self.serving.metrics.ttft.labels(self.route.name).observe(time.monotonic() - self.arrival)
@@ -272,28 +285,29 @@ class _Run:
             raise InternalError()
         self.serving.metrics.generated_tokens.labels(self.route.name).inc(sum(c.num_output_tokens for c in self.choices))
 
-    async def start_stream(self, streams, make_chunks) -> AsyncIterator[bytes]:
-        """Wait for the engine's first answer (errors are still HTTP errors), then stream."""
-        merged = gen.merge(streams)
+    async def start_stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Wait for the engine's first answer (errors are still HTTP errors), then stream
+        `chunks`, which read `deltas()`."""
+        merged = self._batches
         try:
-            self._first.append(await merged.__anext__())
+            first = [await merged.__anext__()]
         except StopAsyncIteration:
-            pass
+            first = []
         except BaseException:
             await merged.aclose()
             raise
 
-        async def replay():
-            for item in self._first:
+        async def replay() -> AsyncIterator[list[tuple[int, EngineDelta]]]:
+            for item in first:
                 yield item
             async for item in merged:
                 yield item
 
-        self._merged = replay()
-        return make_chunks()
+        self._batches = replay()
+        return chunks
 
-    async def collect(self, streams) -> list[gen.Choice]:
-        async for _ in self.deltas(streams):
+    async def collect(self) -> list[gen.Choice]:
+        async for _ in self.deltas():
             pass
         return self.choices
 

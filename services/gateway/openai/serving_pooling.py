@@ -39,7 +39,7 @@ class PoolingServing:
                 id=name, created=self.created, owned_by=self.owned_by,
                 max_model_len=route.entry.max_model_len, task=route.task.value,
             )
-            for name, route in self.mesh.router.routes.items()
+            for name, route in self.mesh.routes.by_name.items()
         ]
         return ModelList(data=cards)
 

@@ -36,7 +36,7 @@ async def test_context_overflow_names_prompt_max_tokens_and_limit(engine):
     with pytest.raises(InvalidArgument) as caught:
         await collect(served, request("tiny-llama", "hello there", max_tokens=600))
     message = caught.value.message
-    assert "max_tokens is 600" in message and "context length 512" in message and "prompt has" in message
+    assert "max_tokens is 600" in message and "context length of 512" in message and "prompt has" in message
     with pytest.raises(InvalidArgument, match="outside the vocabulary"):
         await collect(served, request("tiny-llama", [1, 2, 10**6]))
 

@@ -1,4 +1,6 @@
-"""The pieces of `VLLMEngine` that need no loaded model: deltas, adapter checks, context limits."""
+"""The pieces of `VLLMEngine` that need no loaded model: deltas, adapter checks, model state.
+
+The context-length rule it applies is `llm_tensors.check_context_length` (tests/unit/common)."""
 
 from __future__ import annotations
 
@@ -63,14 +65,3 @@ def test_before_loading_the_model_is_listed_as_loading(engine):
     assert engine.healthy()
     with pytest.raises(Unavailable, match="loading"):
         engine._ready_llm()
-
-
-def test_context_overflow_names_prompt_max_tokens_and_limit(engine):
-    engine._max_model_len = 100
-    engine._check_context(90, 10)
-    with pytest.raises(InvalidArgument) as raised:
-        engine._check_context(95, 10)
-    assert "95 tokens" in raised.value.message and "max_tokens is 10" in raised.value.message
-    assert "100" in raised.value.message
-    with pytest.raises(InvalidArgument):
-        engine._check_context(100, None)

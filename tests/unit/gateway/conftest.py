@@ -112,7 +112,7 @@ async def serve_gateway(settings: GatewaySettings, plan: MeshPlan, *, wait: bool
         assert asyncio.get_running_loop().time() < deadline, "gateway did not start"
         await asyncio.sleep(0.01)
     if wait:
-        assert await app.state.gateway.router.wait_ready(10), "mesh not ready"
+        assert await app.state.gateway.routes.wait_ready(10), "mesh not ready"
     try:
         yield f"http://127.0.0.1:{port}", app
     finally:

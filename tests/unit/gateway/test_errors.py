@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.errors import GRPC_TO_HTTP, from_grpc
+from services.common.errors import PayloadTooLarge, from_grpc
 from services.gateway.errors import error_body
+from tests.unit.common.test_errors import TABLE
 
 
 def openai_error(reply, status: int) -> str:
@@ -22,7 +23,10 @@ async def test_missing_field_is_400_not_422(http):
 
 @pytest.mark.parametrize(
     "field,value",
-    [("temperature", 2.5), ("top_p", 0), ("n", 0), ("max_tokens", 0), ("presence_penalty", -3), ("top_logprobs", 21)],
+    [
+        ("temperature", 2.5), ("top_p", 0), ("n", 0), ("max_tokens", 0), ("presence_penalty", -3),
+        ("top_logprobs", 21), ("max_completion_tokens", 0), ("stop", ["ok", ""]),
+    ],
 )
 async def test_parameter_ranges(http, mesh, field, value):
     before = len(mesh.engine.requests)
@@ -73,7 +77,9 @@ async def test_malformed_json_is_400(http):
     assert reply.status_code == 400 and reply.json()["error"]["type"] == "invalid_request_error"
 
 
-@pytest.mark.parametrize("code,status", sorted(GRPC_TO_HTTP.items(), key=lambda kv: kv[0].value))
+@pytest.mark.parametrize(
+    "code,status", [(code, status) for cls, code, status in TABLE if cls is not PayloadTooLarge]
+)
 def test_every_table_row_reaches_http(code, status):
     error = from_grpc(code, "detail")
     assert error.http_status == status
@@ -84,7 +90,7 @@ def test_every_table_row_reaches_http(code, status):
 
 async def test_unavailable_carries_retry_after(http, gateway):
     _, app = gateway
-    route = app.state.gateway.router.routes["llm"]
+    route = app.state.gateway.routes.by_name["llm"]
     saved = route.engines
     route.engines = []
     try:

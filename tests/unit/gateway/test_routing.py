@@ -57,7 +57,7 @@ async def test_unavailable_engine_falls_back_before_output(mesh):
     engines = {"vllm": [f"127.0.0.1:{broken_runner.bound_port}"], "huggingface": [mesh.engine_address]}
     try:
         async with serve_gateway(GatewaySettings(), mesh.plan(engines=engines, models=LLM_ONLY)) as (url, app):
-            route = app.state.gateway.router.routes["llm"]
+            route = app.state.gateway.routes.by_name["llm"]
             assert [b for b, _ in route.engines] == ["vllm", "huggingface"]
             async with httpx.AsyncClient(base_url=url) as client:
                 before = len(mesh.engine.requests)
@@ -76,7 +76,7 @@ async def test_health_watch_moves_traffic_to_the_fallback(mesh):
     engines = {"vllm": [f"127.0.0.1:{primary_runner.bound_port}"], "huggingface": [mesh.engine_address]}
     try:
         async with serve_gateway(GatewaySettings(), mesh.plan(engines=engines, models=LLM_ONLY)) as (url, app):
-            route = app.state.gateway.router.routes["llm"]
+            route = app.state.gateway.routes.by_name["llm"]
             async with httpx.AsyncClient(base_url=url) as client:
                 assert (await client.post("/openai/v1/chat/completions", json=CHAT)).status_code == 200
                 assert len(primary.requests) == 1 and route.backend == "vllm"
