@@ -1,9 +1,9 @@
 """Integration meshes planned as the launcher plans them, run as real processes.
 
-`model(...)` writes a model-list entry; `running_mesh(models, folder)` gives them to the launcher's
-planner (`plan_processes`: one tokenizer, one engine per model and backend, consecutive ports;
-`gateway_process`), writes the model list the services read, starts every process at once so
-model loads overlap, waits for each, then starts the gateway. On exit every process tree stops.
+`model_entry(...)` writes a model-list entry; `running_mesh(entries, folder)` hands them to the
+launcher's planner (`plan_processes`: one tokenizer, one engine per model and backend, consecutive
+ports; `gateway_process`), writes the model list the services read, starts every process at once
+so model loads overlap, waits for each, then starts the gateway. On exit every process tree stops.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from services.launcher.processes import ServiceProcess, free_port, start_service
 HOST = "127.0.0.1"
 
 
-def model(
+def model_entry(
     name: str,
     source: str,
     task: str,

@@ -15,7 +15,7 @@ import transformers
 import tritonclient.grpc as tgrpc
 from tritonclient.utils import InferenceServerException
 
-from tests.helpers.mesh import model, running_mesh
+from tests.helpers.mesh import model_entry, running_mesh
 from tests.helpers.metrics import scrape, wait_until
 from tests.helpers.triton import bool_input, bytes_input, clients, int_input, llm_inputs
 
@@ -33,7 +33,7 @@ TEXTS = ["Paris is a city in France.", "Alice met Bob in London on Tuesday."]
 
 @pytest.fixture(scope="module")
 def engines(model_path, tmp_path_factory):
-    models = [model(name, model_path(folder), task) for name, (folder, task) in ENGINES.items()]
+    models = [model_entry(name, model_path(f), task) for name, (f, task) in ENGINES.items()]
     folder = tmp_path_factory.mktemp("mesh")
     with running_mesh(models, folder, engines_only=True, metrics=["llm"]) as mesh:
         yield {name: mesh.engine(name) for name in ENGINES}

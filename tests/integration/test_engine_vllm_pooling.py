@@ -13,7 +13,7 @@ import signal
 import numpy as np
 import pytest
 
-from tests.helpers.mesh import model, running_mesh
+from tests.helpers.mesh import model_entry, running_mesh
 from tests.helpers.metrics import wait_until
 from tests.helpers.triton import bytes_input as _bytes
 from tests.helpers.triton import clients as triton_clients
@@ -30,9 +30,10 @@ DOCUMENTS = ["a cat is a small animal", "the stock market fell", "cats and dogs"
 @pytest.fixture(scope="module")
 def engines(model_path, tmp_path_factory):
     models = [
-        model("minilm", model_path("all-minilm-l6-v2"), "text_embedding", "vllm"),
-        model("reranker", model_path("tiny-bert-reranker"), "rerank", "vllm"),
-        model("sentiment", model_path("tiny-bert-sentiment"), "sequence_classification", "vllm"),
+        model_entry("minilm", model_path("all-minilm-l6-v2"), "text_embedding", "vllm"),
+        model_entry("reranker", model_path("tiny-bert-reranker"), "rerank", "vllm"),
+        model_entry("sentiment", model_path("tiny-bert-sentiment"), "sequence_classification",
+                    "vllm"),
     ]
     env = {"VLLM_CPU_KVCACHE_SPACE": "1"}
     with running_mesh(models, tmp_path_factory.mktemp("mesh"), engines_only=True, env=env) as mesh:

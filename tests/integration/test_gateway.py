@@ -19,7 +19,7 @@ import transformers
 
 from services.common import task_results
 from services.launcher.processes import start_service
-from tests.helpers.mesh import model, running_mesh
+from tests.helpers.mesh import model_entry, running_mesh
 from tests.helpers.metrics import scrape, total, wait_until
 from tests.helpers.triton import bytes_input
 
@@ -38,7 +38,7 @@ ENGINES = {
 @pytest.fixture(scope="module")
 def mesh(model_path, tmp_path_factory):
     models = [
-        model(name, model_path(folder), task, max_model_len=512 if name == "llm" else None)
+        model_entry(name, model_path(folder), task, max_model_len=512 if name == "llm" else None)
         for name, (folder, task) in ENGINES.items()
     ]
     with running_mesh(models, tmp_path_factory.mktemp("mesh"), metrics=["llm"]) as started:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.helpers.mesh import model, running_mesh
+from tests.helpers.mesh import model_entry, running_mesh
 
 pytestmark = pytest.mark.slow
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def gateway_url(model_path, tmp_path_factory):
     folder = model_path("smollm2-135m-instruct")
-    smollm = model("smollm2", folder, "text_generation", max_model_len=2048)
+    smollm = model_entry("smollm2", folder, "text_generation", max_model_len=2048)
     with running_mesh([smollm], tmp_path_factory.mktemp("mesh"), timeout=600) as mesh:
         yield mesh["gateway"].url
 

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers.mesh import model, running_mesh
+from tests.helpers.mesh import model_entry, running_mesh
 from tests.helpers.metrics import scrape, total, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -25,8 +25,10 @@ PROMPT = "The quick brown fox"
 
 @pytest.fixture(scope="module")
 def mesh(model_path, tmp_path_factory):
-    llm = model("llm", model_path("tiny-llama"), "text_generation", "vllm", fallback="huggingface",
-                max_model_len=512, engine_args=["--dtype", "float32"])
+    llm = model_entry(
+        "llm", model_path("tiny-llama"), "text_generation", "vllm", fallback="huggingface",
+        max_model_len=512, engine_args=["--dtype", "float32"],
+    )
     folder = tmp_path_factory.mktemp("mesh")
     with running_mesh([llm], folder, metrics=["llm"], env=VLLM_ENV, timeout=400) as started:
         yield started
