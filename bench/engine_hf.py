@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 from tritonclient.grpc import service_pb2  # noqa: E402
 
 from services.models.cache import ensure_model  # noqa: E402
-from tests.procs import start_service  # noqa: E402
+from services.launcher.processes import start_service  # noqa: E402
 
 SENTENCES = [
     "A man is eating food.", "The stock market fell sharply today.", "Paris is the capital of France.",

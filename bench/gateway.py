@@ -49,7 +49,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import aiohttp  # noqa: E402
 import grpc  # noqa: E402
-import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
@@ -57,7 +56,8 @@ from services.common.codec import InferRequest, Tensor, as_bytes_array  # noqa: 
 from services.common.converters import infer_request_to_pb, infer_response_from_pb  # noqa: E402
 from services.models.cache import ensure_model  # noqa: E402
 from services.common.pb import inference_pb2_grpc as pb_grpc  # noqa: E402
-from tests.procs import free_port, start_service  # noqa: E402
+from services.launcher.processes import free_port, start_service  # noqa: E402
+from tests.helpers.metrics import scrape, total  # noqa: E402
 
 # (latency phase, throughput phase) requests per round and path
 DEFAULT_REQUESTS = {"tiny-llama": (40, 48), "smollm2-135m-instruct": (10, 16)}
@@ -100,13 +100,9 @@ ENGINE_METRICS = {"url": ""}
 
 def engine_ttft() -> tuple[float, float]:
     """(sum, count) of the engine's own `vllm:time_to_first_token_seconds` histogram."""
-    text = httpx.get(ENGINE_METRICS["url"], timeout=10).text
-    values = {}
-    for line in text.splitlines():
-        for key in ("_sum", "_count"):
-            if line.startswith(f"vllm:time_to_first_token_seconds{key}"):
-                values[key] = float(line.rsplit(" ", 1)[1])
-    return values.get("_sum", 0.0), values.get("_count", 0.0)
+    samples = scrape(ENGINE_METRICS["url"])
+    name = "vllm:time_to_first_token_seconds"
+    return total(samples, f"{name}_sum"), total(samples, f"{name}_count")
 
 
 def messages(i: int) -> list[dict[str, str]]:

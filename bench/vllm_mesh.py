@@ -160,26 +160,12 @@ def cpu_seconds(services: list[ServiceProcess]) -> dict[str, float]:
     return out
 
 
-def wait_http(service: ServiceProcess, path: str, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not service.alive():
-            raise RuntimeError(f"{service.name} exited:\n{service.log()[-3000:]}")
-        try:
-            if httpx.get(f"{service.url}{path}", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{service.name} not ready after {timeout:.0f}s")
-
-
 def vllm_alone(name: str, folder: str, log_dir: Path) -> tuple[list[ServiceProcess], str]:
     args = ["--model", folder, "--served-model-name", name, "--dtype", "float32", "--host", "127.0.0.1",
             "--max-model-len", str(CONTEXT[name])]
     server = start_service("vllm.entrypoints.openai.api_server", args, name=f"vllm-{name}", env=ENV,
                            ready="none", log_dir=log_dir)
-    wait_http(server, "/health")
+    wait_ready(server, "http", 600, path="/health")
     return [server], f"{server.url}/v1/completions"
 
 

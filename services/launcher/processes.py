@@ -129,19 +129,24 @@ def start_service(
     return service
 
 
-def is_ready(service: ServiceProcess, kind: str = "grpc") -> bool:
-    """gRPC health SERVING ("grpc") or GET /v2/health/ready answering 200 ("http")."""
+def is_ready(service: ServiceProcess, kind: str = "grpc", path: str = "/v2/health/ready") -> bool:
+    """gRPC health SERVING ("grpc") or GET `path` answering 200 ("http")."""
     if kind == "grpc":
         return grpc_serving(service.address)
-    return http_ready(f"{service.url}/v2/health/ready")
+    return http_ready(f"{service.url}{path}")
 
 
-def wait_ready(service: ServiceProcess, kind: str = "grpc", timeout: float = 300.0) -> None:
+def wait_ready(
+    service: ServiceProcess,
+    kind: str = "grpc",
+    timeout: float = 300.0,
+    path: str = "/v2/health/ready",
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not service.alive():
             raise RuntimeError(f"{service.name} exited with {service.process.returncode}:\n{service.log()[-4000:]}")
-        if is_ready(service, kind):
+        if is_ready(service, kind, path):
             return
         time.sleep(0.25)
     service.stop()

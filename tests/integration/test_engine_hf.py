@@ -6,12 +6,8 @@ checked against transformers run directly in the test process.
 
 from __future__ import annotations
 
-import json
 import queue
-import re
-import time
 
-import httpx
 import numpy as np
 import pytest
 import torch
@@ -19,45 +15,34 @@ import transformers
 import tritonclient.grpc as tgrpc
 from tritonclient.utils import InferenceServerException
 
-from tests.procs import free_port, start_service, wait_ready
+from tests.helpers.mesh import model_entry, running_mesh
+from tests.helpers.metrics import scrape, wait_until
+from tests.helpers.triton import bool_input, bytes_input, clients, int_input, llm_inputs
 
 ENGINES = {
-    "llm": ("tiny-llama", []),
-    "t5": ("tiny-t5", []),
-    "fill": ("tiny-bert-fill-mask", []),
-    "ner": ("tiny-bert-ner", []),
-    "sentiment": ("tiny-bert-sentiment", []),
-    "reranker": ("tiny-bert-reranker", ["--task", "rerank"]),
-    "minilm": ("all-minilm-l6-v2", []),
+    "llm": ("tiny-llama", "text_generation"),
+    "t5": ("tiny-t5", "text2text_generation"),
+    "fill": ("tiny-bert-fill-mask", "fill_mask"),
+    "ner": ("tiny-bert-ner", "token_classification"),
+    "sentiment": ("tiny-bert-sentiment", "sequence_classification"),
+    "reranker": ("tiny-bert-reranker", "rerank"),
+    "minilm": ("all-minilm-l6-v2", "text_embedding"),
 }
 TEXTS = ["Paris is a city in France.", "Alice met Bob in London on Tuesday."]
 
 
 @pytest.fixture(scope="module")
-def engines(model_path):
-    started = {}
-    metrics_port = free_port()
-    try:
-        for name, (model, extra) in ENGINES.items():
-            args = ["--model_dir", model_path(model), "--model_name", name, "--host", "127.0.0.1", *extra]
-            if name == "llm":
-                args += ["--metrics_port", str(metrics_port)]
-            started[name] = start_service("services.engine_hf", args, name=f"engine_hf-{name}", ready="none")
-        for service in started.values():
-            wait_ready(service, "grpc", timeout=300)
-        started["llm"].extra_ports["metrics"] = metrics_port
-        yield started
-    finally:
-        for service in started.values():
-            service.stop()
+def engines(model_path, tmp_path_factory):
+    models = [model_entry(name, model_path(f), task) for name, (f, task) in ENGINES.items()]
+    folder = tmp_path_factory.mktemp("mesh")
+    with running_mesh(models, folder, engines_only=True, metrics=["llm"]) as mesh:
+        yield {name: mesh.engine(name) for name in ENGINES}
 
 
 @pytest.fixture(scope="module")
 def client(engines):
-    clients = {name: tgrpc.InferenceServerClient(service.address) for name, service in engines.items()}
-    yield clients
-    for c in clients.values():
-        c.close()
+    with clients(engines) as made:
+        yield made
 
 
 @pytest.fixture(scope="module")
@@ -74,30 +59,8 @@ def direct(model_path):
     return get
 
 
-def _bytes_input(name: str, values: list[str]) -> tgrpc.InferInput:
-    tensor = tgrpc.InferInput(name, [len(values)], "BYTES")
-    tensor.set_data_from_numpy(np.array([v.encode() for v in values], dtype=object))
-    return tensor
-
-
 def _int_inputs(encoded) -> list[tgrpc.InferInput]:
-    inputs = []
-    for key, value in encoded.items():
-        array = value.numpy().astype(np.int64)
-        tensor = tgrpc.InferInput(key, list(array.shape), "INT64")
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
-
-
-def _llm_inputs(prompt: str, **sampling) -> list[tgrpc.InferInput]:
-    return [_bytes_input("text_input", [prompt]), _bytes_input("sampling_parameters", [json.dumps(sampling)])]
-
-
-def _bool_input(name: str, value: bool) -> tgrpc.InferInput:
-    tensor = tgrpc.InferInput(name, [1], "BOOL")
-    tensor.set_data_from_numpy(np.array([value]))
-    return tensor
+    return [int_input(key, value.numpy()) for key, value in encoded.items()]
 
 
 def test_live_ready_and_metadata(client):
@@ -121,7 +84,7 @@ def test_fill_mask_text_and_tensors(client, direct):
         tokenizer.decode(logits[i, encoded["input_ids"][i] == tokenizer.mask_token_id].argmax(-1)).encode()
         for i in range(2)
     ]
-    text = client["fill"].infer("fill", [_bytes_input("input-0", texts)])
+    text = client["fill"].infer("fill", [bytes_input("input-0", texts)])
     assert text.as_numpy("output-0").tolist() == expected
     tensors = client["fill"].infer("fill", _int_inputs(encoded))
     np.testing.assert_allclose(tensors.as_numpy("logits"), logits.numpy(), atol=1e-5, rtol=0)
@@ -133,8 +96,8 @@ def test_sequence_classification_text_probabilities_and_tensors(client, direct):
     with torch.inference_mode():
         logits = model(**encoded).logits
     c = client["sentiment"]
-    assert c.infer("sentiment", [_bytes_input("input-0", TEXTS)]).as_numpy("output-0").tolist() == logits.argmax(-1).tolist()
-    probs = c.infer("sentiment", [_bytes_input("input-0", TEXTS)], parameters={"return_probabilities": True})
+    assert c.infer("sentiment", [bytes_input("input-0", TEXTS)]).as_numpy("output-0").tolist() == logits.argmax(-1).tolist()
+    probs = c.infer("sentiment", [bytes_input("input-0", TEXTS)], parameters={"return_probabilities": True})
     np.testing.assert_allclose(probs.as_numpy("output-0"), torch.softmax(logits, -1).numpy(), atol=1e-6)
     tensors = c.infer("sentiment", _int_inputs(encoded))
     np.testing.assert_allclose(tensors.as_numpy("logits"), logits.numpy(), atol=1e-5, rtol=0)
@@ -145,7 +108,7 @@ def test_token_classification_text(client, direct):
     encoded = tokenizer(TEXTS, padding=True, return_tensors="pt")
     with torch.inference_mode():
         labels = model(**encoded).logits.argmax(-1)
-    out = client["ner"].infer("ner", [_bytes_input("input-0", TEXTS)]).as_numpy("output-0")
+    out = client["ner"].infer("ner", [bytes_input("input-0", TEXTS)]).as_numpy("output-0")
     assert out.shape == (2, 1, encoded["input_ids"].shape[1])
     assert out[:, 0].tolist() == labels.tolist()
 
@@ -157,7 +120,7 @@ def test_embedding_text(client, direct):
         hidden = model(**encoded).last_hidden_state
     mask = encoded["attention_mask"].unsqueeze(-1).float()
     expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1).numpy()
-    out = client["minilm"].infer("minilm", [_bytes_input("input-0", TEXTS)]).as_numpy("output-0")
+    out = client["minilm"].infer("minilm", [bytes_input("input-0", TEXTS)]).as_numpy("output-0")
     assert out.dtype == np.float32 and out.shape == (2, 384)
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
@@ -168,7 +131,7 @@ def test_rerank_text(client, direct):
     encoded = tokenizer([query] * 2, docs, padding=True, return_tensors="pt")
     with torch.inference_mode():
         expected = model(**encoded).logits[:, 0].numpy()
-    out = client["reranker"].infer("reranker", [_bytes_input("query", [query]), _bytes_input("documents", docs)])
+    out = client["reranker"].infer("reranker", [bytes_input("query", [query]), bytes_input("documents", docs)])
     np.testing.assert_allclose(out.as_numpy("output-0"), expected, atol=1e-5)
 
 
@@ -180,7 +143,7 @@ def test_generation_unary_equals_greedy_generate(client, direct, name, model, au
     with torch.inference_mode():
         out = loaded.generate(ids, do_sample=False, max_new_tokens=12)
     expected = (out[0, 1:] if loaded.config.is_encoder_decoder else out[0, ids.shape[1]:]).tolist()
-    result = client[name].infer(name, _llm_inputs(prompt, max_tokens=12, temperature=0))
+    result = client[name].infer(name, llm_inputs(prompt, {"max_tokens": 12, "temperature": 0}))
     assert result.as_numpy("output_ids").tolist() == expected
     text = result.as_numpy("text_output")[0].decode()
     assert text == prompt + tokenizer.decode(expected, skip_special_tokens=True)
@@ -208,9 +171,10 @@ def _stream(c: tgrpc.InferenceServerClient, model: str, inputs, request_id: str,
 
 
 def test_streaming_generation_sends_deltas(client):
-    inputs = _llm_inputs("Maria Garcia said", max_tokens=20, temperature=0, ignore_eos=True)
-    whole = client["llm"].infer("llm", [*inputs, _bool_input("exclude_input_in_output", True)])
-    parts = _stream(client["llm"], "llm", [*inputs, _bool_input("stream", True)], "s1")
+    sampling = {"max_tokens": 20, "temperature": 0, "ignore_eos": True}
+    inputs = llm_inputs("Maria Garcia said", sampling)
+    whole = client["llm"].infer("llm", [*inputs, bool_input("exclude_input_in_output", True)])
+    parts = _stream(client["llm"], "llm", [*inputs, bool_input("stream", True)], "s1")
     assert len(parts) == 20
     assert "".join(p.as_numpy("text_output")[0].decode() for p in parts) == whole.as_numpy("text_output")[0].decode()
     assert [p.as_numpy("output_ids").tolist() for p in parts] == [[t] for t in whole.as_numpy("output_ids").tolist()]
@@ -218,21 +182,18 @@ def test_streaming_generation_sends_deltas(client):
 
 
 def _metric(engines, name: str) -> float:
-    port = engines["llm"].extra_ports["metrics"]
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    match = re.search(rf'^{re.escape(name)}{{model_name="llm"}} ([0-9.e+-]+)$', text, re.M)
-    assert match, f"{name} missing from /metrics"
-    return float(match.group(1))
+    samples = scrape(f"http://127.0.0.1:{engines['llm'].extra_ports['metrics']}/metrics")
+    assert f'{name}{{model_name="llm"}}' in samples, f"{name} missing from /metrics"
+    return samples[f'{name}{{model_name="llm"}}']
 
 
 def test_cancelled_stream_stops_its_generation(client, engines):
     tokens_before = _metric(engines, "vllm:generation_tokens_total")
-    inputs = _llm_inputs("A", max_tokens=480, temperature=0, ignore_eos=True)
-    _stream(client["llm"], "llm", [*inputs, _bool_input("stream", True)], "cancel-me", stop_after=3)
-    deadline = time.monotonic() + 30
-    while _metric(engines, "vllm:num_requests_running") != 0:
-        assert time.monotonic() < deadline, "the cancelled generation is still running"
-        time.sleep(0.05)
+    inputs = llm_inputs("A", {"max_tokens": 480, "temperature": 0, "ignore_eos": True})
+    _stream(client["llm"], "llm", [*inputs, bool_input("stream", True)], "cancel-me", stop_after=3)
+    assert wait_until(lambda: _metric(engines, "vllm:num_requests_running") == 0, 30), (
+        "the cancelled generation is still running"
+    )
     assert _metric(engines, "vllm:generation_tokens_total") - tokens_before < 480
     assert _metric(engines, "vllm:time_to_first_token_seconds_count") >= 1
 
@@ -290,13 +251,13 @@ def test_bad_requests_are_rejected_and_the_engine_keeps_serving(engines, client,
     assert caught.value.code().name == status
     assert named in caught.value.details()
     assert engines[target].alive() and client[target].is_server_ready()
-    good = client["sentiment"].infer("sentiment", [_bytes_input("input-0", TEXTS)])
+    good = client["sentiment"].infer("sentiment", [bytes_input("input-0", TEXTS)])
     assert good.as_numpy("output-0").shape == (2,)
 
 
 def test_unimplemented_and_unknown_through_tritonclient(client):
     with pytest.raises(InferenceServerException, match="unknown model"):
-        client["fill"].infer("nobody", [_bytes_input("input-0", ["x [MASK]"])])
+        client["fill"].infer("nobody", [bytes_input("input-0", ["x [MASK]"])])
     with pytest.raises(InferenceServerException, match="no mask token"):
-        client["fill"].infer("fill", [_bytes_input("input-0", ["nothing masked"])])
+        client["fill"].infer("fill", [bytes_input("input-0", ["nothing masked"])])
     assert client["fill"].is_server_ready()

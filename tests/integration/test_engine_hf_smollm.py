@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
 import pytest
 import transformers
 import tritonclient.grpc as tgrpc
 
-from tests.procs import start_service
+from services.launcher.processes import start_service
+from tests.helpers.triton import llm_inputs
 
 pytestmark = pytest.mark.slow
 
@@ -26,24 +24,14 @@ def smollm(model_path):
     service.stop()
 
 
-def _bytes(name: str, value: str) -> tgrpc.InferInput:
-    tensor = tgrpc.InferInput(name, [1], "BYTES")
-    tensor.set_data_from_numpy(np.array([value.encode()], dtype=object))
-    return tensor
-
-
 def test_capital_of_france_is_paris(smollm, model_path):
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_path("smollm2-135m-instruct"))
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}], tokenize=False, add_generation_prompt=True
     )
-    exclude = tgrpc.InferInput("exclude_input_in_output", [1], "BOOL")
-    exclude.set_data_from_numpy(np.array([True]))
+    inputs = llm_inputs(prompt, {"temperature": 0, "max_tokens": 32}, exclude_input_in_output=True)
     with tgrpc.InferenceServerClient(smollm.address) as client:
-        result = client.infer(
-            "smollm2",
-            [_bytes("text_input", prompt), _bytes("sampling_parameters", json.dumps({"temperature": 0, "max_tokens": 32})), exclude],
-        )
+        result = client.infer("smollm2", inputs)
     answer = result.as_numpy("text_output")[0].decode()
     assert "Paris" in answer, answer
     assert result.as_numpy("finish_reason").tolist()[0] in (b"stop", b"length")

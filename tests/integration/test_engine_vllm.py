@@ -15,15 +15,15 @@ import queue
 import time
 
 import grpc
-import httpx
-import numpy as np
 import psutil
 import pytest
 import tritonclient.grpc as tgrpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.procs import free_port, grpc_serving, start_service
+from services.launcher.processes import free_port, grpc_serving, start_service
+from tests.helpers.metrics import scrape, total, wait_until
+from tests.helpers.triton import llm_inputs
 
 pytest.importorskip("vllm")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -63,28 +63,6 @@ def hf(model_path):
     return model, transformers.AutoTokenizer.from_pretrained(path)
 
 
-def _tensor(name: str, datatype: str, value) -> tgrpc.InferInput:
-    array = np.asarray(value, dtype=object if datatype == "BYTES" else None)
-    tensor = tgrpc.InferInput(name, list(array.shape), datatype)
-    tensor.set_data_from_numpy(array)
-    return tensor
-
-
-def llm_inputs(prompt: str | list[int], params: dict, *, stream: bool = False, exclude_input: bool = False,
-               **flags: bool) -> list[tgrpc.InferInput]:
-    if isinstance(prompt, str):
-        first = _tensor("text_input", "BYTES", [prompt.encode()])
-    else:
-        first = _tensor("input_ids", "INT64", np.asarray(prompt, dtype=np.int64))
-    tensors = [
-        first,
-        _tensor("stream", "BOOL", np.array([stream])),
-        _tensor("sampling_parameters", "BYTES", [json.dumps(params).encode()]),
-        _tensor("exclude_input_in_output", "BOOL", np.array([exclude_input])),
-    ]
-    return tensors + [_tensor(name, "BOOL", np.array([value])) for name, value in flags.items()]
-
-
 def stream_requests(client, requests: list[tuple[str, list]], timeout: float = 60.0) -> dict[str, list]:
     """Send several requests on one stream; results (or the error) per request id, in arrival order."""
     replies: queue.Queue = queue.Queue()
@@ -113,17 +91,11 @@ def stream_requests(client, requests: list[tuple[str, list]], timeout: float = 6
 
 
 def metrics(engine) -> dict[str, float]:
-    text = httpx.get(f"http://127.0.0.1:{engine.extra_ports['metrics']}/metrics", timeout=5).text
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("vllm:"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
+    return scrape(f"http://127.0.0.1:{engine.extra_ports['metrics']}/metrics")
 
 
-def metric(engine, prefix: str) -> float:
-    return sum(v for k, v in metrics(engine).items() if k.startswith(prefix))
+def metric(engine, name: str) -> float:
+    return total(metrics(engine), name)
 
 
 # -- metadata ----------------------------------------------------------------
@@ -144,7 +116,9 @@ def test_base_and_adapter_are_served_models(client):
 
 def test_streamed_text_input_gives_deltas_that_add_up_to_the_unary_answer(client):
     params = {"max_tokens": 12, "temperature": 0, "ignore_eos": True}
-    inputs = llm_inputs(PROMPTS[0], params, stream=True, exclude_input=True, return_finish_reason=True)
+    inputs = llm_inputs(
+        PROMPTS[0], params, stream=True, exclude_input_in_output=True, return_finish_reason=True
+    )
     [(rid, results)] = stream_requests(client, [(f"{BASE}/s1", inputs)]).items()
     assert all(not isinstance(r, Exception) for r in results)
     assert len(results) == 12  # one response per token
@@ -153,7 +127,7 @@ def test_streamed_text_input_gives_deltas_that_add_up_to_the_unary_answer(client
     last = results[-1]
     assert last.as_numpy("finish_reason")[0] == b"length"
     assert int(last.as_numpy("num_output_tokens")[0]) == 12
-    whole = client.infer(BASE, llm_inputs(PROMPTS[0], params, exclude_input=True))
+    whole = client.infer(BASE, llm_inputs(PROMPTS[0], params, exclude_input_in_output=True))
     assert whole.as_numpy("text_output")[0].decode() == text
     assert whole.as_numpy("output_ids").tolist() == ids
 
@@ -161,7 +135,8 @@ def test_streamed_text_input_gives_deltas_that_add_up_to_the_unary_answer(client
 def test_unary_answer_includes_the_prompt_unless_excluded(client):
     params = {"max_tokens": 5, "temperature": 0}
     with_prompt = client.infer(BASE, llm_inputs(PROMPTS[1], params)).as_numpy("text_output")[0].decode()
-    without = client.infer(BASE, llm_inputs(PROMPTS[1], params, exclude_input=True)).as_numpy("text_output")[0].decode()
+    without = client.infer(BASE, llm_inputs(PROMPTS[1], params, exclude_input_in_output=True))
+    without = without.as_numpy("text_output")[0].decode()
     assert with_prompt == PROMPTS[1] + without
 
 
@@ -206,10 +181,12 @@ def test_n_seed_logprobs_and_stop(client):
         assert entry["logprob"] == pytest.approx(max(entry["top_logprobs"].values()))  # greedy: the top token
 
     greedy = client.infer(BASE, llm_inputs(PROMPTS[0], {"max_tokens": 16, "temperature": 0, "ignore_eos": True},
-                                           exclude_input=True)).as_numpy("text_output")[0].decode()
+                                           exclude_input_in_output=True))
+    greedy = greedy.as_numpy("text_output")[0].decode()
     stop = greedy[len(greedy) // 2:][:3]
     stopped = client.infer(BASE, llm_inputs(PROMPTS[0], {"max_tokens": 16, "temperature": 0, "stop": [stop]},
-                                            exclude_input=True, return_finish_reason=True))
+                                            exclude_input_in_output=True,
+                                            return_finish_reason=True))
     text = stopped.as_numpy("text_output")[0].decode()
     assert stop not in text and greedy.startswith(text)
     assert stopped.as_numpy("finish_reason")[0] == b"stop"
@@ -218,10 +195,11 @@ def test_n_seed_logprobs_and_stop(client):
 def test_structured_outputs_reach_vllm(client):
     choice = client.infer(BASE, llm_inputs(PROMPTS[0], {"max_tokens": 8, "temperature": 0,
                                                         "structured_outputs": {"choice": ["yes", "no"]}},
-                                           exclude_input=True))
+                                           exclude_input_in_output=True))
     assert choice.as_numpy("text_output")[0].decode() in ("yes", "no")
     digits = client.infer(BASE, llm_inputs(PROMPTS[0], {"max_tokens": 8, "temperature": 0,
-                                                        "guided_regex": "[0-9]{3}"}, exclude_input=True))
+                                                        "guided_regex": "[0-9]{3}"},
+                                           exclude_input_in_output=True))
     text = digits.as_numpy("text_output")[0].decode()
     assert len(text) == 3 and text.isdigit()
 
@@ -311,9 +289,7 @@ def test_cancelled_stream_aborts_generation_in_the_engine(engine, client):
     result, error = replies.get(timeout=60)
     assert error is None
     client.stop_stream(cancel_requests=True)
-    deadline = time.monotonic() + 60
-    while metric(engine, "vllm:num_requests_running") > 0 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: metric(engine, "vllm:num_requests_running") == 0, 60, interval=0.2)
     assert metric(engine, "vllm:num_requests_running") == 0
     generated = metric(engine, "vllm:generation_tokens_total") - before
     assert generated < count * length / 2, generated  # stopped early, not run to the end
@@ -334,9 +310,7 @@ def test_engine_core_death_stops_serving_and_exits_non_zero(engine):
     assert cores, "no vLLM engine core process found"
     for core in cores:
         core.kill()
-    deadline = time.monotonic() + 60
-    while engine.alive() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not engine.alive(), "the service kept running without its engine"
+    exited = wait_until(lambda: not engine.alive(), 60, interval=0.2)
+    assert exited, "the service kept running without its engine"
     assert engine.process.returncode == 1
     assert not grpc_serving(engine.address)

@@ -1,21 +1,23 @@
 """Pooling models on the vLLM engine, with the HF engine's encoder tensors, checked against transformers.
 
-Three engine processes, started together: all-MiniLM-L6-v2 (real sentence
-embeddings, task inferred from `BertModel`), the tiny BERT cross-encoder
-(`--task rerank`) and the tiny BERT sentiment classifier (task inferred from
-`BertForSequenceClassification`). The last test stops one with SIGTERM and expects exit 0.
+Three engine processes, planned as the launcher plans them and started together:
+all-MiniLM-L6-v2 (real sentence embeddings, `text_embedding`), the tiny BERT
+cross-encoder (`rerank`) and the tiny BERT sentiment classifier
+(`sequence_classification`). The last test stops one with SIGTERM and expects exit 0.
 """
 
 from __future__ import annotations
 
 import signal
-import time
 
 import numpy as np
 import pytest
-import tritonclient.grpc as tgrpc
 
-from tests.procs import start_service, wait_ready
+from tests.helpers.mesh import model_entry, running_mesh
+from tests.helpers.metrics import wait_until
+from tests.helpers.triton import bytes_input as _bytes
+from tests.helpers.triton import clients as triton_clients
+from tests.helpers.triton import int_input as _ints
 
 pytest.importorskip("vllm")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -26,44 +28,22 @@ DOCUMENTS = ["a cat is a small animal", "the stock market fell", "cats and dogs"
 
 
 @pytest.fixture(scope="module")
-def engines(model_path):
-    specs = {
-        "minilm": [model_path("all-minilm-l6-v2")],
-        "reranker": [model_path("tiny-bert-reranker"), "--task", "rerank"],
-        "sentiment": [model_path("tiny-bert-sentiment")],
-    }
-    started = {}
-    try:
-        for name, (folder, *extra) in specs.items():
-            args = ["--model_dir", folder, "--model_name", name, "--host", "127.0.0.1", *extra]
-            started[name] = start_service("services.engine_vllm", args, name=f"engine_vllm-{name}",
-                                          env={"VLLM_CPU_KVCACHE_SPACE": "1"}, ready="none")
-        for service in started.values():
-            wait_ready(service, "grpc", timeout=300)
-        yield started
-    finally:
-        for service in started.values():
-            service.stop()
+def engines(model_path, tmp_path_factory):
+    models = [
+        model_entry("minilm", model_path("all-minilm-l6-v2"), "text_embedding", "vllm"),
+        model_entry("reranker", model_path("tiny-bert-reranker"), "rerank", "vllm"),
+        model_entry("sentiment", model_path("tiny-bert-sentiment"), "sequence_classification",
+                    "vllm"),
+    ]
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    with running_mesh(models, tmp_path_factory.mktemp("mesh"), engines_only=True, env=env) as mesh:
+        yield {entry.name: mesh.engine(entry.name) for entry in models}
 
 
 @pytest.fixture(scope="module")
 def clients(engines):
-    made = {name: tgrpc.InferenceServerClient(service.address) for name, service in engines.items()}
-    yield made
-    for c in made.values():
-        c.close()
-
-
-def _bytes(name: str, values: list[str]) -> tgrpc.InferInput:
-    tensor = tgrpc.InferInput(name, [len(values)], "BYTES")
-    tensor.set_data_from_numpy(np.array([v.encode() for v in values], dtype=object))
-    return tensor
-
-
-def _ints(name: str, array: np.ndarray) -> tgrpc.InferInput:
-    tensor = tgrpc.InferInput(name, list(array.shape), "INT64")
-    tensor.set_data_from_numpy(np.ascontiguousarray(array, dtype=np.int64))
-    return tensor
+    with triton_clients(engines) as made:
+        yield made
 
 
 def _transformers(model_path, name: str, auto_class: str):
@@ -156,8 +136,5 @@ def test_bad_encoder_inputs_are_invalid_argument(clients):
 def test_sigterm_drains_and_exits_zero(engines):
     service = engines["reranker"]
     service.kill(signal.SIGTERM)
-    deadline = time.monotonic() + 60
-    while service.alive() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not service.alive()
+    assert wait_until(lambda: not service.alive(), 60, interval=0.2)
     assert service.process.returncode == 0, service.log()[-2000:]

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
-import time
 
 import httpx
 import numpy as np
@@ -18,63 +16,44 @@ import openai
 import pytest
 import torch
 import transformers
-import yaml
 
 from services.common import task_results
-from tests.procs import free_port, start_service, wait_ready
+from services.launcher.processes import start_service
+from tests.helpers.mesh import model_entry, running_mesh
+from tests.helpers.metrics import scrape, total, wait_until
+from tests.helpers.triton import bytes_input
 
 pytestmark = pytest.mark.slow  # a multi-process mesh
 
-# mesh name → (model folder, task, extra engine flags)
+# mesh name → (model folder, task)
 ENGINES = {
-    "llm": ("tiny-llama", "text_generation", []),
-    "embed": ("all-minilm-l6-v2", "text_embedding", []),
-    "fill": ("tiny-bert-fill-mask", "fill_mask", []),
-    "sentiment": ("tiny-bert-sentiment", "sequence_classification", []),
-    "rerank": ("tiny-bert-reranker", "rerank", ["--task", "rerank"]),
+    "llm": ("tiny-llama", "text_generation"),
+    "embed": ("all-minilm-l6-v2", "text_embedding"),
+    "fill": ("tiny-bert-fill-mask", "fill_mask"),
+    "sentiment": ("tiny-bert-sentiment", "sequence_classification"),
+    "rerank": ("tiny-bert-reranker", "rerank"),
 }
 
 
 @pytest.fixture(scope="module")
 def mesh(model_path, tmp_path_factory):
-    ports = {name: free_port() for name in ENGINES}
-    tokenizer_port, metrics_port = free_port(), free_port()
-    models = []
-    for name, (folder, task, _) in ENGINES.items():
-        models.append({
-            "name": name, "source": model_path(folder), "task": task, "backend": "huggingface",
-            "max_model_len": 512 if name == "llm" else None,
-            "endpoints": {"tokenizer": [f"127.0.0.1:{tokenizer_port}"], "huggingface": [f"127.0.0.1:{ports[name]}"]},
-        })
-    model_list = tmp_path_factory.mktemp("mesh") / "mesh.yaml"
-    model_list.write_text(yaml.safe_dump({"models": [{k: v for k, v in m.items() if v is not None} for m in models]}))
-    started = {}
-    try:
-        for name, (folder, _, extra) in ENGINES.items():
-            args = ["--model_dir", model_path(folder), "--model_name", name, "--host", "127.0.0.1", *extra]
-            if name == "llm":
-                args += ["--metrics_port", str(metrics_port)]
-            started[name] = start_service("services.engine_hf", args, name=f"engine-{name}", port=ports[name], ready="none")
-        started["tokenizer"] = start_service(
-            "services.tokenizer", ["--model_list", str(model_list), "--host", "127.0.0.1"],
-            name="tokenizer", port=tokenizer_port, ready="none",
-        )
-        started["transformer"] = start_service(
+    models = [
+        model_entry(name, model_path(folder), task, max_model_len=512 if name == "llm" else None)
+        for name, (folder, task) in ENGINES.items()
+    ]
+    with running_mesh(models, tmp_path_factory.mktemp("mesh"), metrics=["llm"]) as started:
+        transformer = start_service(
             "services.tokenizer",
-            ["--model_dir", model_path("tiny-bert-sentiment"), "--model_name", "sentiment", "--host", "127.0.0.1",
-             "--predictor_host", f"127.0.0.1:{ports['sentiment']}", "--predictor_protocol", "grpc-v2"],
-            name="transformer", ready="none",
+            ["--model_dir", model_path("tiny-bert-sentiment"), "--model_name", "sentiment",
+             "--host", "127.0.0.1", "--predictor_host", started.engine("sentiment").address,
+             "--predictor_protocol", "grpc-v2"],
+            name="transformer",
         )
-        for service in started.values():
-            wait_ready(service, "grpc", timeout=300)
-        started["gateway"] = start_service(
-            "services.gateway", ["--model_list", str(model_list), "--host", "127.0.0.1"], name="gateway", ready="http", ready_timeout=60
-        )
-        started["llm"].extra_ports["metrics"] = metrics_port
-        yield started
-    finally:
-        for service in started.values():
-            service.stop()
+        try:
+            yield {"gateway": started["gateway"], "llm": started.engine("llm"),
+                   "transformer": transformer}
+        finally:
+            transformer.stop()
 
 
 @pytest.fixture(scope="module")
@@ -225,9 +204,7 @@ def test_transformer_mode_fronts_the_engine_tensor_path(mesh, reference):
     model, tokenizer = reference("tiny-bert-sentiment", transformers.AutoModelForSequenceClassification)
     texts = ["what a film", "never again", "fine"]
     client = triton.InferenceServerClient(mesh["transformer"].address)
-    tensor = triton.InferInput("input-0", [3], "BYTES")
-    tensor.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object))
-    reply = client.infer("sentiment", [tensor])
+    reply = client.infer("sentiment", [bytes_input("input-0", texts)])
     with torch.no_grad():
         logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.numpy()
     assert reply.as_numpy("output-0").tolist() == logits.argmax(axis=-1).tolist()
@@ -235,20 +212,19 @@ def test_transformer_mode_fronts_the_engine_tensor_path(mesh, reference):
 
 
 def _engine_metrics(mesh) -> dict[str, float]:
-    text = httpx.get(f"http://127.0.0.1:{mesh['llm'].extra_ports['metrics']}/metrics", timeout=5).text
-    values = {}
-    for name in ("vllm:num_requests_running", "vllm:generation_tokens_total"):
-        match = re.search(rf'^{re.escape(name)}\{{[^}}]*\}} ([0-9.e+-]+)$', text, re.MULTILINE)
-        values[name] = float(match.group(1)) if match else 0.0
-    return values
+    samples = scrape(f"http://127.0.0.1:{mesh['llm'].extra_ports['metrics']}/metrics")
+    names = ("vllm:num_requests_running", "vllm:generation_tokens_total")
+    return {name: total(samples, name) for name in names}
 
 
 def _wait_engine_idle(mesh, *, within: float) -> None:
     """From now (the client just left), the engine must run no request within `within` seconds."""
-    closed = time.monotonic()
-    while _engine_metrics(mesh)["vllm:num_requests_running"] != 0:
-        assert time.monotonic() - closed < within, f"the engine still generates {within} s after the client left"
-        time.sleep(0.02)  # polling interval, under the deadline
+    def idle() -> bool:
+        return _engine_metrics(mesh)["vllm:num_requests_running"] == 0
+
+    assert wait_until(idle, within, interval=0.02), (
+        f"the engine still generates {within} s after the client left"
+    )
 
 
 def test_client_disconnect_stops_generation_within_one_second(mesh):

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import openai
 import pytest
-import yaml
 
-from tests.procs import free_port, start_service, wait_ready
+from tests.helpers.mesh import model_entry, running_mesh
 
 pytestmark = pytest.mark.slow
 
@@ -15,30 +14,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def gateway_url(model_path, tmp_path_factory):
     folder = model_path("smollm2-135m-instruct")
-    engine_port, tokenizer_port = free_port(), free_port()
-    model_list = tmp_path_factory.mktemp("mesh") / "mesh.yaml"
-    model_list.write_text(yaml.safe_dump({"models": [{
-        "name": "smollm2", "source": folder, "task": "text_generation", "backend": "huggingface", "max_model_len": 2048,
-        "endpoints": {"tokenizer": [f"127.0.0.1:{tokenizer_port}"], "huggingface": [f"127.0.0.1:{engine_port}"]},
-    }]}))
-    started = []
-    try:
-        started.append(start_service(
-            "services.engine_hf", ["--model_dir", folder, "--model_name", "smollm2", "--host", "127.0.0.1"],
-            name="engine-smollm2", port=engine_port, ready="none",
-        ))
-        started.append(start_service(
-            "services.tokenizer", ["--model_list", str(model_list), "--host", "127.0.0.1"],
-            name="tokenizer", port=tokenizer_port, ready="none",
-        ))
-        for service in started:
-            wait_ready(service, "grpc", timeout=600)
-        gateway = start_service("services.gateway", ["--model_list", str(model_list), "--host", "127.0.0.1"], name="gateway", ready="http")
-        started.append(gateway)
-        yield gateway.url
-    finally:
-        for service in started:
-            service.stop()
+    smollm = model_entry("smollm2", folder, "text_generation", max_model_len=2048)
+    with running_mesh([smollm], tmp_path_factory.mktemp("mesh"), timeout=600) as mesh:
+        yield mesh["gateway"].url
 
 
 def test_capital_of_france_is_paris(gateway_url):

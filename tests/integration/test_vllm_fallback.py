@@ -10,15 +10,12 @@ served is read from each engine's `vllm:generation_tokens` counter.
 
 from __future__ import annotations
 
-import re
-import time
-
 import httpx
 import openai
 import pytest
-import yaml
 
-from tests.procs import free_port, start_service, wait_ready
+from tests.helpers.mesh import model_entry, running_mesh
+from tests.helpers.metrics import scrape, total, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -26,85 +23,39 @@ VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 PROMPT = "The quick brown fox"
 
 
-def _vllm_args(model_dir: str, metrics_port: int) -> list[str]:
-    return [
-        "--model_dir", model_dir, "--model_name", "llm", "--host", "127.0.0.1", "--dtype", "float32",
-        "--max_model_len", "512", "--metrics_port", str(metrics_port),
-    ]
-
-
 @pytest.fixture(scope="module")
 def mesh(model_path, tmp_path_factory):
-    source = model_path("tiny-llama")
-    ports = {name: free_port() for name in ("tokenizer", "vllm", "hf", "vllm_metrics", "hf_metrics")}
-    model_list = tmp_path_factory.mktemp("mesh") / "mesh.yaml"
-    model_list.write_text(yaml.safe_dump({"models": [{
-        "name": "llm", "source": source, "task": "text_generation", "backend": "vllm",
-        "fallback": "huggingface", "max_model_len": 512,
-        "endpoints": {
-            "tokenizer": [f"127.0.0.1:{ports['tokenizer']}"],
-            "vllm": [f"127.0.0.1:{ports['vllm']}"],
-            "huggingface": [f"127.0.0.1:{ports['hf']}"],
-        },
-    }]}))
-    started = {}
-    try:
-        started["vllm"] = start_service(
-            "services.engine_vllm", _vllm_args(source, ports["vllm_metrics"]),
-            name="engine_vllm", port=ports["vllm"], env=VLLM_ENV, ready="none",
-        )
-        started["hf"] = start_service(
-            "services.engine_hf",
-            ["--model_dir", source, "--model_name", "llm", "--host", "127.0.0.1", "--max_model_len", "512",
-             "--metrics_port", str(ports["hf_metrics"])],
-            name="engine_hf", port=ports["hf"], ready="none",
-        )
-        started["tokenizer"] = start_service(
-            "services.tokenizer", ["--model_list", str(model_list), "--host", "127.0.0.1"],
-            name="tokenizer", port=ports["tokenizer"], ready="none",
-        )
-        for service in started.values():
-            wait_ready(service, "grpc", timeout=400)
-        started["gateway"] = start_service(
-            "services.gateway", ["--model_list", str(model_list), "--host", "127.0.0.1"],
-            name="gateway", ready="http", ready_timeout=60,
-        )
-        yield {"started": started, "ports": ports, "source": source}
-    finally:
-        for service in started.values():
-            service.stop()
+    llm = model_entry(
+        "llm", model_path("tiny-llama"), "text_generation", "vllm", fallback="huggingface",
+        max_model_len=512, engine_args=["--dtype", "float32"],
+    )
+    folder = tmp_path_factory.mktemp("mesh")
+    with running_mesh([llm], folder, metrics=["llm"], env=VLLM_ENV, timeout=400) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
 def sdk(mesh):
-    return openai.OpenAI(base_url=f"{mesh['started']['gateway'].url}/openai/v1", api_key="x", max_retries=0, timeout=120)
-
-
-def generated_tokens(metrics_port: int) -> float:
-    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
-    total = 0.0
-    for line in text.splitlines():
-        match = re.match(r'^vllm:generation_tokens_total(\{[^}]*\})? ([0-9.e+]+)$', line)
-        if match:
-            total += float(match.group(2))
-    return total
+    url = f"{mesh['gateway'].url}/openai/v1"
+    return openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=120)
 
 
 def served_by(mesh, call):
     """Run `call`; return (its result, which engine generated the tokens)."""
-    ports = mesh["ports"]
-    before = {name: _tokens_or_none(ports[f"{name}_metrics"]) for name in ("vllm", "hf")}
+    engines = {"vllm": mesh.engine("llm", "vllm"), "hf": mesh.engine("llm", "huggingface")}
+    before = {name: _tokens_or_none(engine) for name, engine in engines.items()}
     result = call()
-    after = {name: _tokens_or_none(ports[f"{name}_metrics"]) for name in ("vllm", "hf")}
+    after = {name: _tokens_or_none(engine) for name, engine in engines.items()}
     grew = [name for name in before if before[name] is not None and after[name] is not None and after[name] > before[name]]
     return result, grew
 
 
-def _tokens_or_none(port: int) -> float | None:
+def _tokens_or_none(engine) -> float | None:
     try:
-        return generated_tokens(port)
+        samples = scrape(f"http://127.0.0.1:{engine.extra_ports['metrics']}/metrics")
     except httpx.HTTPError:
         return None
+    return total(samples, "vllm:generation_tokens_total")
 
 
 def test_openai_sdk_on_vllm(mesh, sdk):
@@ -141,23 +92,20 @@ def test_fallback_parity_and_recovery(mesh, sdk):
     on_vllm, engines = served_by(mesh, complete)
     assert engines == ["vllm"]
 
-    mesh["started"]["vllm"].kill()  # SIGKILL the engine's whole process group
-    mesh["started"]["vllm"].process.wait(10)
+    vllm = mesh.engine("llm", "vllm")
+    vllm.kill()  # SIGKILL the engine's whole process group
+    vllm.process.wait(10)
     for _ in range(3):
         on_hf, engines = served_by(mesh, complete)
         assert engines == ["hf"]
         # Parity: float32 greedy output is token-identical on the two engines.
         assert on_hf == on_vllm
 
-    ports = mesh["ports"]
-    mesh["started"]["vllm"] = start_service(
-        "services.engine_vllm", _vllm_args(mesh["source"], ports["vllm_metrics"]),
-        name="engine_vllm", port=ports["vllm"], env=VLLM_ENV, ready_timeout=400,
-    )
-    deadline = time.monotonic() + 60
-    while True:
+    mesh.restart(vllm.name, timeout=400)
+
+    def back_on_vllm() -> bool:
         text, engines = served_by(mesh, complete)
         assert text == on_vllm
-        if engines == ["vllm"]:
-            break
-        assert time.monotonic() < deadline, "traffic did not return to the restarted vLLM engine"
+        return engines == ["vllm"]
+
+    assert wait_until(back_on_vllm, 60), "traffic did not return to the restarted vLLM engine"

@@ -1,7 +1,6 @@
 """The shared OIP servicer over a real in-process grpc.aio server, called with tritonclient."""
 
 import asyncio
-import json
 
 import numpy as np
 import pytest
@@ -9,15 +8,29 @@ import tritonclient.grpc.aio as tc
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
+from services.common.engine import ModelInfo, ModelState, Task
 from services.common.oip_servicer import InferenceServicer
 from services.common.pb.inference_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
 from services.common.server import GrpcServiceRunner
-from tests.unit.common.fake_engine import FakeEngine
+from tests.fakes import FakeEngine, fake_text, fake_token, ready
+from tests.helpers.triton import bytes_input as _bytes_input
+from tests.helpers.triton import int_input
+from tests.helpers.triton import llm_inputs as _llm_inputs
+
+
+def fake_engine(token_delay: float = 0.0) -> FakeEngine:
+    models = [
+        ready("gen", Task.TEXT_GENERATION, 64),
+        ready("emb", Task.TEXT_EMBEDDING),
+        ready("rank", Task.RERANK),
+        ModelInfo("cold", Task.TEXT_GENERATION, ModelState.LOADING),
+    ]
+    return FakeEngine(models, token_delay=token_delay)
 
 
 @pytest.fixture
 async def served():
-    engine = FakeEngine()
+    engine = fake_engine()
     runner = GrpcServiceRunner(host="127.0.0.1", port=0, grace_seconds=1)
     runner.add(lambda s: add_GRPCInferenceServiceServicer_to_server(InferenceServicer(engine, server_name="fake"), s))
     port = await runner.start()
@@ -26,21 +39,6 @@ async def served():
     yield engine, client
     await client.close()
     await runner.drain_and_stop()
-
-
-def _bytes_input(name, values):
-    tensor = InferInput(name, [len(values)], "BYTES")
-    tensor.set_data_from_numpy(np.array([v.encode() for v in values], dtype=object))
-    return tensor
-
-
-def _llm_inputs(prompt, sampling, **flags):
-    inputs = [_bytes_input("text_input", [prompt]), _bytes_input("sampling_parameters", [json.dumps(sampling)])]
-    for name, value in flags.items():
-        flag = InferInput(name, [1], "BOOL")
-        flag.set_data_from_numpy(np.array([value]))
-        inputs.append(flag)
-    return inputs
 
 
 async def test_health_and_metadata(served):
@@ -58,12 +56,12 @@ async def test_health_and_metadata(served):
 async def test_unary_generation_includes_prompt_unless_excluded(served):
     _, client = served
     result = await client.infer("gen", _llm_inputs("hi there", {"max_tokens": 3}))
-    assert result.as_numpy("text_output")[0] == b"hi there w0 w1 w2"
+    assert result.as_numpy("text_output")[0] == ("hi there" + fake_text([], 3)).encode()
     assert result.as_numpy("finish_reason")[0] == b"length"
     assert result.as_numpy("num_output_tokens").tolist() == [3]
     result = await client.infer("gen", _llm_inputs("hi", {"max_tokens": "2"}, exclude_input_in_output=True))
-    assert result.as_numpy("text_output")[0] == b" w0 w1"
-    assert result.as_numpy("output_ids").tolist() == [100, 101]
+    assert result.as_numpy("text_output")[0] == fake_text([], 2).encode()
+    assert result.as_numpy("output_ids").tolist() == [fake_token([], 0, 0), fake_token([], 0, 1)]
 
 
 async def test_stream_deltas(served):
@@ -79,7 +77,7 @@ async def test_stream_deltas(served):
         reasons.append(result.as_numpy("finish_reason"))
         if len(texts) == 3:
             break
-    assert texts == [" w0", " w1", " w2"]
+    assert texts == [f" w{fake_token([], 0, i)}" for i in range(3)]
     assert reasons[0] is None and reasons[2][0] == b"length"
 
 
@@ -133,16 +131,14 @@ async def test_encoder_text_and_tensor_styles(served):
     result = await client.infer("emb", [_bytes_input("input-0", ["abc", "de"])], outputs=[InferRequestedOutput("output-0")])
     assert result.as_numpy("output-0").tolist() == [[3.0, 1.0], [2.0, 1.0]]
     assert result.as_numpy("text") is None
-    ids = InferInput("input_ids", [1, 3], "INT64")
-    ids.set_data_from_numpy(np.array([[1, 2, 3]], np.int64))
-    result = await client.infer("emb", [ids])
-    assert result.as_numpy("embeddings").tolist() == [[1.0, 2.0, 3.0]]
+    result = await client.infer("emb", [int_input("input_ids", [[1, 2, 3]])])
+    assert result.as_numpy("last_hidden_state").shape == (1, 3, 8)
     result = await client.infer("rank", [_bytes_input("query", ["q"]), _bytes_input("documents", ["a", "bbb"])])
     assert result.as_numpy("output-0").tolist() == [1.0, 3.0]
 
 
 async def test_cancelled_stream_aborts_engine_request():
-    engine = FakeEngine(step_seconds=0.05)
+    engine = fake_engine(token_delay=0.05)
     runner = GrpcServiceRunner(host="127.0.0.1", port=0, grace_seconds=1)
     runner.add(lambda s: add_GRPCInferenceServiceServicer_to_server(InferenceServicer(engine, server_name="fake"), s))
     port = await runner.start()

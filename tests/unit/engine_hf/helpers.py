@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -34,11 +32,3 @@ async def collect(engine, req: GenerateRequest, index: int = 0) -> Generation:
     deltas = [d async for d in engine.generate(req)]
     mine = [d for d in deltas if d.index == index]
     return Generation("".join(d.text for d in mine), [t for d in mine for t in d.token_ids], mine)
-
-
-async def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        await asyncio.sleep(0.005)

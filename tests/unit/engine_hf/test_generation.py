@@ -7,7 +7,8 @@ import asyncio
 import pytest
 import torch
 
-from tests.unit.engine_hf.helpers import collect, request, wait_until
+from tests.helpers.metrics import poll
+from tests.unit.engine_hf.helpers import collect, request
 
 PROMPTS = [
     "Hello there, how are",
@@ -106,11 +107,11 @@ async def test_cancelled_consumer_aborts_its_sequences(engine):
 
     task = asyncio.ensure_future(consume())
     await started.wait()
-    await wait_until(lambda: served._scheduler._active_rows() == 2)  # deltas can overtake the lane update
+    assert await poll(lambda: served._scheduler._active_rows() == 2, 10)  # deltas can overtake the lane update
     steps_at_cancel = served._scheduler.steps
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    await wait_until(lambda: served._scheduler._active_rows() == 0)
+    assert await poll(lambda: served._scheduler._active_rows() == 0, 10)
     assert served._scheduler.steps - steps_at_cancel <= 2
 
 

@@ -5,7 +5,6 @@ tokenizers) and the gateway app served by uvicorn on a free port."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -20,10 +19,11 @@ from services.common.pb import inference_pb2_grpc as pb_grpc
 from services.common.server import GrpcServiceRunner
 from services.gateway.app import build_app
 from services.gateway.settings import GatewaySettings
+from services.launcher.processes import free_port
 from services.tokenizer.core import ModelOptions, TokenizerCore, TokenizerModel
 from services.tokenizer.loader import load_tokenizer
 from services.tokenizer.servicer import TokenizerServicer
-from tests.unit.gateway.fakes import FakeEngine, ready
+from tests.fakes import FakeEngine, ready
 
 # name → (task, tokenizer folder, max_model_len)
 MODELS = {
@@ -92,17 +92,11 @@ async def mesh(model_path) -> Mesh:
     core.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @asynccontextmanager
 async def serve_gateway(settings: GatewaySettings, plan: MeshPlan, *, wait: bool = True):
     """The app on a real socket (uvicorn in this loop); yields (base_url, app)."""
     app = build_app(settings, plan)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
     task = asyncio.ensure_future(server.serve())
     deadline = asyncio.get_running_loop().time() + 10

@@ -9,11 +9,8 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from services.common import task_results
-from tests.unit.gateway.fakes import fake_token
-
-
-def expected_text(prompt_ids: list[int], count: int, sequence: int = 0) -> str:
-    return "".join(f" w{fake_token(prompt_ids, sequence, i)}" for i in range(count))
+from tests.fakes import fake_text as expected_text
+from tests.fakes import fake_token
 
 
 def llama_ids(model_path, text: str) -> list[int]:

@@ -10,20 +10,12 @@ import httpx
 from services.common.engine import Task
 from services.common.errors import Unavailable
 from services.gateway.settings import GatewaySettings
+from tests.fakes import FakeEngine, ready
+from tests.helpers.metrics import poll
 from tests.unit.gateway.conftest import serve_gateway, start_engine
-from tests.unit.gateway.fakes import FakeEngine, ready
 
 LLM_ONLY = {"llm": (Task.TEXT_GENERATION, "tiny-llama", 64)}
 CHAT = {"model": "llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
-
-
-async def poll(condition, timeout: float = 5.0) -> bool:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 async def test_disconnect_aborts_the_engine_request(mesh):

@@ -21,7 +21,8 @@ from services.tokenizer.loader import load_tokenizer
 from services.tokenizer.predictor import PredictorClient
 from services.tokenizer.servicer import TokenizerServicer
 from tests.unit.gateway.conftest import start_engine
-from tests.unit.gateway.fakes import FakeEngine, ready
+from tests.fakes import FakeEngine, ready
+from tests.helpers.triton import bool_input, bytes_input, int_input
 
 
 async def serve(models: list[TokenizerModel], predictor: PredictorClient | None = None):
@@ -32,18 +33,6 @@ async def serve(models: list[TokenizerModel], predictor: PredictorClient | None 
     port = await runner.start()
     await runner.set_serving(True)
     return runner, triton.InferenceServerClient(f"127.0.0.1:{port}")
-
-
-def bytes_input(name: str, values: list, shape: list[int] | None = None) -> triton.InferInput:
-    tensor = triton.InferInput(name, shape or [len(values)], "BYTES")
-    tensor.set_data_from_numpy(np.array([v.encode() if isinstance(v, str) else v for v in values], dtype=object).reshape(shape or [len(values)]))
-    return tensor
-
-
-def int_input(name: str, array: np.ndarray) -> triton.InferInput:
-    tensor = triton.InferInput(name, list(array.shape), "INT64")
-    tensor.set_data_from_numpy(array.astype(np.int64))
-    return tensor
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +63,7 @@ async def test_repository_lists_every_model_name(service):
 async def test_render_messages_and_text(service, model_path):
     reference = AutoTokenizer.from_pretrained(model_path("tiny-llama"))
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hel"}]
-    generation = triton.InferInput("add_generation_prompt", [1], "BOOL")
-    generation.set_data_from_numpy(np.array([False]))
+    generation = bool_input("add_generation_prompt", False)
     reply = await service.infer("llm.render", [bytes_input("messages", [json.dumps(messages)]), generation])
     want = reference.apply_chat_template(messages, add_generation_prompt=False, tokenize=True)["input_ids"]
     assert reply.as_numpy("input_ids").tolist() == want

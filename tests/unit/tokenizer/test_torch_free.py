@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from tests.procs import ROOT
+from services.launcher.processes import ROOT
 
 SCRIPT = textwrap.dedent(
     """

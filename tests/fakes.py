@@ -1,19 +1,22 @@
-"""A deterministic fake `Engine` for gateway tests, served by the real OIP servicer.
+"""A deterministic in-process `Engine` for servicer, tokenizer and gateway tests.
 
-Generation: token i of sequence k is `(sum(prompt) + 7 * k + i) % 997 + 3`, its
-text " w<token>"; `stop` strings end a sequence ("stop"), `max_tokens` does
-("length"). Logprobs are -0.1 * (i + 1) with two alternatives.
-Encoders take token tensors and answer deterministic raw outputs.
+Generation: token i of sequence k is `fake_token(prompt ids, k, i)`, its text " w<token>"
+(a text prompt has no ids: `fake_token([], k, i)`); `stop` strings end a sequence ("stop"),
+`max_tokens` does ("length"). Logprobs, when asked for, are -0.1 * (i + 1) with two
+alternatives. Encoders: texts answer `[len(text), 1.0]` rows (plus a "text" output the
+servicer must filter), query/document pairs the documents' lengths, token tensors
+deterministic raw outputs per task. Adapters load as generative models of the first one.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 import numpy as np
 
+from services.common.codec import as_bytes_array
 from services.common.engine import (
     EncodeRequest,
     EncodeResult,
@@ -23,11 +26,20 @@ from services.common.engine import (
     ModelState,
     Task,
 )
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, NotFound
 
 
 def fake_token(prompt: list[int], sequence: int, step: int) -> int:
     return (sum(prompt) + 7 * sequence + step) % 997 + 3
+
+
+def fake_text(prompt: list[int], count: int, sequence: int = 0) -> str:
+    """The text of the first `count` tokens of a sequence."""
+    return "".join(f" w{fake_token(prompt, sequence, i)}" for i in range(count))
+
+
+def ready(name: str, task: Task, max_model_len: int | None = None) -> ModelInfo:
+    return ModelInfo(name=name, task=task, state=ModelState.READY, max_model_len=max_model_len)
 
 
 @dataclass
@@ -40,16 +52,28 @@ class FakeEngine:
     aborted: list[str] = field(default_factory=list)
     fail_with: Exception | None = None
 
+    async def start(self) -> None:
+        pass
+
+    async def shutdown(self) -> None:
+        pass
+
     def models(self) -> list[ModelInfo]:
         return self.infos
+
+    def healthy(self) -> bool:
+        return True
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateDelta]:
         if self.fail_with is not None:
             raise self.fail_with
         if request.sampling.extra:
-            raise InvalidArgument(f"sampling parameter '{sorted(request.sampling.extra)[0]}' is not supported")
+            raise InvalidArgument(
+                f"sampling parameter '{sorted(request.sampling.extra)[0]}' is not supported"
+            )
         self.requests.append(request)
         prompt = request.prompt_token_ids or []
+        prompt_length = len(request.prompt_token_ids or (request.prompt or "").split())
         sampling = request.sampling
         self.running.add(request.request_id)
         try:
@@ -72,15 +96,20 @@ class FakeEngine:
                         reason = "length"
                     done[k] = reason is not None
                     logprobs = [-0.1 * (step + 1)] if sampling.logprobs is not None else None
-                    top = [{token: -0.1 * (step + 1), token + 1: -2.5}] if sampling.logprobs else None
-                    yield GenerateDelta(
-                        index=k, text=text, token_ids=[token], num_input_tokens=len(prompt),
-                        num_output_tokens=step + 1, finish_reason=reason, logprobs=logprobs, top_logprobs=top,
+                    top = (
+                        [{token: -0.1 * (step + 1), token + 1: -2.5}] if sampling.logprobs else None
                     )
-                if self.token_delay:
-                    await asyncio.sleep(self.token_delay)
-                else:
-                    await asyncio.sleep(0)
+                    yield GenerateDelta(
+                        index=k,
+                        text=text,
+                        token_ids=[token],
+                        num_input_tokens=prompt_length,
+                        num_output_tokens=step + 1,
+                        finish_reason=reason,
+                        logprobs=logprobs,
+                        top_logprobs=top,
+                    )
+                await asyncio.sleep(self.token_delay)
                 if all(done):
                     break
         finally:
@@ -88,9 +117,14 @@ class FakeEngine:
 
     async def encode(self, request: EncodeRequest) -> EncodeResult:
         self.encodes.append(request)
-        info = next(i for i in self.infos if i.name == request.model)
+        if request.pairs is not None:
+            return EncodeResult(
+                {"output-0": np.array([len(d) for _, d in request.pairs], np.float32)}
+            )
         if request.tensors is None:
-            raise InvalidArgument("the fake engine only takes token tensors")
+            rows = np.array([[len(t), 1.0] for t in request.texts], np.float32)
+            return EncodeResult({"output-0": rows, "text": as_bytes_array(request.texts)})
+        info = next(i for i in self.infos if i.name == request.model)
         ids = request.tensors["input_ids"].astype(np.float32)
         n, length = ids.shape
         if info.task is Task.TEXT_EMBEDDING:
@@ -107,21 +141,20 @@ class FakeEngine:
             logits[:, :, 40] = 1.0  # always predicts token 40
             return EncodeResult({"logits": logits})
         if info.task is Task.RERANK:
-            return EncodeResult({"logits": (ids.sum(axis=1, keepdims=True) % 7 - 3).astype(np.float32)})
+            return EncodeResult(
+                {"logits": (ids.sum(axis=1, keepdims=True) % 7 - 3).astype(np.float32)}
+            )
         raise InvalidArgument(f"fake engine: no encoder for {info.task.value}")
 
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)
 
     async def load_adapter(self, name: str, path: str) -> None:
-        raise InvalidArgument("no adapters")
+        base = next(i.name for i in self.infos if i.task is Task.TEXT_GENERATION)
+        self.infos.append(ModelInfo(name, Task.TEXT_GENERATION, ModelState.READY, base_model=base))
 
     async def unload_adapter(self, name: str) -> None:
-        raise InvalidArgument("no adapters")
-
-    def healthy(self) -> bool:
-        return True
-
-
-def ready(name: str, task: Task, max_model_len: int | None = None) -> ModelInfo:
-    return ModelInfo(name=name, task=task, state=ModelState.READY, max_model_len=max_model_len)
+        adapter = next((i for i in self.infos if i.name == name and i.base_model is not None), None)
+        if adapter is None:
+            raise NotFound(f"no adapter '{name}'")
+        self.infos.remove(adapter)
