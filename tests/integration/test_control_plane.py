@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from services.common.pb import registration_pb2 as pb
 from services.common.pb import registration_pb2_grpc as pb_grpc
-from tests.procs import start_service
+from services.launcher.processes import start_service
 from tests.unit.control_plane.helpers import WHO, mesh_file
 
 
