@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from services.common.codec import InferRequest, InferResponse, Tensor, as_bytes_array
+from services.common.codec import InferRequest, InferResponse, Tensor, as_bytes_array, parse_bool
 from services.common.engine import GenerateDelta, GenerateRequest, SamplingParams, TensorSpec
 from services.common.errors import InvalidArgument
 
@@ -162,15 +162,16 @@ def parse_generate_request(request: InferRequest, request_id: str) -> tuple[Gene
         if not isinstance(decoded, dict):
             raise InvalidArgument("tensor 'sampling_parameters': expected a JSON object")
         values.update(decoded)
+    parameters, empty_final = request.parameters, "triton_enable_empty_final_response"
     options = LLMOptions(
-        empty_final_response=bool(request.parameters.get("triton_enable_empty_final_response", False)),
-        coalesce_deltas=bool(request.parameters.get("coalesce_deltas", False)),
+        empty_final_response=parse_bool(empty_final, parameters.get(empty_final, False)),
+        coalesce_deltas=parse_bool("coalesce_deltas", parameters.get("coalesce_deltas", False)),
         requested_outputs=tuple(request.requested_outputs),
     )
     for flag in _FLAG_INPUTS:
         tensor = request.input(flag)
         if tensor is not None:
-            setattr(options, flag, bool(_scalar(tensor)))
+            setattr(options, flag, parse_bool(flag, _scalar(tensor)))
     generate = GenerateRequest(
         request_id=request_id,
         model=request.model_name,

@@ -21,6 +21,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from services.common.codec import parse_bool
 from services.common.errors import InvalidArgument
 
 
@@ -32,12 +33,8 @@ def softmax(values: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def option_flag(options: Mapping[str, object], name: str, default: bool) -> bool:
     """A per-request boolean option (`return_probabilities`, ...); OIP clients may send "true"/"1"."""
-    value = options.get(name, default)
-    if isinstance(value, str):
-        if value.lower() not in ("true", "false", "1", "0"):
-            raise InvalidArgument(f"parameter '{name}': expected a boolean, got {value!r}")
-        return value.lower() in ("true", "1")
-    return bool(value)
+    value = options.get(name)
+    return default if value is None else parse_bool(name, value)
 
 
 def sigmoid(values: np.ndarray) -> np.ndarray:

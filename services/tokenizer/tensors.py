@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.common.codec import InferRequest, Tensor, as_bytes_array, datatype_of
+from services.common.codec import InferRequest, Tensor, as_bytes_array, datatype_of, parse_bool
 from services.common.engine import ModelInfo, ModelState, Task, TensorSpec
 from services.common.errors import InvalidArgument
 from services.tokenizer.core import RenderRequest, RenderResult, TokenizerModel, parse_json
@@ -157,13 +157,7 @@ def detokenize_ids(infer: InferRequest) -> np.ndarray:
 
 def option(infer: InferRequest, name: str) -> bool | None:
     value = infer.parameters.get(name)
-    if value is None:
-        return None
-    if isinstance(value, str):
-        if value.lower() not in ("true", "false"):
-            raise InvalidArgument(f"parameter '{name}' must be true or false, got {value!r}")
-        return value.lower() == "true"
-    return bool(value)
+    return None if value is None else parse_bool(name, value)
 
 
 def model_infos(model: TokenizerModel, *, with_predictor: bool) -> list[ModelInfo]:

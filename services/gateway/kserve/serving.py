@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from services.common.codec import InferRequest, InferResponse, Tensor, datatype_of
+from services.common.codec import InferRequest, InferResponse, Tensor, datatype_of, parse_bool
 from services.common.engine import Task
 from services.common.errors import InvalidArgument
 from services.gateway.core import MeshClient
@@ -36,8 +36,9 @@ RESULT_OUTPUT = "output-0"
 _ENCODER_OPTIONS = ("return_probabilities", "return_raw_logits")
 
 
-def _options(parameters: dict[str, Any] | None) -> dict[str, Any]:
-    return {k: bool(v) for k, v in (parameters or {}).items() if k in _ENCODER_OPTIONS}
+def _options(parameters: dict[str, Any] | None) -> dict[str, bool]:
+    """The result options a request sets (the tokenizer's flags answer for the others)."""
+    return {k: parse_bool(k, v) for k, v in (parameters or {}).items() if k in _ENCODER_OPTIONS}
 
 
 def _predictions(task: Task, result: np.ndarray, options: dict[str, Any]) -> list[Any]:
