@@ -25,7 +25,6 @@ import uuid
 from dataclasses import dataclass
 from typing import AsyncIterator, Iterable
 
-import grpc
 import numpy as np
 
 from services.common import llm_tensors
@@ -34,9 +33,16 @@ from services.common.converters import (
     infer_request_from_pb,
     infer_response_to_pb,
     model_metadata_to_pb,
+    stream_error,
 )
 from services.common.engine import EncodeRequest, Engine, GenerateDelta, ModelInfo, Task
-from services.common.errors import GENERIC_INTERNAL_MESSAGE, HfmeshError, InvalidArgument, NotFound, Unavailable
+from services.common.errors import (
+    HfmeshError,
+    InternalError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from services.common.logs import request_id_var
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import inference_pb2_grpc as pb_grpc
@@ -133,10 +139,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         response = pb.ModelStreamInferResponse(infer_response=response)
                     await queue.put(response)
             except HfmeshError as error:
-                await queue.put(_stream_error(message, error.message, error.grpc_code))
+                await queue.put(stream_error(message, error))
             except Exception:  # noqa: BLE001 - one request's bug must not end the stream
                 logger.exception("stream request failed")
-                await queue.put(_stream_error(message, GENERIC_INTERNAL_MESSAGE, grpc.StatusCode.INTERNAL))
+                await queue.put(stream_error(message, InternalError()))
 
         async def read_requests() -> None:
             async for message in request_iterator:
@@ -364,10 +370,3 @@ def _lora_path(parameters) -> str:
         if isinstance(config, dict) and isinstance(config.get("lora_path"), str):
             return config["lora_path"]
     return ""
-
-
-def _stream_error(message: pb.ModelInferRequest, text: str, code: grpc.StatusCode) -> pb.ModelStreamInferResponse:
-    """A failed stream request; `error_code` carries its gRPC status name (e.g. UNAVAILABLE)."""
-    response = pb.ModelInferResponse(model_name=message.model_name, id=message.id)
-    response.parameters["error_code"].string_param = code.name
-    return pb.ModelStreamInferResponse(error_message=text, infer_response=response)

@@ -2,7 +2,8 @@
 
 The only gateway module that builds or reads OIP v2 messages. Every call
 carries a deadline (the request's remaining budget) and the request id as
-`x-request-id` metadata; a failed call raises the `HfmeshError` its status means.
+`x-request-id` metadata; a failed call (or a stream's error response) raises the
+`HfmeshError` its status means.
 """
 
 from __future__ import annotations
@@ -17,18 +18,12 @@ import grpc
 import numpy as np
 
 from services.common.codec import InferRequest, InferResponse, Tensor, as_bytes_array, datatype_of
-from services.common.converters import infer_request_to_pb, infer_response_from_pb
-from services.common.errors import (
-    GENERIC_INTERNAL_MESSAGE,
-    DeadlineExceeded,
-    HfmeshError,
-    InternalError,
-    InvalidArgument,
-    NotFound,
-    Unavailable,
-    from_grpc,
-    from_rpc_error,
+from services.common.converters import (
+    error_from_stream,
+    infer_request_to_pb,
+    infer_response_from_pb,
 )
+from services.common.errors import DeadlineExceeded, from_rpc_error
 from services.common.logs import REQUEST_ID_HEADER
 from services.common.pb import inference_pb2 as pb
 from services.gateway.routing import Replica
@@ -180,24 +175,6 @@ def generate_request(model: str, input_ids: list[int], sampling: dict[str, Any],
     return InferRequest(model, inputs, id=request_id, parameters={"coalesce_deltas": True})
 
 
-def _stream_error(reply: pb.ModelStreamInferResponse) -> HfmeshError:
-    """The error a `ModelStreamInfer` response's `error_message` means. Triton's message
-    carries no status: an `error_code` response parameter (a gRPC status name) is used
-    when the engine sets one, else the status is recovered from the text."""
-    text = reply.error_message
-    named = reply.infer_response.parameters.get("error_code")
-    if named is not None and named.string_param in grpc.StatusCode.__members__:
-        return from_grpc(grpc.StatusCode[named.string_param], text)
-    lowered = text.lower()
-    if text == GENERIC_INTERNAL_MESSAGE:
-        return InternalError()
-    if "unknown model" in lowered:
-        return NotFound(text)
-    if "not ready" in lowered or "loading" in lowered or "draining" in lowered or "overloaded" in lowered:
-        return Unavailable(text)
-    return InvalidArgument(text)
-
-
 def _delta(response: InferResponse) -> EngineDelta:
     out = _outputs(response)
 
@@ -267,7 +244,7 @@ async def stream_generate(replica: Replica, request: InferRequest, call: CallCon
     try:
         async for reply in stream:
             if reply.error_message:
-                raise _stream_error(reply)
+                raise error_from_stream(reply)
             if not reply.infer_response.outputs:
                 continue  # an empty final response
             delta = _raw_delta(reply.infer_response)

@@ -12,9 +12,14 @@ import logging
 from typing import AsyncIterator
 
 from services.common.codec import InferRequest, InferResponse, Tensor, as_bytes_array
-from services.common.converters import infer_request_from_pb, infer_response_to_pb, model_metadata_to_pb
+from services.common.converters import (
+    infer_request_from_pb,
+    infer_response_to_pb,
+    model_metadata_to_pb,
+    stream_error,
+)
 from services.common.engine import ModelInfo
-from services.common.errors import GENERIC_INTERNAL_MESSAGE, HfmeshError, NotFound, Unavailable, Unimplemented
+from services.common.errors import HfmeshError, InternalError, NotFound, Unavailable, Unimplemented
 from services.common.logs import request_id_var
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import inference_pb2_grpc as pb_grpc
@@ -97,12 +102,12 @@ class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):
                 response = infer_response_to_pb(await self.infer(infer), raw=infer.raw)
                 yield pb.ModelStreamInferResponse(infer_response=response)
             except HfmeshError as error:
-                yield _stream_error(message, error.message)
+                yield stream_error(message, error)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - one request's bug must not end the stream
                 logger.exception("stream request failed")
-                yield _stream_error(message, GENERIC_INTERNAL_MESSAGE)
+                yield stream_error(message, InternalError())
 
     async def infer(self, infer: InferRequest) -> InferResponse:
         if self.core is None:
@@ -171,9 +176,3 @@ class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):
         sent = {name: encoded[name] for name in names if name in encoded}
         raw = await self.predictor.infer(model.name, sent, request_id=infer.id or request_id_var.get())
         return await self._result(model, infer, raw, encoded)
-
-
-def _stream_error(message: pb.ModelInferRequest, text: str) -> pb.ModelStreamInferResponse:
-    return pb.ModelStreamInferResponse(
-        error_message=text, infer_response=pb.ModelInferResponse(model_name=message.model_name, id=message.id)
-    )

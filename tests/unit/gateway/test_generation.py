@@ -65,24 +65,3 @@ def test_fast_path_decodes_like_the_codec():
     assert _raw_delta(raw) == _delta(infer_response_from_pb(raw))
     typed = infer_response_to_pb(InferResponse("m", outputs), raw=False)
     assert _raw_delta(typed) is None  # typed contents take the codec path
-
-
-def test_stream_errors_keep_their_status():
-    import grpc
-
-    from services.common.errors import InternalError, NotFound, Unavailable
-    from services.common.pb import inference_pb2 as pb
-    from services.gateway.grpc_clients import _stream_error
-
-    def reply(text: str, code: str | None = None) -> pb.ModelStreamInferResponse:
-        message = pb.ModelStreamInferResponse(error_message=text)
-        if code:
-            message.infer_response.parameters["error_code"].string_param = code
-        return message
-
-    assert isinstance(_stream_error(reply("x", "UNAVAILABLE")), Unavailable)
-    assert _stream_error(reply("x", "NOT_FOUND")).grpc_code is grpc.StatusCode.NOT_FOUND
-    assert isinstance(_stream_error(reply("model 'm' is not ready (loading)")), Unavailable)
-    assert isinstance(_stream_error(reply("unknown model 'q'")), NotFound)
-    assert isinstance(_stream_error(reply("internal error; see the service logs")), InternalError)
-    assert isinstance(_stream_error(reply("sampling parameter 'x' is not supported")), InvalidArgument)
