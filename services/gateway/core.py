@@ -16,10 +16,10 @@ from typing import Any, AsyncIterator
 import numpy as np
 
 from services.common.codec import InferRequest, InferResponse, Tensor
-from services.common.engine import Task
+from services.common.engine import GenerateDelta, Task
 from services.common.errors import InvalidArgument, Unavailable
 from services.gateway import grpc_clients as rpc
-from services.gateway.grpc_clients import CallContext, EngineDelta, Rendered
+from services.gateway.grpc_clients import CallContext, Rendered
 from services.gateway.routing import ModelRoute, Router
 from services.gateway.settings import GatewaySettings
 
@@ -103,7 +103,7 @@ class MeshClient:
 
     async def generate(
         self, route: ModelRoute, input_ids: list[int], sampling: dict[str, Any], call: CallContext, *, logprobs: bool
-    ) -> AsyncIterator[EngineDelta]:
+    ) -> AsyncIterator[GenerateDelta]:
         """Stream engine deltas. An engine answering UNAVAILABLE before any output is
         skipped and the next replica (or the fallback backend) is tried."""
         request = rpc.generate_request(route.name, input_ids, sampling, logprobs=logprobs, request_id=call.request_id)

@@ -9,7 +9,6 @@ carries a deadline (the request's remaining budget) and the request id as
 from __future__ import annotations
 
 import json
-import struct
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -23,7 +22,9 @@ from services.common.converters import (
     infer_request_to_pb,
     infer_response_from_pb,
 )
+from services.common.engine import GenerateDelta
 from services.common.errors import DeadlineExceeded, from_rpc_error
+from services.common.llm_tensors import delta_from_response
 from services.common.logs import REQUEST_ID_HEADER
 from services.common.pb import inference_pb2 as pb
 from services.gateway.routing import Replica
@@ -52,19 +53,6 @@ class Rendered:
     input_ids: list[int]
     prompt: str
     max_model_len: int | None
-
-
-@dataclass
-class EngineDelta:
-    """One streamed engine response (new text and ids of one sequence)."""
-
-    index: int
-    text: str
-    token_ids: list[int]
-    finish_reason: str | None
-    num_input_tokens: int | None
-    num_output_tokens: int | None
-    logprobs: list[dict[str, Any]] | None
 
 
 def _bytes_tensor(name: str, value: str | bytes) -> Tensor:
@@ -175,65 +163,9 @@ def generate_request(model: str, input_ids: list[int], sampling: dict[str, Any],
     return InferRequest(model, inputs, id=request_id, parameters={"coalesce_deltas": True})
 
 
-def _delta(response: InferResponse) -> EngineDelta:
-    out = _outputs(response)
-
-    def scalar(name: str) -> Any:
-        array = out.get(name)
-        return None if array is None or array.size == 0 else array.ravel()[0]
-
-    reason = scalar("finish_reason")
-    logprobs = scalar("logprobs")
-    index = scalar("sequence_index")
-    return EngineDelta(
-        index=int(index) if index is not None else 0,
-        text=bytes(scalar("text_output") or b"").decode("utf-8"),
-        token_ids=[int(v) for v in out.get("output_ids", np.zeros(0, dtype=np.int64)).ravel()],
-        finish_reason=(bytes(reason).decode() or None) if reason is not None else None,
-        num_input_tokens=int(scalar("num_input_tokens")) if "num_input_tokens" in out else None,
-        num_output_tokens=int(scalar("num_output_tokens")) if "num_output_tokens" in out else None,
-        logprobs=json.loads(bytes(logprobs)) if logprobs is not None else None,
-    )
-
-
-_LENGTH = struct.Struct("<I")
-
-
-def _raw_delta(message: pb.ModelInferResponse) -> EngineDelta | None:
-    """The per-token hot path: a raw-form streamed response decoded without numpy.
-    None when the response is in another form or shape; the codec then decodes it."""
-    raw, outputs = message.raw_output_contents, message.outputs
-    if not raw or len(raw) != len(outputs):
-        return None
-    values: dict[str, Any] = {}
-    for tensor, data in zip(outputs, raw):
-        if tensor.datatype == "BYTES":
-            if len(data) < 4 or _LENGTH.unpack_from(data)[0] != len(data) - 4 or list(tensor.shape) != [1]:
-                return None
-            values[tensor.name] = data[4:]
-        elif tensor.datatype == "INT64" and len(data) % 8 == 0 and len(tensor.shape) == 1:
-            values[tensor.name] = struct.unpack(f"<{len(data) // 8}q", data)
-        else:
-            return None
-    reason = values.get("finish_reason")
-    logprobs = values.get("logprobs")
-    index = values.get("sequence_index")
-    counts = values.get("num_input_tokens"), values.get("num_output_tokens")
-    try:
-        return EngineDelta(
-            index=index[0] if index else 0,
-            text=values.get("text_output", b"").decode("utf-8"),
-            token_ids=list(values.get("output_ids", ())),
-            finish_reason=reason.decode() or None if reason is not None else None,
-            num_input_tokens=counts[0][0] if counts[0] else None,
-            num_output_tokens=counts[1][0] if counts[1] else None,
-            logprobs=json.loads(logprobs) if logprobs is not None else None,
-        )
-    except (UnicodeDecodeError, ValueError, IndexError):
-        return None
-
-
-async def stream_generate(replica: Replica, request: InferRequest, call: CallContext) -> AsyncIterator[EngineDelta]:
+async def stream_generate(
+    replica: Replica, request: InferRequest, call: CallContext
+) -> AsyncIterator[GenerateDelta]:
     """`ModelStreamInfer` with one request; closing the iterator cancels the call."""
     message = infer_request_to_pb(request, raw=True)
 
@@ -247,8 +179,7 @@ async def stream_generate(replica: Replica, request: InferRequest, call: CallCon
                 raise error_from_stream(reply)
             if not reply.infer_response.outputs:
                 continue  # an empty final response
-            delta = _raw_delta(reply.infer_response)
-            yield delta if delta is not None else _delta(infer_response_from_pb(reply.infer_response))
+            yield delta_from_response(reply.infer_response)
     except grpc.aio.AioRpcError as error:
         raise from_rpc_error(error) from None
     finally:
