@@ -1,7 +1,8 @@
 """The gateway's gRPC calls to tokenizers and engines: typed values in and out.
 
-The only gateway module that builds or reads OIP v2 messages. Every call
-carries a deadline (the request's remaining budget) and the request id as
+The only gateway module that makes gRPC calls; the tensors of each call are the
+shared contracts (`tokenizer_tensors`, `llm_tensors`, `encoder_tensors`). Every
+call carries a deadline (the request's remaining budget) and the request id as
 `x-request-id` metadata; a failed call (or a stream's error response) raises the
 `HfmeshError` its status means.
 """
@@ -16,7 +17,8 @@ from typing import Any, AsyncIterator
 import grpc
 import numpy as np
 
-from services.common.codec import InferRequest, InferResponse, Tensor, as_bytes_array, datatype_of
+from services.common import tokenizer_tensors as tt
+from services.common.codec import InferRequest, InferResponse, Tensor, as_bytes_array
 from services.common.converters import (
     error_from_stream,
     infer_request_to_pb,
@@ -27,6 +29,7 @@ from services.common.errors import DeadlineExceeded, from_rpc_error
 from services.common.llm_tensors import delta_from_response
 from services.common.logs import REQUEST_ID_HEADER
 from services.common.pb import inference_pb2 as pb
+from services.common.tokenizer_tensors import Rendered
 from services.gateway.routing import Replica
 
 
@@ -48,13 +51,6 @@ class CallContext:
         return ((REQUEST_ID_HEADER, self.request_id),)
 
 
-@dataclass
-class Rendered:
-    input_ids: list[int]
-    prompt: str
-    max_model_len: int | None
-
-
 def _bytes_tensor(name: str, value: str | bytes) -> Tensor:
     return Tensor(name, "BYTES", as_bytes_array([value]))
 
@@ -73,44 +69,20 @@ async def infer(replica: Replica, request: InferRequest, call: CallContext, *, c
     return infer_response_from_pb(reply)
 
 
-def _outputs(response: InferResponse) -> dict[str, np.ndarray]:
-    return {t.name: t.data for t in response.outputs}
-
-
-# -- tokenizer ---------------------------------------------------------------
+# -- tokenizer (the requests and answers are `services.common.tokenizer_tensors`) --
 
 
 async def render(replica: Replica, model: str, call: CallContext, *, cap: float, **fields: Any) -> Rendered:
-    """`M.render`. `fields`: messages/tools/documents/chat_template_kwargs (JSON-able),
-    text_input/chat_template (str), add_generation_prompt/continue_final_message/add_special_tokens (bool)."""
-    inputs = []
-    for name, value in fields.items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            inputs.append(_bool_tensor(name, value))
-        elif isinstance(value, str):
-            inputs.append(_bytes_tensor(name, value))
-        else:
-            inputs.append(_bytes_tensor(name, json.dumps(value)))
-    response = await infer(replica, InferRequest(f"{model}.render", inputs, id=call.request_id), call, cap=cap)
-    out = _outputs(response)
-    limit = response.parameters.get("max_model_len")
-    return Rendered(
-        input_ids=[int(v) for v in out["input_ids"].ravel()],
-        prompt=bytes(out["prompt"].ravel()[0]).decode("utf-8"),
-        max_model_len=int(limit) if limit else None,
-    )
+    """`M.render`; `fields` are `RenderRequest`'s (the tensor names)."""
+    request = tt.render_request(model, tt.RenderRequest(**fields), request_id=call.request_id)
+    return tt.rendered_from(await infer(replica, request, call, cap=cap))
 
 
 async def preprocess(
     replica: Replica, model: str, texts: list[str], pairs: list[str] | None, call: CallContext, *, cap: float
 ) -> dict[str, np.ndarray]:
-    inputs = [Tensor("text", "BYTES", as_bytes_array(texts))]
-    if pairs is not None:
-        inputs.append(Tensor("text_pair", "BYTES", as_bytes_array(pairs)))
-    response = await infer(replica, InferRequest(f"{model}.preprocess", inputs, id=call.request_id), call, cap=cap)
-    return _outputs(response)
+    request = tt.preprocess_request(model, texts, pairs, request_id=call.request_id)
+    return tt.outputs_of(await infer(replica, request, call, cap=cap))
 
 
 async def postprocess(
@@ -123,29 +95,20 @@ async def postprocess(
     cap: float,
     parameters: dict[str, Any] | None = None,
 ) -> np.ndarray:
-    inputs = [Tensor(n, datatype_of(a), a) for n, a in raw.items()]
-    inputs += [Tensor(n, "INT64", a) for n, a in encoded.items() if n in ("input_ids", "attention_mask")]
-    request = InferRequest(f"{model}.postprocess", inputs, id=call.request_id, parameters=parameters or {})
-    return _outputs(await infer(replica, request, call, cap=cap))["output-0"]
+    request = tt.postprocess_request(
+        model, raw, encoded, request_id=call.request_id, parameters=parameters
+    )
+    return tt.result_from(await infer(replica, request, call, cap=cap))
 
 
 async def token_strings(replica: Replica, model: str, ids: list[int], call: CallContext, *, cap: float) -> list[str]:
-    request = InferRequest(
-        f"{model}.detokenize",
-        [Tensor("input_ids", "INT64", np.asarray(ids, dtype=np.int64))],
-        id=call.request_id,
-        requested_outputs=["tokens"],
-    )
-    out = _outputs(await infer(replica, request, call, cap=cap))
-    return [bytes(t).decode("utf-8", errors="replace") for t in out["tokens"].ravel()]
+    request = tt.detokenize_request(model, ids, request_id=call.request_id, tokens=True)
+    return tt.tokens_from(await infer(replica, request, call, cap=cap))
 
 
 async def detokenize(replica: Replica, model: str, ids: list[int], call: CallContext, *, cap: float) -> str:
-    request = InferRequest(
-        f"{model}.detokenize", [Tensor("input_ids", "INT64", np.asarray(ids, dtype=np.int64))], id=call.request_id
-    )
-    out = _outputs(await infer(replica, request, call, cap=cap))
-    return bytes(out["text_output"].ravel()[0]).decode("utf-8")
+    request = tt.detokenize_request(model, ids, request_id=call.request_id)
+    return tt.text_from(await infer(replica, request, call, cap=cap))
 
 
 # -- engines -----------------------------------------------------------------
