@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterator, Protocol, TypeVar
+from typing import Any, AsyncIterator, Iterator, TypeVar
 
 from services.common.engine import GenerateDelta
 from services.common.errors import InvalidArgument
@@ -139,17 +139,8 @@ async def merge(streams: list[AsyncIterator[T]]) -> AsyncIterator[list[tuple[int
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-class Logprobs(Protocol):
-    """Tokens with their logprobs: a `GenerateDelta`, or a `Choice` so far."""
-
-    @property
-    def token_ids(self) -> list[int]: ...
-
-    @property
-    def logprobs(self) -> list[float] | None: ...
-
-    @property
-    def top_logprobs(self) -> list[dict[int, float]] | None: ...
+#: Tokens with their logprobs: one delta, or a choice so far.
+Logprobs = GenerateDelta | Choice
 
 
 def has_logprobs(delta: GenerateDelta) -> bool:
