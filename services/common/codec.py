@@ -7,6 +7,9 @@ Every malformed tensor raises `InvalidArgument` naming the tensor.
 
 BYTES tensors are numpy object arrays of `bytes`. BF16 tensors are numpy
 `uint16` arrays holding the raw bfloat16 bits (numpy has no bfloat16).
+
+`parse_bool` is the one reading of a boolean option (request parameters and
+flag tensors) for every service: a client's `"false"` is false everywhere.
 """
 
 from __future__ import annotations
@@ -124,7 +127,7 @@ def decode_raw(name: str, datatype: str, shape: Any, raw: bytes) -> Tensor:
     dims = _checked_shape(name, shape)
     count = _element_count(name, dims)
     if info.dtype is None:
-        items = _split_bytes(name, raw)
+        items = split_bytes(name, raw)
         if len(items) != count:
             raise InvalidArgument(
                 f"tensor '{name}': shape {list(dims)} needs {count} BYTES elements, raw data holds {len(items)}"
@@ -138,7 +141,8 @@ def decode_raw(name: str, datatype: str, shape: Any, raw: bytes) -> Tensor:
     return Tensor(name, datatype, np.frombuffer(raw, dtype=info.dtype).reshape(dims))
 
 
-def _split_bytes(name: str, raw: bytes) -> list[bytes]:
+def split_bytes(name: str, raw: bytes) -> list[bytes]:
+    """The elements of a raw BYTES tensor (each a 4-byte little-endian length, then the bytes)."""
     items: list[bytes] = []
     offset, end = 0, len(raw)
     while offset < end:
@@ -209,6 +213,23 @@ def contents_values(tensor: Tensor) -> tuple[str, list[Any]]:
     if info.dtype is None:
         return info.contents_field, [v.encode() if isinstance(v, str) else bytes(v) for v in flat]
     return info.contents_field, flat.tolist()
+
+
+_BOOL_STRINGS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def parse_bool(name: str, value: object) -> bool:
+    """A boolean option as OIP clients send it: a bool, 0/1, or "true"/"false"/"1"/"0"
+    (any case). Anything else is refused, naming the option, rather than guessed."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if isinstance(value, str) and value.lower() in _BOOL_STRINGS:
+        return _BOOL_STRINGS[value.lower()]
+    raise InvalidArgument(f"parameter '{name}': expected a boolean (true/false/1/0), got {value!r}")
 
 
 @dataclass

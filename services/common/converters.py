@@ -1,12 +1,22 @@
-"""Protobuf ↔ internal types. The only module that reads or builds OIP v2 messages.
+"""Protobuf ↔ internal types: OIP v2 messages as `InferRequest` / `InferResponse`.
 
 Cores never see a `*_pb2` object: servicers call `infer_request_from_pb` on the
-way in and `infer_response_to_pb` on the way out.
+way in and `infer_response_to_pb` on the way out; clients (the gateway, the
+tokenizer's predictor client) use the two inverse functions. Servicers still
+build the small health, metadata and repository messages themselves.
+
+A failed request on a `ModelStreamInfer` stream is a response, not a status:
+`stream_error` writes it with the status name in the `error_code` response
+parameter (Triton's message has no status field) and `error_from_stream` reads
+it back. Replies without `error_code` (Triton, other servers) are classified by
+their text, the only thing they carry.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
+
+import grpc
 
 from services.common.codec import (
     InferRequest,
@@ -18,7 +28,15 @@ from services.common.codec import (
     encode_raw,
 )
 from services.common.engine import ModelInfo
-from services.common.errors import InvalidArgument
+from services.common.errors import (
+    GENERIC_INTERNAL_MESSAGE,
+    HfmeshError,
+    InternalError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    from_grpc,
+)
 from services.common.pb import inference_pb2 as pb
 
 
@@ -142,3 +160,30 @@ def model_metadata_to_pb(info: ModelInfo) -> pb.ModelMetadataResponse:
     for spec in info.outputs:
         message.outputs.add(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
     return message
+
+
+def stream_error(request: pb.ModelInferRequest, error: HfmeshError) -> pb.ModelStreamInferResponse:
+    """A failed stream request's response; `error_code` carries the gRPC status name."""
+    response = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+    response.parameters["error_code"].string_param = error.grpc_code.name
+    return pb.ModelStreamInferResponse(error_message=error.message, infer_response=response)
+
+
+_UNAVAILABLE_WORDS = ("not ready", "loading", "draining", "overloaded")
+
+
+def error_from_stream(reply: pb.ModelStreamInferResponse) -> HfmeshError:
+    """The error a stream response's `error_message` means: its `error_code` when set,
+    else a guess from the text (a server that does not send one)."""
+    text = reply.error_message
+    named = reply.infer_response.parameters.get("error_code")
+    if named is not None and named.string_param in grpc.StatusCode.__members__:
+        return from_grpc(grpc.StatusCode[named.string_param], text)
+    lowered = text.lower()
+    if text == GENERIC_INTERNAL_MESSAGE:
+        return InternalError()
+    if "unknown model" in lowered:
+        return NotFound(text)
+    if any(word in lowered for word in _UNAVAILABLE_WORDS):
+        return Unavailable(text)
+    return InvalidArgument(text)

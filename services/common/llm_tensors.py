@@ -12,20 +12,35 @@ a sequence, or on every response when the matching `return_*` flag is set —
 `logprobs` BYTES [1] is JSON: a list, one entry per new token,
 `{"token_id": int, "logprob": float, "top_logprobs": {"<id>": float}}`.
 With `n` > 1, each response also carries `sequence_index` INT64 [1].
+
+Both directions live here: the engine side parses requests
+(`parse_generate_request`) and builds responses (`response_for`); the client side
+(the gateway) reads a response back into the engine's own `GenerateDelta`
+(`delta_from_response`), so one type travels from engine to SSE.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from services.common.codec import InferRequest, InferResponse, Tensor, as_bytes_array
+from services.common.codec import (
+    InferRequest,
+    InferResponse,
+    Tensor,
+    as_bytes_array,
+    parse_bool,
+    split_bytes,
+)
+from services.common.converters import infer_response_from_pb
 from services.common.engine import GenerateDelta, GenerateRequest, SamplingParams, TensorSpec
 from services.common.errors import InvalidArgument
+from services.common.pb import inference_pb2 as pb
 
 # Every typed sampling field (vLLM's name) → its default.
 _SAMPLING_DEFAULTS = {
@@ -228,15 +243,16 @@ def parse_generate_request(request: InferRequest, request_id: str) -> tuple[Gene
         if not isinstance(decoded, dict):
             raise InvalidArgument("tensor 'sampling_parameters': expected a JSON object")
         values.update(decoded)
+    parameters, empty_final = request.parameters, "triton_enable_empty_final_response"
     options = LLMOptions(
-        empty_final_response=bool(request.parameters.get("triton_enable_empty_final_response", False)),
-        coalesce_deltas=bool(request.parameters.get("coalesce_deltas", False)),
+        empty_final_response=parse_bool(empty_final, parameters.get(empty_final, False)),
+        coalesce_deltas=parse_bool("coalesce_deltas", parameters.get("coalesce_deltas", False)),
         requested_outputs=tuple(request.requested_outputs),
     )
     for flag in _FLAG_INPUTS:
         tensor = request.input(flag)
         if tensor is not None:
-            setattr(options, flag, bool(_scalar(tensor)))
+            setattr(options, flag, parse_bool(flag, _scalar(tensor)))
     generate = GenerateRequest(
         request_id=request_id,
         model=request.model_name,
@@ -298,3 +314,61 @@ def empty_final_response(request: InferRequest) -> InferResponse:
     return InferResponse(
         model_name=request.model_name, id=request.id, outputs=[], parameters={"triton_final_response": True}
     )
+
+
+# -- client side ---------------------------------------------------------------
+
+
+def _raw_values(message: pb.ModelInferResponse) -> dict[str, Sequence[Any]] | None:
+    """The per-token hot path: a raw-form response's outputs without numpy. None when
+    the response is in another form or shape; the codec then decodes it."""
+    raw, outputs = message.raw_output_contents, message.outputs
+    if not raw or len(raw) != len(outputs):
+        return None
+    values: dict[str, Sequence[Any]] = {}
+    for tensor, data in zip(outputs, raw):
+        shape = list(tensor.shape)
+        if tensor.datatype == "BYTES" and shape == [1]:
+            try:
+                items = split_bytes(tensor.name, data)
+            except InvalidArgument:
+                return None
+            if len(items) != 1:
+                return None
+            values[tensor.name] = items
+        elif tensor.datatype == "INT64" and len(shape) == 1 and shape[0] * 8 == len(data):
+            values[tensor.name] = struct.unpack(f"<{shape[0]}q", data)
+        else:
+            return None
+    return values
+
+
+def _first(values: Mapping[str, Sequence[Any]], name: str) -> Any:
+    items = values.get(name)
+    return items[0] if items is not None and len(items) else None
+
+
+def delta_from_response(message: pb.ModelInferResponse) -> GenerateDelta:
+    """The client side of `response_for`: one streamed response as the delta it carries.
+    Counts the response does not carry (non-final responses) are 0; `logprobs` is None
+    unless the response has a `logprobs` output."""
+    values = _raw_values(message)
+    if values is None:
+        values = {t.name: t.data.ravel().tolist() for t in infer_response_from_pb(message).outputs}
+    index, reason = _first(values, "sequence_index"), _first(values, "finish_reason")
+    logprobs = _first(values, "logprobs")
+    delta = GenerateDelta(
+        index=int(index) if index is not None else 0,
+        text=bytes(_first(values, "text_output") or b"").decode("utf-8"),
+        token_ids=[int(v) for v in values.get("output_ids", ())],
+        num_input_tokens=int(_first(values, "num_input_tokens") or 0),
+        num_output_tokens=int(_first(values, "num_output_tokens") or 0),
+        finish_reason=(bytes(reason).decode() or None) if reason is not None else None,
+    )
+    if logprobs is not None:
+        entries = json.loads(bytes(logprobs))
+        delta.logprobs = [float(e["logprob"]) for e in entries if "logprob" in e]
+        tops = [e["top_logprobs"] for e in entries if "top_logprobs" in e]
+        if tops:
+            delta.top_logprobs = [{int(k): float(v) for k, v in top.items()} for top in tops]
+    return delta

@@ -1,8 +1,10 @@
-"""The OIP v2 `GRPCInferenceService` for any `Engine`.
+"""The OIP v2 `GRPCInferenceService` for any `Engine`: both engines' gRPC front.
 
-A thin adapter: protobuf in → `converters` → engine call → `converters` →
-protobuf out. Generative models speak the Triton vLLM-backend tensors
-(`llm_tensors`); encoder models take text (BYTES) or token tensors.
+Protobuf in → `converters` → the contract modules (`llm_tensors` for generative
+models, the Triton vLLM-backend tensors; `encoder_tensors` for encoder models, text
+or token tensors) → engine call → protobuf out. What this module adds itself is the
+transport's behaviour: health, metadata and the repository (LoRA adapters), and the
+stream handling below.
 
 `ModelStreamInfer` is decoupled, as in Triton: several requests may share one
 stream and run concurrently; a request's failure is sent as that response's
@@ -25,7 +27,6 @@ import uuid
 from dataclasses import dataclass
 from typing import AsyncIterator, Iterable
 
-import grpc
 import numpy as np
 
 from services.common import llm_tensors
@@ -34,9 +35,17 @@ from services.common.converters import (
     infer_request_from_pb,
     infer_response_to_pb,
     model_metadata_to_pb,
+    stream_error,
 )
-from services.common.engine import EncodeRequest, Engine, GenerateDelta, ModelInfo, Task
-from services.common.errors import GENERIC_INTERNAL_MESSAGE, HfmeshError, InvalidArgument, NotFound, Unavailable
+from services.common.encoder_tensors import encoder_inputs_from
+from services.common.engine import EncodeRequest, Engine, GenerateDelta, ModelInfo
+from services.common.errors import (
+    HfmeshError,
+    InternalError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from services.common.logs import request_id_var
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import inference_pb2_grpc as pb_grpc
@@ -44,7 +53,6 @@ from services.common.version import VERSION
 
 logger = logging.getLogger(__name__)
 
-TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 EXTENSIONS = ["model_repository", "model_repository(unload_dependents)", "schedule_policy", "binary_tensor_data"]
 
 
@@ -123,7 +131,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return infer_response_to_pb(response, raw=infer.raw)
 
     async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        queue: asyncio.Queue[_Pending | pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        queue: asyncio.Queue[PendingDeltas | pb.ModelStreamInferResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
 
         async def run_one(message: pb.ModelInferRequest) -> None:
@@ -133,10 +141,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         response = pb.ModelStreamInferResponse(infer_response=response)
                     await queue.put(response)
             except HfmeshError as error:
-                await queue.put(_stream_error(message, error.message, error.grpc_code))
+                await queue.put(stream_error(message, error))
             except Exception:  # noqa: BLE001 - one request's bug must not end the stream
                 logger.exception("stream request failed")
-                await queue.put(_stream_error(message, GENERIC_INTERNAL_MESSAGE, grpc.StatusCode.INTERNAL))
+                await queue.put(stream_error(message, InternalError()))
 
         async def read_requests() -> None:
             async for message in request_iterator:
@@ -165,7 +173,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
             await asyncio.gather(reader, *tasks, return_exceptions=True)
 
-    async def _stream_one(self, message: pb.ModelInferRequest) -> AsyncIterator[pb.ModelInferResponse | _Pending]:
+    async def _stream_one(
+        self, message: pb.ModelInferRequest
+    ) -> AsyncIterator[pb.ModelInferResponse | PendingDeltas]:
         infer = infer_request_from_pb(message)
         info = self._ready_model(infer.model_name)
         if not info.task.is_generative:
@@ -179,7 +189,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         else:
             async for delta in self._deltas(generate):
                 if options.coalesce_deltas:
-                    yield _Pending(infer, options, n, [delta])
+                    yield PendingDeltas(infer, options, n, [delta])
                 else:
                     yield infer_response_to_pb(llm_tensors.response_for(infer, options, [delta], n=n), raw=infer.raw)
         if options.empty_final_response:
@@ -219,7 +229,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # -- encoders ------------------------------------------------------------
 
     async def _encode(self, infer: InferRequest, info: ModelInfo) -> InferResponse:
-        request = encode_request_from(infer, info, self._engine_request_id(infer))
+        inputs = encoder_inputs_from(infer, info.task)
+        request = EncodeRequest(
+            request_id=self._engine_request_id(infer),
+            model=info.name,
+            texts=inputs.texts,
+            pairs=inputs.pairs,
+            tensors=inputs.tensors,
+            options=dict(infer.parameters),
+        )
         result = await self.engine.encode(request)
         outputs = [Tensor(name, datatype_of(array), array) for name, array in result.outputs.items()]
         if infer.requested_outputs:
@@ -229,58 +247,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 raise InvalidArgument(f"unknown output '{sorted(unknown)[0]}' for model '{info.name}'")
             outputs = [t for t in outputs if t.name in wanted]
         return InferResponse(model_name=infer.model_name, id=infer.id, outputs=outputs)
-
-
-def encode_request_from(infer: InferRequest, info: ModelInfo, request_id: str) -> EncodeRequest:
-    """Text style (BYTES inputs) or tensor style (`input_ids` ...) — never both."""
-    names = [t.name for t in infer.inputs]
-    if not infer.inputs:
-        raise InvalidArgument(f"model '{info.name}' needs at least one input")
-    options = dict(infer.parameters)
-    if "input_ids" in names:
-        tensors: dict[str, np.ndarray] = {}
-        for tensor in infer.inputs:
-            if tensor.name not in TOKEN_INPUTS:
-                raise InvalidArgument(
-                    f"unknown input '{tensor.name}' for model '{info.name}' (token inputs are {', '.join(TOKEN_INPUTS)})"
-                )
-            if tensor.datatype not in ("INT64", "INT32"):
-                raise InvalidArgument(f"tensor '{tensor.name}': datatype must be INT64, got {tensor.datatype}")
-            if tensor.data.ndim != 2:
-                raise InvalidArgument(f"tensor '{tensor.name}': expected shape [N, L], got {list(tensor.shape)}")
-            tensors[tensor.name] = tensor.data.astype(np.int64)
-        shape = tensors["input_ids"].shape
-        for name, array in tensors.items():
-            if array.shape != shape:
-                raise InvalidArgument(f"tensor '{name}': shape {list(array.shape)} differs from input_ids {list(shape)}")
-        return EncodeRequest(request_id=request_id, model=info.name, tensors=tensors, options=options)
-    for tensor in infer.inputs:
-        if tensor.datatype != "BYTES":
-            raise InvalidArgument(
-                f"tensor '{tensor.name}': text inputs are BYTES, got {tensor.datatype} (token inputs are named input_ids ...)"
-            )
-    if info.task is Task.RERANK:
-        query, documents = infer.input("query"), infer.input("documents")
-        if query is None or documents is None or len(infer.inputs) != 2:
-            raise InvalidArgument(f"rerank model '{info.name}' takes BYTES inputs 'query' [1] and 'documents' [N]")
-        q = _text(query.data.ravel()[0], "query") if query.data.size == 1 else None
-        if q is None:
-            raise InvalidArgument(f"tensor 'query': expected one element, got shape {list(query.shape)}")
-        pairs = [(q, _text(d, "documents")) for d in documents.data.ravel()]
-        return EncodeRequest(request_id=request_id, model=info.name, pairs=pairs, options=options)
-    if len(infer.inputs) != 1:
-        raise InvalidArgument(f"model '{info.name}' takes one BYTES input, got {', '.join(names)}")
-    texts = [_text(item, infer.inputs[0].name) for item in infer.inputs[0].data.ravel()]
-    if not texts:
-        raise InvalidArgument(f"tensor '{infer.inputs[0].name}' is empty")
-    return EncodeRequest(request_id=request_id, model=info.name, texts=texts, options=options)
-
-
-def _text(item: object, name: str) -> str:
-    try:
-        return bytes(item).decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidArgument(f"tensor '{name}': not valid UTF-8") from None
 
 
 def _combine_sequences(infer, options, by_index, n, prefix) -> InferResponse:
@@ -310,7 +276,7 @@ def _combine_sequences(infer, options, by_index, n, prefix) -> InferResponse:
 
 
 @dataclass
-class _Pending:
+class PendingDeltas:
     """Deltas of one streamed sequence not yet encoded: queued responses of one
     sequence can still become one."""
 
@@ -319,7 +285,7 @@ class _Pending:
     n: int
     deltas: list[GenerateDelta]
 
-    def joins(self, other: "_Pending") -> bool:
+    def joins(self, other: "PendingDeltas") -> bool:
         return (
             other.infer is self.infer
             and other.deltas[0].index == self.deltas[-1].index
@@ -331,24 +297,26 @@ class _Pending:
         return pb.ModelStreamInferResponse(infer_response=infer_response_to_pb(response, raw=self.infer.raw))
 
 
-def _coalesce(queued: Iterable[_Pending | pb.ModelStreamInferResponse]) -> list[pb.ModelStreamInferResponse]:
+def _coalesce(
+    queued: Iterable[PendingDeltas | pb.ModelStreamInferResponse],
+) -> list[pb.ModelStreamInferResponse]:
     """Queued responses in order, each sequence's consecutive deltas merged into one
     response. Only a request's own order matters, so another request's responses
     in between do not stop a merge."""
-    out: list[_Pending | pb.ModelStreamInferResponse] = []
+    out: list[PendingDeltas | pb.ModelStreamInferResponse] = []
     latest: dict[int, int] = {}  # id(request) -> position in out of its latest response
     for item in queued:
-        if isinstance(item, _Pending):
+        if isinstance(item, PendingDeltas):
             at = latest.get(id(item.infer))
             previous = out[at] if at is not None else None
-            if isinstance(previous, _Pending) and previous.joins(item):
+            if isinstance(previous, PendingDeltas) and previous.joins(item):
                 previous.deltas += item.deltas
                 continue
             latest[id(item.infer)] = len(out)
         else:
             latest.clear()  # an error or a final marker: nothing merges across it
         out.append(item)
-    return [item.encode() if isinstance(item, _Pending) else item for item in out]
+    return [item.encode() if isinstance(item, PendingDeltas) else item for item in out]
 
 
 def _lora_path(parameters) -> str:
@@ -364,10 +332,3 @@ def _lora_path(parameters) -> str:
         if isinstance(config, dict) and isinstance(config.get("lora_path"), str):
             return config["lora_path"]
     return ""
-
-
-def _stream_error(message: pb.ModelInferRequest, text: str, code: grpc.StatusCode) -> pb.ModelStreamInferResponse:
-    """A failed stream request; `error_code` carries its gRPC status name (e.g. UNAVAILABLE)."""
-    response = pb.ModelInferResponse(model_name=message.model_name, id=message.id)
-    response.parameters["error_code"].string_param = code.name
-    return pb.ModelStreamInferResponse(error_message=text, infer_response=response)

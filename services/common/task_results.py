@@ -1,8 +1,9 @@
 """Encoder-task post-processing: raw model outputs → task results, numpy only.
 
-Shared by the HF engine (text in → result out) and the tokenizer service (the
-KServe "transformer", which gets the same raw tensors back from any predictor).
-Results follow the KServe Hugging Face server per task:
+The numbers behind `encoder_tensors.task_result`, which both engines (text in →
+result out) and the tokenizer service (the KServe "transformer", which gets the
+same raw tensors back from any predictor) call. Results follow the KServe Hugging
+Face server per task:
 
 - fill_mask: the decoded token(s) predicted at the mask position(s), one string per input;
 - sequence_classification: the class index (INT64 [N]), or softmax probabilities (FP32 [N, C]),
@@ -17,7 +18,7 @@ Results follow the KServe Hugging Face server per task:
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable
 
 import numpy as np
 
@@ -28,16 +29,6 @@ def softmax(values: np.ndarray, axis: int = -1) -> np.ndarray:
     shifted = values - values.max(axis=axis, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=axis, keepdims=True)
-
-
-def option_flag(options: Mapping[str, object], name: str, default: bool) -> bool:
-    """A per-request boolean option (`return_probabilities`, ...); OIP clients may send "true"/"1"."""
-    value = options.get(name, default)
-    if isinstance(value, str):
-        if value.lower() not in ("true", "false", "1", "0"):
-            raise InvalidArgument(f"parameter '{name}': expected a boolean, got {value!r}")
-        return value.lower() in ("true", "1")
-    return bool(value)
 
 
 def sigmoid(values: np.ndarray) -> np.ndarray:

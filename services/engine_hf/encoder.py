@@ -21,15 +21,13 @@ from typing import Any
 import numpy as np
 
 from services.common import task_results
+from services.common.encoder_tensors import RESULT_OUTPUT, TOKEN_INPUTS, ResultOptions, task_result
 from services.common.engine import EncodeRequest, EncodeResult, Task
 from services.common.errors import HfmeshError, InternalError, InvalidArgument
 from services.engine_hf.loading import LoadedModel, ModelLoadError
 from services.engine_hf.packing import pack, packing_supported, unpack
 
 logger = logging.getLogger(__name__)
-
-OUTPUT_NAME = "output-0"
-
 
 @dataclass
 class EncodeJob:
@@ -65,12 +63,10 @@ class EncoderRunner:
         self.tokenizer = loaded.tokenizer
         self.task = loaded.task
         self.add_special_tokens = add_special_tokens
-        self.return_probabilities = return_probabilities
-        self.return_raw_logits = return_raw_logits
+        self.result_options = ResultOptions(return_probabilities, return_raw_logits)
         accepted = set(inspect.signature(self.model.forward).parameters)
         self.takes_token_types = "token_type_ids" in accepted
-        defaults = ("input_ids", "attention_mask", "token_type_ids")
-        self.tensor_inputs = tuple(n for n in (tensor_inputs or defaults) if n in accepted)
+        self.tensor_inputs = tuple(n for n in (tensor_inputs or TOKEN_INPUTS) if n in accepted)
         self.vocab_size = int(self.model.get_input_embeddings().num_embeddings)
         self.type_vocab_size = int(getattr(self.model.config, "type_vocab_size", 0) or 0)
         if self.task is Task.FILL_MASK and self.tokenizer.mask_token_id is None:
@@ -224,26 +220,12 @@ class EncoderRunner:
     def finish(self, job: EncodeJob, output: np.ndarray) -> EncodeResult:
         if not job.text_style:
             return EncodeResult(self._raw_outputs(job, output))
-        options = job.request.options
-        probabilities = task_results.option_flag(options, "return_probabilities", self.return_probabilities)
-        raw = task_results.option_flag(options, "return_raw_logits", self.return_raw_logits)
-        task = self.task
-        if task is Task.FILL_MASK:
-            result = task_results.fill_mask(
-                output, job.input_ids, mask_token_id=self.tokenizer.mask_token_id,
-                decode=self.tokenizer.decode, return_probabilities=probabilities, return_raw_logits=raw,
-            )
-        elif task is Task.SEQUENCE_CLASSIFICATION:
-            result = task_results.sequence_classification(output, return_probabilities=probabilities, return_raw_logits=raw)
-        elif task is Task.TOKEN_CLASSIFICATION:
-            result = task_results.token_classification(output, return_probabilities=probabilities, return_raw_logits=raw)
-        elif task is Task.TEXT_EMBEDDING:
-            result = task_results.text_embedding(output, job.attention_mask)
-        elif task is Task.RERANK:
-            result = task_results.rerank_scores(output)
-        else:
-            raise InvalidArgument(f"task {task.value} is not an encoder task")
-        return EncodeResult({OUTPUT_NAME: result})
+        name = "last_hidden_state" if self.task is Task.TEXT_EMBEDDING else "logits"
+        result = task_result(
+            self.task, {name: output}, job.input_ids, job.attention_mask,
+            tokenizer=self.tokenizer, options=self.result_options.overridden(job.request.options),
+        )
+        return EncodeResult({RESULT_OUTPUT: result})
 
     def _raw_outputs(self, job: EncodeJob, output: np.ndarray) -> dict[str, np.ndarray]:
         output = np.ascontiguousarray(output, dtype=np.float32)

@@ -27,7 +27,7 @@ from services.common.engine import (
 from services.common.errors import InternalError, InvalidArgument, NotFound, Unavailable, Unimplemented
 from services.common.llm_tensors import LLM_INPUTS, LLM_OUTPUTS, check_context_length
 from services.engine_vllm.adapters import Adapters
-from services.engine_vllm.pooling import PoolingRunner, encoder_specs
+from services.engine_vllm.pooling import PoolingRunner, pooling_specs
 from services.engine_vllm.sampling import to_vllm
 from services.engine_vllm.settings import EngineConfig
 
@@ -132,7 +132,7 @@ class VLLMEngine:
         if task.is_generative:
             inputs, outputs = list(LLM_INPUTS), list(LLM_OUTPUTS)
         else:
-            inputs, outputs = encoder_specs(task)
+            inputs, outputs = pooling_specs(task)
         state = self._state_now()
         reason = "the vLLM engine died" if state is ModelState.UNAVAILABLE and not self._reason else self._reason
         base = ModelInfo(self.name, task, state, reason, PLATFORM, self._max_model_len, inputs, outputs)

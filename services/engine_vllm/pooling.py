@@ -19,24 +19,27 @@ from typing import Any
 import numpy as np
 
 from services.common import task_results
+from services.common.encoder_tensors import (
+    RESULT_OUTPUT,
+    TOKEN_INPUTS,
+    ResultOptions,
+    encoder_specs,
+    task_result,
+)
 from services.common.engine import EncodeRequest, EncodeResult, Task, TensorSpec
 from services.common.errors import InvalidArgument, Unimplemented
 
-OUTPUT_NAME = "output-0"
-TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# The token-path outputs a pooling model answers, in order (no hidden states: vLLM pools).
+RAW_OUTPUTS: dict[Task, tuple[str, ...]] = {
+    Task.TEXT_EMBEDDING: ("embeddings",),
+    Task.RERANK: ("scores", "logits"),
+    Task.SEQUENCE_CLASSIFICATION: ("logits",),
+}
 
 
-def encoder_specs(task: Task) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """ModelMetadata inputs/outputs of an encoder model."""
-    inputs = [TensorSpec("input-0", "BYTES", (-1,))] + [TensorSpec(n, "INT64", (-1, -1)) for n in TOKEN_INPUTS]
-    if task is Task.RERANK:
-        inputs = [TensorSpec("query", "BYTES", (1,)), TensorSpec("documents", "BYTES", (-1,)), *inputs[1:]]
-        outputs = [TensorSpec(OUTPUT_NAME, "FP32", (-1,)), TensorSpec("scores", "FP32", (-1,)), TensorSpec("logits", "FP32", (-1, 1))]
-    elif task is Task.TEXT_EMBEDDING:
-        outputs = [TensorSpec(OUTPUT_NAME, "FP32", (-1, -1)), TensorSpec("embeddings", "FP32", (-1, -1))]
-    else:
-        outputs = [TensorSpec(OUTPUT_NAME, "INT64", (-1,)), TensorSpec("logits", "FP32", (-1, -1))]
-    return inputs, outputs
+def pooling_specs(task: Task) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """ModelMetadata inputs/outputs of an encoder model on vLLM."""
+    return encoder_specs(task, raw_outputs=RAW_OUTPUTS.get(task, ("logits",)))
 
 
 @dataclass
@@ -70,8 +73,7 @@ class PoolingRunner:
         self.tokenizer = llm.get_tokenizer()
         self.max_model_len = max_model_len
         self.add_special_tokens = add_special_tokens
-        self.return_probabilities = return_probabilities
-        self.return_raw_logits = return_raw_logits
+        self.result_options = ResultOptions(return_probabilities, return_raw_logits)
         self.vocab_size = llm.model_config.get_vocab_size()
 
     # -- inputs --------------------------------------------------------------
@@ -160,21 +162,17 @@ class PoolingRunner:
             *(self._pool(row, f"{request.request_id}-{i}") for i, row in enumerate(rows))
         )
         stacked = np.stack(pooled).astype(np.float32)
+        if self.task not in RAW_OUTPUTS:
+            raise Unimplemented(f"task {self.task.value} is not served by the vLLM engine")
         if self.task is Task.TEXT_EMBEDDING:
-            return EncodeResult({OUTPUT_NAME if text_style else "embeddings": stacked})
-        logits = stacked.reshape(len(rows), -1)
-        if self.task is Task.RERANK:
-            if text_style:
-                return EncodeResult({OUTPUT_NAME: task_results.rerank_scores(logits)})
-            return EncodeResult({"logits": logits, "scores": task_results.rerank_scores(logits)})
-        if self.task is Task.SEQUENCE_CLASSIFICATION:
-            if not text_style:
-                return EncodeResult({"logits": logits})
-            options = request.options
-            result = task_results.sequence_classification(
-                logits,
-                return_probabilities=task_results.option_flag(options, "return_probabilities", self.return_probabilities),
-                return_raw_logits=task_results.option_flag(options, "return_raw_logits", self.return_raw_logits),
-            )
-            return EncodeResult({OUTPUT_NAME: result})
-        raise Unimplemented(f"task {self.task.value} is not served by the vLLM engine")
+            raw = {"embeddings": stacked}
+        else:
+            logits = stacked.reshape(len(rows), -1)
+            raw = {"logits": logits}
+            if self.task is Task.RERANK:
+                raw["scores"] = task_results.rerank_scores(logits)
+        if not text_style:
+            return EncodeResult(raw)
+        options = self.result_options.overridden(request.options)
+        result = task_result(self.task, raw, None, None, tokenizer=self.tokenizer, options=options)
+        return EncodeResult({RESULT_OUTPUT: result})

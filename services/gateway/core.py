@@ -15,17 +15,15 @@ from typing import Any, AsyncIterator
 import numpy as np
 
 from services.common.codec import InferRequest, InferResponse, Tensor
-from services.common.engine import SamplingParams, Task
+from services.common.encoder_tensors import TOKEN_INPUTS
+from services.common.engine import GenerateDelta, SamplingParams, Task
 from services.common.errors import InvalidArgument, Unavailable
 from services.gateway import grpc_clients as rpc
-from services.gateway.grpc_clients import CallContext, EngineDelta, Rendered
+from services.gateway.grpc_clients import CallContext, Rendered
 from services.gateway.routing import ModelRoute, ReplicaRouter
 from services.gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
-
-ENCODER_TENSORS = ("input_ids", "attention_mask", "token_type_ids")
-
 
 @dataclass
 class Encoded:
@@ -83,7 +81,7 @@ class MeshClient:
     async def generate(
         self, route: ModelRoute, input_ids: list[int], sampling: SamplingParams,
         call: CallContext, *, logprobs: bool,
-    ) -> AsyncIterator[EngineDelta]:
+    ) -> AsyncIterator[GenerateDelta]:
         """Stream engine deltas. An engine answering UNAVAILABLE before any output is
         skipped and the next replica (or the fallback backend) is tried."""
         request = rpc.generate_request(route.name, input_ids, sampling, logprobs=logprobs, request_id=call.request_id)
@@ -127,7 +125,7 @@ class MeshClient:
         limit = self.max_model_len(route)
         if token_ids is not None and limit is not None and max(counts) > limit:
             raise InvalidArgument(f"an input has {max(counts)} tokens; the model's limit is {limit}")
-        sent = [Tensor(n, "INT64", encoded[n]) for n in ENCODER_TENSORS if n in encoded]
+        sent = [Tensor(n, "INT64", encoded[n]) for n in TOKEN_INPUTS if n in encoded]
         raw = await self.infer_engine(route, InferRequest(route.name, sent, id=call.request_id), call)
         outputs = {t.name: t.data for t in raw.outputs}
         result = await rpc.postprocess(route.tokenizer(), route.name, outputs, encoded, call, cap=cap, parameters=parameters)

@@ -1,14 +1,14 @@
 """The gateway's gRPC calls to tokenizers and engines: typed values in and out.
 
-The only gateway module that builds or reads OIP v2 messages. Every call
-carries a deadline (the request's remaining budget) and the request id as
-`x-request-id` metadata; a failed call raises the `HfmeshError` its status means.
+The only gateway module that makes gRPC calls; the tensors of each call are the
+shared contracts (`tokenizer_tensors`, `llm_tensors`, `encoder_tensors`). Every
+call carries a deadline (the request's remaining budget) and the request id as
+`x-request-id` metadata; a failed call (or a stream's error response) raises the
+`HfmeshError` its status means.
 """
 
 from __future__ import annotations
 
-import json
-import struct
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -16,23 +16,19 @@ from typing import Any, AsyncIterator
 import grpc
 import numpy as np
 
-from services.common.codec import InferRequest, InferResponse, Tensor, as_bytes_array, datatype_of
-from services.common.converters import infer_request_to_pb, infer_response_from_pb
-from services.common.engine import SamplingParams
-from services.common.errors import (
-    GENERIC_INTERNAL_MESSAGE,
-    DeadlineExceeded,
-    HfmeshError,
-    InternalError,
-    InvalidArgument,
-    NotFound,
-    Unavailable,
-    from_grpc,
-    from_rpc_error,
+from services.common import tokenizer_tensors as tt
+from services.common.codec import InferRequest, InferResponse, Tensor, as_bytes_array
+from services.common.converters import (
+    error_from_stream,
+    infer_request_to_pb,
+    infer_response_from_pb,
 )
-from services.common.llm_tensors import sampling_to_json
+from services.common.engine import GenerateDelta, SamplingParams
+from services.common.errors import DeadlineExceeded, from_rpc_error
+from services.common.llm_tensors import delta_from_response, sampling_to_json
 from services.common.logs import REQUEST_ID_HEADER
 from services.common.pb import inference_pb2 as pb
+from services.common.tokenizer_tensors import Rendered
 from services.gateway.routing import Replica
 
 
@@ -54,26 +50,6 @@ class CallContext:
         return ((REQUEST_ID_HEADER, self.request_id),)
 
 
-@dataclass
-class Rendered:
-    input_ids: list[int]
-    prompt: str
-    max_model_len: int | None
-
-
-@dataclass
-class EngineDelta:
-    """One streamed engine response (new text and ids of one sequence)."""
-
-    index: int
-    text: str
-    token_ids: list[int]
-    finish_reason: str | None
-    num_input_tokens: int | None
-    num_output_tokens: int | None
-    logprobs: list[dict[str, Any]] | None
-
-
 def _bytes_tensor(name: str, value: str | bytes) -> Tensor:
     return Tensor(name, "BYTES", as_bytes_array([value]))
 
@@ -92,44 +68,20 @@ async def infer(replica: Replica, request: InferRequest, call: CallContext, *, c
     return infer_response_from_pb(reply)
 
 
-def _outputs(response: InferResponse) -> dict[str, np.ndarray]:
-    return {t.name: t.data for t in response.outputs}
-
-
-# -- tokenizer ---------------------------------------------------------------
+# -- tokenizer (the requests and answers are `services.common.tokenizer_tensors`) --
 
 
 async def render(replica: Replica, model: str, call: CallContext, *, cap: float, **fields: Any) -> Rendered:
-    """`M.render`. `fields`: messages/tools/documents/chat_template_kwargs (JSON-able),
-    text_input/chat_template (str), add_generation_prompt/continue_final_message/add_special_tokens (bool)."""
-    inputs = []
-    for name, value in fields.items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            inputs.append(_bool_tensor(name, value))
-        elif isinstance(value, str):
-            inputs.append(_bytes_tensor(name, value))
-        else:
-            inputs.append(_bytes_tensor(name, json.dumps(value)))
-    response = await infer(replica, InferRequest(f"{model}.render", inputs, id=call.request_id), call, cap=cap)
-    out = _outputs(response)
-    limit = response.parameters.get("max_model_len")
-    return Rendered(
-        input_ids=[int(v) for v in out["input_ids"].ravel()],
-        prompt=bytes(out["prompt"].ravel()[0]).decode("utf-8"),
-        max_model_len=int(limit) if limit else None,
-    )
+    """`M.render`; `fields` are `RenderRequest`'s (the tensor names)."""
+    request = tt.render_request(model, tt.RenderRequest(**fields), request_id=call.request_id)
+    return tt.rendered_from(await infer(replica, request, call, cap=cap))
 
 
 async def preprocess(
     replica: Replica, model: str, texts: list[str], pairs: list[str] | None, call: CallContext, *, cap: float
 ) -> dict[str, np.ndarray]:
-    inputs = [Tensor("text", "BYTES", as_bytes_array(texts))]
-    if pairs is not None:
-        inputs.append(Tensor("text_pair", "BYTES", as_bytes_array(pairs)))
-    response = await infer(replica, InferRequest(f"{model}.preprocess", inputs, id=call.request_id), call, cap=cap)
-    return _outputs(response)
+    request = tt.preprocess_request(model, texts, pairs, request_id=call.request_id)
+    return tt.outputs_of(await infer(replica, request, call, cap=cap))
 
 
 async def postprocess(
@@ -142,29 +94,20 @@ async def postprocess(
     cap: float,
     parameters: dict[str, Any] | None = None,
 ) -> np.ndarray:
-    inputs = [Tensor(n, datatype_of(a), a) for n, a in raw.items()]
-    inputs += [Tensor(n, "INT64", a) for n, a in encoded.items() if n in ("input_ids", "attention_mask")]
-    request = InferRequest(f"{model}.postprocess", inputs, id=call.request_id, parameters=parameters or {})
-    return _outputs(await infer(replica, request, call, cap=cap))["output-0"]
+    request = tt.postprocess_request(
+        model, raw, encoded, request_id=call.request_id, parameters=parameters
+    )
+    return tt.result_from(await infer(replica, request, call, cap=cap))
 
 
 async def token_strings(replica: Replica, model: str, ids: list[int], call: CallContext, *, cap: float) -> list[str]:
-    request = InferRequest(
-        f"{model}.detokenize",
-        [Tensor("input_ids", "INT64", np.asarray(ids, dtype=np.int64))],
-        id=call.request_id,
-        requested_outputs=["tokens"],
-    )
-    out = _outputs(await infer(replica, request, call, cap=cap))
-    return [bytes(t).decode("utf-8", errors="replace") for t in out["tokens"].ravel()]
+    request = tt.detokenize_request(model, ids, request_id=call.request_id, tokens=True)
+    return tt.tokens_from(await infer(replica, request, call, cap=cap))
 
 
 async def detokenize(replica: Replica, model: str, ids: list[int], call: CallContext, *, cap: float) -> str:
-    request = InferRequest(
-        f"{model}.detokenize", [Tensor("input_ids", "INT64", np.asarray(ids, dtype=np.int64))], id=call.request_id
-    )
-    out = _outputs(await infer(replica, request, call, cap=cap))
-    return bytes(out["text_output"].ravel()[0]).decode("utf-8")
+    request = tt.detokenize_request(model, ids, request_id=call.request_id)
+    return tt.text_from(await infer(replica, request, call, cap=cap))
 
 
 # -- engines -----------------------------------------------------------------
@@ -182,83 +125,9 @@ def generate_request(model: str, input_ids: list[int], sampling: SamplingParams,
     return InferRequest(model, inputs, id=request_id, parameters={"coalesce_deltas": True})
 
 
-def _stream_error(reply: pb.ModelStreamInferResponse) -> HfmeshError:
-    """The error a `ModelStreamInfer` response's `error_message` means. Triton's message
-    carries no status: an `error_code` response parameter (a gRPC status name) is used
-    when the engine sets one, else the status is recovered from the text."""
-    text = reply.error_message
-    named = reply.infer_response.parameters.get("error_code")
-    if named is not None and named.string_param in grpc.StatusCode.__members__:
-        return from_grpc(grpc.StatusCode[named.string_param], text)
-    lowered = text.lower()
-    if text == GENERIC_INTERNAL_MESSAGE:
-        return InternalError()
-    if "unknown model" in lowered:
-        return NotFound(text)
-    if "not ready" in lowered or "loading" in lowered or "draining" in lowered or "overloaded" in lowered:
-        return Unavailable(text)
-    return InvalidArgument(text)
-
-
-def _delta(response: InferResponse) -> EngineDelta:
-    out = _outputs(response)
-
-    def scalar(name: str) -> Any:
-        array = out.get(name)
-        return None if array is None or array.size == 0 else array.ravel()[0]
-
-    reason = scalar("finish_reason")
-    logprobs = scalar("logprobs")
-    index = scalar("sequence_index")
-    return EngineDelta(
-        index=int(index) if index is not None else 0,
-        text=bytes(scalar("text_output") or b"").decode("utf-8"),
-        token_ids=[int(v) for v in out.get("output_ids", np.zeros(0, dtype=np.int64)).ravel()],
-        finish_reason=(bytes(reason).decode() or None) if reason is not None else None,
-        num_input_tokens=int(scalar("num_input_tokens")) if "num_input_tokens" in out else None,
-        num_output_tokens=int(scalar("num_output_tokens")) if "num_output_tokens" in out else None,
-        logprobs=json.loads(bytes(logprobs)) if logprobs is not None else None,
-    )
-
-
-_LENGTH = struct.Struct("<I")
-
-
-def _raw_delta(message: pb.ModelInferResponse) -> EngineDelta | None:
-    """The per-token hot path: a raw-form streamed response decoded without numpy.
-    None when the response is in another form or shape; the codec then decodes it."""
-    raw, outputs = message.raw_output_contents, message.outputs
-    if not raw or len(raw) != len(outputs):
-        return None
-    values: dict[str, Any] = {}
-    for tensor, data in zip(outputs, raw):
-        if tensor.datatype == "BYTES":
-            if len(data) < 4 or _LENGTH.unpack_from(data)[0] != len(data) - 4 or list(tensor.shape) != [1]:
-                return None
-            values[tensor.name] = data[4:]
-        elif tensor.datatype == "INT64" and len(data) % 8 == 0 and len(tensor.shape) == 1:
-            values[tensor.name] = struct.unpack(f"<{len(data) // 8}q", data)
-        else:
-            return None
-    reason = values.get("finish_reason")
-    logprobs = values.get("logprobs")
-    index = values.get("sequence_index")
-    counts = values.get("num_input_tokens"), values.get("num_output_tokens")
-    try:
-        return EngineDelta(
-            index=index[0] if index else 0,
-            text=values.get("text_output", b"").decode("utf-8"),
-            token_ids=list(values.get("output_ids", ())),
-            finish_reason=reason.decode() or None if reason is not None else None,
-            num_input_tokens=counts[0][0] if counts[0] else None,
-            num_output_tokens=counts[1][0] if counts[1] else None,
-            logprobs=json.loads(logprobs) if logprobs is not None else None,
-        )
-    except (UnicodeDecodeError, ValueError, IndexError):
-        return None
-
-
-async def stream_generate(replica: Replica, request: InferRequest, call: CallContext) -> AsyncIterator[EngineDelta]:
+async def stream_generate(
+    replica: Replica, request: InferRequest, call: CallContext
+) -> AsyncIterator[GenerateDelta]:
     """`ModelStreamInfer` with one request; closing the iterator cancels the call."""
     message = infer_request_to_pb(request, raw=True)
 
@@ -269,11 +138,10 @@ async def stream_generate(replica: Replica, request: InferRequest, call: CallCon
     try:
         async for reply in stream:
             if reply.error_message:
-                raise _stream_error(reply)
+                raise error_from_stream(reply)
             if not reply.infer_response.outputs:
                 continue  # an empty final response
-            delta = _raw_delta(reply.infer_response)
-            yield delta if delta is not None else _delta(infer_response_from_pb(reply.infer_response))
+            yield delta_from_response(reply.infer_response)
     except grpc.aio.AioRpcError as error:
         raise from_rpc_error(error) from None
     finally:

@@ -8,17 +8,17 @@ the models and runs every call on a thread pool so the event loop never blocks.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, TypeVar
 
 import numpy as np
 
+from services.common.encoder_tensors import ResultOptions, task_result
 from services.common.engine import Task
 from services.common.errors import InvalidArgument, NotFound
-from services.tokenizer import postprocess as post
+from services.common.tokenizer_tensors import Rendered, RenderRequest
 
 logger = logging.getLogger(__name__)
 
@@ -37,27 +37,6 @@ class ModelOptions:
     tensor_input_names: tuple[str, ...] = ()
     return_probabilities: bool = False
     return_raw_logits: bool = False
-
-
-@dataclass
-class RenderRequest:
-    """Exactly one of `messages` (chat) or `text` (plain tokenization)."""
-
-    messages: list[dict[str, Any]] | None = None
-    text: str | None = None
-    tools: list[dict[str, Any]] | None = None
-    documents: list[dict[str, Any]] | None = None
-    chat_template: str | None = None
-    add_generation_prompt: bool | None = None
-    continue_final_message: bool = False
-    add_special_tokens: bool | None = None
-    template_kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class RenderResult:
-    prompt: str
-    input_ids: list[int]
 
 
 def _check_messages(messages: Any) -> list[dict[str, Any]]:
@@ -82,21 +61,22 @@ class TokenizerModel:
 
     # -- generation: chat templates and prompts ------------------------------
 
-    def render(self, request: RenderRequest) -> RenderResult:
-        if (request.messages is None) == (request.text is None):
+    def render(self, request: RenderRequest) -> Rendered:
+        if (request.messages is None) == (request.text_input is None):
             raise InvalidArgument("render needs exactly one of 'messages' or 'text_input'")
-        if request.text is not None:
-            if not request.text:
+        if request.text_input is not None:
+            if not request.text_input:
                 raise InvalidArgument("the prompt is empty")
             special = True if request.add_special_tokens is None else request.add_special_tokens
-            ids = self.tokenizer(request.text, add_special_tokens=special)["input_ids"]
-            return RenderResult(prompt=request.text, input_ids=list(ids))
+            ids = self.tokenizer(request.text_input, add_special_tokens=special)["input_ids"]
+            prompt = request.text_input
+            return Rendered(prompt=prompt, input_ids=list(ids), max_model_len=self.max_model_len)
         prompt = self.apply_chat_template(request)
         special = False if request.add_special_tokens is None else request.add_special_tokens
         ids = self.tokenizer(prompt, add_special_tokens=special)["input_ids"]
         if not ids:
             raise InvalidArgument("the rendered prompt is empty")
-        return RenderResult(prompt=prompt, input_ids=list(ids))
+        return Rendered(prompt=prompt, input_ids=list(ids), max_model_len=self.max_model_len)
 
     def apply_chat_template(self, request: RenderRequest) -> str:
         messages = _check_messages(request.messages)
@@ -120,7 +100,7 @@ class TokenizerModel:
                 add_generation_prompt=generation_prompt,
                 continue_final_message=continue_final,
                 tokenize=False,
-                **request.template_kwargs,
+                **(request.chat_template_kwargs or {}),
             )
         except InvalidArgument:
             raise
@@ -152,19 +132,18 @@ class TokenizerModel:
         self,
         outputs: dict[str, np.ndarray],
         inputs: dict[str, np.ndarray],
-        *,
-        probabilities: bool | None = None,
-        raw_logits: bool | None = None,
+        parameters: Mapping[str, object] | None = None,
     ) -> np.ndarray:
-        """Raw predictor outputs + the preprocess tensors → the task's `output-0`."""
-        options = self.options
-        return post.task_output(
-            options.task,
+        """Raw predictor outputs + the preprocess tensors → the task's `output-0`; request
+        `parameters` may override `return_probabilities` / `return_raw_logits`."""
+        options = ResultOptions(self.options.return_probabilities, self.options.return_raw_logits)
+        return task_result(
+            self.options.task,
             outputs,
-            inputs,
+            inputs.get("input_ids"),
+            inputs.get("attention_mask"),
             tokenizer=self.tokenizer,
-            probabilities=options.return_probabilities if probabilities is None else probabilities,
-            raw_logits=options.return_raw_logits if raw_logits is None else raw_logits,
+            options=options.overridden(parameters or {}),
         )
 
     # -- detokenization ------------------------------------------------------
@@ -211,12 +190,3 @@ class TokenizerCore:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-
-def parse_json(name: str, raw: bytes, expected: type) -> Any:
-    try:
-        value = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidArgument(f"tensor '{name}': not valid JSON ({error})") from None
-    if not isinstance(value, expected):
-        raise InvalidArgument(f"tensor '{name}': expected a JSON {expected.__name__}")
-    return value

@@ -1,8 +1,9 @@
 """The tokenizer service's OIP v2 `GRPCInferenceService`: a thin adapter.
 
-Protobuf → `converters` → `tensors` (typed values) → `TokenizerCore` (on its
-thread pool) → `tensors` → protobuf. Errors are raised as `HfmeshError`s and
-become statuses in `services.common.server.ErrorInterceptor`.
+Protobuf → `converters` → the shared contracts (`tokenizer_tensors`,
+`encoder_tensors`: typed values) → `TokenizerCore` (on its thread pool) → the
+contracts → protobuf. Errors are raised as `HfmeshError`s and become statuses in
+`services.common.server.ErrorInterceptor` (stream responses: `stream_error`).
 """
 
 from __future__ import annotations
@@ -11,17 +12,26 @@ import asyncio
 import logging
 from typing import AsyncIterator
 
-from services.common.codec import InferRequest, InferResponse, Tensor, as_bytes_array
-from services.common.converters import infer_request_from_pb, infer_response_to_pb, model_metadata_to_pb
+import numpy as np
+
+from services.common import tokenizer_tensors as tt
+from services.common.codec import InferRequest, InferResponse, Tensor, datatype_of
+from services.common.converters import (
+    infer_request_from_pb,
+    infer_response_to_pb,
+    model_metadata_to_pb,
+    stream_error,
+)
+from services.common.encoder_tensors import RESULT_OUTPUT, encoder_inputs_from
 from services.common.engine import ModelInfo
-from services.common.errors import GENERIC_INTERNAL_MESSAGE, HfmeshError, NotFound, Unavailable, Unimplemented
+from services.common.errors import HfmeshError, InternalError, NotFound, Unavailable, Unimplemented
 from services.common.logs import request_id_var
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import inference_pb2_grpc as pb_grpc
 from services.common.version import VERSION
-from services.tokenizer import tensors as t
 from services.tokenizer.core import TokenizerCore, TokenizerModel
 from services.tokenizer.predictor import PredictorClient
+from services.tokenizer.tensors import model_infos
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +51,8 @@ class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):
         if self.core is None:
             return []
         with_predictor = self.predictor is not None
-        return [info for m in self.core.models.values() for info in t.model_infos(m, with_predictor=with_predictor)]
+        models = self.core.models.values()
+        return [info for m in models for info in model_infos(m, with_predictor=with_predictor)]
 
     def _info(self, name: str) -> ModelInfo:
         for info in self.infos():
@@ -96,17 +107,17 @@ class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):
                 response = infer_response_to_pb(await self.infer(infer), raw=infer.raw)
                 yield pb.ModelStreamInferResponse(infer_response=response)
             except HfmeshError as error:
-                yield _stream_error(message, error.message)
+                yield stream_error(message, error)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - one request's bug must not end the stream
                 logger.exception("stream request failed")
-                yield _stream_error(message, GENERIC_INTERNAL_MESSAGE)
+                yield stream_error(message, InternalError())
 
     async def infer(self, infer: InferRequest) -> InferResponse:
         if self.core is None:
             raise Unavailable("the tokenizer service is still loading")
-        base, operation = t.split_model_name(infer.model_name, set(self.core.models))
+        base, operation = tt.split_model_name(infer.model_name, set(self.core.models))
         model = self.core.model(base)
         if operation is None and self.predictor is None:
             raise NotFound(
@@ -114,65 +125,67 @@ class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):
                 f"'{base}.postprocess' and '{base}.detokenize' (and '{base}' only with --predictor_host)"
             )
         handler = {
-            t.RENDER: self._render,
-            t.PREPROCESS: self._preprocess,
-            t.POSTPROCESS: self._postprocess,
-            t.DETOKENIZE: self._detokenize,
+            tt.RENDER: self._render,
+            tt.PREPROCESS: self._preprocess,
+            tt.POSTPROCESS: self._postprocess,
+            tt.DETOKENIZE: self._detokenize,
             None: self._transform,
         }[operation]
-        outputs, parameters = await handler(model, infer)
+        response = await handler(self.core, model, infer)
         if infer.requested_outputs:
-            outputs = [o for o in outputs if o.name in set(infer.requested_outputs)]
-        return InferResponse(model_name=infer.model_name, id=infer.id, outputs=outputs, parameters=parameters)
+            wanted = set(infer.requested_outputs)
+            response.outputs = [o for o in response.outputs if o.name in wanted]
+        return response
 
-    async def _render(self, model: TokenizerModel, infer: InferRequest):
-        result = await self.core.run(model.render, t.render_request_from(infer))
-        parameters = {"max_model_len": model.max_model_len} if model.max_model_len else {}
-        return t.render_outputs(result), parameters
+    async def _render(
+        self, core: TokenizerCore, model: TokenizerModel, infer: InferRequest
+    ) -> InferResponse:
+        rendered = await core.run(model.render, tt.render_from(infer))
+        return tt.render_response(infer, rendered)
 
-    async def _preprocess(self, model: TokenizerModel, infer: InferRequest):
-        texts, pairs = t.texts_from(infer, model.options.task)
-        return t.tensors_out(await self.core.run(model.preprocess, texts, pairs)), {}
+    async def _preprocess(
+        self, core: TokenizerCore, model: TokenizerModel, infer: InferRequest
+    ) -> InferResponse:
+        texts, pairs = encoder_inputs_from(infer, model.options.task, tokens=False).segments()
+        return _response(infer, await core.run(model.preprocess, texts, pairs))
 
-    async def _postprocess(self, model: TokenizerModel, infer: InferRequest):
-        outputs, inputs = t.postprocess_inputs(infer)
-        return await self._result(model, infer, outputs, inputs)
+    async def _postprocess(
+        self, core: TokenizerCore, model: TokenizerModel, infer: InferRequest
+    ) -> InferResponse:
+        outputs, inputs = tt.postprocess_from(infer)
+        result = await core.run(model.postprocess, outputs, inputs, infer.parameters)
+        return _response(infer, {RESULT_OUTPUT: result})
 
-    async def _result(self, model: TokenizerModel, infer: InferRequest, outputs, inputs):
-        """Predictor outputs + the preprocess tensors → the task's `output-0`, with the request's options."""
-        result = await self.core.run(
-            model.postprocess,
-            outputs,
-            inputs,
-            probabilities=t.option(infer, "return_probabilities"),
-            raw_logits=t.option(infer, "return_raw_logits"),
-        )
-        return t.tensors_out({t.RESULT_OUTPUT: result}), {}
-
-    async def _detokenize(self, model: TokenizerModel, infer: InferRequest):
-        ids = t.detokenize_ids(infer)
-        skip = t.option(infer, "skip_special_tokens")
-        texts = await self.core.run(model.detokenize, ids, skip_special_tokens=skip is not False)
-        outputs = [Tensor("text_output", "BYTES", as_bytes_array(texts))]
+    async def _detokenize(
+        self, core: TokenizerCore, model: TokenizerModel, infer: InferRequest
+    ) -> InferResponse:
+        ids, skip = tt.detokenize_from(infer)
+        texts = await core.run(model.detokenize, ids, skip_special_tokens=skip)
+        tokens = None
         if "tokens" in infer.requested_outputs:
-            tokens = await self.core.run(model.token_strings, ids)
-            outputs.append(Tensor("tokens", "BYTES", as_bytes_array(tokens, ids.shape)))
-        return outputs, {}
+            tokens = await core.run(model.token_strings, ids)
+        return tt.detokenize_response(infer, texts, tokens, ids.shape)
 
-    async def _transform(self, model: TokenizerModel, infer: InferRequest):
+    async def _transform(
+        self, core: TokenizerCore, model: TokenizerModel, infer: InferRequest
+    ) -> InferResponse:
         """KServe's transformer: text → preprocess → predictor → postprocess → result."""
         task = model.options.task
         if task.is_generative:
-            raise Unimplemented(f"model '{model.name}' is {task.value}: send generation to an engine, not the transformer")
-        texts, pairs = t.texts_from(infer, task)
-        encoded = await self.core.run(model.preprocess, texts, pairs)
+            raise Unimplemented(
+                f"model '{model.name}' is {task.value}: "
+                "send generation to an engine, not the transformer"
+            )
+        assert self.predictor is not None  # no predictor: `infer` answers NOT_FOUND
+        texts, pairs = encoder_inputs_from(infer, task, tokens=False).segments()
+        encoded = await core.run(model.preprocess, texts, pairs)
         names = model.options.tensor_input_names or tuple(encoded)
         sent = {name: encoded[name] for name in names if name in encoded}
         raw = await self.predictor.infer(model.name, sent, request_id=infer.id or request_id_var.get())
-        return await self._result(model, infer, raw, encoded)
+        result = await core.run(model.postprocess, raw, encoded, infer.parameters)
+        return _response(infer, {RESULT_OUTPUT: result})
 
 
-def _stream_error(message: pb.ModelInferRequest, text: str) -> pb.ModelStreamInferResponse:
-    return pb.ModelStreamInferResponse(
-        error_message=text, infer_response=pb.ModelInferResponse(model_name=message.model_name, id=message.id)
-    )
+def _response(infer: InferRequest, arrays: dict[str, np.ndarray]) -> InferResponse:
+    outputs = [Tensor(name, datatype_of(array), array) for name, array in arrays.items()]
+    return InferResponse(model_name=infer.model_name, id=infer.id, outputs=outputs)

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from services.common.codec import InferRequest, InferResponse, Tensor, datatype_of
+from services.common.codec import InferRequest, InferResponse, Tensor, datatype_of, parse_bool
+from services.common.encoder_tensors import RESULT_OPTIONS, RESULT_OUTPUT, encoder_inputs_from
 from services.common.engine import Task
 from services.common.errors import InvalidArgument
 from services.gateway.core import MeshClient
@@ -32,12 +33,10 @@ from services.gateway.openai.protocol import CompletionRequest
 from services.gateway.openai.serving import GenerationServing
 from services.gateway.routing import ModelRoute
 
-RESULT_OUTPUT = "output-0"
-_ENCODER_OPTIONS = ("return_probabilities", "return_raw_logits")
 
-
-def _options(parameters: dict[str, Any] | None) -> dict[str, Any]:
-    return {k: bool(v) for k, v in (parameters or {}).items() if k in _ENCODER_OPTIONS}
+def _options(parameters: dict[str, Any] | None) -> dict[str, bool]:
+    """The result options a request sets (the tokenizer's flags answer for the others)."""
+    return {k: parse_bool(k, v) for k, v in (parameters or {}).items() if k in RESULT_OPTIONS}
 
 
 def _predictions(task: Task, result: np.ndarray, options: dict[str, Any]) -> list[Any]:
@@ -113,23 +112,12 @@ class KServeServing:
         return response_to_json(response)
 
     async def _v2_encode(self, route: ModelRoute, infer: InferRequest, call: CallContext) -> InferResponse:
-        query, documents = infer.input("query"), infer.input("documents")
-        if route.task is Task.RERANK:
-            if query is None or documents is None or len(infer.inputs) != 2 or query.data.size != 1:
-                raise InvalidArgument(f"rerank model '{route.name}' takes BYTES inputs 'query' [1] and 'documents' [N]")
-            q = bytes(query.data.ravel()[0]).decode("utf-8", errors="replace")
-            pairs = [bytes(d).decode("utf-8", errors="replace") for d in documents.data.ravel()]
-            texts: list[str] = [q] * len(pairs)
-        else:
-            if len(infer.inputs) != 1:
-                raise InvalidArgument(f"model '{route.name}' takes one BYTES input, got {len(infer.inputs)}")
-            texts = [bytes(v).decode("utf-8", errors="replace") for v in infer.inputs[0].data.ravel()]
-            pairs = None
-        if not texts:
-            raise InvalidArgument(f"model '{route.name}': the text input is empty")
-        encoded = await self.mesh.encode(route, call, texts=texts, pairs=pairs, parameters=_options(infer.parameters))
+        texts, pairs = encoder_inputs_from(infer, route.task, tokens=False).segments()
+        options = _options(infer.parameters)
+        encoded = await self.mesh.encode(route, call, texts=texts, pairs=pairs, parameters=options)
         result = np.asarray(encoded.output)
-        return InferResponse(model_name=route.name, id=infer.id, outputs=[Tensor(RESULT_OUTPUT, datatype_of(result), result)])
+        output = Tensor(RESULT_OUTPUT, datatype_of(result), result)
+        return InferResponse(model_name=route.name, id=infer.id, outputs=[output])
 
     async def v2_metadata(self, name: str, call: CallContext) -> dict[str, Any]:
         return await self.mesh.engine_metadata(self.mesh.route(name), call)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, TypeVar
+from typing import Any, AsyncIterator, Iterator, TypeVar
 
-from services.common.engine import SamplingParams
+from services.common.engine import GenerateDelta, SamplingParams
 from services.common.llm_tensors import check_sampling
-from services.gateway.grpc_clients import EngineDelta
 from services.gateway.openai.protocol import (
     CompletionLogprobs,
     SamplingFields,
@@ -49,40 +48,43 @@ def sampling_params(
 
 @dataclass
 class Choice:
-    """One output sequence as it accumulates."""
+    """One output sequence as it accumulates (`logprobs` / `top_logprobs` per token)."""
 
     index: int
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
-    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
     finish_reason: str | None = None
     num_output_tokens: int = 0
     started: bool = False
 
-    def add(self, delta: EngineDelta) -> None:
+    def add(self, delta: GenerateDelta) -> None:
         self.text += delta.text
         self.token_ids += delta.token_ids
-        if delta.logprobs:
-            self.logprobs += delta.logprobs
-        if delta.num_output_tokens is not None:
-            self.num_output_tokens = delta.num_output_tokens
-        else:
-            self.num_output_tokens = len(self.token_ids)
+        self.logprobs += delta.logprobs or []
+        self.top_logprobs += delta.top_logprobs or []
+        # A response without the count (not the last one) leaves it to the ids so far.
+        self.num_output_tokens = delta.num_output_tokens or len(self.token_ids)
         if delta.finish_reason:
             self.finish_reason = delta.finish_reason
 
 
-def combine(first: EngineDelta, then: EngineDelta) -> EngineDelta:
+def _joined(first: list[T] | None, then: list[T] | None) -> list[T] | None:
+    return None if first is None and then is None else (first or []) + (then or [])
+
+
+def combine(first: GenerateDelta, then: GenerateDelta) -> GenerateDelta:
     """Two consecutive deltas of one sequence as one."""
-    logprobs = (first.logprobs or []) + (then.logprobs or []) if first.logprobs or then.logprobs else None
-    return EngineDelta(
+    return GenerateDelta(
         index=first.index,
         text=first.text + then.text,
         token_ids=first.token_ids + then.token_ids,
         finish_reason=then.finish_reason or first.finish_reason,
-        num_input_tokens=then.num_input_tokens if then.num_input_tokens is not None else first.num_input_tokens,
-        num_output_tokens=then.num_output_tokens if then.num_output_tokens is not None else first.num_output_tokens,
-        logprobs=logprobs,
+        num_input_tokens=then.num_input_tokens or first.num_input_tokens,
+        num_output_tokens=then.num_output_tokens or first.num_output_tokens,
+        logprobs=_joined(first.logprobs, then.logprobs),
+        top_logprobs=_joined(first.top_logprobs, then.top_logprobs),
     )
 
 
@@ -139,46 +141,65 @@ async def merge(streams: list[AsyncIterator[T]]) -> AsyncIterator[list[tuple[int
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def logprob_ids(entries: list[dict[str, Any]]) -> list[int]:
-    """Every token id named in engine logprobs entries (sampled and alternatives)."""
+#: Tokens with their logprobs: one delta, or a choice so far.
+Logprobs = GenerateDelta | Choice
+
+
+def has_logprobs(delta: GenerateDelta) -> bool:
+    """Whether a delta brings tokens with logprobs to report."""
+    return delta.logprobs is not None and bool(delta.token_ids)
+
+
+def _entries(source: Logprobs) -> Iterator[tuple[int, float | None, dict[int, float]]]:
+    """(token id, its logprob or None, its alternatives) per token."""
+    logprobs, top = source.logprobs or [], source.top_logprobs or []
+    for i, token in enumerate(source.token_ids):
+        yield token, logprobs[i] if i < len(logprobs) else None, top[i] if i < len(top) else {}
+
+
+def logprob_ids(source: Logprobs) -> list[int]:
+    """Every token id the logprobs name (sampled and alternatives)."""
     ids: list[int] = []
-    for entry in entries:
-        ids.append(int(entry["token_id"]))
-        ids += [int(k) for k in (entry.get("top_logprobs") or {})]
+    for token, _, alternatives in _entries(source):
+        ids.append(token)
+        ids += list(alternatives)
     return ids
 
 
-def _top(entry: dict[str, Any], names: dict[int, str], limit: int) -> list[tuple[str, float]]:
-    alternatives = sorted(((int(k), float(v)) for k, v in (entry.get("top_logprobs") or {}).items()), key=lambda kv: -kv[1])
-    return [(names.get(k, ""), v) for k, v in alternatives[:limit]]
+def _top(
+    alternatives: dict[int, float], names: dict[int, str], limit: int
+) -> list[tuple[str, float]]:
+    ranked = sorted(alternatives.items(), key=lambda kv: -kv[1])
+    return [(names.get(k, ""), v) for k, v in ranked[:limit]]
 
 
 def completion_logprobs(
-    entries: list[dict[str, Any]], names: dict[int, str], limit: int, *, offset: int = 0
+    source: Logprobs, names: dict[int, str], limit: int, *, offset: int = 0
 ) -> CompletionLogprobs:
     out = CompletionLogprobs()
     position = offset
-    for entry in entries:
-        token = names.get(int(entry["token_id"]), "")
+    for token_id, logprob, alternatives in _entries(source):
+        token = names.get(token_id, "")
         out.tokens.append(token)
-        out.token_logprobs.append(entry.get("logprob"))
-        out.top_logprobs.append(dict(_top(entry, names, limit)) if limit else None)
+        out.token_logprobs.append(logprob)
+        out.top_logprobs.append(dict(_top(alternatives, names, limit)) if limit else None)
         out.text_offset.append(position)
         position += len(token)
     return out
 
 
-def chat_logprobs(entries: list[dict[str, Any]], names: dict[int, str], limit: int) -> list[TokenLogprob]:
+def chat_logprobs(source: Logprobs, names: dict[int, str], limit: int) -> list[TokenLogprob]:
     out = []
-    for entry in entries:
-        token = names.get(int(entry["token_id"]), "")
+    for token_id, logprob, alternatives in _entries(source):
+        token = names.get(token_id, "")
         out.append(
             TokenLogprob(
                 token=token,
-                logprob=float(entry.get("logprob") if entry.get("logprob") is not None else float("-inf")),
+                logprob=float(logprob if logprob is not None else float("-inf")),
                 bytes=list(token.encode("utf-8")),
                 top_logprobs=[
-                    TopLogprob(token=t, logprob=v, bytes=list(t.encode("utf-8"))) for t, v in _top(entry, names, limit)
+                    TopLogprob(token=t, logprob=v, bytes=list(t.encode("utf-8")))
+                    for t, v in _top(alternatives, names, limit)
                 ],
             )
         )

@@ -14,11 +14,11 @@ import logging
 import time
 from typing import Any, AsyncIterator
 
-from services.common.engine import Task
+from services.common.engine import GenerateDelta, Task
 from services.common.errors import InternalError, InvalidArgument
 from services.common.llm_tensors import check_context_length
 from services.gateway.core import MeshClient, check_task
-from services.gateway.grpc_clients import CallContext, EngineDelta, Rendered
+from services.gateway.grpc_clients import CallContext, Rendered
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openai import generation as gen
 from services.gateway.openai.messages import hf_messages
@@ -100,8 +100,8 @@ class GenerationServing:
             text = (rendered[choice.index // request.n].prompt if request.echo else "") + choice.text
             logprobs = None
             if request.logprobs is not None:
-                names = await run.names(choice.logprobs)
-                logprobs = gen.completion_logprobs(choice.logprobs, names, request.logprobs)
+                names = await run.names(choice)
+                logprobs = gen.completion_logprobs(choice, names, request.logprobs)
             out.append(CompletionChoice(index=choice.index, text=text, logprobs=logprobs, finish_reason=choice.finish_reason))
         return CompletionResponse(id=run.id("cmpl"), created=now(), model=request.model, choices=out, usage=run.usage(choices))
 
@@ -120,15 +120,16 @@ class GenerationServing:
             parts = []
             for choice, delta in batch:
                 text = delta.text
-                if not text and not delta.finish_reason and not delta.logprobs and choice.started:
+                quiet = not text and not delta.finish_reason and not gen.has_logprobs(delta)
+                if quiet and choice.started:
                     continue  # nothing to tell the client yet (the detokenizer holds partial characters)
                 if request.echo and not choice.started:
                     text = run.rendered[choice.index // request.n].prompt + text
                 choice.started = True
                 logprobs = None
-                if request.logprobs is not None and delta.logprobs:
-                    names = await run.names(delta.logprobs)
-                    logprobs = gen.completion_logprobs(delta.logprobs, names, request.logprobs).model_dump()
+                if request.logprobs is not None and gen.has_logprobs(delta):
+                    names = await run.names(delta)
+                    logprobs = gen.completion_logprobs(delta, names, request.logprobs).model_dump()
                 entry = {"index": choice.index, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason}
                 parts.append(chunks.choice(entry))
             if written := _batch_bytes(run, parts, chunks, usage):
@@ -175,8 +176,8 @@ class GenerationServing:
         for choice in choices:
             logprobs = None
             if request.logprobs:
-                names = await run.names(choice.logprobs)
-                logprobs = ChatLogprobs(content=gen.chat_logprobs(choice.logprobs, names, top))
+                names = await run.names(choice)
+                logprobs = ChatLogprobs(content=gen.chat_logprobs(choice, names, top))
             message = ChatResponseMessage(content=choice.text)
             out.append(ChatChoice(index=choice.index, message=message, logprobs=logprobs, finish_reason=choice.finish_reason))
         return ChatCompletionResponse(id=run.id("chatcmpl"), created=now(), model=request.model, choices=out, usage=run.usage(choices))
@@ -194,14 +195,15 @@ class GenerationServing:
                     choice.started = True
                     first = {"index": choice.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
                     parts.append(chunks.choice(first))
-                if not delta.finish_reason and not delta.logprobs:
+                if not delta.finish_reason and not gen.has_logprobs(delta):
                     if delta.text:
                         parts.append(chunks.content(choice.index, delta.text))
                     continue  # no text: the detokenizer holds partial characters
                 logprobs = None
-                if request.logprobs and delta.logprobs:
-                    names = await run.names(delta.logprobs)
-                    logprobs = {"content": [e.model_dump() for e in gen.chat_logprobs(delta.logprobs, names, top)]}
+                if request.logprobs and gen.has_logprobs(delta):
+                    names = await run.names(delta)
+                    content = gen.chat_logprobs(delta, names, top)
+                    logprobs = {"content": [e.model_dump() for e in content]}
                 content = {"content": delta.text} if delta.text else {}
                 entry = {"index": choice.index, "delta": content, "logprobs": logprobs, "finish_reason": delta.finish_reason}
                 parts.append(chunks.choice(entry))
@@ -241,14 +243,14 @@ class ChoiceStreams:
 
     def __init__(
         self, serving: GenerationServing, route: ModelRoute, call: CallContext, n: int,
-        rendered: list[Rendered], streams: list[AsyncIterator[EngineDelta]], arrival: float,
+        rendered: list[Rendered], streams: list[AsyncIterator[GenerateDelta]], arrival: float,
     ) -> None:
         self.serving, self.route, self.call, self.n, self.rendered = serving, route, call, n, rendered
         self.arrival = arrival
         self.choices = [gen.Choice(index=i) for i in range(n * len(rendered))]
         self._id: str | None = None
         self._first_seen = False
-        self._batches: AsyncIterator[list[tuple[int, EngineDelta]]] = gen.merge(streams)
+        self._batches: AsyncIterator[list[tuple[int, GenerateDelta]]] = gen.merge(streams)
 
     def id(self, prefix: str) -> str:
         if self._id is None:
@@ -259,14 +261,14 @@ class ChoiceStreams:
     def finished(self) -> bool:
         return all(c.finish_reason is not None for c in self.choices)
 
-    async def deltas(self) -> AsyncIterator[list[tuple[gen.Choice, EngineDelta]]]:
+    async def deltas(self) -> AsyncIterator[list[tuple[gen.Choice, GenerateDelta]]]:
         """(choice, delta) pairs as the engines answer, one list per batch of responses that
         arrived together; deltas of one choice in a batch are combined."""
         async for batch in self._batches:
             if not self._first_seen:
                 self._first_seen = True
                 self.serving.metrics.ttft.labels(self.route.name).observe(time.monotonic() - self.arrival)
-            combined: dict[int, EngineDelta] = {}
+            combined: dict[int, GenerateDelta] = {}
             for position, delta in batch:
                 index = position * self.n + delta.index
                 combined[index] = gen.combine(combined[index], delta) if index in combined else delta
@@ -297,7 +299,7 @@ class ChoiceStreams:
             await merged.aclose()
             raise
 
-        async def replay() -> AsyncIterator[list[tuple[int, EngineDelta]]]:
+        async def replay() -> AsyncIterator[list[tuple[int, GenerateDelta]]]:
             for item in first:
                 yield item
             async for item in merged:
@@ -311,8 +313,8 @@ class ChoiceStreams:
             pass
         return self.choices
 
-    async def names(self, entries: list[dict[str, Any]]) -> dict[int, str]:
-        ids = sorted(set(gen.logprob_ids(entries)))
+    async def names(self, source: gen.Logprobs) -> dict[int, str]:
+        ids = sorted(set(gen.logprob_ids(source)))
         strings = await self.serving.mesh.token_strings(self.route, self.call, ids)
         return dict(zip(ids, strings))
 

@@ -92,3 +92,25 @@ def test_both_forms_rejected():
     message.raw_input_contents.append(b"\x00" * 8)
     with pytest.raises(InvalidArgument, match="'x'.*both"):
         infer_request_from_pb(message)
+
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (True, True), (False, False), (1, True), (0, False), (np.bool_(True), True),
+        (np.int64(0), False), ("true", True), ("FALSE", False), ("1", True), ("0", False),
+        ("True", True), (b"false", False),
+    ],
+)
+def test_parse_bool_reads_what_clients_send(value, expected):
+    from services.common.codec import parse_bool
+
+    assert parse_bool("flag", value) is expected
+
+
+@pytest.mark.parametrize("value", ["yes", "", 2, -1, 0.5, None, [True]])
+def test_parse_bool_refuses_the_rest_naming_the_parameter(value):
+    from services.common.codec import parse_bool
+
+    with pytest.raises(InvalidArgument, match="'flag'"):
+        parse_bool("flag", value)

@@ -202,11 +202,11 @@ async def test_stream_error_carries_its_status(served):
 def _pending(request, index, text, finish=None):
     from services.common import llm_tensors
     from services.common.engine import GenerateDelta
-    from services.common.oip_servicer import _Pending
+    from services.common.oip_servicer import PendingDeltas
 
     options = llm_tensors.LLMOptions(stream=True, exclude_input_in_output=True, coalesce_deltas=True)
     delta = GenerateDelta(index=index, text=text, token_ids=[len(text)], num_input_tokens=3, num_output_tokens=1, finish_reason=finish)
-    return _Pending(request, options, 1, [delta])
+    return PendingDeltas(request, options, 1, [delta])
 
 
 def test_queued_deltas_of_a_sequence_leave_as_one_response():

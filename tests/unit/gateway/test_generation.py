@@ -1,22 +1,18 @@
-"""Stream merging and delta coalescing, and the engine-response fast path."""
+"""Stream merging and delta coalescing (the response decoding is tested with `llm_tensors`)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 
-import numpy as np
 import pytest
 
-from services.common.codec import InferResponse, Tensor, as_bytes_array
-from services.common.converters import infer_response_from_pb, infer_response_to_pb
+from services.common.engine import GenerateDelta
 from services.common.errors import InvalidArgument
-from services.gateway.grpc_clients import EngineDelta, _delta, _raw_delta
 from services.gateway.openai import generation as gen
 
 
-def delta(text: str, token: int, *, index: int = 0, reason: str | None = None) -> EngineDelta:
-    return EngineDelta(index, text, [token], reason, 3, token, [{"token_id": token, "logprob": -1.0}])
+def delta(text: str, token: int, *, index: int = 0, reason: str | None = None) -> GenerateDelta:
+    return GenerateDelta(index, text, [token], 3, token, reason, logprobs=[-1.0])
 
 
 async def test_merge_batches_what_arrived_while_the_consumer_was_busy():
@@ -36,7 +32,7 @@ async def test_merge_batches_what_arrived_while_the_consumer_was_busy():
     assert len(batches) <= 2  # the three that arrived together came as one batch
     combined = gen.combine(gen.combine(delta("x", 1), delta("y", 2)), delta("z", 3, reason="length"))
     assert (combined.text, combined.token_ids, combined.finish_reason, combined.num_output_tokens) == ("xyz", [1, 2, 3], "length", 3)
-    assert [e["token_id"] for e in combined.logprobs] == [1, 2, 3]
+    assert combined.logprobs == [-1.0, -1.0, -1.0] and combined.top_logprobs is None
 
 
 async def test_merge_passes_errors_after_the_items_before_them():
@@ -49,40 +45,3 @@ async def test_merge_passes_errors_after_the_items_before_them():
         async for batch in gen.merge([failing()]):
             seen += batch
     assert [d.text for _, d in seen] == ["ok"]
-
-
-def test_fast_path_decodes_like_the_codec():
-    outputs = [
-        Tensor("text_output", "BYTES", as_bytes_array(["héllo"])),
-        Tensor("output_ids", "INT64", np.array([42, 7], dtype=np.int64)),
-        Tensor("finish_reason", "BYTES", as_bytes_array(["stop"])),
-        Tensor("num_input_tokens", "INT64", np.array([5], dtype=np.int64)),
-        Tensor("num_output_tokens", "INT64", np.array([2], dtype=np.int64)),
-        Tensor("logprobs", "BYTES", as_bytes_array([json.dumps([{"token_id": 42, "logprob": -0.5}])])),
-        Tensor("sequence_index", "INT64", np.array([1], dtype=np.int64)),
-    ]
-    raw = infer_response_to_pb(InferResponse("m", outputs), raw=True)
-    assert _raw_delta(raw) == _delta(infer_response_from_pb(raw))
-    typed = infer_response_to_pb(InferResponse("m", outputs), raw=False)
-    assert _raw_delta(typed) is None  # typed contents take the codec path
-
-
-def test_stream_errors_keep_their_status():
-    import grpc
-
-    from services.common.errors import InternalError, NotFound, Unavailable
-    from services.common.pb import inference_pb2 as pb
-    from services.gateway.grpc_clients import _stream_error
-
-    def reply(text: str, code: str | None = None) -> pb.ModelStreamInferResponse:
-        message = pb.ModelStreamInferResponse(error_message=text)
-        if code:
-            message.infer_response.parameters["error_code"].string_param = code
-        return message
-
-    assert isinstance(_stream_error(reply("x", "UNAVAILABLE")), Unavailable)
-    assert _stream_error(reply("x", "NOT_FOUND")).grpc_code is grpc.StatusCode.NOT_FOUND
-    assert isinstance(_stream_error(reply("model 'm' is not ready (loading)")), Unavailable)
-    assert isinstance(_stream_error(reply("unknown model 'q'")), NotFound)
-    assert isinstance(_stream_error(reply("internal error; see the service logs")), InternalError)
-    assert isinstance(_stream_error(reply("sampling parameter 'x' is not supported")), InvalidArgument)

@@ -110,3 +110,22 @@ async def test_kserve_bodies_are_json_whatever_the_content_type(http):
     assert broken.status_code == 400 and "JSON" in broken.json()["error"]
     missing = await http.post("/v2/models/sentiment/infer", json={"inputs": [{"name": "x", "shape": [1]}]})
     assert missing.status_code == 400 and "datatype" in missing.json()["error"]
+
+
+async def test_v2_boolean_parameters_mean_what_they_say(http):
+    def body(flag: object) -> dict:
+        texts = ["good", "bad movie"]
+        inputs = [{"name": "input-0", "shape": [2], "datatype": "BYTES", "data": texts}]
+        return {"inputs": inputs, "parameters": {"return_probabilities": flag}}
+
+    for false in ("false", "False", "0", False, 0):
+        reply = await http.post("/v2/models/sentiment/infer", json=body(false))
+        assert reply.status_code == 200, reply.text
+        # class ids, not probabilities
+        assert reply.json()["outputs"][0]["datatype"] == "INT64", false
+    for true in ("true", "1", True):
+        reply = await http.post("/v2/models/sentiment/infer", json=body(true))
+        output = reply.json()["outputs"][0]
+        assert output["datatype"] == "FP32" and output["shape"] == [2, 2]
+    bad = await http.post("/v2/models/sentiment/infer", json=body("maybe"))
+    assert bad.status_code == 400 and "return_probabilities" in bad.json()["error"]

@@ -84,8 +84,8 @@ def test_continue_final_message_and_custom_template(pair):
 
 def test_plain_text_adds_special_tokens_like_the_tokenizer(pair):
     ours, theirs = pair
-    assert ours.render(RenderRequest(text="Hello world")).input_ids == theirs("Hello world")["input_ids"]
-    assert ours.render(RenderRequest(text="Hello", add_special_tokens=False)).input_ids == theirs("Hello", add_special_tokens=False)["input_ids"]
+    assert ours.render(RenderRequest(text_input="Hello world")).input_ids == theirs("Hello world")["input_ids"]
+    assert ours.render(RenderRequest(text_input="Hello", add_special_tokens=False)).input_ids == theirs("Hello", add_special_tokens=False)["input_ids"]
 
 
 @pytest.mark.parametrize(
@@ -93,8 +93,8 @@ def test_plain_text_adds_special_tokens_like_the_tokenizer(pair):
     [
         (RenderRequest(messages=[]), "non-empty"),
         (RenderRequest(messages=[{"content": "no role"}]), "role"),
-        (RenderRequest(text=""), "empty"),
-        (RenderRequest(messages=[{"role": "user", "content": "x"}], text="y"), "exactly one"),
+        (RenderRequest(text_input=""), "empty"),
+        (RenderRequest(messages=[{"role": "user", "content": "x"}], text_input="y"), "exactly one"),
         (RenderRequest(messages=[{"role": "user", "content": "x"}], continue_final_message=True), "assistant"),
         (RenderRequest(messages=[{"role": "user", "content": "x"}], chat_template="{% if %}"), "chat template"),
         (RenderRequest(messages=[{"role": "user", "content": "x"}], chat_template="{{ raise_exception('nope') }}"), "nope"),

@@ -149,3 +149,15 @@ async def test_transformer_mode_fronts_an_oip_predictor(model_path):
         await client.close()
         await predictor.close()
         await runner.server.stop(0)
+
+
+async def test_stream_errors_carry_their_status(service):
+    import tritonclient.grpc.service_pb2 as triton_pb
+    import tritonclient.grpc.service_pb2_grpc as triton_grpc
+
+    request = triton_pb.ModelInferRequest(model_name="nope.render", id="s1")
+    stub = triton_grpc.GRPCInferenceServiceStub(service._channel)
+    async for reply in stub.ModelStreamInfer(iter([request])):
+        assert "nope" in reply.error_message and reply.infer_response.id == "s1"
+        assert reply.infer_response.parameters["error_code"].string_param == "NOT_FOUND"
+        break
