@@ -101,11 +101,10 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     """Triton clients often send numbers as strings; accept both."""
     try:
         if isinstance(default, bool) or name in ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens"):
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1")
-            return bool(value)
+            try:
+                return parse_bool(name, value)
+            except InvalidArgument:
+                raise ValueError(value) from None
         if name in ("stop", "stop_token_ids"):
             items = [value] if isinstance(value, (str, int)) else list(value)
             return [int(v) for v in items] if name == "stop_token_ids" else [str(v) for v in items]
@@ -201,6 +200,30 @@ def check_context_length(
             f"({prompt} in the prompt, {asked} for the completion) do not fit {where}. "
             "Reduce the prompt or max_tokens."
         )
+
+
+def generate_request(
+    model: str,
+    input_ids: list[int],
+    sampling: SamplingParams,
+    *,
+    request_id: str,
+    stream: bool = True,
+    logprobs: bool = False,
+    coalesce_deltas: bool = True,
+) -> InferRequest:
+    """The client side of `parse_generate_request`: token ids in, deltas only (the
+    prompt is never echoed), the sampling parameters as their JSON tensor."""
+    inputs = [
+        Tensor("input_ids", "INT64", np.asarray(input_ids, dtype=np.int64)),
+        Tensor("sampling_parameters", "BYTES", as_bytes_array([sampling_to_json(sampling)])),
+        Tensor("stream", "BOOL", np.asarray([stream], dtype=np.bool_)),
+        Tensor("exclude_input_in_output", "BOOL", np.asarray([True], dtype=np.bool_)),
+    ]
+    if logprobs:
+        inputs.append(Tensor("return_logprobs", "BOOL", np.asarray([True], dtype=np.bool_)))
+    parameters: dict[str, Any] = {"coalesce_deltas": True} if coalesce_deltas else {}
+    return InferRequest(model, inputs, id=request_id, parameters=parameters)
 
 
 def parse_generate_request(request: InferRequest, request_id: str) -> tuple[GenerateRequest, LLMOptions]:

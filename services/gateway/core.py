@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator
 
 import numpy as np
 
+from services.common import llm_tensors
 from services.common.codec import InferRequest, InferResponse, Tensor
 from services.common.encoder_tensors import TOKEN_INPUTS
 from services.common.engine import GenerateDelta, SamplingParams, Task
@@ -84,7 +85,9 @@ class MeshClient:
     ) -> AsyncIterator[GenerateDelta]:
         """Stream engine deltas. An engine answering UNAVAILABLE before any output is
         skipped and the next replica (or the fallback backend) is tried."""
-        request = rpc.generate_request(route.name, input_ids, sampling, logprobs=logprobs, request_id=call.request_id)
+        request = llm_tensors.generate_request(
+            route.name, input_ids, sampling, logprobs=logprobs, request_id=call.request_id
+        )
         tried: set = set()
         while True:
             replica = route.engine(exclude=tried)

@@ -17,15 +17,15 @@ import grpc
 import numpy as np
 
 from services.common import tokenizer_tensors as tt
-from services.common.codec import InferRequest, InferResponse, Tensor, as_bytes_array
+from services.common.codec import InferRequest, InferResponse
 from services.common.converters import (
     error_from_stream,
     infer_request_to_pb,
     infer_response_from_pb,
 )
-from services.common.engine import GenerateDelta, SamplingParams
+from services.common.engine import GenerateDelta
 from services.common.errors import DeadlineExceeded, from_rpc_error
-from services.common.llm_tensors import delta_from_response, sampling_to_json
+from services.common.llm_tensors import delta_from_response
 from services.common.logs import REQUEST_ID_HEADER
 from services.common.pb import inference_pb2 as pb
 from services.common.tokenizer_tensors import Rendered
@@ -48,14 +48,6 @@ class CallContext:
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return ((REQUEST_ID_HEADER, self.request_id),)
-
-
-def _bytes_tensor(name: str, value: str | bytes) -> Tensor:
-    return Tensor(name, "BYTES", as_bytes_array([value]))
-
-
-def _bool_tensor(name: str, value: bool) -> Tensor:
-    return Tensor(name, "BOOL", np.asarray([value], dtype=np.bool_))
 
 
 async def infer(replica: Replica, request: InferRequest, call: CallContext, *, cap: float | None = None) -> InferResponse:
@@ -111,18 +103,6 @@ async def detokenize(replica: Replica, model: str, ids: list[int], call: CallCon
 
 
 # -- engines -----------------------------------------------------------------
-
-
-def generate_request(model: str, input_ids: list[int], sampling: SamplingParams, *, logprobs: bool, request_id: str) -> InferRequest:
-    inputs = [
-        Tensor("input_ids", "INT64", np.asarray(input_ids, dtype=np.int64)),
-        _bytes_tensor("sampling_parameters", sampling_to_json(sampling)),
-        _bool_tensor("stream", True),
-        _bool_tensor("exclude_input_in_output", True),
-    ]
-    if logprobs:
-        inputs.append(_bool_tensor("return_logprobs", True))
-    return InferRequest(model, inputs, id=request_id, parameters={"coalesce_deltas": True})
 
 
 async def stream_generate(

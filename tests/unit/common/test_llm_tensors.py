@@ -7,8 +7,12 @@ import pytest
 
 from services.common import llm_tensors
 from services.common.codec import InferRequest, InferResponse, Tensor, as_bytes_array
-from services.common.converters import infer_response_to_pb
-from services.common.engine import GenerateDelta
+from services.common.converters import (
+    infer_request_from_pb,
+    infer_request_to_pb,
+    infer_response_to_pb,
+)
+from services.common.engine import GenerateDelta, SamplingParams
 from services.common.errors import InvalidArgument
 
 REQUEST = InferRequest("llm", [], id="r")
@@ -77,3 +81,18 @@ def test_protocol_flags_are_booleans_as_clients_send_them():
     ).empty_final_response
     with pytest.raises(InvalidArgument, match="coalesce_deltas"):
         options(coalesce_deltas="yes")
+
+
+def test_generate_request_round_trip():
+    """The gateway's builder and the engine's parser agree on every field."""
+    sampling = SamplingParams(max_tokens=7, temperature=0.0, stop=["\n"], extra={"logit_bias": {"3": 1.5}})
+    request = llm_tensors.generate_request(
+        "m", [5, 6, 7], sampling, request_id="r1", logprobs=True
+    )
+    generate, options = llm_tensors.parse_generate_request(
+        infer_request_from_pb(infer_request_to_pb(request)), "engine-id"
+    )
+    assert generate.prompt_token_ids == [5, 6, 7] and generate.prompt is None
+    assert generate.sampling == sampling
+    assert options.stream and options.exclude_input_in_output and options.return_logprobs
+    assert options.coalesce_deltas
