@@ -28,6 +28,8 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import code_pb2, status_pb2
 
+from services.common.mesh import MeshPlan
+
 logger = logging.getLogger(__name__)
 
 ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -57,6 +59,14 @@ class DiscoveryError(Exception):
 
 class InvalidResponse(ValueError):
     """A response this subscriber rejects (NACKs)."""
+
+
+def subscriptions(plan: MeshPlan) -> list[str]:
+    """The services a gateway serving `plan` follows: each model's tokenizers and engines."""
+    names = []
+    for entry in plan.models:
+        names += [f"{entry.name}.tokenizer", *(f"{entry.name}.{b}" for b in entry.backends)]
+    return names
 
 
 def parse_response(response: discovery_pb2.DiscoveryResponse) -> Endpoints:

@@ -10,11 +10,18 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 
+from services.common.mesh import load_mesh
 from services.control_plane import resources
 from services.control_plane.model_list import SOURCE as STATIC
 from services.control_plane.store import Endpoint as Published
 from services.control_plane.store import Publication, ServiceKey
-from services.gateway.discovery import ENDPOINT_TYPE, Discovery, DiscoveryError, Endpoint
+from services.gateway.discovery import (
+    ENDPOINT_TYPE,
+    Discovery,
+    DiscoveryError,
+    Endpoint,
+    subscriptions,
+)
 from services.launcher.processes import free_port
 from tests.unit.control_plane.helpers import Planes, eventually, mesh_file
 
@@ -107,6 +114,12 @@ async def test_unreachable_control_plane_at_start_is_a_clear_error(discoveries):
     address = f"127.0.0.1:{free_port()}"
     with pytest.raises(DiscoveryError, match=f"control plane at {address} is unreachable"):
         await discoveries(address, connect_timeout=0.5)
+
+
+def test_subscriptions_of_a_model_list(tmp_path):
+    plan = load_mesh(mesh_file(tmp_path), vllm_available=True)
+    assert subscriptions(plan) == ["m.tokenizer", "m.huggingface", "g.tokenizer", "g.vllm",
+                                   "g.huggingface"]
 
 
 async def test_every_service_when_none_is_named(planes, discoveries):
