@@ -1,4 +1,6 @@
-"""Helpers of the control plane tests: tiny named backends, polling, a planned model list."""
+"""Helpers of the control plane tests: tiny named backends, polling, a planned model list, control
+planes restarted on their port (also used by the registration client's and the gateway's tests).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +11,9 @@ from collections.abc import Awaitable, Callable
 import grpc
 import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from services.control_plane.app import ControlPlane
+from services.control_plane.settings import ControlPlaneSettings
 
 WHO = "/hfmesh.test.Echo/Who"
 
@@ -69,3 +74,23 @@ def mesh_file(tmp_path, endpoints: dict[str, list[str]] | None = None) -> str:
     path = tmp_path / "mesh.yaml"
     path.write_text(yaml.safe_dump({"models": [m, g]}))
     return str(path)
+
+
+class Planes:
+    """Control planes started in process with `start(port=0, **settings)`; `stop_all()`."""
+
+    def __init__(self, model_list: str) -> None:
+        self.model_list = model_list
+        self.started: list[ControlPlane] = []
+
+    async def start(self, port: int = 0, **overrides) -> ControlPlane:
+        values = {"host": "127.0.0.1", "port": port, "health_interval": 0,
+                  "model_list": self.model_list, **overrides}
+        plane = ControlPlane(ControlPlaneSettings(**values))
+        await plane.start()
+        self.started.append(plane)
+        return plane
+
+    async def stop_all(self) -> None:
+        for plane in self.started:
+            await plane.stop(None)
