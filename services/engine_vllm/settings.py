@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator
 
+from services.common.architecture import infer_task
 from services.common.engine import Task
 from services.common.errors import InvalidArgument
 from services.common.settings import build_parser, parse_settings
@@ -156,20 +156,6 @@ def resolve_dtype(dtype: str, *, on_cpu: bool) -> str:
     return "float32" if dtype == "auto" and on_cpu else dtype
 
 
-def infer_task(model: str, requested: str | None) -> Task | None:
-    """The KServe task: as given, else from a local folder's architecture; None lets vLLM decide."""
-    if requested is not None:
-        return Task(requested)
-    if not (Path(model) / "config.json").is_file():
-        return None
-    from services.common.mesh import read_architecture, task_from_architecture
-
-    try:
-        return task_from_architecture(read_architecture(model))
-    except InvalidArgument:
-        return None
-
-
 def vllm_parser() -> argparse.ArgumentParser:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.utils.argparse_utils import FlexibleArgumentParser
@@ -200,7 +186,10 @@ def build_config(argv: list[str] | None = None, *, on_cpu: bool | None = None) -
     if model is None:
         parser.error("give the model with --model_dir (a local folder) or --model_id")
     try:
-        task = infer_task(model, settings.task)
+        task: Task | None = infer_task(model, Task(settings.task) if settings.task else None)
+    except InvalidArgument:
+        task = None  # a hub id, or an architecture KServe's rules do not name: vLLM decides
+    try:
         lora_modules = [parse_lora_module(spec) for spec in settings.lora_modules]
     except InvalidArgument as error:
         parser.error(error.message)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from services.common.engine import Task
 from services.common.errors import InvalidArgument
+from services.common.model_list import load_model_list
 
 
 class TokenizerSettings(BaseModel):
@@ -68,8 +69,8 @@ def _port_of(address: str) -> int | None:
 def model_specs(settings: TokenizerSettings) -> list[ModelSpec]:
     """Models from `--model_dir` flags, or from the model list.
 
-    From a model list, a model is served when it has a tokenizer and either
-    lists no tokenizer endpoint or lists one on this service's port.
+    From a planned model list, a model is served when its endpoints list no
+    tokenizer or one on this service's port.
     """
     specs: list[ModelSpec] = []
     dirs, names, tasks = settings.model_dir, settings.model_name, settings.task
@@ -82,13 +83,10 @@ def model_specs(settings: TokenizerSettings) -> list[ModelSpec]:
         task = tasks[index] if len(tasks) > 1 else (tasks[0] if tasks else None)
         specs.append(ModelSpec(name, folder, Task(task) if task else None, settings.max_model_len))
     if settings.model_list:
-        from services.common.mesh import load_mesh
-
-        plan = load_mesh(settings.model_list, resolve=False)
+        plan = load_model_list(settings.model_list)
         for entry in plan.models:
-            endpoints = plan.endpoints.get(entry.name)
-            listed = endpoints.tokenizer if endpoints else []
-            if not entry.tokenizer or (listed and settings.port not in {_port_of(a) for a in listed}):
+            listed = plan.endpoints[entry.name].tokenizer
+            if listed and settings.port not in {_port_of(a) for a in listed}:
                 continue
             specs.append(ModelSpec(entry.name, entry.source, entry.task, entry.max_model_len or settings.max_model_len))
     if not specs:

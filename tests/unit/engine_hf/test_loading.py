@@ -8,28 +8,8 @@ import torch
 from services.common.engine import ModelState, Task
 from services.common.settings import parse_settings
 from services.engine_hf.core import HFEngine
-from services.engine_hf.loading import ModelLoadError, infer_task, resolve_dtype
+from services.engine_hf.loading import ModelLoadError, resolve_dtype
 from services.engine_hf.settings import HFEngineSettings
-
-
-@pytest.mark.parametrize(
-    "architecture,task",
-    [
-        ("LlamaForCausalLM", Task.TEXT_GENERATION),
-        ("T5ForConditionalGeneration", Task.TEXT2TEXT_GENERATION),
-        ("BertForMaskedLM", Task.FILL_MASK),
-        ("BertForTokenClassification", Task.TOKEN_CLASSIFICATION),
-        ("BertForSequenceClassification", Task.SEQUENCE_CLASSIFICATION),
-        ("BertModel", Task.TEXT_EMBEDDING),
-    ],
-)
-def test_task_inferred_from_architecture_suffix(architecture, task):
-    assert infer_task([architecture]) is task
-
-
-def test_unknown_architecture_asks_for_task():
-    with pytest.raises(ModelLoadError, match="set --task"):
-        infer_task(["WhisperEncoderThing"])
 
 
 def test_dtype_auto_is_float32_on_cpu():
