@@ -41,7 +41,7 @@ class LoadedModel:
     architecture: str
 
 
-def resolve_dtype(name: str, device: Any, config_dtype: Any = None) -> Any:
+def torch_dtype(name: str, device: Any, config_dtype: Any = None) -> Any:
     """`auto` is float32 on CPU (as KServe); on GPU the config's half dtype, else float16."""
     import torch
 
@@ -92,7 +92,7 @@ def load_model(settings: HFEngineSettings) -> LoadedModel:
             f"rerank needs a single-label cross-encoder (num_labels=1); {architecture} has {config.num_labels}"
         )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = resolve_dtype(settings.dtype, device, getattr(config, "dtype", None))
+    dtype = torch_dtype(settings.dtype, device, getattr(config, "dtype", None))
     tok_kwargs = dict(common)
     if settings.model_id and settings.tokenizer_revision:
         tok_kwargs["revision"] = settings.tokenizer_revision

@@ -8,15 +8,15 @@ import torch
 from services.common.engine import ModelState, Task
 from services.common.settings import parse_settings
 from services.engine_hf.core import HFEngine
-from services.engine_hf.loading import ModelLoadError, resolve_dtype
+from services.engine_hf.loading import ModelLoadError, torch_dtype
 from services.engine_hf.settings import HFEngineSettings
 
 
 def test_dtype_auto_is_float32_on_cpu():
     cpu = torch.device("cpu")
-    assert resolve_dtype("auto", cpu, torch.bfloat16) is torch.float32
-    assert resolve_dtype("half", cpu) is torch.float16
-    assert resolve_dtype("bfloat16", cpu) is torch.bfloat16
+    assert torch_dtype("auto", cpu, torch.bfloat16) is torch.float32
+    assert torch_dtype("half", cpu) is torch.float16
+    assert torch_dtype("bfloat16", cpu) is torch.bfloat16
 
 
 def test_kserve_flags_parse(tmp_path):
