@@ -39,6 +39,12 @@ class FakeEngine:
     def healthy(self):
         return True
 
+    async def start(self) -> None:
+        pass
+
+    async def shutdown(self) -> None:
+        pass
+
     async def generate(self, request: GenerateRequest):
         params = request.sampling
         if params.extra:

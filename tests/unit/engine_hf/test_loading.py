@@ -39,7 +39,7 @@ def test_a_model_source_is_required():
 async def test_model_id_without_a_hub_fails_clearly():
     engine = HFEngine(HFEngineSettings(model_id="someone/not-here", model_name="m"))
     with pytest.raises(ModelLoadError, match="no model hub is reachable; use --model_dir"):
-        await engine.load()
+        await engine.start()
     assert engine.models()[0].state is ModelState.UNAVAILABLE
     await engine.shutdown()
 
@@ -47,7 +47,7 @@ async def test_model_id_without_a_hub_fails_clearly():
 async def test_rerank_needs_a_single_label_model(model_path):
     engine = HFEngine(HFEngineSettings(model_dir=model_path("tiny-bert-sentiment"), task=Task.RERANK))
     with pytest.raises(ModelLoadError, match="num_labels=1"):
-        await engine.load()
+        await engine.start()
     await engine.shutdown()
 
 
@@ -59,7 +59,7 @@ async def test_single_label_model_is_classification_unless_rerank_is_asked(engin
 async def test_max_model_len_cannot_exceed_the_model(model_path):
     engine = HFEngine(HFEngineSettings(model_dir=model_path("tiny-llama"), max_model_len=100000))
     with pytest.raises(ModelLoadError, match="exceeds the model's limit 512"):
-        await engine.load()
+        await engine.start()
     await engine.shutdown()
 
 

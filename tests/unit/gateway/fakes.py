@@ -122,6 +122,12 @@ class FakeEngine:
     def healthy(self) -> bool:
         return True
 
+    async def start(self) -> None:
+        pass
+
+    async def shutdown(self) -> None:
+        pass
+
 
 def ready(name: str, task: Task, max_model_len: int | None = None) -> ModelInfo:
     return ModelInfo(name=name, task=task, state=ModelState.READY, max_model_len=max_model_len)
