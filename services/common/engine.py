@@ -169,7 +169,7 @@ class Engine(Protocol):
         """Every model this engine serves (base models and adapters)."""
         ...
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateDelta]:
+    def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateDelta]:
         """Stream deltas; raises `InvalidArgument` for bad parameters before yielding."""
         ...
 

@@ -137,9 +137,12 @@ def _planned_entry(raw: dict[str, Any]) -> tuple[ModelEntry, Endpoints]:
         )
     if raw["backend"] not in ENGINE_BACKENDS:
         raise InvalidArgument(
-            f"model '{name}': a planned backend is {' or '.join(ENGINE_BACKENDS)}, got '{raw['backend']}'"
+            f"model '{name}': a planned backend is {' or '.join(ENGINE_BACKENDS)}, "
+            f"got '{raw['backend']}'"
         )
-    entry = model_entry(raw, source=str(raw["source"]), task=Task(raw["task"]), backend=raw["backend"])
+    entry = model_entry(
+        raw, source=str(raw["source"]), task=Task(raw["task"]), backend=raw["backend"]
+    )
     endpoints = raw["endpoints"]
     engines = {k: list(v) for k, v in endpoints.items() if k in ENGINE_BACKENDS}
     return entry, Endpoints(tokenizer=list(endpoints.get("tokenizer", [])), engines=engines)

@@ -53,7 +53,8 @@ def build_parser(model: type[BaseModel], *, prog: str, description: str) -> argp
         flags = [f"--{name}"]
         if "-" not in name and "_" in name:
             flags.append(f"--{name.replace('_', '-')}")
-        flags += list(extra.get("aliases", []))
+        aliases = extra.get("aliases")
+        flags += [str(alias) for alias in aliases] if isinstance(aliases, list) else []
         help_text = (field.description or "") + f" [env {ENV_PREFIX}{name.upper()}]"
         kind = _base_type(field.annotation)
         default = None if field.is_required() else field.get_default(call_default_factory=True)
@@ -108,11 +109,14 @@ class TokenizerFlags(BaseModel):
     host: str = Field("0.0.0.0", description="gRPC listen address")
     max_model_len: int | None = Field(
         None,
-        description="context length (default: the model's limit); encoder inputs are truncated to it",
+        description="context length (default: the model's limit); "
+        "encoder inputs are truncated to it",
         json_schema_extra={"aliases": ["--max_length", "--max-length"]},
     )
     disable_lower_case: bool = Field(False, description="do not lower-case text in the tokenizer")
-    disable_special_tokens: bool = Field(False, description="do not add special tokens when tokenizing")
+    disable_special_tokens: bool = Field(
+        False, description="do not add special tokens when tokenizing"
+    )
     tensor_input_names: str | None = Field(
         None,
         description="comma-separated token tensors: those sent to the predictor, or taken on "
@@ -126,7 +130,9 @@ class TokenizerFlags(BaseModel):
     return_probabilities: bool = Field(
         False, description="classification / fill_mask: answer softmax probabilities, not class ids"
     )
-    return_raw_logits: bool = Field(False, description="classification / fill_mask: answer raw logits")
+    return_raw_logits: bool = Field(
+        False, description="classification / fill_mask: answer raw logits"
+    )
     log_level: str = Field("INFO", description="logging level")
 
 

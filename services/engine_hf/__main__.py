@@ -1,4 +1,7 @@
-"""`python -m services.engine_hf --model_dir DIR --model_name NAME --port N`: the HF engine as an OIP v2 gRPC server."""
+"""`python -m services.engine_hf --model_dir DIR --model_name NAME --port N`.
+
+The HF engine as an OIP v2 gRPC server (`services.common.server.serve_engine`).
+"""
 
 from __future__ import annotations
 

@@ -10,7 +10,9 @@ DTYPES = ("auto", "float32", "float16", "bfloat16", "float", "half")
 
 
 class HFEngineSettings(KServeRuntimeFlags):
-    max_batch_size: int = Field(32, description="encoder rows per forward pass (1: one request at a time)")
+    max_batch_size: int = Field(
+        32, description="encoder rows per forward pass (1: one request at a time)"
+    )
     max_batch_wait_ms: float = Field(
         10.0,
         description="longest wait for company: an encoder batch smaller than the previous one, "
@@ -23,9 +25,11 @@ class HFEngineSettings(KServeRuntimeFlags):
     @classmethod
     def _this_backend(cls, value: str) -> str:
         if value == "vllm":
-            raise ValueError("--backend vllm: this is the transformers engine; run services.engine_vllm instead")
+            raise ValueError(
+                "--backend vllm: this is the transformers engine; run services.engine_vllm instead"
+            )
         if value not in ("auto", "huggingface"):
-            raise ValueError(f"this is the transformers engine (auto or huggingface), got '{value}'")
+            raise ValueError(f"this is the transformers engine (auto, huggingface), got '{value}'")
         return value
 
     @model_validator(mode="after")

@@ -1,4 +1,4 @@
-"""`python -m services.engine_vllm --model_dir <folder> --model_name <name> --port N [vLLM engine args]`.
+"""`python -m services.engine_vllm --model_dir DIR --model_name NAME --port N [vLLM engine args]`.
 
 Health is NOT_SERVING while vLLM loads. Prometheus `/metrics` (vLLM's `vllm:`
 series) is served on `--metrics_port` when given. If the vLLM engine dies the

@@ -31,7 +31,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Start the hfmesh mesh (tokenizer, engines, gateway) as local processes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model_list", default=str(DEFAULT_MODEL_LIST), help="mesh model list (YAML)")
+    parser.add_argument(
+        "--model_list", default=str(DEFAULT_MODEL_LIST), help="model list to plan and serve (YAML)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address every service binds")
     parser.add_argument("--port", type=int, default=8080, help="gateway HTTP port")
     parser.add_argument("--base_port", type=int, default=50051, help="first gRPC port; services take consecutive ports")

@@ -138,7 +138,10 @@ def plan_processes(
             for replica in range(entry.replicas):
                 suffix = f"-{replica}" if entry.replicas > 1 else ""
                 spec = ProcessSpec(
-                    f"{backend}-{entry.name}{suffix}", ENGINE_MODULES[backend], engine_args(entry, backend), port
+                    f"{backend}-{entry.name}{suffix}",
+                    ENGINE_MODULES[backend],
+                    engine_args(entry, backend),
+                    port,
                 )
                 port += 1
                 specs.append(spec)
@@ -148,4 +151,5 @@ def plan_processes(
 
 
 def gateway_process(mesh_file: str, *, host: str, port: int) -> ProcessSpec:
-    return ProcessSpec("gateway", "services.gateway", ["--model_list", mesh_file, "--host", host], port, ready="http")
+    args = ["--model_list", mesh_file, "--host", host]
+    return ProcessSpec("gateway", "services.gateway", args, port, ready="http")

@@ -16,14 +16,18 @@ from services.common.settings import TokenizerFlags
 class TokenizerSettings(TokenizerFlags):
     port: int = Field(50051, description="gRPC port (0 picks a free one)")
     model_list: str | None = Field(
-        None, description="planned mesh model list (YAML): serve every model whose tokenizer this is"
+        None, description="planned model list (YAML): serve every model whose tokenizer this is"
     )
-    model_dir: list[str] = Field(default_factory=list, description="model folder(s) holding tokenizer files")
+    model_dir: list[str] = Field(
+        default_factory=list, description="model folder(s) holding tokenizer files"
+    )
     model_name: list[str] = Field(
-        default_factory=list, description="served name(s), one per --model_dir (default: folder name)"
+        default_factory=list,
+        description="served name(s), one per --model_dir (default: folder name)",
     )
     task: list[Task] = Field(
-        default_factory=list, description="task(s), one per model or one for all (default: from the architecture)"
+        default_factory=list,
+        description="task(s), one per model or one for all (default: from the architecture)",
     )
     predictor_host: str | None = Field(
         None, description="host:port of an OIP v2 predictor: serve M as KServe's transformer"

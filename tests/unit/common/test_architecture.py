@@ -33,7 +33,9 @@ def test_unknown_architecture_needs_task():
 
 
 def test_infer_task_reads_a_folder_unless_told(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertForSequenceClassification"]}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"architectures": ["BertForSequenceClassification"]})
+    )
     assert read_architecture(tmp_path) == "BertForSequenceClassification"
     assert infer_task(str(tmp_path)) is Task.SEQUENCE_CLASSIFICATION
     assert infer_task(tmp_path / "missing", Task.RERANK) is Task.RERANK

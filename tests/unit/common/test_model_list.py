@@ -3,14 +3,27 @@ import yaml
 
 from services.common.engine import Task
 from services.common.errors import InvalidArgument
-from services.common.model_list import Endpoints, MeshPlan, ModelEntry, load_model_list, parse_model_list
+from services.common.model_list import (
+    Endpoints,
+    MeshPlan,
+    ModelEntry,
+    load_model_list,
+    parse_model_list,
+)
 
 
 def test_round_trip(tmp_path):
     plan = MeshPlan(
         models=[
-            ModelEntry("chat", "/m/c", Task.TEXT_GENERATION, "vllm", fallback="huggingface",
-                       max_model_len=512, engine_args=["--enforce-eager"]),
+            ModelEntry(
+                "chat",
+                "/m/c",
+                Task.TEXT_GENERATION,
+                "vllm",
+                fallback="huggingface",
+                max_model_len=512,
+                engine_args=["--enforce-eager"],
+            ),
             ModelEntry("emb", "/m/e", Task.TEXT_EMBEDDING, replicas=2),
         ],
         endpoints={
@@ -24,14 +37,25 @@ def test_round_trip(tmp_path):
     assert plan.model("chat").backends == ["vllm", "huggingface"]
     written = yaml.safe_load(path.read_text())["models"][0]
     assert written == {
-        "name": "chat", "source": "/m/c", "task": "text_generation", "backend": "vllm",
-        "fallback": "huggingface", "max_model_len": 512, "replicas": 1, "engine_args": ["--enforce-eager"],
+        "name": "chat",
+        "source": "/m/c",
+        "task": "text_generation",
+        "backend": "vllm",
+        "fallback": "huggingface",
+        "max_model_len": 512,
+        "replicas": 1,
+        "engine_args": ["--enforce-eager"],
         "endpoints": {"tokenizer": ["h:1"], "vllm": ["h:2"], "huggingface": ["h:3"]},
     }
 
 
 def test_bad_lists(tmp_path):
-    planned = {"source": "/m", "task": "fill_mask", "backend": "huggingface", "endpoints": {"tokenizer": []}}
+    planned = {
+        "source": "/m",
+        "task": "fill_mask",
+        "backend": "huggingface",
+        "endpoints": {"tokenizer": []},
+    }
     with pytest.raises(InvalidArgument, match="no 'models'"):
         parse_model_list({})
     with pytest.raises(InvalidArgument, match="listed twice"):
@@ -47,7 +71,13 @@ def test_an_unplanned_list_is_refused_without_reading_or_building():
     raw = {"name": "chat", "model": "smollm2-135m-instruct", "backend": "auto"}
     with pytest.raises(InvalidArgument, match="not planned .*services.launcher"):
         parse_model_list({"models": [raw]})
-    planned = {"name": "a", "source": "/m", "task": "fill_mask", "backend": "auto", "endpoints": {"tokenizer": []}}
+    planned = {
+        "name": "a",
+        "source": "/m",
+        "task": "fill_mask",
+        "backend": "auto",
+        "endpoints": {"tokenizer": []},
+    }
     with pytest.raises(InvalidArgument, match="vllm or huggingface, got 'auto'"):
         parse_model_list({"models": [planned]})
     with pytest.raises(InvalidArgument, match="fallback can only be 'huggingface'"):

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+from services.common.server import GrpcServiceRunner, serve_engine
 from tests.procs import grpc_serving
 from tests.unit.common.fake_engine import FakeEngine
-
-from services.common.server import GrpcServiceRunner, serve_engine
 
 
 class LifecycleEngine(FakeEngine):

@@ -9,8 +9,13 @@ from services.launcher.plan import plan_model_list, plan_models, plan_processes,
 
 
 def test_backend_resolution_without_vllm():
-    assert resolve_backend("auto", Task.TEXT_GENERATION, "LlamaForCausalLM", vllm_available=False) == "huggingface"
-    with pytest.raises(InvalidArgument, match="--backend vllm cannot serve this model: vLLM is not installed"):
+    assert (
+        resolve_backend("auto", Task.TEXT_GENERATION, "LlamaForCausalLM", vllm_available=False)
+        == "huggingface"
+    )
+    with pytest.raises(
+        InvalidArgument, match="--backend vllm cannot serve this model: vLLM is not installed"
+    ):
         resolve_backend("vllm", Task.TEXT_GENERATION, "LlamaForCausalLM", vllm_available=False)
     with pytest.raises(InvalidArgument, match="backend must be one of"):
         resolve_backend("triton", Task.TEXT_GENERATION, "LlamaForCausalLM", vllm_available=False)
@@ -28,7 +33,11 @@ def _folder(tmp_path, name, architecture):
 def test_plan_assigns_ports_and_round_trips_for_the_gateway(tmp_path):
     document = {
         "models": [
-            {"name": "chat", "source": _folder(tmp_path, "c", "LlamaForCausalLM"), "fallback": "huggingface"},
+            {
+                "name": "chat",
+                "source": _folder(tmp_path, "c", "LlamaForCausalLM"),
+                "fallback": "huggingface",
+            },
             {"name": "emb", "source": _folder(tmp_path, "e", "BertModel"), "replicas": 2},
         ]
     }
@@ -48,7 +57,11 @@ def test_plan_assigns_ports_and_round_trips_for_the_gateway(tmp_path):
 def test_bad_lists(tmp_path):
     source = _folder(tmp_path, "x", "BertModel")
     with pytest.raises(InvalidArgument, match="listed twice"):
-        plan_models(model_dicts({"models": [{"name": "a", "source": source}, {"name": "a", "source": source}]}))
+        plan_models(
+            model_dicts(
+                {"models": [{"name": "a", "source": source}, {"name": "a", "source": source}]}
+            )
+        )
     with pytest.raises(InvalidArgument, match="cannot read"):
         plan_models([{"name": "a", "source": str(tmp_path / "missing")}])
     with pytest.raises(InvalidArgument, match="give 'model'"):
