@@ -23,7 +23,11 @@ from services.common.errors import InvalidArgument
 from services.common.settings import KServeRuntimeFlags, build_parser, parse_settings
 
 PROG = "python -m services.engine_vllm"
-DESCRIPTION = "OIP v2 gRPC server around vLLM's AsyncLLM. Flags not listed here are vLLM engine arguments."
+DESCRIPTION = (
+    "OIP v2 gRPC server around vLLM's AsyncLLM. Flags not listed here are vLLM engine arguments. "
+    "--disable_lower_case, --tensor_input_names and --return_token_type_ids are accepted for "
+    "KServe compatibility and change nothing here."
+)
 
 #: Tasks vLLM serves here, and the vLLM runner for each.
 RUNNER_FOR_TASK = {
