@@ -155,13 +155,21 @@ class EncodeResult:
 
 @runtime_checkable
 class Engine(Protocol):
-    """What the OIP v2 servicer needs from an engine."""
+    """What the OIP v2 servicer and `services.common.server.serve_engine` need from an engine."""
+
+    async def start(self) -> None:
+        """Load the model (health stays NOT_SERVING meanwhile); raises when it cannot be served."""
+        ...
+
+    async def shutdown(self) -> None:
+        """Stop the engine's work and release the model (after the server has drained)."""
+        ...
 
     def models(self) -> list[ModelInfo]:
         """Every model this engine serves (base models and adapters)."""
         ...
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateDelta]:
+    def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateDelta]:
         """Stream deltas; raises `InvalidArgument` for bad parameters before yielding."""
         ...
 

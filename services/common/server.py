@@ -5,6 +5,10 @@ bound port. Health (`grpc.health.v1`) answers NOT_SERVING until `set_serving(Tru
 — engines call it once their model is loaded — and NOT_SERVING again while
 draining. Reflection is on. SIGTERM/SIGINT → NOT_SERVING → `server.stop(grace)`.
 
+`serve_engine` serves an `Engine` with the one watchdog: an engine that is no
+longer `healthy()` turns health NOT_SERVING, drains the server and makes the
+process exit non-zero, so an orchestrator restarts it.
+
 `ErrorInterceptor` is the one place where exceptions become gRPC statuses
 (DESIGN.md §3): `HfmeshError` → its status and message; anything else →
 INTERNAL with a generic message, the traceback only in the log.
@@ -16,7 +20,7 @@ import asyncio
 import inspect
 import logging
 import signal
-from typing import Any, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,9 +30,14 @@ from services.common.errors import GENERIC_INTERNAL_MESSAGE, HfmeshError
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.common.pb import inference_pb2, pool
 
+if TYPE_CHECKING:
+    from services.common.engine import Engine
+
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: How often `serve_engine` asks a serving engine whether it is still healthy.
+ENGINE_HEALTH_POLL_SECONDS = 0.5
 OIP_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
@@ -173,6 +182,10 @@ class GrpcServiceRunner:
     def request_stop(self) -> None:
         self._stopping.set()
 
+    @property
+    def stop_requested(self) -> bool:
+        return self._stopping.is_set()
+
     async def wait_for_stop_signal(self) -> None:
         await self._stopping.wait()
 
@@ -214,3 +227,49 @@ async def serve(
     finally:
         if shutdown is not None:
             await shutdown()
+
+
+async def _watch_engine(engine: Engine, runner: GrpcServiceRunner, poll_seconds: float) -> bool:
+    """Turn a dead engine into NOT_SERVING and a stop; True when it died on its own.
+
+    An engine that stops being healthy once a stop was asked for (a SIGTERM to
+    the whole process group also stops vLLM's engine core) has not died.
+    """
+    while engine.healthy():
+        await asyncio.sleep(poll_seconds)
+    await asyncio.sleep(0)  # let a pending signal handler run first
+    if runner.stop_requested:
+        return False
+    logger.error("the engine is no longer healthy: health NOT_SERVING, shutting down")
+    await runner.set_serving(False)
+    runner.request_stop()
+    return True
+
+
+async def serve_engine(
+    engine: Engine, runner: GrpcServiceRunner, *, poll_seconds: float = ENGINE_HEALTH_POLL_SECONDS
+) -> int:
+    """Serve `engine` (already registered on `runner`) until SIGTERM or its death.
+
+    Returns the process exit status: 0 after a requested stop, 1 when the engine
+    failed to start or died while serving.
+    """
+    watchdog: asyncio.Future[bool] | None = None
+
+    async def start() -> None:
+        nonlocal watchdog
+        await engine.start()
+        watchdog = asyncio.ensure_future(_watch_engine(engine, runner, poll_seconds))
+
+    try:
+        await serve(runner, load=start, shutdown=engine.shutdown)
+    except Exception:  # noqa: BLE001 - a failed start is fatal: say why, exit non-zero
+        logger.exception("the engine failed")
+        return 1
+    finally:
+        if watchdog is not None and not watchdog.done():
+            watchdog.cancel()
+    if watchdog is not None and watchdog.done() and not watchdog.cancelled() and watchdog.result():
+        logger.error("exiting with status 1: the engine died")
+        return 1
+    return 0

@@ -1,5 +1,10 @@
 """Typed settings: one pydantic model per service, filled from flags and environment.
 
+The KServe Hugging Face runtime flags are declared once here: `TokenizerFlags`
+(tokenizing and post-processing, which the tokenizer service takes) and
+`KServeRuntimeFlags` (all of them, which both engines take), so a flag has one
+type, default and alias set wherever it is accepted.
+
 `parse_settings(Model, argv)` builds an argparse parser from the model's fields
 (the field descriptions become `--help`), reads `HFMESH_<FIELD>` environment
 variables as defaults, validates, and returns the model plus any arguments it
@@ -15,7 +20,9 @@ import types
 import typing
 from typing import Any, TypeVar, Union
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
+
+from services.common.engine import Task
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -46,7 +53,8 @@ def build_parser(model: type[BaseModel], *, prog: str, description: str) -> argp
         flags = [f"--{name}"]
         if "-" not in name and "_" in name:
             flags.append(f"--{name.replace('_', '-')}")
-        flags += list(extra.get("aliases", []))
+        aliases = extra.get("aliases")
+        flags += [str(alias) for alias in aliases] if isinstance(aliases, list) else []
         help_text = (field.description or "") + f" [env {ENV_PREFIX}{name.upper()}]"
         kind = _base_type(field.annotation)
         default = None if field.is_required() else field.get_default(call_default_factory=True)
@@ -93,3 +101,61 @@ def parse_settings(
         )
         parser.error(problems)
         raise  # unreachable: parser.error exits
+
+
+class TokenizerFlags(BaseModel):
+    """The KServe runtime flags about tokenizing and post-processing, plus where to listen."""
+
+    host: str = Field("0.0.0.0", description="gRPC listen address")
+    max_model_len: int | None = Field(
+        None,
+        description="context length (default: the model's limit); "
+        "encoder inputs are truncated to it",
+        json_schema_extra={"aliases": ["--max_length", "--max-length"]},
+    )
+    disable_lower_case: bool = Field(False, description="do not lower-case text in the tokenizer")
+    disable_special_tokens: bool = Field(
+        False, description="do not add special tokens when tokenizing"
+    )
+    tensor_input_names: str | None = Field(
+        None,
+        description="comma-separated token tensors: those sent to the predictor, or taken on "
+        "the HF engine's tensor path (default: all the model takes)",
+    )
+    return_token_type_ids: bool | None = Field(
+        None,
+        description="return token_type_ids from preprocessing (default: as the tokenizer does); "
+        "an engine always gives its model the token_type_ids its tokenizer makes",
+    )
+    return_probabilities: bool = Field(
+        False, description="classification / fill_mask: answer softmax probabilities, not class ids"
+    )
+    return_raw_logits: bool = Field(
+        False, description="classification / fill_mask: answer raw logits"
+    )
+    log_level: str = Field("INFO", description="logging level")
+
+
+class KServeRuntimeFlags(TokenizerFlags):
+    """Every KServe Hugging Face runtime flag an engine takes (DESIGN.md §4)."""
+
+    port: int = Field(8081, description="gRPC port (0 picks a free one)")
+    model_name: str = Field("model", description="name the model is served under")
+    model_id: str | None = Field(
+        None, description="Hugging Face hub id (without a reachable hub: from the local HF cache)"
+    )
+    model_dir: str | None = Field(None, description="local model folder (wins over --model_id)")
+    model_revision: str | None = Field(None, description="hub revision of the model")
+    tokenizer_revision: str | None = Field(None, description="hub revision of the tokenizer")
+    dtype: str = Field(
+        "auto", description="auto (float32 on CPU, as KServe), float32, float16, bfloat16"
+    )
+    task: Task | None = Field(None, description="task; inferred from the architecture when absent")
+    backend: str = Field(
+        "auto", description="KServe's backend choice: auto, or this engine's backend"
+    )
+    trust_remote_code: bool = Field(False, description="allow model code from the model repository")
+    disable_log_requests: bool = Field(False, description="do not log each request")
+    metrics_port: int | None = Field(
+        None, description="HTTP port of Prometheus /metrics (off when absent or 0)"
+    )

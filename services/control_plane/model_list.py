@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.errors import InvalidArgument
-from services.common.mesh import load_mesh
+from services.common.model_list import load_model_list
 from services.control_plane.store import (
     ENGINE_BACKENDS,
     TOKENIZER,
@@ -31,7 +31,7 @@ class StaticMesh:
 
 
 def read_model_list(path: str | Path) -> StaticMesh:
-    plan = load_mesh(path, resolve=False)
+    plan = load_model_list(path)
     mesh = StaticMesh()
     for entry in plan.models:
         backends = [b for b in entry.backends if b in ENGINE_BACKENDS] or list(ENGINE_BACKENDS)

@@ -58,7 +58,7 @@ class HFEngine:
 
     # -- lifecycle -------------------------------------------------------------
 
-    async def load(self) -> None:
+    async def start(self) -> None:
         """Load the model off the event loop; failures are fatal (re-raised)."""
         try:
             self.loaded = await asyncio.get_running_loop().run_in_executor(self._executor, self._load_sync)

@@ -9,9 +9,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.architecture import infer_task
 from services.common.engine import Task
-from services.common.errors import InvalidArgument
-from services.common.mesh import task_from_architecture
 from services.engine_hf.settings import HFEngineSettings
 
 logger = logging.getLogger(__name__)
@@ -42,17 +41,7 @@ class LoadedModel:
     architecture: str
 
 
-def infer_task(architectures: list[str] | None) -> Task:
-    """KServe's rule: the first architecture's class-name suffix decides."""
-    if not architectures:
-        raise ModelLoadError("the model config names no architecture; set --task")
-    try:
-        return task_from_architecture(architectures[0])
-    except InvalidArgument:
-        raise ModelLoadError(f"cannot infer a task from architecture {architectures[0]}; set --task") from None
-
-
-def resolve_dtype(name: str, device: Any, config_dtype: Any = None) -> Any:
+def torch_dtype(name: str, device: Any, config_dtype: Any = None) -> Any:
     """`auto` is float32 on CPU (as KServe); on GPU the config's half dtype, else float16."""
     import torch
 
@@ -97,13 +86,13 @@ def load_model(settings: HFEngineSettings) -> LoadedModel:
         hint = " (no model hub is reachable; use --model_dir)" if settings.model_id else ""
         raise ModelLoadError(f"cannot load the config of {source!r}: {error}{hint}") from error
     architecture = (config.architectures or ["?"])[0]
-    task = settings.task or infer_task(config.architectures)
+    task = infer_task(config.architectures, settings.task)
     if task is Task.RERANK and getattr(config, "num_labels", None) != 1:
         raise ModelLoadError(
             f"rerank needs a single-label cross-encoder (num_labels=1); {architecture} has {config.num_labels}"
         )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = resolve_dtype(settings.dtype, device, getattr(config, "dtype", None))
+    dtype = torch_dtype(settings.dtype, device, getattr(config, "dtype", None))
     tok_kwargs = dict(common)
     if settings.model_id and settings.tokenizer_revision:
         tok_kwargs["revision"] = settings.tokenizer_revision

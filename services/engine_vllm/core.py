@@ -6,7 +6,7 @@ typed requests onto it: prompt token ids (or text) + `SamplingParams` →
 `AsyncLLM.generate` with `RequestOutputKind.DELTA`, whose outputs become one
 `GenerateDelta` per sequence step. LoRA adapters are served as model names of
 their own. vLLM's `EngineDeadError` (or the engine core process dying) makes
-`healthy()` False; `__main__` then drains and exits non-zero.
+`healthy()` False; `serve_engine` then drains and exits non-zero.
 """
 
 from __future__ import annotations
@@ -70,7 +70,6 @@ class VLLMEngine:
         self._reason = ""
         self._max_model_len = config.settings.max_model_len
         self._adapters = Adapters(self.name)
-        self.stopping = False
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -109,7 +108,6 @@ class VLLMEngine:
         logger.info("model %s ready (task %s, context %d)", self.name, self.task.value, self._max_model_len)
 
     async def shutdown(self) -> None:
-        self.stopping = True
         self._state = ModelState.UNAVAILABLE
         llm, self._llm, self._pooling = self._llm, None, None
         if llm is not None:

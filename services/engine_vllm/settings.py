@@ -14,16 +14,20 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
+from services.common.architecture import infer_task
 from services.common.engine import Task
 from services.common.errors import InvalidArgument
-from services.common.settings import build_parser, parse_settings
+from services.common.settings import KServeRuntimeFlags, build_parser, parse_settings
 
 PROG = "python -m services.engine_vllm"
-DESCRIPTION = "OIP v2 gRPC server around vLLM's AsyncLLM. Flags not listed here are vLLM engine arguments."
+DESCRIPTION = (
+    "OIP v2 gRPC server around vLLM's AsyncLLM. Flags not listed here are vLLM engine arguments. "
+    "--disable_lower_case, --tensor_input_names and --return_token_type_ids are accepted for "
+    "KServe compatibility and change nothing here."
+)
 
 #: Tasks vLLM serves here, and the vLLM runner for each.
 RUNNER_FOR_TASK = {
@@ -34,49 +38,16 @@ RUNNER_FOR_TASK = {
 }
 
 
-class VLLMEngineSettings(BaseModel):
-    model_name: str = Field("model", description="Name the model is served under")
-    model_id: str | None = Field(None, description="Hugging Face model id (offline: must be in the local HF cache)")
-    model_dir: str | None = Field(None, description="Local model folder (wins over --model_id)")
-    model_revision: str | None = Field(None, description="Model revision")
-    tokenizer_revision: str | None = Field(None, description="Tokenizer revision")
-    dtype: str = Field("auto", description="auto | float32 | float16 | bfloat16; auto is float32 on CPU")
-    task: str | None = Field(None, description="KServe task; inferred from the architecture when absent")
-    backend: str = Field("vllm", description="Accepted for KServe compatibility: auto or vllm")
-    max_model_len: int | None = Field(
-        None, description="Context length", json_schema_extra={"aliases": ["--max_length", "--max-length"]}
-    )
-    disable_lower_case: bool = Field(False, description="Accepted for KServe compatibility")
-    disable_special_tokens: bool = Field(False, description="Encoder text inputs: no special tokens")
-    trust_remote_code: bool = Field(False, description="Allow model code from the model folder")
-    tensor_input_names: str | None = Field(None, description="Accepted for KServe compatibility")
-    return_token_type_ids: bool = Field(False, description="Accepted for KServe compatibility")
-    return_probabilities: bool = Field(False, description="Sequence classification: probabilities, not class ids")
-    return_raw_logits: bool = Field(False, description="Sequence classification: raw logits")
-    disable_log_requests: bool = Field(False, description="Do not log each request")
+class VLLMEngineSettings(KServeRuntimeFlags):
     lora_modules: list[str] = Field(
         default_factory=list, description="LoRA adapters served at start: name=path or JSON {name, path}"
     )
-    host: str = Field("0.0.0.0", description="gRPC bind address")
-    port: int = Field(8081, description="gRPC port (0 picks a free one)")
-    metrics_port: int | None = Field(None, description="HTTP port for Prometheus /metrics (off when absent)")
     cpu_kv_cache_gib: int = Field(
         2,
         description="on CPU: KV cache size in GiB when neither --kv-cache-memory-bytes, "
         "--gpu-memory-utilization nor VLLM_CPU_KVCACHE_SPACE is given (vLLM's own default "
         "reserves 92%% of the machine's memory and refuses to start beside other services)",
     )
-    log_level: str = Field("INFO", description="Log level")
-
-    @field_validator("task")
-    @classmethod
-    def _known_task(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        names = [t.value for t in Task]
-        if value not in names:
-            raise ValueError(f"must be one of {', '.join(names)}")
-        return value
 
     @field_validator("backend")
     @classmethod
@@ -151,23 +122,9 @@ def parse_lora_module(spec: str) -> LoraModule:
     return LoraModule(name, path)
 
 
-def resolve_dtype(dtype: str, *, on_cpu: bool) -> str:
+def vllm_dtype_arg(dtype: str, *, on_cpu: bool) -> str:
     """KServe's `auto`, with DESIGN.md §8: bfloat16 gives wrong answers on vLLM CPU, so auto is float32 there."""
     return "float32" if dtype == "auto" and on_cpu else dtype
-
-
-def infer_task(model: str, requested: str | None) -> Task | None:
-    """The KServe task: as given, else from a local folder's architecture; None lets vLLM decide."""
-    if requested is not None:
-        return Task(requested)
-    if not (Path(model) / "config.json").is_file():
-        return None
-    from services.common.mesh import read_architecture, task_from_architecture
-
-    try:
-        return task_from_architecture(read_architecture(model))
-    except InvalidArgument:
-        return None
 
 
 def vllm_parser() -> argparse.ArgumentParser:
@@ -200,7 +157,10 @@ def build_config(argv: list[str] | None = None, *, on_cpu: bool | None = None) -
     if model is None:
         parser.error("give the model with --model_dir (a local folder) or --model_id")
     try:
-        task = infer_task(model, settings.task)
+        task: Task | None = infer_task(model, settings.task)
+    except InvalidArgument:
+        task = None  # a hub id, or an architecture KServe's rules do not name: vLLM decides
+    try:
         lora_modules = [parse_lora_module(spec) for spec in settings.lora_modules]
     except InvalidArgument as error:
         parser.error(error.message)
@@ -215,7 +175,7 @@ def build_config(argv: list[str] | None = None, *, on_cpu: bool | None = None) -
     overrides = {
         "model": model,
         "served_model_name": [settings.model_name],
-        "dtype": resolve_dtype(settings.dtype, on_cpu=on_cpu),
+        "dtype": vllm_dtype_arg(settings.dtype, on_cpu=on_cpu),
         "trust_remote_code": settings.trust_remote_code,
         "enable_log_requests": not settings.disable_log_requests,
         "max_model_len": settings.max_model_len,

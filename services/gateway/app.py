@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.common.mesh import MeshPlan, load_mesh
+from services.common.model_list import MeshPlan, load_model_list
 from services.common.version import VERSION
 from services.gateway.errors import install_error_handlers
 from services.gateway.kserve.router import build_v1_router, build_v2_router
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAPI:
     if plan is None and settings.model_list:
-        plan = load_mesh(settings.model_list, resolve=False)
+        plan = load_model_list(settings.model_list)
     routes = ReplicaRouter(plan)
     metrics = GatewayMetrics(routes)
     state = build_state(settings, routes, metrics)

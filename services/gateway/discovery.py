@@ -28,7 +28,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import code_pb2, status_pb2
 
-from services.common.mesh import MeshPlan
+from services.common.model_list import MeshPlan
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.engine import Task
 from services.common.errors import NotFound, Unavailable
-from services.common.mesh import MeshPlan, ModelEntry
+from services.common.model_list import MeshPlan, ModelEntry
 from services.common.pb import inference_pb2_grpc as pb_grpc
 from services.common.server import MAX_MESSAGE_BYTES
 

@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 from services.common.logs import configure_logging
-from services.common.mesh import load_mesh
-from services.launcher.plan import ProcessSpec, gateway_process, plan_processes
+from services.launcher.plan import ProcessSpec, gateway_process, plan_model_list, plan_processes
 from services.launcher.processes import ROOT, ServiceProcess, is_ready, start_service
 
 logger = logging.getLogger("hfmesh.launcher")
@@ -32,7 +31,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Start the hfmesh mesh (tokenizer, engines, gateway) as local processes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model_list", default=str(DEFAULT_MODEL_LIST), help="mesh model list (YAML)")
+    parser.add_argument(
+        "--model_list", default=str(DEFAULT_MODEL_LIST), help="model list to plan and serve (YAML)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address every service binds")
     parser.add_argument("--port", type=int, default=8080, help="gateway HTTP port")
     parser.add_argument("--base_port", type=int, default=50051, help="first gRPC port; services take consecutive ports")
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     print(f"hfmesh: model list {args.model_list}; logs in {log_dir}", flush=True)
     print("==> models (built once per machine)", flush=True)
-    plan = load_mesh(args.model_list, vllm_available=False if args.no_vllm else None)
+    plan = plan_model_list(args.model_list, vllm_available=False if args.no_vllm else None)
     if args.models:
         wanted = {m.strip() for m in args.models.split(",") if m.strip()}
         plan.models = [m for m in plan.models if m.name in wanted]

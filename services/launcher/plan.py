@@ -1,13 +1,103 @@
-"""From a model list to the processes of a mesh: which services, which ports, which flags."""
+"""From a hand-written model list to the processes of a mesh: which models, which
+engines, which ports, which flags.
+
+The list the launcher reads (`deploy/models.yaml`) may leave out what a planner
+decides; the planned list it writes for the services
+(`services.common.model_list`) has it all:
+
+```yaml
+models:
+  - name: smollm2                     # the name clients use
+    model: smollm2-135m-instruct      # a model of services.models (built once), or
+    # source: /path/to/hf/folder      # any local Hugging Face folder
+    task: text_generation             # optional: inferred from the architecture (KServe rules)
+    backend: auto                     # auto | vllm | huggingface
+    fallback: huggingface             # optional: serve from HF too, used while vLLM is not ready
+    max_model_len: 2048
+    replicas: 1
+    engine_args: []                   # optional: extra flags for the vLLM engine
+```
+
+Planning builds `model:` names (torch, once per machine), reads each folder's
+architecture and resolves `auto` with vLLM's own model registry (DESIGN.md §5).
+"""
 
 from __future__ import annotations
 
-import sys
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from services.common.mesh import Endpoints, MeshPlan, ModelEntry
+from services.common.architecture import infer_task, read_architecture
+from services.common.engine import Task
+from services.common.errors import InvalidArgument
+from services.common.model_list import (
+    Endpoints,
+    MeshPlan,
+    ModelEntry,
+    model_entry,
+    read_model_list,
+)
+from services.engine_vllm.registry import unsupported_reason
+from services.models.cache import ensure_model
 
+BACKENDS = ("auto", "vllm", "huggingface")
 ENGINE_MODULES = {"vllm": "services.engine_vllm", "huggingface": "services.engine_hf"}
+
+
+def resolve_backend(
+    requested: str, task: Task, architecture: str, *, vllm_available: bool | None = None
+) -> str:
+    """`auto` → vLLM for a generative architecture vLLM's registry has, else HF.
+
+    `vllm_available=False` keeps vLLM out (the launcher's `--no_vllm`).
+    """
+    if requested not in BACKENDS:
+        raise InvalidArgument(f"backend must be one of {', '.join(BACKENDS)}, got '{requested}'")
+    if requested == "huggingface":
+        return requested
+    if vllm_available is False:
+        why: str | None = "vLLM is not installed"
+    elif not task.is_generative:
+        why = f"task {task.value} is served by the HF engine"
+    else:
+        why = unsupported_reason(architecture)
+    if why is None:
+        return "vllm"
+    if requested == "vllm":
+        raise InvalidArgument(
+            f"--backend vllm cannot serve this model: {why}; use --backend huggingface or auto"
+        )
+    return "huggingface"
+
+
+def plan_entry(raw: dict[str, Any], *, vllm_available: bool | None = None) -> ModelEntry:
+    """One hand-written entry, planned: its folder (built if named by `model:`), task, backend."""
+    name = raw["name"]
+    source = raw.get("source")
+    if source is None and raw.get("model"):
+        source = str(ensure_model(raw["model"]))
+    if not source:
+        raise InvalidArgument(
+            f"model '{name}': give 'model' (a built-in model) or 'source' (a folder)"
+        )
+    source = os.path.expanduser(str(source))
+    architecture = read_architecture(source)
+    task = infer_task([architecture], Task(raw["task"]) if raw.get("task") else None)
+    backend = resolve_backend(
+        raw.get("backend", "auto"), task, architecture, vllm_available=vllm_available
+    )
+    return model_entry(raw, source=source, task=task, backend=backend)
+
+
+def plan_models(entries: list[dict[str, Any]], *, vllm_available: bool | None = None) -> MeshPlan:
+    """Entries as `model_dicts` returns them, planned (`plan_processes` assigns endpoints)."""
+    return MeshPlan(models=[plan_entry(raw, vllm_available=vllm_available) for raw in entries])
+
+
+def plan_model_list(path: str | Path, *, vllm_available: bool | None = None) -> MeshPlan:
+    return plan_models(read_model_list(path), vllm_available=vllm_available)
 
 
 @dataclass
@@ -19,9 +109,6 @@ class ProcessSpec:
     args: list[str]
     port: int
     ready: str = "grpc"  # "grpc" health or "http" /v2/health/ready
-
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", self.module, *self.args, "--port", str(self.port)]
 
 
 def engine_args(entry: ModelEntry, backend: str) -> list[str]:
@@ -51,7 +138,10 @@ def plan_processes(
             for replica in range(entry.replicas):
                 suffix = f"-{replica}" if entry.replicas > 1 else ""
                 spec = ProcessSpec(
-                    f"{backend}-{entry.name}{suffix}", ENGINE_MODULES[backend], engine_args(entry, backend), port
+                    f"{backend}-{entry.name}{suffix}",
+                    ENGINE_MODULES[backend],
+                    engine_args(entry, backend),
+                    port,
                 )
                 port += 1
                 specs.append(spec)
@@ -61,4 +151,5 @@ def plan_processes(
 
 
 def gateway_process(mesh_file: str, *, host: str, port: int) -> ProcessSpec:
-    return ProcessSpec("gateway", "services.gateway", ["--model_list", mesh_file, "--host", host], port, ready="http")
+    args = ["--model_list", mesh_file, "--host", host]
+    return ProcessSpec("gateway", "services.gateway", args, port, ready="http")

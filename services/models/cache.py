@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,10 +198,6 @@ def ensure_model(name: str, cache_dir: Path | None = None) -> Path:
         else:
             _build(recipe, cache_dir, dependencies)
     return target
-
-
-def ensure_models(names: Iterable[str], cache_dir: Path | None = None) -> dict[str, Path]:
-    return {name: ensure_model(name, cache_dir) for name in names}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -7,13 +7,14 @@ import logging
 import sys
 from pathlib import Path
 
+from services.common.architecture import infer_task
 from services.common.errors import HfmeshError
 from services.common.logs import configure_logging
 from services.common.pb import inference_pb2_grpc as pb_grpc
 from services.common.server import GrpcServiceRunner, serve
 from services.common.settings import parse_settings
 from services.tokenizer.core import ModelOptions, TokenizerCore, TokenizerModel
-from services.tokenizer.loader import infer_task, load_tokenizer, read_model_config
+from services.tokenizer.loader import load_tokenizer, read_model_config
 from services.tokenizer.predictor import PredictorClient
 from services.tokenizer.servicer import TokenizerServicer
 from services.tokenizer.settings import ModelSpec, TokenizerSettings, model_specs
@@ -23,7 +24,7 @@ logger = logging.getLogger("services.tokenizer")
 
 def build_model(spec: ModelSpec, settings: TokenizerSettings) -> TokenizerModel:
     config = read_model_config(Path(spec.folder).expanduser())
-    task = spec.task or infer_task(config)
+    task = infer_task(config.architectures, spec.task)
     options = ModelOptions(
         task=task,
         max_model_len=spec.max_model_len,

@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.common.engine import Task
 from services.common.errors import InvalidArgument
-from services.common.mesh import task_from_architecture
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +46,6 @@ def read_model_config(model_dir: Path) -> ModelConfig:
         max_position_embeddings=config.get("max_position_embeddings") or config.get("n_positions"),
         id2label=labels,
     )
-
-
-def infer_task(config: ModelConfig) -> Task:
-    """The task from the architecture, by KServe's rules (rerank cannot be inferred: ask for it)."""
-    if not config.architectures:
-        raise InvalidArgument("the model config names no architecture; pass --task")
-    return task_from_architecture(config.architectures[0])
 
 
 def _tokenizer_class(name: str | None) -> type:

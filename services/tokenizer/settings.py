@@ -1,37 +1,40 @@
-"""The tokenizer service's settings: KServe HF runtime flags plus the mesh model list."""
+"""The tokenizer service's settings: KServe's tokenizer flags plus the models to serve."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
 from services.common.engine import Task
 from services.common.errors import InvalidArgument
+from services.common.model_list import load_model_list
+from services.common.settings import TokenizerFlags
 
 
-class TokenizerSettings(BaseModel):
-    host: str = Field("0.0.0.0", description="gRPC listen address")
+class TokenizerSettings(TokenizerFlags):
     port: int = Field(50051, description="gRPC port (0 picks a free one)")
-    model_list: str | None = Field(None, description="mesh model list (YAML): serve every model whose tokenizer this is")
-    model_dir: list[str] = Field(default_factory=list, description="model folder(s) holding tokenizer files")
-    model_name: list[str] = Field(default_factory=list, description="served name(s), one per --model_dir (default: folder name)")
-    task: list[str] = Field(default_factory=list, description="task(s), one per model or one for all (default: from the architecture)")
-    max_model_len: int | None = Field(
-        None, description="truncate encoder inputs to this many tokens", json_schema_extra={"aliases": ["--max_length"]}
+    model_list: str | None = Field(
+        None, description="planned model list (YAML): serve every model whose tokenizer this is"
     )
-    disable_lower_case: bool = Field(False, description="do not lower-case (tokenizers that would)")
-    disable_special_tokens: bool = Field(False, description="do not add special tokens when preprocessing")
-    return_token_type_ids: bool | None = Field(None, description="return token_type_ids from preprocessing")
-    tensor_input_names: str | None = Field(None, description="comma-separated tensors sent to the predictor")
-    return_probabilities: bool = Field(False, description="classification answers probabilities, not class ids")
-    return_raw_logits: bool = Field(False, description="classification / fill_mask answer raw logits")
-    predictor_host: str | None = Field(None, description="host:port of an OIP v2 predictor: serve M as KServe's transformer")
+    model_dir: list[str] = Field(
+        default_factory=list, description="model folder(s) holding tokenizer files"
+    )
+    model_name: list[str] = Field(
+        default_factory=list,
+        description="served name(s), one per --model_dir (default: folder name)",
+    )
+    task: list[Task] = Field(
+        default_factory=list,
+        description="task(s), one per model or one for all (default: from the architecture)",
+    )
+    predictor_host: str | None = Field(
+        None, description="host:port of an OIP v2 predictor: serve M as KServe's transformer"
+    )
     predictor_protocol: str = Field("grpc-v2", description="protocol of the predictor (grpc-v2)")
     predictor_timeout: float = Field(60.0, description="deadline of each predictor call, seconds")
     workers: int = Field(4, description="threads running tokenizer work")
-    log_level: str = Field("INFO", description="logging level")
 
     @field_validator("predictor_protocol")
     @classmethod
@@ -39,15 +42,6 @@ class TokenizerSettings(BaseModel):
         if value != "grpc-v2":
             raise ValueError(f"only grpc-v2 is supported, got '{value}'")
         return value
-
-    @field_validator("task")
-    @classmethod
-    def _known_tasks(cls, values: list[str]) -> list[str]:
-        known = {t.value for t in Task}
-        for value in values:
-            if value not in known:
-                raise ValueError(f"unknown task '{value}' (one of {', '.join(sorted(known))})")
-        return values
 
 
 @dataclass(frozen=True)
@@ -68,8 +62,8 @@ def _port_of(address: str) -> int | None:
 def model_specs(settings: TokenizerSettings) -> list[ModelSpec]:
     """Models from `--model_dir` flags, or from the model list.
 
-    From a model list, a model is served when it has a tokenizer and either
-    lists no tokenizer endpoint or lists one on this service's port.
+    From a planned model list, a model is served when its endpoints list no
+    tokenizer or one on this service's port.
     """
     specs: list[ModelSpec] = []
     dirs, names, tasks = settings.model_dir, settings.model_name, settings.task
@@ -80,15 +74,12 @@ def model_specs(settings: TokenizerSettings) -> list[ModelSpec]:
     for index, folder in enumerate(dirs):
         name = names[index] if names else Path(folder).expanduser().name
         task = tasks[index] if len(tasks) > 1 else (tasks[0] if tasks else None)
-        specs.append(ModelSpec(name, folder, Task(task) if task else None, settings.max_model_len))
+        specs.append(ModelSpec(name, folder, task, settings.max_model_len))
     if settings.model_list:
-        from services.common.mesh import load_mesh
-
-        plan = load_mesh(settings.model_list, resolve=False)
+        plan = load_model_list(settings.model_list)
         for entry in plan.models:
-            endpoints = plan.endpoints.get(entry.name)
-            listed = endpoints.tokenizer if endpoints else []
-            if not entry.tokenizer or (listed and settings.port not in {_port_of(a) for a in listed}):
+            listed = plan.endpoints[entry.name].tokenizer
+            if listed and settings.port not in {_port_of(a) for a in listed}:
                 continue
             specs.append(ModelSpec(entry.name, entry.source, entry.task, entry.max_model_len or settings.max_model_len))
     if not specs:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.engine import Task
-from services.common.mesh import MeshPlan, ModelEntry
+from services.common.model_list import MeshPlan, ModelEntry
 from services.launcher.plan import ProcessSpec, gateway_process, plan_processes
 from services.launcher.processes import ServiceProcess, free_port, start_service, wait_ready
 
@@ -39,7 +39,6 @@ def model_entry(
         source=source,
         task=Task(task),
         backend=backend,
-        resolved_backend=backend,
         fallback=fallback,
         max_model_len=max_model_len,
         engine_args=engine_args or [],

@@ -29,3 +29,23 @@ def test_invalid_value_names_the_flag(capsys):
     with pytest.raises(SystemExit):
         parse_settings(Example, ["--port", "abc"], prog="x", description="d", env={})
     assert "--port" in capsys.readouterr().err
+
+
+def test_both_engines_take_the_same_kserve_flags():
+    from services.common.engine import Task
+    from services.common.settings import KServeRuntimeFlags, TokenizerFlags
+    from services.engine_hf.settings import HFEngineSettings
+    from services.engine_vllm.settings import VLLMEngineSettings
+    from services.tokenizer.settings import TokenizerSettings
+
+    shared = KServeRuntimeFlags.model_fields
+    for engine in (HFEngineSettings, VLLMEngineSettings):
+        for name, field in shared.items():
+            mine = engine.model_fields[name]
+            assert (mine.annotation, mine.default) == (field.annotation, field.default)
+            assert mine.description == field.description
+        argv = ["--model_dir", "/m", "--task", "rerank", "--max-length", "64"]
+        settings, _ = parse_settings(engine, argv, prog="x", description="d", env={})
+        assert settings.task is Task.RERANK and settings.max_model_len == 64
+        assert settings.metrics_port is None
+    assert set(TokenizerFlags.model_fields) <= set(TokenizerSettings.model_fields)

@@ -67,9 +67,9 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float
 
 def mesh_file(tmp_path, endpoints: dict[str, list[str]] | None = None) -> str:
     """A planned model list: `m` (HF engine, no fallback) and `g` (vLLM, HF fallback)."""
-    m = {"name": "m", "task": "text_embedding", "backend": "huggingface",
+    m = {"name": "m", "source": "/models/m", "task": "text_embedding", "backend": "huggingface",
          "endpoints": {"tokenizer": [], "huggingface": list((endpoints or {}).get("m", []))}}
-    g = {"name": "g", "task": "text_generation", "backend": "vllm", "fallback": "huggingface",
+    g = {"name": "g", "source": "/models/g", "task": "text_generation", "backend": "vllm", "fallback": "huggingface",
          "endpoints": {"tokenizer": [], "vllm": [], "huggingface": []}}
     path = tmp_path / "mesh.yaml"
     path.write_text(yaml.safe_dump({"models": [m, g]}))

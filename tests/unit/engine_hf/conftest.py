@@ -18,7 +18,7 @@ async def engine(model_path):
         if key not in made:
             settings = HFEngineSettings(model_dir=model_path(model), model_name=model, **overrides)
             made[key] = HFEngine(settings)
-            await made[key].load()
+            await made[key].start()
         return made[key]
 
     yield get

@@ -8,35 +8,15 @@ import torch
 from services.common.engine import ModelState, Task
 from services.common.settings import parse_settings
 from services.engine_hf.core import HFEngine
-from services.engine_hf.loading import ModelLoadError, infer_task, resolve_dtype
+from services.engine_hf.loading import ModelLoadError, torch_dtype
 from services.engine_hf.settings import HFEngineSettings
-
-
-@pytest.mark.parametrize(
-    "architecture,task",
-    [
-        ("LlamaForCausalLM", Task.TEXT_GENERATION),
-        ("T5ForConditionalGeneration", Task.TEXT2TEXT_GENERATION),
-        ("BertForMaskedLM", Task.FILL_MASK),
-        ("BertForTokenClassification", Task.TOKEN_CLASSIFICATION),
-        ("BertForSequenceClassification", Task.SEQUENCE_CLASSIFICATION),
-        ("BertModel", Task.TEXT_EMBEDDING),
-    ],
-)
-def test_task_inferred_from_architecture_suffix(architecture, task):
-    assert infer_task([architecture]) is task
-
-
-def test_unknown_architecture_asks_for_task():
-    with pytest.raises(ModelLoadError, match="set --task"):
-        infer_task(["WhisperEncoderThing"])
 
 
 def test_dtype_auto_is_float32_on_cpu():
     cpu = torch.device("cpu")
-    assert resolve_dtype("auto", cpu, torch.bfloat16) is torch.float32
-    assert resolve_dtype("half", cpu) is torch.float16
-    assert resolve_dtype("bfloat16", cpu) is torch.bfloat16
+    assert torch_dtype("auto", cpu, torch.bfloat16) is torch.float32
+    assert torch_dtype("half", cpu) is torch.float16
+    assert torch_dtype("bfloat16", cpu) is torch.bfloat16
 
 
 def test_kserve_flags_parse(tmp_path):
@@ -59,7 +39,7 @@ def test_a_model_source_is_required():
 async def test_model_id_without_a_hub_fails_clearly():
     engine = HFEngine(HFEngineSettings(model_id="someone/not-here", model_name="m"))
     with pytest.raises(ModelLoadError, match="no model hub is reachable; use --model_dir"):
-        await engine.load()
+        await engine.start()
     assert engine.models()[0].state is ModelState.UNAVAILABLE
     await engine.shutdown()
 
@@ -67,7 +47,7 @@ async def test_model_id_without_a_hub_fails_clearly():
 async def test_rerank_needs_a_single_label_model(model_path):
     engine = HFEngine(HFEngineSettings(model_dir=model_path("tiny-bert-sentiment"), task=Task.RERANK))
     with pytest.raises(ModelLoadError, match="num_labels=1"):
-        await engine.load()
+        await engine.start()
     await engine.shutdown()
 
 
@@ -79,7 +59,7 @@ async def test_single_label_model_is_classification_unless_rerank_is_asked(engin
 async def test_max_model_len_cannot_exceed_the_model(model_path):
     engine = HFEngine(HFEngineSettings(model_dir=model_path("tiny-llama"), max_model_len=100000))
     with pytest.raises(ModelLoadError, match="exceeds the model's limit 512"):
-        await engine.load()
+        await engine.start()
     await engine.shutdown()
 
 

@@ -22,10 +22,10 @@ def test_unregistered_architectures(architecture):
     assert architecture in unsupported_reason(architecture)
 
 
-def test_mesh_backend_resolution_uses_the_registry():
+def test_planned_backend_resolution_uses_the_registry():
     from services.common.engine import Task
     from services.common.errors import InvalidArgument
-    from services.common.mesh import resolve_backend
+    from services.launcher.plan import resolve_backend
 
     assert resolve_backend("auto", Task.TEXT_GENERATION, "LlamaForCausalLM") == "vllm"
     assert resolve_backend("auto", Task.TEXT2TEXT_GENERATION, "T5ForConditionalGeneration") == "huggingface"

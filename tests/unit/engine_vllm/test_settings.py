@@ -10,7 +10,7 @@ from services.engine_vllm.settings import (
     LoraModule,
     build_config,
     parse_lora_module,
-    resolve_dtype,
+    vllm_dtype_arg,
     split_argv,
 )
 
@@ -77,9 +77,9 @@ def test_dash_and_underscore_spellings_both_work(model_path):
 
 
 def test_dtype_auto_is_float32_on_cpu_only():
-    assert resolve_dtype("auto", on_cpu=True) == "float32"
-    assert resolve_dtype("auto", on_cpu=False) == "auto"
-    assert resolve_dtype("float16", on_cpu=True) == "float16"
+    assert vllm_dtype_arg("auto", on_cpu=True) == "float32"
+    assert vllm_dtype_arg("auto", on_cpu=False) == "auto"
+    assert vllm_dtype_arg("float16", on_cpu=True) == "float16"
 
 
 def test_task_inferred_for_an_embedding_model(model_path):

@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 
 from services.common.engine import Task
-from services.common.mesh import Endpoints, MeshPlan, ModelEntry
+from services.common.model_list import Endpoints, MeshPlan, ModelEntry
 from services.common.oip_servicer import InferenceServicer
 from services.common.pb import inference_pb2_grpc as pb_grpc
 from services.common.server import GrpcServiceRunner
@@ -56,7 +56,7 @@ class Mesh:
         for name, (task, _, limit) in models.items():
             engine_map = engines or {"huggingface": [self.engine_address]}
             backend = next(iter(engine_map))
-            entries.append(ModelEntry(name=name, source="", task=task, backend=backend, resolved_backend=backend,
+            entries.append(ModelEntry(name=name, source="", task=task, backend=backend,
                                       fallback="huggingface" if backend == "vllm" else None, max_model_len=limit))
             endpoints[name] = Endpoints(tokenizer=[self.tokenizer_address], engines=dict(engine_map))
         return MeshPlan(models=entries, endpoints=endpoints)

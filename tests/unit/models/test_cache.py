@@ -32,7 +32,7 @@ def cache_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models(cache_dir: Path) -> dict[str, Path]:
-    return models.ensure_models([*TINY, "tiny-llama-lora"], cache_dir)
+    return {name: ensure_model(name, cache_dir) for name in [*TINY, "tiny-llama-lora"]}
 
 
 # --- builder mechanics, on fake recipes -------------------------------------------------
