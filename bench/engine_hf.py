@@ -32,15 +32,27 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from tritonclient.grpc import service_pb2  # noqa: E402
 
-from services.models.cache import ensure_model  # noqa: E402
 from services.launcher.processes import start_service  # noqa: E402
+from services.models.cache import ensure_model  # noqa: E402
 
 SENTENCES = [
-    "A man is eating food.", "The stock market fell sharply today.", "Paris is the capital of France.",
-    "A cat sleeps on the warm windowsill in the afternoon sun.", "How do I reset my password?",
+    "A man is eating food.",
+    "The stock market fell sharply today.",
+    "Paris is the capital of France.",
+    "A cat sleeps on the warm windowsill in the afternoon sun.",
+    "How do I reset my password?",
     "The new library opened downtown with a large collection of science books.",
 ]
-TOPICS = ["the sea", "a robot", "autumn", "a lighthouse", "coffee", "mountains", "a train", "the moon"]
+TOPICS = [
+    "the sea",
+    "a robot",
+    "autumn",
+    "a lighthouse",
+    "coffee",
+    "mountains",
+    "a train",
+    "the moon",
+]
 
 
 @dataclass
@@ -66,18 +78,24 @@ def infer_request(model: str, inputs: dict[str, list[str]]) -> bytes:
     request = service_pb2.ModelInferRequest(model_name=model)
     for name, values in inputs.items():
         request.inputs.add(name=name, datatype="BYTES", shape=[len(values)])
-        request.raw_input_contents.append(b"".join(len(v.encode()).to_bytes(4, "little") + v.encode() for v in values))
+        request.raw_input_contents.append(
+            b"".join(len(v.encode()).to_bytes(4, "little") + v.encode() for v in values)
+        )
     return request.SerializeToString()
 
 
 def output(response: service_pb2.ModelInferResponse, name: str, dtype: str) -> np.ndarray:
     for index, tensor in enumerate(response.outputs):
         if tensor.name == name:
-            return np.frombuffer(response.raw_output_contents[index], dtype=dtype).reshape(list(tensor.shape))
+            return np.frombuffer(response.raw_output_contents[index], dtype=dtype).reshape(
+                list(tensor.shape)
+            )
     raise KeyError(name)
 
 
-async def _drive(address: str, requests: list[bytes], concurrency: int, check, warm: bool) -> tuple[float, float]:
+async def _drive(
+    address: str, requests: list[bytes], concurrency: int, check, warm: bool
+) -> tuple[float, float]:
     """Send pre-built requests with at most `concurrency` in flight; (seconds, summed units from `check`).
 
     The client is deliberately thin (raw grpc.aio, no per-call tensor building): on a small
@@ -101,13 +119,30 @@ async def _drive(address: str, requests: list[bytes], concurrency: int, check, w
 
 
 def _engine(model: str, name: str, extra: list[str]):
-    args = ["--model_dir", str(ensure_model(model)), "--model_name", name, "--host", "127.0.0.1",
-            "--disable_log_requests", *extra]
+    args = [
+        "--model_dir",
+        str(ensure_model(model)),
+        "--model_name",
+        name,
+        "--host",
+        "127.0.0.1",
+        "--disable_log_requests",
+        *extra,
+    ]
     return start_service("services.engine_hf", args, name=f"bench-{name}", ready_timeout=600)
 
 
-def _compare(workload: str, unit: str, model: str, name: str, modes, concurrency: int, rounds: int,
-             make_request, check) -> list[Row]:
+def _compare(
+    workload: str,
+    unit: str,
+    model: str,
+    name: str,
+    modes,
+    concurrency: int,
+    rounds: int,
+    make_request,
+    check,
+) -> list[Row]:
     """Both engines up at once; rounds alternate between them so load from elsewhere hits both alike."""
     services = [_engine(model, name, flags) for _, _, flags in modes]
     totals = [[0.0, 0.0, 0] for _ in modes]
@@ -115,14 +150,19 @@ def _compare(workload: str, unit: str, model: str, name: str, modes, concurrency
         for round_index in range(rounds):
             for (_, count, _), service, total in zip(modes, services, totals):
                 requests = [make_request(i) for i in range(count)]
-                seconds, units = asyncio.run(_drive(service.address, requests, concurrency, check, warm=round_index == 0))
+                seconds, units = asyncio.run(
+                    _drive(service.address, requests, concurrency, check, warm=round_index == 0)
+                )
                 total[0] += seconds
                 total[1] += units
                 total[2] += count
     finally:
         for service in services:
             service.stop()
-    return [Row(workload, mode, total[2], concurrency, total[0], total[1], unit) for (mode, _, _), total in zip(modes, totals)]
+    return [
+        Row(workload, mode, total[2], concurrency, total[0], total[1], unit)
+        for (mode, _, _), total in zip(modes, totals)
+    ]
 
 
 def bench_embeddings(requests: int, concurrency: int, rounds: int) -> list[Row]:
@@ -133,13 +173,26 @@ def bench_embeddings(requests: int, concurrency: int, rounds: int) -> list[Row]:
         assert output(response, "output-0", "<f4").shape == (1, 384)
         return 1.0
 
-    modes = (("dynamic batching (32)", requests, ["--max_batch_size", "32"]),
-             ("one at a time", requests, ["--max_batch_size", "1"]))
-    return _compare("embeddings MiniLM", "req/s", "all-minilm-l6-v2", "minilm", modes, concurrency, rounds,
-                    make_request, check)
+    modes = (
+        ("dynamic batching (32)", requests, ["--max_batch_size", "32"]),
+        ("one at a time", requests, ["--max_batch_size", "1"]),
+    )
+    return _compare(
+        "embeddings MiniLM",
+        "req/s",
+        "all-minilm-l6-v2",
+        "minilm",
+        modes,
+        concurrency,
+        rounds,
+        make_request,
+        check,
+    )
 
 
-def bench_generation(batched: int, sequential: int, concurrency: int, new_tokens: int, rounds: int) -> list[Row]:
+def bench_generation(
+    batched: int, sequential: int, concurrency: int, new_tokens: int, rounds: int
+) -> list[Row]:
     sampling = json.dumps({"max_tokens": new_tokens, "temperature": 0, "ignore_eos": True})
 
     def make_request(i: int) -> bytes:
@@ -150,11 +203,22 @@ def bench_generation(batched: int, sequential: int, concurrency: int, new_tokens
     def check(response) -> float:
         return float(output(response, "num_output_tokens", "<i8")[0])
 
-    modes = (("batched decoding", batched, ["--max_concurrent_sequences", "32"]),
-             ("one at a time", sequential, ["--max_concurrent_sequences", "1"]))
+    modes = (
+        ("batched decoding", batched, ["--max_concurrent_sequences", "32"]),
+        ("one at a time", sequential, ["--max_concurrent_sequences", "1"]),
+    )
     workload = f"generation SmolLM2 {new_tokens} tok"
-    return _compare(workload, "tok/s", "smollm2-135m-instruct", "smollm2", modes, concurrency, rounds,
-                    make_request, check)
+    return _compare(
+        workload,
+        "tok/s",
+        "smollm2-135m-instruct",
+        "smollm2",
+        modes,
+        concurrency,
+        rounds,
+        make_request,
+        check,
+    )
 
 
 def print_table(rows: list[Row]) -> None:
@@ -165,8 +229,10 @@ def print_table(rows: list[Row]) -> None:
         batched, baseline = rows[i], rows[i + 1]
         for row in (batched, baseline):
             speedup = f"{row.rate / baseline.rate:.2f}x"
-            print(f"{row.workload:<26} {row.mode:<22} {row.requests:>8} {row.concurrency:>5} "
-                  f"{row.seconds:>8.2f} {row.rate:>10.1f} {row.unit:<3} {speedup:>8}")
+            print(
+                f"{row.workload:<26} {row.mode:<22} {row.requests:>8} {row.concurrency:>5} "
+                f"{row.seconds:>8.2f} {row.rate:>10.1f} {row.unit:<3} {speedup:>8}"
+            )
 
 
 def main() -> None:
@@ -175,7 +241,9 @@ def main() -> None:
     parser.add_argument("--embed-requests", type=int, default=256, help="per mode and round")
     parser.add_argument("--embed-concurrency", type=int, default=32)
     parser.add_argument("--gen-requests", type=int, default=16, help="batched mode, per round")
-    parser.add_argument("--seq-gen-requests", type=int, default=4, help="one-at-a-time mode, per round")
+    parser.add_argument(
+        "--seq-gen-requests", type=int, default=4, help="one-at-a-time mode, per round"
+    )
     parser.add_argument("--gen-concurrency", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--only", choices=("embeddings", "generation"), help="run one comparison")
@@ -184,9 +252,17 @@ def main() -> None:
     if args.only in (None, "embeddings"):
         rows += bench_embeddings(args.embed_requests, args.embed_concurrency, args.rounds)
     if args.only in (None, "generation"):
-        rows += bench_generation(args.gen_requests, args.seq_gen_requests, args.gen_concurrency, args.new_tokens, args.rounds)
-    print(f"\nHF engine bench on {os.cpu_count()} CPU cores (fp32, OIP v2 gRPC, "
-          f"{args.rounds} alternating rounds)\n")
+        rows += bench_generation(
+            args.gen_requests,
+            args.seq_gen_requests,
+            args.gen_concurrency,
+            args.new_tokens,
+            args.rounds,
+        )
+    print(
+        f"\nHF engine bench on {os.cpu_count()} CPU cores (fp32, OIP v2 gRPC, "
+        f"{args.rounds} alternating rounds)\n"
+    )
     print_table(rows)
 
 

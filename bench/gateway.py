@@ -54,14 +54,23 @@ import yaml  # noqa: E402
 
 from services.common.codec import InferRequest, Tensor, as_bytes_array  # noqa: E402
 from services.common.converters import infer_request_to_pb, infer_response_from_pb  # noqa: E402
-from services.models.cache import ensure_model  # noqa: E402
 from services.common.pb import inference_pb2_grpc as pb_grpc  # noqa: E402
 from services.launcher.processes import free_port, start_service  # noqa: E402
+from services.models.cache import ensure_model  # noqa: E402
 from tests.helpers.metrics import scrape, total  # noqa: E402
 
 # (latency phase, throughput phase) requests per round and path
 DEFAULT_REQUESTS = {"tiny-llama": (40, 48), "smollm2-135m-instruct": (10, 16)}
-TOPICS = ["the sea", "a robot", "autumn", "a lighthouse", "coffee", "mountains", "a train", "the moon"]
+TOPICS = [
+    "the sea",
+    "a robot",
+    "autumn",
+    "a lighthouse",
+    "coffee",
+    "mountains",
+    "a train",
+    "the moon",
+]
 
 
 def cpu_seconds(pid: int | None = None) -> float:
@@ -85,7 +94,11 @@ class Result:
 
     @property
     def engine_ttft_mean(self) -> float:
-        return self.engine_ttft[0] / self.engine_ttft[1] * 1000 if self.engine_ttft[1] else float("nan")
+        return (
+            self.engine_ttft[0] / self.engine_ttft[1] * 1000
+            if self.engine_ttft[1]
+            else float("nan")
+        )
 
     @property
     def rate(self) -> float:
@@ -113,20 +126,28 @@ async def render_all(channel: grpc.aio.Channel, count: int) -> list[list[int]]:
     stub = pb_grpc.GRPCInferenceServiceStub(channel)
     out = []
     for i in range(count):
-        request = InferRequest("llm.render", [Tensor("messages", "BYTES", as_bytes_array([json.dumps(messages(i))]))])
-        reply = infer_response_from_pb(await stub.ModelInfer(infer_request_to_pb(request), timeout=30))
+        request = InferRequest(
+            "llm.render", [Tensor("messages", "BYTES", as_bytes_array([json.dumps(messages(i))]))]
+        )
+        reply = infer_response_from_pb(
+            await stub.ModelInfer(infer_request_to_pb(request), timeout=30)
+        )
         out.append([int(v) for v in reply.outputs[0].data])
     return out
 
 
 async def direct_one(stub, ids: list[int], max_tokens: int, result: Result) -> None:
     sampling = {"max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
-    request = InferRequest("llm", [
-        Tensor("input_ids", "INT64", np.asarray(ids, dtype=np.int64)),
-        Tensor("sampling_parameters", "BYTES", as_bytes_array([json.dumps(sampling)])),
-        Tensor("stream", "BOOL", np.asarray([True])),
-        Tensor("exclude_input_in_output", "BOOL", np.asarray([True])),
-    ], parameters={"coalesce_deltas": True})  # as the gateway asks, so both paths get the same engine behaviour
+    request = InferRequest(
+        "llm",
+        [
+            Tensor("input_ids", "INT64", np.asarray(ids, dtype=np.int64)),
+            Tensor("sampling_parameters", "BYTES", as_bytes_array([json.dumps(sampling)])),
+            Tensor("stream", "BOOL", np.asarray([True])),
+            Tensor("exclude_input_in_output", "BOOL", np.asarray([True])),
+        ],
+        parameters={"coalesce_deltas": True},
+    )  # as the gateway asks, so both paths get the same engine behaviour
     message = infer_request_to_pb(request)
 
     async def requests():
@@ -148,9 +169,18 @@ async def direct_one(stub, ids: list[int], max_tokens: int, result: Result) -> N
     result.requests += 1
 
 
-async def gateway_one(session: aiohttp.ClientSession, i: int, max_tokens: int, result: Result) -> None:
-    body = {"model": "llm", "messages": messages(i), "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
-            "stream": True, "stream_options": {"include_usage": True}}
+async def gateway_one(
+    session: aiohttp.ClientSession, i: int, max_tokens: int, result: Result
+) -> None:
+    body = {
+        "model": "llm",
+        "messages": messages(i),
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     started = time.perf_counter()
     first = None
     pending = b""
@@ -162,15 +192,24 @@ async def gateway_one(session: aiohttp.ClientSession, i: int, max_tokens: int, r
             events = (pending + data).split(b"\n\n")
             pending = events.pop()
             for event in events:
-                if first is None and event.startswith(b'data: {') and b'"choices":[{' in event:
-                    first = time.perf_counter() - started  # the gateway's first chunk waits for the first token
+                if first is None and event.startswith(b"data: {") and b'"choices":[{' in event:
+                    first = (
+                        time.perf_counter() - started
+                    )  # the gateway's first chunk waits for the first token
                 if b'"usage":{' in event:
                     result.tokens += json.loads(event[6:])["usage"]["completion_tokens"]
     result.ttfts.append(first)
     result.requests += 1
 
 
-async def run_load(make_call, count: int, concurrency: int, stagger: float, result: Result, pids: dict[str, int | None]) -> None:
+async def run_load(
+    make_call,
+    count: int,
+    concurrency: int,
+    stagger: float,
+    result: Result,
+    pids: dict[str, int | None],
+) -> None:
     """`concurrency` streams, each sending its share of `count` requests back to back,
     started `stagger` seconds apart so arrivals spread as in steady traffic (in
     lockstep, the engine's batching rather than the path would decide the numbers)."""
@@ -214,17 +253,36 @@ class Phase:
     stagger: float = 0.0
 
 
-async def run_phase(phase: Phase, rounds: int, stub, client, prompts, pids) -> tuple[Result, Result]:
-    direct, through = Result("direct gRPC → engine"), Result("HTTP SSE → gateway → tokenizer → engine")
+async def run_phase(
+    phase: Phase, rounds: int, stub, client, prompts, pids
+) -> tuple[Result, Result]:
+    direct, through = (
+        Result("direct gRPC → engine"),
+        Result("HTTP SSE → gateway → tokenizer → engine"),
+    )
     for _ in range(rounds):
-        await run_load(lambda i: direct_one(stub, prompts[i % len(prompts)], phase.max_tokens, direct),
-                       phase.requests, phase.concurrency, phase.stagger, direct, pids)
-        await run_load(lambda i: gateway_one(client, i, phase.max_tokens, through),
-                       phase.requests, phase.concurrency, phase.stagger, through, pids)
+        await run_load(
+            lambda i: direct_one(stub, prompts[i % len(prompts)], phase.max_tokens, direct),
+            phase.requests,
+            phase.concurrency,
+            phase.stagger,
+            direct,
+            pids,
+        )
+        await run_load(
+            lambda i: gateway_one(client, i, phase.max_tokens, through),
+            phase.requests,
+            phase.concurrency,
+            phase.stagger,
+            through,
+            pids,
+        )
     return direct, through
 
 
-async def bench(args, phases: list[Phase], engine_address: str, tokenizer_address: str, gateway_url: str, pids):
+async def bench(
+    args, phases: list[Phase], engine_address: str, tokenizer_address: str, gateway_url: str, pids
+):
     tokenizer_channel = grpc.aio.insecure_channel(tokenizer_address)
     engine_channel = grpc.aio.insecure_channel(engine_address)
     stub = pb_grpc.GRPCInferenceServiceStub(engine_channel)
@@ -232,86 +290,198 @@ async def bench(args, phases: list[Phase], engine_address: str, tokenizer_addres
     width = max(p.concurrency for p in phases) * 2
     results = []
     connector = aiohttp.TCPConnector(limit=width)
-    async with aiohttp.ClientSession(base_url=gateway_url, connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as client:
+    async with aiohttp.ClientSession(
+        base_url=gateway_url, connector=connector, timeout=aiohttp.ClientTimeout(total=300)
+    ) as client:
         await run_phase(Phase("warm-up", 4, 8, 8), 1, stub, client, prompts, pids)
         for phase in phases:
-            results.append((phase, *await run_phase(phase, args.rounds, stub, client, prompts, pids)))
+            results.append(
+                (phase, *await run_phase(phase, args.rounds, stub, client, prompts, pids))
+            )
     await tokenizer_channel.close()
     await engine_channel.close()
     return results
 
 
 def report(phase: Phase, direct: Result, through: Result, rounds: int) -> None:
-    print(f"\n{phase.name}: {rounds}×{phase.requests} streamed chat requests per path, concurrency {phase.concurrency} "
-          f"(streams {phase.stagger * 1000:.0f} ms apart), {phase.max_tokens} new tokens each (ignore_eos)")
-    print(f"{'path':42} {'requests':>8} {'tokens':>7} {'seconds':>8} {'tok/s':>8} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12}"
-          f" {'engine TTFT mean ms':>20}  CPU s: engine / tokenizer / gateway / client")
+    print(
+        f"\n{phase.name}: {rounds}×{phase.requests} streamed chat requests per path, concurrency {phase.concurrency} "
+        f"(streams {phase.stagger * 1000:.0f} ms apart), {phase.max_tokens} new tokens each (ignore_eos)"
+    )
+    print(
+        f"{'path':42} {'requests':>8} {'tokens':>7} {'seconds':>8} {'tok/s':>8} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12}"
+        f" {'engine TTFT mean ms':>20}  CPU s: engine / tokenizer / gateway / client"
+    )
     for r in (direct, through):
-        cpu = " / ".join(f"{r.cpu.get(k, 0.0):.2f}" for k in ("engine", "tokenizer", "gateway", "client"))
-        print(f"{r.mode:42} {r.requests:8d} {r.tokens:7d} {r.seconds:8.2f} {r.rate:8.1f} {r.p(50):12.1f} {r.p(99):12.1f}"
-              f" {r.engine_ttft_mean:20.1f}  {cpu}")
+        cpu = " / ".join(
+            f"{r.cpu.get(k, 0.0):.2f}" for k in ("engine", "tokenizer", "gateway", "client")
+        )
+        print(
+            f"{r.mode:42} {r.requests:8d} {r.tokens:7d} {r.seconds:8.2f} {r.rate:8.1f} {r.p(50):12.1f} {r.p(99):12.1f}"
+            f" {r.engine_ttft_mean:20.1f}  {cpu}"
+        )
     ratio = through.rate / direct.rate if direct.rate else float("nan")
     print(f"  output tokens/s ratio (gateway / direct): {ratio:.3f}   (target >= 0.9)")
-    print(f"  added TTFT: p50 {through.p(50) - direct.p(50):+.1f} ms (target <= 5 ms), p99 {through.p(99) - direct.p(99):+.1f} ms")
+    print(
+        f"  added TTFT: p50 {through.p(50) - direct.p(50):+.1f} ms (target <= 5 ms), p99 {through.p(99) - direct.p(99):+.1f} ms"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny-llama", choices=sorted(DEFAULT_REQUESTS), help="model served by the HF engine")
-    parser.add_argument("--requests", type=int, help="throughput phase: requests per round and path (default per model)")
-    parser.add_argument("--concurrency", type=int, default=8, help="throughput phase: concurrent streams")
-    parser.add_argument("--max-tokens", type=int, default=64, help="throughput phase: new tokens per request")
-    parser.add_argument("--stagger-ms", type=float, default=25.0, help="throughput phase: start offset between streams")
-    parser.add_argument("--latency-requests", type=int, help="latency phase: requests per round and path (default per model)")
-    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds per path and phase")
-    parser.add_argument("--engine-flags", default="", help="extra HF engine flags, e.g. '--num_threads 1'")
-    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=len(os.sched_getaffinity(0)) >= 2,
-                        help="give the engine its own CPUs (the first half; torch threads to match) and the gateway, "
-                             "tokenizer and this client the rest, as services with their own CPU requests run "
-                             "(default: on with 2 or more CPUs; --no-pin lets every process use every CPU)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model",
+        default="tiny-llama",
+        choices=sorted(DEFAULT_REQUESTS),
+        help="model served by the HF engine",
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        help="throughput phase: requests per round and path (default per model)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="throughput phase: concurrent streams"
+    )
+    parser.add_argument(
+        "--max-tokens", type=int, default=64, help="throughput phase: new tokens per request"
+    )
+    parser.add_argument(
+        "--stagger-ms",
+        type=float,
+        default=25.0,
+        help="throughput phase: start offset between streams",
+    )
+    parser.add_argument(
+        "--latency-requests",
+        type=int,
+        help="latency phase: requests per round and path (default per model)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=6, help="alternating rounds per path and phase"
+    )
+    parser.add_argument(
+        "--engine-flags", default="", help="extra HF engine flags, e.g. '--num_threads 1'"
+    )
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=len(os.sched_getaffinity(0)) >= 2,
+        help="give the engine its own CPUs (the first half; torch threads to match) and the gateway, "
+        "tokenizer and this client the rest, as services with their own CPU requests run "
+        "(default: on with 2 or more CPUs; --no-pin lets every process use every CPU)",
+    )
     args = parser.parse_args()
     args.latency_requests = args.latency_requests or DEFAULT_REQUESTS[args.model][0]
     args.requests = args.requests or DEFAULT_REQUESTS[args.model][1]
     phases = [
-        Phase("latency (one stream at a time: the gateway's own added TTFT)", 1, args.latency_requests, 16),
-        Phase("throughput", args.concurrency, args.requests, args.max_tokens, args.stagger_ms / 1000),
+        Phase(
+            "latency (one stream at a time: the gateway's own added TTFT)",
+            1,
+            args.latency_requests,
+            16,
+        ),
+        Phase(
+            "throughput", args.concurrency, args.requests, args.max_tokens, args.stagger_ms / 1000
+        ),
     ]
     folder = str(ensure_model(args.model))
     engine_port, tokenizer_port, metrics_port = free_port(), free_port(), free_port()
     ENGINE_METRICS["url"] = f"http://127.0.0.1:{metrics_port}/metrics"
     model_list = Path(tempfile.mkdtemp(prefix="hfmesh-bench-")) / "mesh.yaml"
-    model_list.write_text(yaml.safe_dump({"models": [{
-        "name": "llm", "source": folder, "task": "text_generation", "backend": "huggingface", "max_model_len": 512,
-        "endpoints": {"tokenizer": [f"127.0.0.1:{tokenizer_port}"], "huggingface": [f"127.0.0.1:{engine_port}"]},
-    }]}))
+    model_list.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    {
+                        "name": "llm",
+                        "source": folder,
+                        "task": "text_generation",
+                        "backend": "huggingface",
+                        "max_model_len": 512,
+                        "endpoints": {
+                            "tokenizer": [f"127.0.0.1:{tokenizer_port}"],
+                            "huggingface": [f"127.0.0.1:{engine_port}"],
+                        },
+                    }
+                ]
+            }
+        )
+    )
     engine_cpus, other_cpus = split_cpus() if args.pin else (None, None)
     engine_flags = args.engine_flags.split()
     if engine_cpus and "--num_threads" not in engine_flags:
         engine_flags += ["--num_threads", str(len(engine_cpus))]
     services = []
     try:
-        services.append(start_service("services.engine_hf", ["--model_dir", folder, "--model_name", "llm", "--host", "127.0.0.1",
-                                                         "--metrics_port", str(metrics_port), *engine_flags],
-                                      name="bench-engine", port=engine_port))
-        services.append(start_service("services.tokenizer", ["--model_list", str(model_list), "--host", "127.0.0.1"],
-                                      name="bench-tokenizer", port=tokenizer_port))
-        gateway = start_service("services.gateway", ["--model_list", str(model_list), "--host", "127.0.0.1", "--log_level", "WARNING"],
-                                name="bench-gateway", ready="http")
+        services.append(
+            start_service(
+                "services.engine_hf",
+                [
+                    "--model_dir",
+                    folder,
+                    "--model_name",
+                    "llm",
+                    "--host",
+                    "127.0.0.1",
+                    "--metrics_port",
+                    str(metrics_port),
+                    *engine_flags,
+                ],
+                name="bench-engine",
+                port=engine_port,
+            )
+        )
+        services.append(
+            start_service(
+                "services.tokenizer",
+                ["--model_list", str(model_list), "--host", "127.0.0.1"],
+                name="bench-tokenizer",
+                port=tokenizer_port,
+            )
+        )
+        gateway = start_service(
+            "services.gateway",
+            ["--model_list", str(model_list), "--host", "127.0.0.1", "--log_level", "WARNING"],
+            name="bench-gateway",
+            ready="http",
+        )
         services.append(gateway)
         if engine_cpus:
             pin(services[0].process.pid, engine_cpus)
             for service in services[1:]:
                 pin(service.process.pid, other_cpus)
             pin(os.getpid(), other_cpus)
-        pids = {"engine": services[0].process.pid, "tokenizer": services[1].process.pid, "gateway": gateway.process.pid, "client": None}
-        results = asyncio.run(bench(args, phases, f"127.0.0.1:{engine_port}", f"127.0.0.1:{tokenizer_port}", gateway.url, pids))
+        pids = {
+            "engine": services[0].process.pid,
+            "tokenizer": services[1].process.pid,
+            "gateway": gateway.process.pid,
+            "client": None,
+        }
+        results = asyncio.run(
+            bench(
+                args,
+                phases,
+                f"127.0.0.1:{engine_port}",
+                f"127.0.0.1:{tokenizer_port}",
+                gateway.url,
+                pids,
+            )
+        )
     finally:
         for service in services:
             service.stop()
-    placement = (f"engine pinned to CPUs {sorted(engine_cpus)}, gateway + tokenizer + client to {sorted(other_cpus)}"
-                 if engine_cpus else "no pinning")
-    print(f"\n{args.model} on the HF engine ({' '.join(engine_flags) or 'default flags'}), {os.cpu_count()} CPU cores, "
-          f"{placement}; rounds alternate direct / gateway")
+    placement = (
+        f"engine pinned to CPUs {sorted(engine_cpus)}, gateway + tokenizer + client to {sorted(other_cpus)}"
+        if engine_cpus
+        else "no pinning"
+    )
+    print(
+        f"\n{args.model} on the HF engine ({' '.join(engine_flags) or 'default flags'}), {os.cpu_count()} CPU cores, "
+        f"{placement}; rounds alternate direct / gateway"
+    )
     for phase, direct, through in results:
         report(phase, direct, through, args.rounds)
 

@@ -39,21 +39,39 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.models.cache import ensure_model  # noqa: E402
 from services.launcher.processes import ServiceProcess, free_port, start_service, wait_ready  # noqa: E402
+from services.models.cache import ensure_model  # noqa: E402
 
 CONTEXT = {"smollm2-135m-instruct": 1024, "tiny-llama": 512}
 TOPICS = [
-    "a lighthouse keeper", "the history of bread", "a robot learning to paint", "rain in a desert town",
-    "the first day of school", "a chess tournament", "an old bicycle", "the migration of birds",
-    "a night train to the coast", "volcanoes", "a library that never closes", "the smell of coffee",
-    "a lost umbrella", "winter in the mountains", "a small bakery", "the moon landing",
+    "a lighthouse keeper",
+    "the history of bread",
+    "a robot learning to paint",
+    "rain in a desert town",
+    "the first day of school",
+    "a chess tournament",
+    "an old bicycle",
+    "the migration of birds",
+    "a night train to the coast",
+    "volcanoes",
+    "a library that never closes",
+    "the smell of coffee",
+    "a lost umbrella",
+    "winter in the mountains",
+    "a small bakery",
+    "the moon landing",
 ]
-ENV = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), "HF_HUB_OFFLINE": "1"}
+ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+    "HF_HUB_OFFLINE": "1",
+}
 
 
 def prompts(count: int) -> list[str]:
-    return [f"Write a short paragraph about {TOPICS[i % len(TOPICS)]} (number {i})." for i in range(count)]
+    return [
+        f"Write a short paragraph about {TOPICS[i % len(TOPICS)]} (number {i})."
+        for i in range(count)
+    ]
 
 
 @dataclass
@@ -92,17 +110,26 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: str, output_len: int) -> RequestStats:
+async def one_request(
+    client: httpx.AsyncClient, url: str, model: str, prompt: str, output_len: int
+) -> RequestStats:
     body = {
-        "model": model, "prompt": prompt, "max_tokens": output_len, "temperature": 0.0, "ignore_eos": True,
-        "stream": True, "stream_options": {"include_usage": True},
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": output_len,
+        "temperature": 0.0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
     }
     start = time.perf_counter()
     arrivals: list[float] = []
     tokens = 0
     async with client.stream("POST", url, json=body) as response:
         if response.status_code != 200:
-            raise RuntimeError(f"{url}: HTTP {response.status_code}: {(await response.aread())[:300]!r}")
+            raise RuntimeError(
+                f"{url}: HTTP {response.status_code}: {(await response.aread())[:300]!r}"
+            )
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -119,9 +146,20 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: s
     return RequestStats(ttft=arrivals[0] - start, itls=itls, tokens=tokens, tpot=tpot)
 
 
-async def run_load(label: str, url: str, model: str, *, concurrency: int, requests: int, output_len: int,
-                   warm_up: bool, on_start=lambda: {}) -> RunStats:
-    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
+async def run_load(
+    label: str,
+    url: str,
+    model: str,
+    *,
+    concurrency: int,
+    requests: int,
+    output_len: int,
+    warm_up: bool,
+    on_start=lambda: {},
+) -> RunStats:
+    limits = httpx.Limits(
+        max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2
+    )
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         gate = asyncio.Semaphore(concurrency)
 
@@ -137,7 +175,9 @@ async def run_load(label: str, url: str, model: str, *, concurrency: int, reques
         wall = time.perf_counter() - start
     short = [r.tokens for r in results if r.tokens != output_len]
     if short:
-        raise RuntimeError(f"{label}: {len(short)} requests did not stream {output_len} tokens: {short[:5]}")
+        raise RuntimeError(
+            f"{label}: {len(short)} requests did not stream {output_len} tokens: {short[:5]}"
+        )
     return RunStats(label, wall, list(results), cpu_before)
 
 
@@ -161,10 +201,26 @@ def cpu_seconds(services: list[ServiceProcess]) -> dict[str, float]:
 
 
 def vllm_alone(name: str, folder: str, log_dir: Path) -> tuple[list[ServiceProcess], str]:
-    args = ["--model", folder, "--served-model-name", name, "--dtype", "float32", "--host", "127.0.0.1",
-            "--max-model-len", str(CONTEXT[name])]
-    server = start_service("vllm.entrypoints.openai.api_server", args, name=f"vllm-{name}", env=ENV,
-                           ready="none", log_dir=log_dir)
+    args = [
+        "--model",
+        folder,
+        "--served-model-name",
+        name,
+        "--dtype",
+        "float32",
+        "--host",
+        "127.0.0.1",
+        "--max-model-len",
+        str(CONTEXT[name]),
+    ]
+    server = start_service(
+        "vllm.entrypoints.openai.api_server",
+        args,
+        name=f"vllm-{name}",
+        env=ENV,
+        ready="none",
+        log_dir=log_dir,
+    )
     wait_ready(server, "http", 600, path="/health")
     return [server], f"{server.url}/v1/completions"
 
@@ -172,25 +228,68 @@ def vllm_alone(name: str, folder: str, log_dir: Path) -> tuple[list[ServiceProce
 def mesh(name: str, folder: str, log_dir: Path) -> tuple[list[ServiceProcess], str]:
     engine_port, tokenizer_port = free_port(), free_port()
     model_list = log_dir / f"mesh-{name}.yaml"
-    model_list.write_text(yaml.safe_dump({"models": [{
-        "name": name, "source": folder, "task": "text_generation", "backend": "vllm",
-        "max_model_len": CONTEXT[name],
-        "endpoints": {"tokenizer": [f"127.0.0.1:{tokenizer_port}"], "vllm": [f"127.0.0.1:{engine_port}"]},
-    }]}))
+    model_list.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    {
+                        "name": name,
+                        "source": folder,
+                        "task": "text_generation",
+                        "backend": "vllm",
+                        "max_model_len": CONTEXT[name],
+                        "endpoints": {
+                            "tokenizer": [f"127.0.0.1:{tokenizer_port}"],
+                            "vllm": [f"127.0.0.1:{engine_port}"],
+                        },
+                    }
+                ]
+            }
+        )
+    )
     started: list[ServiceProcess] = []
     try:
-        started.append(start_service(
-            "services.engine_vllm",
-            ["--model_dir", folder, "--model_name", name, "--host", "127.0.0.1", "--max_model_len",
-             str(CONTEXT[name]), "--disable_log_requests"],
-            name=f"engine_vllm-{name}", port=engine_port, env=ENV, ready="none", log_dir=log_dir,
-        ))
-        started.append(start_service("services.tokenizer", ["--model_list", str(model_list), "--host", "127.0.0.1"],
-                                     name=f"tokenizer-{name}", port=tokenizer_port, ready="none", log_dir=log_dir))
+        started.append(
+            start_service(
+                "services.engine_vllm",
+                [
+                    "--model_dir",
+                    folder,
+                    "--model_name",
+                    name,
+                    "--host",
+                    "127.0.0.1",
+                    "--max_model_len",
+                    str(CONTEXT[name]),
+                    "--disable_log_requests",
+                ],
+                name=f"engine_vllm-{name}",
+                port=engine_port,
+                env=ENV,
+                ready="none",
+                log_dir=log_dir,
+            )
+        )
+        started.append(
+            start_service(
+                "services.tokenizer",
+                ["--model_list", str(model_list), "--host", "127.0.0.1"],
+                name=f"tokenizer-{name}",
+                port=tokenizer_port,
+                ready="none",
+                log_dir=log_dir,
+            )
+        )
         for service in started:
             wait_ready(service, "grpc", timeout=600)
-        gateway = start_service("services.gateway", ["--model_list", str(model_list), "--host", "127.0.0.1"],
-                                name=f"gateway-{name}", ready="http", ready_timeout=120, log_dir=log_dir)
+        gateway = start_service(
+            "services.gateway",
+            ["--model_list", str(model_list), "--host", "127.0.0.1"],
+            name=f"gateway-{name}",
+            ready="http",
+            ready_timeout=120,
+            log_dir=log_dir,
+        )
         started.append(gateway)
     except BaseException:
         for service in started:
@@ -218,11 +317,22 @@ class Server:
         return pooled
 
 
-def measure(server: Server, everything: list[ServiceProcess], name: str, args: argparse.Namespace) -> RunStats:
+def measure(
+    server: Server, everything: list[ServiceProcess], name: str, args: argparse.Namespace
+) -> RunStats:
     """One round on one server; CPU time is counted for every process, measured or idle."""
-    stats = asyncio.run(run_load(server.label, server.url, name, concurrency=args.concurrency,
-                                 requests=args.requests, output_len=args.output_len,
-                                 warm_up=not server.rounds, on_start=lambda: cpu_seconds(everything)))
+    stats = asyncio.run(
+        run_load(
+            server.label,
+            server.url,
+            name,
+            concurrency=args.concurrency,
+            requests=args.requests,
+            output_len=args.output_len,
+            warm_up=not server.rounds,
+            on_start=lambda: cpu_seconds(everything),
+        )
+    )
     after = cpu_seconds(everything)
     stats.cpu_seconds = {k: after[k] - stats.cpu_seconds.get(k, 0.0) for k in after}
     server.rounds.append(stats)
@@ -231,17 +341,25 @@ def measure(server: Server, everything: list[ServiceProcess], name: str, args: a
 
 def report(name: str, servers: list[Server], args: argparse.Namespace) -> str:
     alone, meshed = servers
-    rows = [f"\n{name}: {len(alone.rounds)} rounds x {args.requests} requests, concurrency "
-            f"{args.concurrency}, {args.output_len} output tokens each (ignore_eos), streamed"]
-    rows.append(f"  {'server':<36}{'out tok/s':>10}{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>10}{'TPOT p50':>10}"
-                "   rounds tok/s")
+    rows = [
+        f"\n{name}: {len(alone.rounds)} rounds x {args.requests} requests, concurrency "
+        f"{args.concurrency}, {args.output_len} output tokens each (ignore_eos), streamed"
+    ]
+    rows.append(
+        f"  {'server':<36}{'out tok/s':>10}{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>10}{'TPOT p50':>10}"
+        "   rounds tok/s"
+    )
     for server in servers:
         pooled = server.pooled()
         each = " ".join(f"{r.tokens_per_second:.0f}" for r in server.rounds)
-        rows.append(f"  {server.label:<36}{server.tokens_per_second():>10.1f}{pooled.ttft(0.5) * 1e3:>8.0f}ms"
-                    f"{pooled.ttft(0.99) * 1e3:>8.0f}ms{pooled.itl(0.5) * 1e3:>8.1f}ms{pooled.tpot(0.5) * 1e3:>8.1f}ms"
-                    f"   {each}")
-    rows.append(f"  ratio b/a (output tokens/s, medians): {meshed.tokens_per_second() / alone.tokens_per_second():.3f}")
+        rows.append(
+            f"  {server.label:<36}{server.tokens_per_second():>10.1f}{pooled.ttft(0.5) * 1e3:>8.0f}ms"
+            f"{pooled.ttft(0.99) * 1e3:>8.0f}ms{pooled.itl(0.5) * 1e3:>8.1f}ms{pooled.tpot(0.5) * 1e3:>8.1f}ms"
+            f"   {each}"
+        )
+    rows.append(
+        f"  ratio b/a (output tokens/s, medians): {meshed.tokens_per_second() / alone.tokens_per_second():.3f}"
+    )
     for server in servers:
         pooled = server.pooled()
         tokens = sum(r.tokens for r in pooled.requests) / 1000
@@ -254,16 +372,20 @@ def bench_model(name: str, log_dir: Path, args: argparse.Namespace) -> str:
     folder = str(ensure_model(name))
     servers: list[Server] = []
     try:
-        for label, setup in (("(a) vllm openai api_server", vllm_alone),
-                             ("(b) gateway->tokenizer->engine_vllm", mesh)):
+        for label, setup in (
+            ("(a) vllm openai api_server", vllm_alone),
+            ("(b) gateway->tokenizer->engine_vllm", mesh),
+        ):
             services, url = setup(name, folder, log_dir)
             servers.append(Server(label, services, url))
         everything = [s for server in servers for s in server.services]
         for round_index in range(args.rounds):
             for server in servers:
                 stats = measure(server, everything, name, args)
-                print(f"{name} round {round_index + 1} {server.label[:3]}: {stats.tokens_per_second:.1f} tok/s",
-                      flush=True)
+                print(
+                    f"{name} round {round_index + 1} {server.label[:3]}: {stats.tokens_per_second:.1f} tok/s",
+                    flush=True,
+                )
         return report(name, servers, args)
     finally:
         for server in servers:
@@ -272,13 +394,17 @@ def bench_model(name: str, log_dir: Path, args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", default="smollm2-135m-instruct,tiny-llama")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--requests", type=int, default=96)
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--log-dir", default=None, help="service logs (default: a temporary folder)")
+    parser.add_argument(
+        "--log-dir", default=None, help="service logs (default: a temporary folder)"
+    )
     args = parser.parse_args(argv)
     unknown = [m for m in args.models.split(",") if m not in CONTEXT]
     if unknown:

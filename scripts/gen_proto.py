@@ -17,8 +17,8 @@ OUT_PACKAGE = "services/common/pb"
 
 def generate(out_root: Path = ROOT) -> list[Path]:
     """Run protoc; return the generated files (relative to `out_root`)."""
-    from grpc_tools import protoc
     import grpc_tools
+    from grpc_tools import protoc
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     protos = sorted(PROTO_DIR.glob("*.proto"))

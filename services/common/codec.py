@@ -90,7 +90,10 @@ def datatype_of(array: np.ndarray) -> str:
 
 def as_bytes_array(values: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """An object array of `bytes` (str items are UTF-8 encoded)."""
-    flat = [v.encode() if isinstance(v, str) else bytes(v) for v in np.asarray(values, dtype=object).ravel()]
+    flat = [
+        v.encode() if isinstance(v, str) else bytes(v)
+        for v in np.asarray(values, dtype=object).ravel()
+    ]
     out = np.empty(len(flat), dtype=object)
     out[:] = flat
     return out.reshape(shape if shape is not None else np.shape(values))
@@ -147,7 +150,9 @@ def split_bytes(name: str, raw: bytes) -> list[bytes]:
     offset, end = 0, len(raw)
     while offset < end:
         if offset + 4 > end:
-            raise InvalidArgument(f"tensor '{name}': truncated BYTES length prefix at offset {offset}")
+            raise InvalidArgument(
+                f"tensor '{name}': truncated BYTES length prefix at offset {offset}"
+            )
         (length,) = _LENGTH.unpack_from(raw, offset)
         offset += 4
         if offset + length > end:

@@ -14,7 +14,8 @@ their text, the only thing they carry.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import grpc
 
@@ -106,7 +107,9 @@ def infer_response_to_pb(response: InferResponse, *, raw: bool) -> pb.ModelInfer
     )
     params_to_pb(message.parameters, response.parameters)
     for tensor in response.outputs:
-        out = message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape))
+        out = message.outputs.add(
+            name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape)
+        )
         params_to_pb(out.parameters, tensor.parameters)
         if raw:
             message.raw_output_contents.append(encode_raw(tensor))
@@ -118,10 +121,14 @@ def infer_response_to_pb(response: InferResponse, *, raw: bool) -> pb.ModelInfer
 
 def infer_request_to_pb(request: InferRequest, *, raw: bool = True) -> pb.ModelInferRequest:
     """Client side: build a request (used by the gateway and the tokenizer's predictor client)."""
-    message = pb.ModelInferRequest(model_name=request.model_name, model_version=request.model_version, id=request.id)
+    message = pb.ModelInferRequest(
+        model_name=request.model_name, model_version=request.model_version, id=request.id
+    )
     params_to_pb(message.parameters, request.parameters)
     for tensor in request.inputs:
-        entry = message.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape))
+        entry = message.inputs.add(
+            name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape)
+        )
         params_to_pb(entry.parameters, tensor.parameters)
         if raw:
             message.raw_input_contents.append(encode_raw(tensor))

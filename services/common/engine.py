@@ -8,8 +8,9 @@ this protocol. Nothing here imports protobuf, torch or an engine library.
 from __future__ import annotations
 
 import enum
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -173,18 +174,15 @@ class Engine(Protocol):
         """Stream deltas; raises `InvalidArgument` for bad parameters before yielding."""
         ...
 
-    async def encode(self, request: EncodeRequest) -> EncodeResult:
-        ...
+    async def encode(self, request: EncodeRequest) -> EncodeResult: ...
 
     async def abort(self, request_id: str) -> None:
         """Stop a running request; a no-op when it has already finished."""
         ...
 
-    async def load_adapter(self, name: str, path: str) -> None:
-        ...
+    async def load_adapter(self, name: str, path: str) -> None: ...
 
-    async def unload_adapter(self, name: str) -> None:
-        ...
+    async def unload_adapter(self, name: str) -> None: ...
 
     def healthy(self) -> bool:
         """False once the engine cannot serve any more (the process should exit)."""

@@ -24,8 +24,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +74,13 @@ LLM_OUTPUTS = [
     TensorSpec("logprobs", "BYTES", (1,)),
 ]
 # Request parameters that are protocol options, not sampling fields.
-_PROTOCOL_PARAMETERS = {"triton_enable_empty_final_response", "coalesce_deltas", "sequence_id", "priority", "timeout"}
+_PROTOCOL_PARAMETERS = {
+    "triton_enable_empty_final_response",
+    "coalesce_deltas",
+    "sequence_id",
+    "priority",
+    "timeout",
+}
 
 
 @dataclass
@@ -93,14 +100,20 @@ class LLMOptions:
 
 def _scalar(tensor: Tensor) -> Any:
     if tensor.data.size != 1:
-        raise InvalidArgument(f"tensor '{tensor.name}': expected one element, got shape {list(tensor.shape)}")
+        raise InvalidArgument(
+            f"tensor '{tensor.name}': expected one element, got shape {list(tensor.shape)}"
+        )
     return tensor.data.ravel()[0]
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
     """Triton clients often send numbers as strings; accept both."""
     try:
-        if isinstance(default, bool) or name in ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens"):
+        if isinstance(default, bool) or name in (
+            "ignore_eos",
+            "include_stop_str_in_output",
+            "skip_special_tokens",
+        ):
             try:
                 return parse_bool(name, value)
             except InvalidArgument:
@@ -226,7 +239,9 @@ def generate_request(
     return InferRequest(model, inputs, id=request_id, parameters=parameters)
 
 
-def parse_generate_request(request: InferRequest, request_id: str) -> tuple[GenerateRequest, LLMOptions]:
+def parse_generate_request(
+    request: InferRequest, request_id: str
+) -> tuple[GenerateRequest, LLMOptions]:
     for tensor in request.inputs:
         if tensor.name not in _KNOWN_INPUTS:
             raise InvalidArgument(
@@ -235,11 +250,15 @@ def parse_generate_request(request: InferRequest, request_id: str) -> tuple[Gene
             )
     text, ids = request.input("text_input"), request.input("input_ids")
     if (text is None) == (ids is None):
-        raise InvalidArgument("a generation request needs exactly one of 'text_input' or 'input_ids'")
+        raise InvalidArgument(
+            "a generation request needs exactly one of 'text_input' or 'input_ids'"
+        )
     prompt = prompt_ids = None
     if text is not None:
         if text.datatype != "BYTES":
-            raise InvalidArgument(f"tensor 'text_input': datatype must be BYTES, got {text.datatype}")
+            raise InvalidArgument(
+                f"tensor 'text_input': datatype must be BYTES, got {text.datatype}"
+            )
         try:
             prompt = bytes(_scalar(text)).decode("utf-8")
         except UnicodeDecodeError:
@@ -250,7 +269,9 @@ def parse_generate_request(request: InferRequest, request_id: str) -> tuple[Gene
         if ids.datatype not in ("INT64", "INT32"):
             raise InvalidArgument(f"tensor 'input_ids': datatype must be INT64, got {ids.datatype}")
         if ids.data.ndim > 2 or (ids.data.ndim == 2 and ids.data.shape[0] != 1):
-            raise InvalidArgument(f"tensor 'input_ids': expected shape [n] or [1, n], got {list(ids.shape)}")
+            raise InvalidArgument(
+                f"tensor 'input_ids': expected shape [n] or [1, n], got {list(ids.shape)}"
+            )
         prompt_ids = [int(v) for v in ids.data.ravel()]
         if not prompt_ids:
             raise InvalidArgument("tensor 'input_ids': the prompt is empty")
@@ -262,7 +283,9 @@ def parse_generate_request(request: InferRequest, request_id: str) -> tuple[Gene
         try:
             decoded = json.loads(bytes(_scalar(sampling_json)).decode("utf-8") or "{}")
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise InvalidArgument(f"tensor 'sampling_parameters': not valid JSON ({error})") from None
+            raise InvalidArgument(
+                f"tensor 'sampling_parameters': not valid JSON ({error})"
+            ) from None
         if not isinstance(decoded, dict):
             raise InvalidArgument("tensor 'sampling_parameters': expected a JSON object")
         values.update(decoded)
@@ -319,9 +342,15 @@ def response_for(
     if final or options.return_finish_reason:
         outputs.append(Tensor("finish_reason", "BYTES", as_bytes_array([last.finish_reason or ""])))
     if final or options.return_num_input_tokens:
-        outputs.append(Tensor("num_input_tokens", "INT64", np.asarray([last.num_input_tokens], dtype=np.int64)))
+        outputs.append(
+            Tensor("num_input_tokens", "INT64", np.asarray([last.num_input_tokens], dtype=np.int64))
+        )
     if final or options.return_num_output_tokens:
-        outputs.append(Tensor("num_output_tokens", "INT64", np.asarray([last.num_output_tokens], dtype=np.int64)))
+        outputs.append(
+            Tensor(
+                "num_output_tokens", "INT64", np.asarray([last.num_output_tokens], dtype=np.int64)
+            )
+        )
     if options.return_logprobs:
         outputs.append(Tensor("logprobs", "BYTES", as_bytes_array([_logprobs_json(deltas)])))
     if n > 1:
@@ -330,12 +359,17 @@ def response_for(
         wanted = set(options.requested_outputs)
         outputs = [t for t in outputs if t.name in wanted]
     parameters = {"triton_final_response": False} if options.empty_final_response else {}
-    return InferResponse(model_name=request.model_name, id=request.id, outputs=outputs, parameters=parameters)
+    return InferResponse(
+        model_name=request.model_name, id=request.id, outputs=outputs, parameters=parameters
+    )
 
 
 def empty_final_response(request: InferRequest) -> InferResponse:
     return InferResponse(
-        model_name=request.model_name, id=request.id, outputs=[], parameters={"triton_final_response": True}
+        model_name=request.model_name,
+        id=request.id,
+        outputs=[],
+        parameters={"triton_final_response": True},
     )
 
 

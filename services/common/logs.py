@@ -25,7 +25,9 @@ def configure_logging(level: str = "INFO", service: str = "hfmesh") -> None:
     handler = logging.StreamHandler()
     handler.addFilter(_RequestIdFilter())
     handler.setFormatter(
-        logging.Formatter(f"%(asctime)s %(levelname)s {service} [%(request_id)s] %(name)s: %(message)s")
+        logging.Formatter(
+            f"%(asctime)s %(levelname)s {service} [%(request_id)s] %(name)s: %(message)s"
+        )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -24,8 +24,8 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterable
 
 import numpy as np
 
@@ -53,7 +53,12 @@ from services.common.version import VERSION
 
 logger = logging.getLogger(__name__)
 
-EXTENSIONS = ["model_repository", "model_repository(unload_dependents)", "schedule_policy", "binary_tensor_data"]
+EXTENSIONS = [
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "schedule_policy",
+    "binary_tensor_data",
+]
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -73,7 +78,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def _ready_model(self, name: str) -> ModelInfo:
         info = self._model(name)
         if not info.ready:
-            raise Unavailable(f"model '{name}' is not ready ({info.state.value.lower()}{': ' + info.reason if info.reason else ''})")
+            raise Unavailable(
+                f"model '{name}' is not ready ({info.state.value.lower()}{': ' + info.reason if info.reason else ''})"
+            )
         return info
 
     async def ServerLive(self, request, context):
@@ -91,7 +98,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return pb.ModelReadyResponse(ready=False)
 
     async def ServerMetadata(self, request, context):
-        return pb.ServerMetadataResponse(name=self.server_name, version=VERSION, extensions=EXTENSIONS)
+        return pb.ServerMetadataResponse(
+            name=self.server_name, version=VERSION, extensions=EXTENSIONS
+        )
 
     async def ModelMetadata(self, request, context):
         return model_metadata_to_pb(self._model(request.name))
@@ -103,7 +112,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         for info in self.engine.models():
             if request.ready and not info.ready:
                 continue
-            response.models.add(name=info.name, version="1", state=info.state.value, reason=info.reason)
+            response.models.add(
+                name=info.name, version="1", state=info.state.value, reason=info.reason
+            )
         return response
 
     async def RepositoryModelLoad(self, request, context):
@@ -130,7 +141,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response = await self._encode(infer, info)
         return infer_response_to_pb(response, raw=infer.raw)
 
-    async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    async def ModelStreamInfer(
+        self, request_iterator, context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         queue: asyncio.Queue[PendingDeltas | pb.ModelStreamInferResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
 
@@ -181,7 +194,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if not info.task.is_generative:
             yield infer_response_to_pb(await self._encode(infer, info), raw=infer.raw)
             return
-        generate, options = llm_tensors.parse_generate_request(infer, self._engine_request_id(infer))
+        generate, options = llm_tensors.parse_generate_request(
+            infer, self._engine_request_id(infer)
+        )
         n = generate.sampling.n
         if not options.stream:
             response = await self._collect(infer, generate, options)
@@ -191,7 +206,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if options.coalesce_deltas:
                     yield PendingDeltas(infer, options, n, [delta])
                 else:
-                    yield infer_response_to_pb(llm_tensors.response_for(infer, options, [delta], n=n), raw=infer.raw)
+                    yield infer_response_to_pb(
+                        llm_tensors.response_for(infer, options, [delta], n=n), raw=infer.raw
+                    )
         if options.empty_final_response:
             yield infer_response_to_pb(llm_tensors.empty_final_response(infer), raw=infer.raw)
 
@@ -213,14 +230,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 await asyncio.shield(self.engine.abort(generate.request_id))
 
     async def _generate_whole(self, infer: InferRequest) -> InferResponse:
-        generate, options = llm_tensors.parse_generate_request(infer, self._engine_request_id(infer))
+        generate, options = llm_tensors.parse_generate_request(
+            infer, self._engine_request_id(infer)
+        )
         return await self._collect(infer, generate, options)
 
     async def _collect(self, infer, generate, options) -> InferResponse:
         by_index: dict[int, list[GenerateDelta]] = {}
         async for delta in self._deltas(generate):
             by_index.setdefault(delta.index, []).append(delta)
-        prefix = "" if options.exclude_input_in_output or generate.prompt is None else generate.prompt
+        prefix = (
+            "" if options.exclude_input_in_output or generate.prompt is None else generate.prompt
+        )
         n = generate.sampling.n
         if n == 1:
             return llm_tensors.response_for(infer, options, by_index.get(0, []), text_prefix=prefix)
@@ -239,12 +260,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             options=dict(infer.parameters),
         )
         result = await self.engine.encode(request)
-        outputs = [Tensor(name, datatype_of(array), array) for name, array in result.outputs.items()]
+        outputs = [
+            Tensor(name, datatype_of(array), array) for name, array in result.outputs.items()
+        ]
         if infer.requested_outputs:
             wanted = set(infer.requested_outputs)
             unknown = wanted - {t.name for t in outputs}
             if unknown:
-                raise InvalidArgument(f"unknown output '{sorted(unknown)[0]}' for model '{info.name}'")
+                raise InvalidArgument(
+                    f"unknown output '{sorted(unknown)[0]}' for model '{info.name}'"
+                )
             outputs = [t for t in outputs if t.name in wanted]
         return InferResponse(model_name=infer.model_name, id=infer.id, outputs=outputs)
 
@@ -285,7 +310,7 @@ class PendingDeltas:
     n: int
     deltas: list[GenerateDelta]
 
-    def joins(self, other: "PendingDeltas") -> bool:
+    def joins(self, other: PendingDeltas) -> bool:
         return (
             other.infer is self.infer
             and other.deltas[0].index == self.deltas[-1].index
@@ -294,7 +319,9 @@ class PendingDeltas:
 
     def encode(self) -> pb.ModelStreamInferResponse:
         response = llm_tensors.response_for(self.infer, self.options, self.deltas, n=self.n)
-        return pb.ModelStreamInferResponse(infer_response=infer_response_to_pb(response, raw=self.infer.raw))
+        return pb.ModelStreamInferResponse(
+            infer_response=infer_response_to_pb(response, raw=self.infer.raw)
+        )
 
 
 def _coalesce(

@@ -103,8 +103,10 @@ class Registrar:
                     await self._register_all()
                 break
             except grpc.aio.AioRpcError as error:
-                if error.code() not in (grpc.StatusCode.UNAVAILABLE,
-                                        grpc.StatusCode.DEADLINE_EXCEEDED):
+                if error.code() not in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                ):
                     raise RegistrationError(
                         f"the control plane at {self.control_plane} refused {self.address}: "
                         f"{error.code().name}: {error.details()}"
@@ -115,12 +117,20 @@ class Registrar:
                         f"(tried for {self.connect_timeout:.0f}s): is it running, and is "
                         "--control_plane right?"
                     ) from None
-                logger.warning("control plane at %s unreachable; retrying in %.1fs",
-                               self.control_plane, backoff)
+                logger.warning(
+                    "control plane at %s unreachable; retrying in %.1fs",
+                    self.control_plane,
+                    backoff,
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-        logger.info("registered %s %s at %s with %s", self.service, ",".join(self.models),
-                    self.address, self.control_plane)
+        logger.info(
+            "registered %s %s at %s with %s",
+            self.service,
+            ",".join(self.models),
+            self.address,
+            self.control_plane,
+        )
         if self._renewer is None:
             self._renewer = asyncio.ensure_future(self._renew_forever())
 
@@ -148,15 +158,21 @@ class Registrar:
                 )
                 del self.leases[model]
             except grpc.aio.AioRpcError as error:
-                logger.warning("could not deregister %s (%s): its lease will expire",
-                               self.address, error.code().name)
+                logger.warning(
+                    "could not deregister %s (%s): its lease will expire",
+                    self.address,
+                    error.code().name,
+                )
         await self._channel.close()
 
     async def _register_all(self) -> None:
         for model in self.models:
             request = pb.RegisterRequest(
-                service=self.service, model=model, backend=self.backend,
-                address=self.address, draining=self.draining,
+                service=self.service,
+                model=model,
+                backend=self.backend,
+                address=self.address,
+                draining=self.draining,
             )
             lease = await self._stub.Register(request, timeout=self.call_timeout)
             self.leases[model] = lease.lease_id
@@ -165,19 +181,25 @@ class Registrar:
 
     async def _renew_all(self) -> None:
         if time.monotonic() - self._last_contact > self.ttl_seconds:
-            logger.info("control plane at %s is back: registering %s again",
-                        self.control_plane, self.address)
+            logger.info(
+                "control plane at %s is back: registering %s again",
+                self.control_plane,
+                self.address,
+            )
             await self._register_all()
             return
         for lease_id in list(self.leases.values()):
             try:
-                await self._stub.Renew(pb.RenewRequest(lease_id=lease_id),
-                                       timeout=self.call_timeout)
+                await self._stub.Renew(
+                    pb.RenewRequest(lease_id=lease_id), timeout=self.call_timeout
+                )
             except grpc.aio.AioRpcError as error:
                 if error.code() != grpc.StatusCode.NOT_FOUND:
                     raise
-                logger.info("lease of %s unknown to the control plane (restarted?): "
-                            "registering again", self.address)
+                logger.info(
+                    "lease of %s unknown to the control plane (restarted?): registering again",
+                    self.address,
+                )
                 await self._register_all()
                 return
         self._last_contact = time.monotonic()
@@ -195,6 +217,10 @@ class Registrar:
                 failing = False
             except grpc.aio.AioRpcError as error:
                 if not failing:
-                    logger.warning("cannot renew %s's lease at %s (%s); retrying",
-                                   self.address, self.control_plane, error.code().name)
+                    logger.warning(
+                        "cannot renew %s's lease at %s (%s); retrying",
+                        self.address,
+                        self.control_plane,
+                        error.code().name,
+                    )
                 failing = True

@@ -20,7 +20,8 @@ import asyncio
 import inspect
 import logging
 import signal
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -213,7 +214,9 @@ async def serve(
         if load is not None:
             load_task = asyncio.ensure_future(load())
             stop_task = asyncio.ensure_future(runner.wait_for_stop_signal())
-            done, _ = await asyncio.wait({load_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {load_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
+            )
             if load_task not in done:
                 load_task.cancel()
                 await runner.drain_and_stop()

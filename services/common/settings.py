@@ -59,11 +59,19 @@ def build_parser(model: type[BaseModel], *, prog: str, description: str) -> argp
         kind = _base_type(field.annotation)
         default = None if field.is_required() else field.get_default(call_default_factory=True)
         if kind is bool:
-            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            parser.add_argument(
+                *flags,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=help_text,
+            )
         elif typing.get_origin(kind) is list:
             parser.add_argument(*flags, dest=name, nargs="*", default=default, help=help_text)
         else:
-            parser.add_argument(*flags, dest=name, default=default, help=help_text, metavar=name.upper())
+            parser.add_argument(
+                *flags, dest=name, default=default, help=help_text, metavar=name.upper()
+            )
     return parser
 
 

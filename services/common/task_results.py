@@ -18,7 +18,7 @@ Face server per task:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -41,7 +41,9 @@ def sequence_classification(
     """`logits` [N, C] → class ids [N], probabilities [N, C] or raw logits [N, 1, C]."""
     logits = np.asarray(logits, dtype=np.float32)
     if logits.ndim != 2:
-        raise InvalidArgument(f"sequence classification logits must be [N, C], got {list(logits.shape)}")
+        raise InvalidArgument(
+            f"sequence classification logits must be [N, C], got {list(logits.shape)}"
+        )
     if return_raw_logits:
         return logits[:, None, :].copy()
     if return_probabilities:
@@ -55,7 +57,9 @@ def token_classification(
     """`logits` [N, S, C] → label ids [N, 1, S], or probabilities / raw logits [N, 1, S, C]."""
     logits = np.asarray(logits, dtype=np.float32)
     if logits.ndim != 3:
-        raise InvalidArgument(f"token classification logits must be [N, S, C], got {list(logits.shape)}")
+        raise InvalidArgument(
+            f"token classification logits must be [N, S, C], got {list(logits.shape)}"
+        )
     if return_raw_logits:
         return logits[:, None, :, :].copy()
     if return_probabilities:
@@ -96,7 +100,9 @@ def fill_mask(
     if return_raw_logits or return_probabilities:
         counts = {p.size for p in positions}
         if len(counts) != 1:
-            raise InvalidArgument("fill_mask raw logits/probabilities need the same number of masks in every input")
+            raise InvalidArgument(
+                "fill_mask raw logits/probabilities need the same number of masks in every input"
+            )
         picked = np.stack([logits[row, pos] for row, pos in enumerate(positions)])
         return picked if return_raw_logits else softmax(picked).astype(np.float32)
     out = np.empty(len(positions), dtype=object)
@@ -123,7 +129,9 @@ def l2_normalize(vectors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 def text_embedding(hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
     """Sentence embeddings: mean pooling + L2 normalisation, FP32 [N, H]."""
     if np.ndim(hidden) != 3:
-        raise InvalidArgument(f"embedding hidden states must be [N, S, H], got {list(np.shape(hidden))}")
+        raise InvalidArgument(
+            f"embedding hidden states must be [N, S, H], got {list(np.shape(hidden))}"
+        )
     return l2_normalize(mean_pool(hidden, attention_mask))
 
 

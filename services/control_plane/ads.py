@@ -111,8 +111,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 state.nack = request.error_detail.message
                 logger.warning(
                     "node %s rejected %s version %s (keeps %s): %s",
-                    client.node_id, type_url, state.sent_version,
-                    request.version_info or "none", state.nack,
+                    client.node_id,
+                    type_url,
+                    state.sent_version,
+                    request.version_info or "none",
+                    state.nack,
                 )
             else:
                 state.nack = None

@@ -80,9 +80,7 @@ class ControlPlane:
             lambda s: ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, s)
         )
         self.runner.add(
-            lambda s: registration_pb2_grpc.add_RegistrationServicer_to_server(
-                self.registration, s
-            )
+            lambda s: registration_pb2_grpc.add_RegistrationServicer_to_server(self.registration, s)
         )
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -41,8 +41,9 @@ def publications_of(slices: Iterable[Any], store: EndpointStore) -> list[Publica
         labels = item.metadata.labels or {}
         role, model = labels.get(ROLE_LABEL), labels.get(MODEL_LABEL, "")
         if role not in ROLES or not store.is_known_model(model):
-            logger.debug("skipping EndpointSlice %s (role %s, model %s)",
-                         item.metadata.name, role, model)
+            logger.debug(
+                "skipping EndpointSlice %s (role %s, model %s)", item.metadata.name, role, model
+            )
             continue
         ports = [p for p in item.ports or [] if p.port]
         named = [p for p in ports if p.name == PORT_NAME]
@@ -151,8 +152,9 @@ class EndpointSliceSource:
         self._publish(loop, slices)
         return slices, answer.metadata.resource_version
 
-    def _watch_from(self, loop: asyncio.AbstractEventLoop, slices: dict[str, Any], version: str
-                    ) -> None:
+    def _watch_from(
+        self, loop: asyncio.AbstractEventLoop, slices: dict[str, Any], version: str
+    ) -> None:
         while not self._stopped.is_set():
             self._watch = watch.Watch()
             for event in self._watch.stream(

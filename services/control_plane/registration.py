@@ -102,8 +102,9 @@ class RegistrationServicer(pb_grpc.RegistrationServicer):
     ) -> pb.DeregisterResponse:
         lease = self._leases.get(request.lease_id)
         if lease is not None:
-            logger.info("deregistered %s at %s", lease.publication.key.name,
-                        lease.publication.address)
+            logger.info(
+                "deregistered %s at %s", lease.publication.key.name, lease.publication.address
+            )
             self._drop(lease)
         return pb.DeregisterResponse()
 
@@ -119,8 +120,11 @@ class RegistrationServicer(pb_grpc.RegistrationServicer):
         return pb.Lease(lease_id=lease.lease_id, ttl_seconds=self.ttl_seconds)
 
     def _expire(self, lease: _Lease) -> None:
-        logger.warning("lease of %s at %s expired: withdrawn", lease.publication.key.name,
-                       lease.publication.address)
+        logger.warning(
+            "lease of %s at %s expired: withdrawn",
+            lease.publication.key.name,
+            lease.publication.address,
+        )
         self._drop(lease)
 
     def _drop(self, lease: _Lease) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from services.common.errors import InvalidArgument, NotFound
 
@@ -30,14 +31,18 @@ class AdapterSet:
     def load(self, name: str, path: str) -> None:
         folder = Path(path)
         if not (folder / "adapter_config.json").is_file():
-            raise InvalidArgument(f"lora_path '{path}' is not a PEFT adapter folder (no adapter_config.json)")
+            raise InvalidArgument(
+                f"lora_path '{path}' is not a PEFT adapter folder (no adapter_config.json)"
+            )
         with self._lock:
             if name in self._names:
                 raise InvalidArgument(f"adapter '{name}' is already loaded")
             try:
                 self._model.load_adapter(str(folder), adapter_name=name)
             except (ValueError, RuntimeError, KeyError, OSError) as error:
-                raise InvalidArgument(f"cannot load adapter '{name}' from '{path}': {error}") from error
+                raise InvalidArgument(
+                    f"cannot load adapter '{name}' from '{path}': {error}"
+                ) from error
             self._names.append(name)
             self._model.disable_adapters()
         logger.info("loaded LoRA adapter %s from %s", name, path)

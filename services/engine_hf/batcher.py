@@ -16,9 +16,10 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Callable, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from services.common.errors import Unavailable
 
@@ -68,7 +69,9 @@ class DynamicBatcher(Generic[Req, Res]):
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="dynamic-batcher")
+            self._task = asyncio.get_running_loop().create_task(
+                self._loop(), name="dynamic-batcher"
+            )
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -96,7 +99,7 @@ class DynamicBatcher(Generic[Req, Res]):
         self._arrived.clear()
         try:
             await asyncio.wait_for(self._arrived.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 
@@ -131,7 +134,9 @@ class DynamicBatcher(Generic[Req, Res]):
             self.running = len(batch)
             self._notify()
             try:
-                results = await loop.run_in_executor(self._executor, self._run_batch, [i.request for i in batch])
+                results = await loop.run_in_executor(
+                    self._executor, self._run_batch, [i.request for i in batch]
+                )
             except asyncio.CancelledError:
                 for item in batch:
                     if not item.future.done():
@@ -142,7 +147,12 @@ class DynamicBatcher(Generic[Req, Res]):
                 results = [error] * len(batch)
             self.batches += 1
             self.batched_rows += sum(item.rows for item in batch)
-            logger.debug("batch %d: %d requests, %d rows", self.batches, len(batch), sum(i.rows for i in batch))
+            logger.debug(
+                "batch %d: %d requests, %d rows",
+                self.batches,
+                len(batch),
+                sum(i.rows for i in batch),
+            )
             self.running = 0
             self._notify()
             for item, result in zip(batch, results):

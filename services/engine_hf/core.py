@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator
 
 from services.common.engine import (
     EncodeRequest,
@@ -30,10 +30,10 @@ from services.engine_hf.adapters import AdapterSet
 from services.engine_hf.batcher import DynamicBatcher
 from services.engine_hf.encoder import EncoderRunner, request_rows
 from services.engine_hf.generation import GenerationScheduler
-from services.engine_hf.sequence import ActiveRequest
 from services.engine_hf.loading import LoadedModel, load_model
 from services.engine_hf.metadata import tensor_specs
 from services.engine_hf.metrics import EngineMetrics
+from services.engine_hf.sequence import ActiveRequest
 from services.engine_hf.settings import HFEngineSettings
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,9 @@ class HFEngine:
     async def start(self) -> None:
         """Load the model off the event loop; failures are fatal (re-raised)."""
         try:
-            self.loaded = await asyncio.get_running_loop().run_in_executor(self._executor, self._load_sync)
+            self.loaded = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._load_sync
+            )
         except Exception as error:
             self._state, self._reason = ModelState.UNAVAILABLE, str(error)
             raise
@@ -122,21 +124,39 @@ class HFEngine:
         task = self._task or Task.TEXT_GENERATION
         inputs, outputs = tensor_specs(task, self._runner, self.loaded, self.settings)
         base = ModelInfo(
-            name=self.name, task=task, state=self._state, reason=self._reason, platform="hfmesh_transformers",
-            max_model_len=self.loaded.max_model_len if self.loaded else None, inputs=inputs, outputs=outputs,
+            name=self.name,
+            task=task,
+            state=self._state,
+            reason=self._reason,
+            platform="hfmesh_transformers",
+            max_model_len=self.loaded.max_model_len if self.loaded else None,
+            inputs=inputs,
+            outputs=outputs,
         )
         infos = [base]
         if self.adapters is not None:
             for name in self.adapters.names():
-                infos.append(ModelInfo(
-                    name=name, task=task, state=self._state, platform=base.platform,
-                    max_model_len=base.max_model_len, inputs=inputs, outputs=outputs, base_model=self.name,
-                ))
+                infos.append(
+                    ModelInfo(
+                        name=name,
+                        task=task,
+                        state=self._state,
+                        platform=base.platform,
+                        max_model_len=base.max_model_len,
+                        inputs=inputs,
+                        outputs=outputs,
+                        base_model=self.name,
+                    )
+                )
         return infos
 
     def healthy(self) -> bool:
         """False once the generation thread has died (the process should exit and be restarted)."""
-        return not (self._scheduler is not None and self._state is ModelState.READY and not self._scheduler.alive())
+        return not (
+            self._scheduler is not None
+            and self._state is ModelState.READY
+            and not self._scheduler.alive()
+        )
 
     def _check_model(self, name: str) -> None:
         known = [self.name, *(self.adapters.names() if self.adapters else [])]
@@ -148,7 +168,9 @@ class HFEngine:
     async def encode(self, request: EncodeRequest) -> EncodeResult:
         self._check_model(request.model)
         if self._batcher is None:
-            raise Unimplemented(f"model '{self.name}' serves {self._task.value}; encoding needs an encoder task")
+            raise Unimplemented(
+                f"model '{self.name}' serves {self._task.value}; encoding needs an encoder task"
+            )
         if not self.settings.disable_log_requests:
             logger.info("encode %s: %d rows", request.request_id, request_rows(request))
         return await self._batcher.submit(request)
@@ -169,13 +191,23 @@ class HFEngine:
             )
         prompt_ids = await asyncio.to_thread(self._prompt_ids, request)
         max_tokens = self._max_tokens(request, len(prompt_ids))
-        sampling.validate(request.sampling, vocab_size=self._vocab_size(),
-                          max_sequences=self.settings.max_concurrent_sequences)
+        sampling.validate(
+            request.sampling,
+            vocab_size=self._vocab_size(),
+            max_sequences=self.settings.max_concurrent_sequences,
+        )
         if not self.settings.disable_log_requests:
-            logger.info("generate %s: %d prompt tokens, max_tokens %d, n %d",
-                        request.request_id, len(prompt_ids), max_tokens, request.sampling.n)
+            logger.info(
+                "generate %s: %d prompt tokens, max_tokens %d, n %d",
+                request.request_id,
+                len(prompt_ids),
+                max_tokens,
+                request.sampling.n,
+            )
         adapter = request.model if request.model != self.name else None
-        active = ActiveRequest(request, prompt_ids, max_tokens, asyncio.get_running_loop(), asyncio.Queue(), adapter)
+        active = ActiveRequest(
+            request, prompt_ids, max_tokens, asyncio.get_running_loop(), asyncio.Queue(), adapter
+        )
         self._scheduler.submit(active)
         remaining = request.sampling.n
         try:
@@ -201,7 +233,9 @@ class HFEngine:
             vocab = self._vocab_size()
             bad = [t for t in ids if not 0 <= t < vocab]
             if bad:
-                raise InvalidArgument(f"tensor 'input_ids': token id {bad[0]} is outside the vocabulary [0, {vocab - 1}]")
+                raise InvalidArgument(
+                    f"tensor 'input_ids': token id {bad[0]} is outside the vocabulary [0, {vocab - 1}]"
+                )
             return ids
         with self._tokenizer_lock:
             ids = self.loaded.tokenizer(request.prompt or "")["input_ids"]
@@ -226,10 +260,14 @@ class HFEngine:
 
     async def load_adapter(self, name: str, path: str) -> None:
         if self.adapters is None or self._state is not ModelState.READY:
-            raise Unimplemented(f"model '{self.name}' ({(self._task or Task.TEXT_GENERATION).value}) takes no LoRA adapters")
+            raise Unimplemented(
+                f"model '{self.name}' ({(self._task or Task.TEXT_GENERATION).value}) takes no LoRA adapters"
+            )
         if name == self.name:
             raise InvalidArgument(f"adapter name '{name}' is the base model's name")
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.adapters.load, name, path)
+        await asyncio.get_running_loop().run_in_executor(
+            self._executor, self.adapters.load, name, path
+        )
 
     async def unload_adapter(self, name: str) -> None:
         if name == self.name:

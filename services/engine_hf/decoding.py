@@ -42,9 +42,17 @@ def _merge_caches(a: DynamicCache, b: DynamicCache, *, left: bool) -> None:
     """Append b's rows to a, padding the shorter along time (dim -2)."""
     for la, lb in zip(_layers(a), _layers(b)):
         width = max(la.keys.shape[-2], lb.keys.shape[-2])
-        la.keys = torch.cat([_pad_time(la.keys, width, left=left, dim=-2), _pad_time(lb.keys, width, left=left, dim=-2)])
+        la.keys = torch.cat(
+            [
+                _pad_time(la.keys, width, left=left, dim=-2),
+                _pad_time(lb.keys, width, left=left, dim=-2),
+            ]
+        )
         la.values = torch.cat(
-            [_pad_time(la.values, width, left=left, dim=-2), _pad_time(lb.values, width, left=left, dim=-2)]
+            [
+                _pad_time(la.values, width, left=left, dim=-2),
+                _pad_time(lb.values, width, left=left, dim=-2),
+            ]
         )
 
 
@@ -83,29 +91,44 @@ class CausalBatch:
         return _mergeable(self.cache)
 
     @classmethod
-    def prefill(cls, model: Any, prompts: list[list[int]], pad_id: int) -> tuple["CausalBatch", torch.Tensor]:
+    def prefill(
+        cls, model: Any, prompts: list[list[int]], pad_id: int
+    ) -> tuple[CausalBatch, torch.Tensor]:
         device = model.device
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=model.config)
-        extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        extra = (
+            {"logits_to_keep": 1}
+            if "logits_to_keep" in inspect.signature(model.forward).parameters
+            else {}
+        )
         with torch.inference_mode():
             out = model(
-                input_ids=ids, attention_mask=mask, position_ids=positions,
-                past_key_values=cache, use_cache=True, **extra,
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                **extra,
             )
         return cls(model, out.past_key_values, mask), out.logits[:, -1, :]
 
     def decode(self, tokens: list[int]) -> torch.Tensor:
         device = self.mask.device
-        self.mask = torch.cat([self.mask, torch.ones((self.size, 1), dtype=self.mask.dtype, device=device)], dim=1)
+        self.mask = torch.cat(
+            [self.mask, torch.ones((self.size, 1), dtype=self.mask.dtype, device=device)], dim=1
+        )
         positions = self.mask.sum(dim=1, keepdim=True) - 1
         with torch.inference_mode():
             out = self.model(
-                input_ids=torch.tensor(tokens, device=device)[:, None], attention_mask=self.mask,
-                position_ids=positions, past_key_values=self.cache, use_cache=True,
+                input_ids=torch.tensor(tokens, device=device)[:, None],
+                attention_mask=self.mask,
+                position_ids=positions,
+                past_key_values=self.cache,
+                use_cache=True,
             )
         self.cache = out.past_key_values
         return out.logits[:, -1, :]
@@ -117,7 +140,7 @@ class CausalBatch:
         _select_cache(self.cache, index, time)
         self.mask = mask[:, time]
 
-    def extend(self, other: "CausalBatch") -> None:
+    def extend(self, other: CausalBatch) -> None:
         _merge_caches(self.cache, other.cache, left=True)
         self.mask = _merge_masks(self.mask, other.mask, left=True)
 
@@ -125,8 +148,14 @@ class CausalBatch:
 class Seq2SeqBatch:
     """Encoder-decoder models: the encoder runs once per sequence at prefill."""
 
-    def __init__(self, model: Any, encoder_states: torch.Tensor, encoder_mask: torch.Tensor,
-                 cache: EncoderDecoderCache, mask: torch.Tensor) -> None:
+    def __init__(
+        self,
+        model: Any,
+        encoder_states: torch.Tensor,
+        encoder_mask: torch.Tensor,
+        cache: EncoderDecoderCache,
+        mask: torch.Tensor,
+    ) -> None:
         self.model = model
         self.encoder_states = encoder_states
         self.encoder_mask = encoder_mask
@@ -139,34 +168,50 @@ class Seq2SeqBatch:
 
     @property
     def mergeable(self) -> bool:
-        return _mergeable(self.cache.self_attention_cache) and _mergeable(self.cache.cross_attention_cache)
+        return _mergeable(self.cache.self_attention_cache) and _mergeable(
+            self.cache.cross_attention_cache
+        )
 
     @classmethod
-    def prefill(cls, model: Any, prompts: list[list[int]], pad_id: int, start_id: int) -> tuple["Seq2SeqBatch", torch.Tensor]:
+    def prefill(
+        cls, model: Any, prompts: list[list[int]], pad_id: int, start_id: int
+    ) -> tuple[Seq2SeqBatch, torch.Tensor]:
         device = model.device
         width = max(len(p) for p in prompts)
         ids = torch.tensor([p + [pad_id] * (width - len(p)) for p in prompts], device=device)
-        enc_mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in prompts], device=device)
+        enc_mask = torch.tensor(
+            [[1] * len(p) + [0] * (width - len(p)) for p in prompts], device=device
+        )
         mask = torch.ones((len(prompts), 1), dtype=torch.long, device=device)
-        cache = EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
+        cache = EncoderDecoderCache(
+            DynamicCache(config=model.config), DynamicCache(config=model.config)
+        )
         with torch.inference_mode():
             encoded = model.get_encoder()(input_ids=ids, attention_mask=enc_mask)
             out = model(
-                encoder_outputs=encoded, attention_mask=enc_mask,
+                encoder_outputs=encoded,
+                attention_mask=enc_mask,
                 decoder_input_ids=torch.full((len(prompts), 1), start_id, device=device),
-                decoder_attention_mask=mask, past_key_values=cache, use_cache=True,
+                decoder_attention_mask=mask,
+                past_key_values=cache,
+                use_cache=True,
             )
         batch = cls(model, encoded.last_hidden_state, enc_mask, out.past_key_values, mask)
         return batch, out.logits[:, -1, :]
 
     def decode(self, tokens: list[int]) -> torch.Tensor:
         device = self.mask.device
-        self.mask = torch.cat([self.mask, torch.ones((self.size, 1), dtype=self.mask.dtype, device=device)], dim=1)
+        self.mask = torch.cat(
+            [self.mask, torch.ones((self.size, 1), dtype=self.mask.dtype, device=device)], dim=1
+        )
         with torch.inference_mode():
             out = self.model(
-                encoder_outputs=(self.encoder_states,), attention_mask=self.encoder_mask,
+                encoder_outputs=(self.encoder_states,),
+                attention_mask=self.encoder_mask,
                 decoder_input_ids=torch.tensor(tokens, device=device)[:, None],
-                decoder_attention_mask=self.mask, past_key_values=self.cache, use_cache=True,
+                decoder_attention_mask=self.mask,
+                past_key_values=self.cache,
+                use_cache=True,
             )
         self.cache = out.past_key_values
         return out.logits[:, -1, :]
@@ -180,13 +225,17 @@ class Seq2SeqBatch:
         self.mask, self.encoder_mask = mask[:, time], enc_mask[:, enc_time]
         self.encoder_states = self.encoder_states[index][:, enc_time]
 
-    def extend(self, other: "Seq2SeqBatch") -> None:
+    def extend(self, other: Seq2SeqBatch) -> None:
         _merge_caches(self.cache.self_attention_cache, other.cache.self_attention_cache, left=True)
-        _merge_caches(self.cache.cross_attention_cache, other.cache.cross_attention_cache, left=False)
+        _merge_caches(
+            self.cache.cross_attention_cache, other.cache.cross_attention_cache, left=False
+        )
         self.mask = _merge_masks(self.mask, other.mask, left=True)
         self.encoder_mask = _merge_masks(self.encoder_mask, other.encoder_mask, left=False)
         width = self.encoder_mask.shape[1]
-        self.encoder_states = torch.cat([
-            _pad_time(self.encoder_states, width, left=False, dim=1),
-            _pad_time(other.encoder_states, width, left=False, dim=1),
-        ])
+        self.encoder_states = torch.cat(
+            [
+                _pad_time(self.encoder_states, width, left=False, dim=1),
+                _pad_time(other.encoder_states, width, left=False, dim=1),
+            ]
+        )

@@ -84,7 +84,11 @@ class TextTracker:
 
     def take(self, final: bool) -> str:
         """Text not yet emitted; while running, keep back what may begin a stop string."""
-        end = len(self.text) if final or not self._stop else max(self._emitted, len(self.text) - self._hold)
+        end = (
+            len(self.text)
+            if final or not self._stop
+            else max(self._emitted, len(self.text) - self._hold)
+        )
         delta = self.text[self._emitted : end]
         self._emitted = end
         return delta

@@ -29,6 +29,7 @@ from services.engine_hf.packing import pack, packing_supported, unpack
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class EncodeJob:
     request: EncodeRequest
@@ -94,7 +95,9 @@ class EncoderRunner:
                 raise InvalidArgument("no input text")
             encoded = self._tokenize(list(request.texts))
         types = encoded.get("token_type_ids") if self.takes_token_types else None
-        return EncodeJob(request, encoded["input_ids"], encoded["attention_mask"], types, text_style=True)
+        return EncodeJob(
+            request, encoded["input_ids"], encoded["attention_mask"], types, text_style=True
+        )
 
     def _tokenize(self, first: list[str], second: list[str] | None = None) -> dict[str, np.ndarray]:
         encoded = self.tokenizer(
@@ -121,7 +124,9 @@ class EncoderRunner:
             raise InvalidArgument("tensor 'input_ids' is required")
         ids = np.asarray(tensors["input_ids"], dtype=np.int64)
         if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
-            raise InvalidArgument(f"tensor 'input_ids': expected a non-empty [N, L], got {list(ids.shape)}")
+            raise InvalidArgument(
+                f"tensor 'input_ids': expected a non-empty [N, L], got {list(ids.shape)}"
+            )
         if ids.shape[1] > self.loaded.max_model_len:
             raise InvalidArgument(
                 f"tensor 'input_ids': length {ids.shape[1]} exceeds the model's limit {self.loaded.max_model_len}"
@@ -135,7 +140,9 @@ class EncoderRunner:
             self._check_range("token_type_ids", types, max(self.type_vocab_size, 1))
         for name, array in (("attention_mask", mask), ("token_type_ids", types)):
             if array is not None and array.shape != ids.shape:
-                raise InvalidArgument(f"tensor '{name}': shape {list(array.shape)} differs from input_ids {list(ids.shape)}")
+                raise InvalidArgument(
+                    f"tensor '{name}': shape {list(array.shape)} differs from input_ids {list(ids.shape)}"
+                )
         return EncodeJob(request, ids, mask, types, text_style=False)
 
     @staticmethod
@@ -183,7 +190,16 @@ class EncoderRunner:
         inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
         if self.takes_token_types and any(job.token_type_ids is not None for job in jobs):
             inputs["token_type_ids"] = np.concatenate(
-                [_pad(job.token_type_ids if job.token_type_ids is not None else np.zeros_like(job.input_ids), width, 0) for job in jobs]
+                [
+                    _pad(
+                        job.token_type_ids
+                        if job.token_type_ids is not None
+                        else np.zeros_like(job.input_ids),
+                        width,
+                        0,
+                    )
+                    for job in jobs
+                ]
             )
         device = self.loaded.device
         with torch.inference_mode():
@@ -206,7 +222,9 @@ class EncoderRunner:
             for row in range(job.rows):
                 real = job.attention_mask[row] == 1
                 sequences.append(job.input_ids[row][real])
-                types.append(job.token_type_ids[row][real] if job.token_type_ids is not None else None)
+                types.append(
+                    job.token_type_ids[row][real] if job.token_type_ids is not None else None
+                )
         with_types = self.takes_token_types and all(t is not None for t in types)
         inputs, places = pack(sequences, types if with_types else None, self.loaded.device)
         with torch.inference_mode():
@@ -222,15 +240,22 @@ class EncoderRunner:
             return EncodeResult(self._raw_outputs(job, output))
         name = "last_hidden_state" if self.task is Task.TEXT_EMBEDDING else "logits"
         result = task_result(
-            self.task, {name: output}, job.input_ids, job.attention_mask,
-            tokenizer=self.tokenizer, options=self.result_options.overridden(job.request.options),
+            self.task,
+            {name: output},
+            job.input_ids,
+            job.attention_mask,
+            tokenizer=self.tokenizer,
+            options=self.result_options.overridden(job.request.options),
         )
         return EncodeResult({RESULT_OUTPUT: result})
 
     def _raw_outputs(self, job: EncodeJob, output: np.ndarray) -> dict[str, np.ndarray]:
         output = np.ascontiguousarray(output, dtype=np.float32)
         if self.task is Task.TEXT_EMBEDDING:
-            return {"last_hidden_state": output, "embeddings": task_results.text_embedding(output, job.attention_mask)}
+            return {
+                "last_hidden_state": output,
+                "embeddings": task_results.text_embedding(output, job.attention_mask),
+            }
         if self.task is Task.RERANK:
             return {"logits": output, "scores": task_results.rerank_scores(output)}
         return {"logits": output}

@@ -17,9 +17,10 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -64,9 +65,13 @@ class GenerationScheduler:
         self._adapter_scope = adapter_scope or (lambda name: nullcontext())
         config = model.generation_config
         eos = config.eos_token_id if config.eos_token_id is not None else tokenizer.eos_token_id
-        self.eos_ids = frozenset(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+        self.eos_ids = frozenset(
+            eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else []
+        )
         self.pad_id = next(
-            v for v in (config.pad_token_id, tokenizer.pad_token_id, *self.eos_ids, 0) if v is not None
+            v
+            for v in (config.pad_token_id, tokenizer.pad_token_id, *self.eos_ids, 0)
+            if v is not None
         )
         start = config.decoder_start_token_id
         self.start_id = start if start is not None else self.pad_id
@@ -101,9 +106,13 @@ class GenerationScheduler:
             generator = sampling.make_generator(active.request.sampling.seed)
             params = active.request.sampling
             for index in range(params.n):
-                state = sampling.SamplingState(params, generator, active.prompt_ids, eos_ids=self.eos_ids)
+                state = sampling.SamplingState(
+                    params, generator, active.prompt_ids, eos_ids=self.eos_ids
+                )
                 text = TextTracker(
-                    self.tokenizer, stop=params.stop, skip_special_tokens=params.skip_special_tokens,
+                    self.tokenizer,
+                    stop=params.stop,
+                    skip_special_tokens=params.skip_special_tokens,
                     include_stop_str_in_output=params.include_stop_str_in_output,
                 )
                 active.sequences.append(Sequence(active, index, state, text))
@@ -140,7 +149,9 @@ class GenerationScheduler:
                 return False
             if not self._active_rows() and self.batch_wait > 0:
                 deadline = time.monotonic() + self.batch_wait
-                while (remaining := deadline - time.monotonic()) > 0 and self._waiting_rows() < self.max_sequences:
+                while (
+                    remaining := deadline - time.monotonic()
+                ) > 0 and self._waiting_rows() < self.max_sequences:
                     self._cond.wait(remaining)
             aborts, self._aborts = self._aborts, set()
             self._drop_aborted_pending(aborts)
@@ -153,7 +164,9 @@ class GenerationScheduler:
             if lane.rows:
                 self._guarded(lane, adapter, lambda: self._decode(lane))
         self._lanes = {k: v for k, v in self._lanes.items() if v.rows}
-        self.metrics.running.set(len({id(s.request) for lane in self._lanes.values() for s in lane.rows}))
+        self.metrics.running.set(
+            len({id(s.request) for lane in self._lanes.values() for s in lane.rows})
+        )
         return True
 
     def _waiting_rows(self) -> int:
@@ -169,7 +182,12 @@ class GenerationScheduler:
         taken: list[ActiveRequest] = []
         while self._pending and len(self._pending[0].sequences) <= room:
             lane = self._lanes.get(self._pending[0].adapter)
-            if lane is not None and lane.rows and lane.batch is not None and not lane.batch.mergeable:
+            if (
+                lane is not None
+                and lane.rows
+                and lane.batch is not None
+                and not lane.batch.mergeable
+            ):
                 break  # this cache layout cannot take rows mid-flight: wait for the lane to drain
             active = self._pending.popleft()
             room -= len(active.sequences)

@@ -107,7 +107,17 @@ def load_model(settings: HFEngineSettings) -> LoadedModel:
     limit = _context_limit(config, tokenizer)
     if settings.max_model_len is not None:
         if settings.max_model_len > limit:
-            raise ModelLoadError(f"--max_model_len {settings.max_model_len} exceeds the model's limit {limit}")
+            raise ModelLoadError(
+                f"--max_model_len {settings.max_model_len} exceeds the model's limit {limit}"
+            )
         limit = settings.max_model_len
-    logger.info("loaded %s (%s) as %s, %s on %s, context %d", source, architecture, task.value, dtype, device, limit)
+    logger.info(
+        "loaded %s (%s) as %s, %s on %s, context %d",
+        source,
+        architecture,
+        task.value,
+        dtype,
+        device,
+        limit,
+    )
     return LoadedModel(model, tokenizer, task, dtype, device, limit, architecture)

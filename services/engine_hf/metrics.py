@@ -14,15 +14,23 @@ class EngineMetrics:
         self.registry = CollectorRegistry()
         labels = ["model_name"]
         self._running = Gauge(
-            "vllm:num_requests_running", "Requests being processed (decoding or in a forward pass).",
-            labels, registry=self.registry,
+            "vllm:num_requests_running",
+            "Requests being processed (decoding or in a forward pass).",
+            labels,
+            registry=self.registry,
         )
         self._waiting = Gauge(
-            "vllm:num_requests_waiting", "Requests queued for admission.", labels, registry=self.registry
+            "vllm:num_requests_waiting",
+            "Requests queued for admission.",
+            labels,
+            registry=self.registry,
         )
         self._ttft = Histogram(
-            "vllm:time_to_first_token_seconds", "Time from arrival to the first generated token.",
-            labels, buckets=TTFT_BUCKETS, registry=self.registry,
+            "vllm:time_to_first_token_seconds",
+            "Time from arrival to the first generated token.",
+            labels,
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
         )
         self._tokens = Counter(
             "vllm:generation_tokens", "Generated tokens.", labels, registry=self.registry

@@ -49,8 +49,12 @@ def _rows(lengths: list[int], row_tokens: int) -> list[list[int]]:
     return rows
 
 
-def pack(sequences: list[np.ndarray], type_ids: list[np.ndarray] | None, device: Any,
-         row_tokens: int = ROW_TOKENS) -> tuple[dict[str, torch.Tensor], list[Place]]:
+def pack(
+    sequences: list[np.ndarray],
+    type_ids: list[np.ndarray] | None,
+    device: Any,
+    row_tokens: int = ROW_TOKENS,
+) -> tuple[dict[str, torch.Tensor], list[Place]]:
     """Model inputs for packed `sequences` (1-D token ids each) and where each one went."""
     lengths = [len(s) for s in sequences]
     rows = _rows(lengths, row_tokens)

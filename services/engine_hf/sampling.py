@@ -34,12 +34,22 @@ def validate(params: SamplingParams, *, vocab_size: int, max_sequences: int) -> 
         raise InvalidArgument(f"sampling parameter '{key}' is not supported by the HF engine")
     checks = (
         ("n", params.n <= max_sequences, f"at most {max_sequences} (--max_concurrent_sequences)"),
-        ("logprobs", params.logprobs is None or 0 <= params.logprobs <= MAX_LOGPROBS, f"in [0, {MAX_LOGPROBS}]"),
-        ("stop_token_ids", all(0 <= t < vocab_size for t in params.stop_token_ids), f"token ids in [0, {vocab_size - 1}]"),
+        (
+            "logprobs",
+            params.logprobs is None or 0 <= params.logprobs <= MAX_LOGPROBS,
+            f"in [0, {MAX_LOGPROBS}]",
+        ),
+        (
+            "stop_token_ids",
+            all(0 <= t < vocab_size for t in params.stop_token_ids),
+            f"token ids in [0, {vocab_size - 1}]",
+        ),
     )
     for name, ok, expected in checks:
         if not ok:
-            raise InvalidArgument(f"sampling parameter '{name}' must be {expected}, got {getattr(params, name)!r}")
+            raise InvalidArgument(
+                f"sampling parameter '{name}' must be {expected}, got {getattr(params, name)!r}"
+            )
 
 
 def make_generator(seed: int | None) -> torch.Generator:
@@ -103,9 +113,13 @@ def _penalise(x: torch.Tensor, state: SamplingState) -> torch.Tensor:
     if p.repetition_penalty != 1.0:
         seen = torch.tensor(sorted(set(state.prompt_ids) | set(state.output_ids)), dtype=torch.long)
         values = x[seen]
-        x[seen] = torch.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
+        x[seen] = torch.where(
+            values > 0, values / p.repetition_penalty, values * p.repetition_penalty
+        )
     if (p.presence_penalty or p.frequency_penalty) and state.output_ids:
-        counts = torch.bincount(torch.tensor(state.output_ids, dtype=torch.long), minlength=x.numel())[: x.numel()]
+        counts = torch.bincount(
+            torch.tensor(state.output_ids, dtype=torch.long), minlength=x.numel()
+        )[: x.numel()]
         x -= p.frequency_penalty * counts.float() + p.presence_penalty * (counts > 0).float()
     if len(state.output_ids) < p.min_tokens:
         banned = [t for t in (*state.eos_ids, *p.stop_token_ids) if t < x.numel()]

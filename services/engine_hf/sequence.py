@@ -13,14 +13,16 @@ from services.engine_hf.sampling import SamplingState
 
 @dataclass
 class Sequence:
-    request: "ActiveRequest"
+    request: ActiveRequest
     index: int
     sampler: SamplingState
     text: TextTracker
     last_token: int = -1
     finished: bool = False
 
-    def append(self, token: int, *, eos_ids: frozenset[int], context_limit: int | None) -> str | None:
+    def append(
+        self, token: int, *, eos_ids: frozenset[int], context_limit: int | None
+    ) -> str | None:
         """Record one token; the finish reason when the sequence ends with it.
 
         EOS and `stop_token_ids` end it with "stop" (their text is kept only with
@@ -51,8 +53,13 @@ class Sequence:
         self.finished = True
         return reason
 
-    def delta(self, tokens: list[int], finish: str | None, logprobs: list[float] | None = None,
-              tops: list[dict[int, float]] | None = None) -> GenerateDelta:
+    def delta(
+        self,
+        tokens: list[int],
+        finish: str | None,
+        logprobs: list[float] | None = None,
+        tops: list[dict[int, float]] | None = None,
+    ) -> GenerateDelta:
         """What is new since the last delta (all remaining text once `finish` is set)."""
         return GenerateDelta(
             index=self.index,

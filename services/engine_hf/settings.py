@@ -33,7 +33,7 @@ class HFEngineSettings(KServeRuntimeFlags):
         return value
 
     @model_validator(mode="after")
-    def _check(self) -> "HFEngineSettings":
+    def _check(self) -> HFEngineSettings:
         if not self.model_dir and not self.model_id:
             raise ValueError("give --model_dir (a local folder) or --model_id (a hub id)")
         if self.dtype not in DTYPES:

@@ -24,14 +24,20 @@ def adapter_rank(path: str) -> int:
     try:
         data = json.loads(config.read_text())
     except OSError:
-        raise InvalidArgument(f"lora_path '{path}' is not a PEFT adapter folder (no adapter_config.json)") from None
+        raise InvalidArgument(
+            f"lora_path '{path}' is not a PEFT adapter folder (no adapter_config.json)"
+        ) from None
     except json.JSONDecodeError as error:
-        raise InvalidArgument(f"lora_path '{path}': adapter_config.json is not valid JSON ({error})") from None
+        raise InvalidArgument(
+            f"lora_path '{path}': adapter_config.json is not valid JSON ({error})"
+        ) from None
     ranks = [data.get("r", 0), *(data.get("rank_pattern") or {}).values()]
     try:
         return max(int(r) for r in ranks)
     except (TypeError, ValueError):
-        raise InvalidArgument(f"lora_path '{path}': adapter_config.json has no valid rank 'r'") from None
+        raise InvalidArgument(
+            f"lora_path '{path}': adapter_config.json has no valid rank 'r'"
+        ) from None
 
 
 class Adapters:
@@ -51,14 +57,18 @@ class Adapters:
             return None
         if model in self._by_name:
             return self._by_name[model]
-        raise NotFound(f"unknown model '{model}' (this engine serves: {', '.join([self.base_name, *self._by_name])})")
+        raise NotFound(
+            f"unknown model '{model}' (this engine serves: {', '.join([self.base_name, *self._by_name])})"
+        )
 
     async def load(self, llm: Any, name: str, path: str) -> None:
         from vllm.lora.request import LoRARequest
 
         lora_config = llm.vllm_config.lora_config
         if lora_config is None:
-            raise Unimplemented("LoRA adapters need the engine started with --enable-lora (or --lora-modules)")
+            raise Unimplemented(
+                "LoRA adapters need the engine started with --enable-lora (or --lora-modules)"
+            )
         if not name or name == self.base_name:
             raise InvalidArgument(f"an adapter cannot be named '{name}' (the base model's name)")
         rank = adapter_rank(path)
@@ -69,14 +79,20 @@ class Adapters:
         previous = self._by_name.pop(name, None)
         if previous is not None:
             await llm.remove_lora(previous.lora_int_id)
-        lora = LoRARequest(lora_name=name, lora_int_id=self._next_id, lora_path=str(Path(path).resolve()),
-                           base_model_name=self.base_name)
+        lora = LoRARequest(
+            lora_name=name,
+            lora_int_id=self._next_id,
+            lora_path=str(Path(path).resolve()),
+            base_model_name=self.base_name,
+        )
         self._next_id += 1
         try:
             await llm.add_lora(lora)
         except Exception as error:  # noqa: BLE001 - vLLM reports adapter problems as plain exceptions
             logger.warning("loading adapter %s from %s failed: %s", name, path, error)
-            raise InvalidArgument(f"cannot load LoRA adapter '{name}' from '{path}': {error}") from None
+            raise InvalidArgument(
+                f"cannot load LoRA adapter '{name}' from '{path}': {error}"
+            ) from None
         self._by_name[name] = lora
         logger.info("LoRA adapter %s loaded from %s", name, path)
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from services.common.engine import (
     EncodeRequest,
@@ -24,7 +25,13 @@ from services.common.engine import (
     ModelState,
     Task,
 )
-from services.common.errors import InternalError, InvalidArgument, NotFound, Unavailable, Unimplemented
+from services.common.errors import (
+    InternalError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    Unimplemented,
+)
 from services.common.llm_tensors import LLM_INPUTS, LLM_OUTPUTS, check_context_length
 from services.engine_vllm.adapters import Adapters
 from services.engine_vllm.pooling import PoolingRunner, pooling_specs
@@ -36,8 +43,11 @@ logger = logging.getLogger(__name__)
 PLATFORM = "vllm"
 # Text prompts shorter than this are tokenized on the event loop (microseconds); longer ones in a thread.
 INLINE_TOKENIZE_CHARS = 4096
-_TASK_FROM_VLLM = (("generate", Task.TEXT_GENERATION), ("embed", Task.TEXT_EMBEDDING),
-                   ("classify", Task.SEQUENCE_CLASSIFICATION))
+_TASK_FROM_VLLM = (
+    ("generate", Task.TEXT_GENERATION),
+    ("embed", Task.TEXT_EMBEDDING),
+    ("classify", Task.SEQUENCE_CLASSIFICATION),
+)
 
 
 def _in_top(rank: int | None, top_k: int) -> bool:
@@ -51,11 +61,23 @@ def _delta(output: Any, num_input: int, num_output: int, top_k: int | None) -> G
     logprobs = top = None
     if top_k is not None and output.logprobs is not None:
         steps = list(output.logprobs)
-        logprobs = [float(step[t].logprob) if t in step else float("nan") for t, step in zip(token_ids, steps)]
-        top = [{int(t): float(lp.logprob) for t, lp in step.items() if _in_top(lp.rank, top_k)} for step in steps]
+        logprobs = [
+            float(step[t].logprob) if t in step else float("nan")
+            for t, step in zip(token_ids, steps)
+        ]
+        top = [
+            {int(t): float(lp.logprob) for t, lp in step.items() if _in_top(lp.rank, top_k)}
+            for step in steps
+        ]
     return GenerateDelta(
-        index=output.index, text=output.text, token_ids=token_ids, num_input_tokens=num_input,
-        num_output_tokens=num_output, finish_reason=output.finish_reason, logprobs=logprobs, top_logprobs=top,
+        index=output.index,
+        text=output.text,
+        token_ids=token_ids,
+        num_input_tokens=num_input,
+        num_output_tokens=num_output,
+        finish_reason=output.finish_reason,
+        logprobs=logprobs,
+        top_logprobs=top,
     )
 
 
@@ -82,18 +104,26 @@ class VLLMEngine:
         try:
             # A server's scheduler defaults (max_num_seqs, max_num_batched_tokens), as vLLM's own API server.
             self._llm = await asyncio.to_thread(
-                AsyncLLM.from_engine_args, self.config.engine_args, usage_context=UsageContext.OPENAI_API_SERVER
+                AsyncLLM.from_engine_args,
+                self.config.engine_args,
+                usage_context=UsageContext.OPENAI_API_SERVER,
             )
             self._max_model_len = self._llm.model_config.max_model_len
             if self.task is None:
                 supported = await self._llm.get_supported_tasks()
-                self.task = next((task for name, task in _TASK_FROM_VLLM if name in supported), None)
+                self.task = next(
+                    (task for name, task in _TASK_FROM_VLLM if name in supported), None
+                )
                 if self.task is None:
-                    raise RuntimeError(f"vLLM offers tasks {supported}, none of which this engine serves")
+                    raise RuntimeError(
+                        f"vLLM offers tasks {supported}, none of which this engine serves"
+                    )
             if not self.task.is_generative:
                 settings = self.config.settings
                 self._pooling = PoolingRunner(
-                    self._llm, self.task, max_model_len=self._max_model_len,
+                    self._llm,
+                    self.task,
+                    max_model_len=self._max_model_len,
                     add_special_tokens=not settings.disable_special_tokens,
                     return_probabilities=settings.return_probabilities,
                     return_raw_logits=settings.return_raw_logits,
@@ -105,7 +135,9 @@ class VLLMEngine:
             self._reason = getattr(error, "message", None) or str(error) or type(error).__name__
             raise
         self._state = ModelState.READY
-        logger.info("model %s ready (task %s, context %d)", self.name, self.task.value, self._max_model_len)
+        logger.info(
+            "model %s ready (task %s, context %d)", self.name, self.task.value, self._max_model_len
+        )
 
     async def shutdown(self) -> None:
         self._state = ModelState.UNAVAILABLE
@@ -132,10 +164,26 @@ class VLLMEngine:
         else:
             inputs, outputs = pooling_specs(task)
         state = self._state_now()
-        reason = "the vLLM engine died" if state is ModelState.UNAVAILABLE and not self._reason else self._reason
-        base = ModelInfo(self.name, task, state, reason, PLATFORM, self._max_model_len, inputs, outputs)
+        reason = (
+            "the vLLM engine died"
+            if state is ModelState.UNAVAILABLE and not self._reason
+            else self._reason
+        )
+        base = ModelInfo(
+            self.name, task, state, reason, PLATFORM, self._max_model_len, inputs, outputs
+        )
         adapters = [
-            ModelInfo(name, task, state, reason, PLATFORM, self._max_model_len, inputs, outputs, base_model=self.name)
+            ModelInfo(
+                name,
+                task,
+                state,
+                reason,
+                PLATFORM,
+                self._max_model_len,
+                inputs,
+                outputs,
+                base_model=self.name,
+            )
             for name in self._adapters.names()
         ]
         return [base, *adapters]
@@ -145,7 +193,9 @@ class VLLMEngine:
         if state is ModelState.LOADING:
             raise Unavailable(f"model '{self.name}' is loading")
         if state is not ModelState.READY:
-            raise Unavailable(f"model '{self.name}' is unavailable: {self._reason or 'the vLLM engine died'}")
+            raise Unavailable(
+                f"model '{self.name}' is unavailable: {self._reason or 'the vLLM engine died'}"
+            )
         return self._llm
 
     # -- generation ----------------------------------------------------------
@@ -169,7 +219,9 @@ class VLLMEngine:
 
         llm = self._ready_llm()
         if not self.task.is_generative:
-            raise Unimplemented(f"model '{self.name}' is a {self.task.value} model; it does not generate text")
+            raise Unimplemented(
+                f"model '{self.name}' is a {self.task.value} model; it does not generate text"
+            )
         lora = self._adapters.request_for(request.model)
         params = to_vllm(request.sampling)
         ids = await self._prompt_ids(request)
@@ -210,7 +262,9 @@ class VLLMEngine:
 
         self._ready_llm()
         if self._pooling is None:
-            raise Unimplemented(f"model '{self.name}' generates text; encoder requests need a pooling model")
+            raise Unimplemented(
+                f"model '{self.name}' generates text; encoder requests need a pooling model"
+            )
         if request.model != self.name:
             raise NotFound(f"unknown model '{request.model}' (this engine serves: {self.name})")
         try:

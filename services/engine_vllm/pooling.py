@@ -66,8 +66,16 @@ def _segment_start(type_ids: list[int] | np.ndarray) -> int | None:
 class PoolingRunner:
     """Runs `EncodeRequest`s on an `AsyncLLM` whose runner is `pooling`."""
 
-    def __init__(self, llm: Any, task: Task, *, max_model_len: int, add_special_tokens: bool = True,
-                 return_probabilities: bool = False, return_raw_logits: bool = False) -> None:
+    def __init__(
+        self,
+        llm: Any,
+        task: Task,
+        *,
+        max_model_len: int,
+        add_special_tokens: bool = True,
+        return_probabilities: bool = False,
+        return_raw_logits: bool = False,
+    ) -> None:
         self.llm = llm
         self.task = task
         self.tokenizer = llm.get_tokenizer()
@@ -83,39 +91,58 @@ class PoolingRunner:
             if not request.pairs:
                 raise InvalidArgument("rerank takes query/document pairs")
             queries, documents = zip(*request.pairs)
-            encoded = self.tokenizer(list(queries), list(documents), truncation=True,
-                                     max_length=self.max_model_len, add_special_tokens=self.add_special_tokens)
+            encoded = self.tokenizer(
+                list(queries),
+                list(documents),
+                truncation=True,
+                max_length=self.max_model_len,
+                add_special_tokens=self.add_special_tokens,
+            )
         else:
             if request.pairs:
                 raise InvalidArgument(f"query/document pairs are for rerank, not {self.task.value}")
             if not request.texts:
                 raise InvalidArgument("no input text")
-            encoded = self.tokenizer(list(request.texts), truncation=True, max_length=self.max_model_len,
-                                     add_special_tokens=self.add_special_tokens)
+            encoded = self.tokenizer(
+                list(request.texts),
+                truncation=True,
+                max_length=self.max_model_len,
+                add_special_tokens=self.add_special_tokens,
+            )
         types = encoded.get("token_type_ids")
         rows = []
         for index, ids in enumerate(encoded["input_ids"]):
             if not ids:
                 raise InvalidArgument(f"input {index} tokenizes to nothing")
-            rows.append(PoolingRow(list(ids), _segment_start(types[index]) if types is not None else None))
+            rows.append(
+                PoolingRow(list(ids), _segment_start(types[index]) if types is not None else None)
+            )
         return rows
 
     def _rows_from_tensors(self, request: EncodeRequest) -> list[PoolingRow]:
         tensors = request.tensors or {}
         unknown = sorted(set(tensors) - set(TOKEN_INPUTS))
         if unknown:
-            raise InvalidArgument(f"unknown input '{unknown[0]}' (token inputs are {', '.join(TOKEN_INPUTS)})")
+            raise InvalidArgument(
+                f"unknown input '{unknown[0]}' (token inputs are {', '.join(TOKEN_INPUTS)})"
+            )
         if "input_ids" not in tensors:
             raise InvalidArgument("tensor 'input_ids' is required")
         ids = np.asarray(tensors["input_ids"], dtype=np.int64)
         if ids.ndim != 2 or ids.size == 0:
-            raise InvalidArgument(f"tensor 'input_ids': expected a non-empty [N, L], got {list(ids.shape)}")
+            raise InvalidArgument(
+                f"tensor 'input_ids': expected a non-empty [N, L], got {list(ids.shape)}"
+            )
         if ids.min() < 0 or ids.max() >= self.vocab_size:
-            raise InvalidArgument(f"tensor 'input_ids': values must be in [0, {self.vocab_size - 1}]")
+            raise InvalidArgument(
+                f"tensor 'input_ids': values must be in [0, {self.vocab_size - 1}]"
+            )
         mask = np.asarray(tensors.get("attention_mask", np.ones_like(ids)), dtype=np.int64)
         types = tensors.get("token_type_ids")
         if mask.shape != ids.shape or (types is not None and np.shape(types) != ids.shape):
-            raise InvalidArgument("tensors 'attention_mask'/'token_type_ids' must have the shape of 'input_ids'")
+            raise InvalidArgument(
+                "tensors 'attention_mask'/'token_type_ids' must have the shape of 'input_ids'"
+            )
         if not np.isin(mask, (0, 1)).all():
             raise InvalidArgument("tensor 'attention_mask': values must be 0 or 1")
         rows = []
@@ -139,14 +166,20 @@ class PoolingRunner:
 
         if self.task is Task.TEXT_EMBEDDING:
             return PoolingParams(task="embed")
-        extra = {"compressed_token_type_ids": row.second_segment_start} if row.second_segment_start else None
+        extra = (
+            {"compressed_token_type_ids": row.second_segment_start}
+            if row.second_segment_start
+            else None
+        )
         return PoolingParams(task="classify", use_activation=False, extra_kwargs=extra)
 
     async def _pool(self, row: PoolingRow, request_id: str) -> np.ndarray:
         from vllm.inputs.engine import tokens_input
 
         result = None
-        async for output in self.llm.encode(tokens_input(row.token_ids), self._params(row), request_id):
+        async for output in self.llm.encode(
+            tokens_input(row.token_ids), self._params(row), request_id
+        ):
             result = output
         if result is None:
             raise InvalidArgument("the pooling request produced no output")

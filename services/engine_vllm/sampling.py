@@ -67,7 +67,9 @@ def vllm_extras(extra: dict[str, Any]) -> dict[str, Any]:
         elif key in known:
             values[key] = value
         else:
-            raise InvalidArgument(f"unknown sampling parameter '{key}' (not a vLLM SamplingParams field)")
+            raise InvalidArgument(
+                f"unknown sampling parameter '{key}' (not a vLLM SamplingParams field)"
+            )
     if structured:
         given = values.get("structured_outputs")
         if given is not None and not isinstance(given, dict):

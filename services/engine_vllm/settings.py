@@ -40,7 +40,8 @@ RUNNER_FOR_TASK = {
 
 class VLLMEngineSettings(KServeRuntimeFlags):
     lora_modules: list[str] = Field(
-        default_factory=list, description="LoRA adapters served at start: name=path or JSON {name, path}"
+        default_factory=list,
+        description="LoRA adapters served at start: name=path or JSON {name, path}",
     )
     cpu_kv_cache_gib: int = Field(
         2,
@@ -79,7 +80,9 @@ class EngineConfig:
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     """(our flags with their values, the rest for vLLM), by exact flag name."""
-    actions = build_parser(VLLMEngineSettings, prog=PROG, description=DESCRIPTION)._option_string_actions
+    actions = build_parser(
+        VLLMEngineSettings, prog=PROG, description=DESCRIPTION
+    )._option_string_actions
     ours: list[str] = []
     rest: list[str] = []
     index = 0
@@ -148,7 +151,9 @@ def build_config(argv: list[str] | None = None, *, on_cpu: bool | None = None) -
         vllm_parser().print_help()
         raise SystemExit(0)
     ours, rest = split_argv(argv)
-    settings, _ = parse_settings(VLLMEngineSettings, ours, prog=PROG, description=DESCRIPTION, allow_unknown=True)
+    settings, _ = parse_settings(
+        VLLMEngineSettings, ours, prog=PROG, description=DESCRIPTION, allow_unknown=True
+    )
     parser = vllm_parser()
     namespace = parser.parse_args(rest)
     model = settings.model_dir or settings.model_id
@@ -165,7 +170,9 @@ def build_config(argv: list[str] | None = None, *, on_cpu: bool | None = None) -
     except InvalidArgument as error:
         parser.error(error.message)
     if task is not None and task not in RUNNER_FOR_TASK:
-        parser.error(f"task {task.value} is not served by the vLLM engine; use the HF engine (--backend huggingface)")
+        parser.error(
+            f"task {task.value} is not served by the vLLM engine; use the HF engine (--backend huggingface)"
+        )
     if on_cpu is None:
         from vllm.platforms import current_platform
 

@@ -16,7 +16,12 @@ from services.common.version import VERSION
 from services.gateway.errors import install_error_handlers
 from services.gateway.kserve.router import build_v1_router, build_v2_router
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.middleware import AccessMiddleware, ApiKeyMiddleware, BodyLimitMiddleware, RequestIdMiddleware
+from services.gateway.middleware import (
+    AccessMiddleware,
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    RequestIdMiddleware,
+)
 from services.gateway.openai.router import build_router as build_openai_router
 from services.gateway.routing import ReplicaRouter
 from services.gateway.settings import GatewaySettings

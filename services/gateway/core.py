@@ -9,8 +9,9 @@ No FastAPI here; protobuf stays inside `grpc_clients`.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from services.gateway.routing import ModelRoute, ReplicaRouter
 from services.gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass
 class Encoded:
@@ -59,29 +61,53 @@ class MeshClient:
     # -- tokenizer hops ------------------------------------------------------
 
     async def render_chat(self, route: ModelRoute, call: CallContext, **fields: Any) -> Rendered:
-        return await rpc.render(route.tokenizer(), route.name, call, cap=self.settings.tokenizer_timeout, **fields)
+        return await rpc.render(
+            route.tokenizer(), route.name, call, cap=self.settings.tokenizer_timeout, **fields
+        )
 
-    async def tokenize(self, route: ModelRoute, call: CallContext, text: str, *, add_special_tokens: bool | None = None) -> Rendered:
+    async def tokenize(
+        self,
+        route: ModelRoute,
+        call: CallContext,
+        text: str,
+        *,
+        add_special_tokens: bool | None = None,
+    ) -> Rendered:
         if not text:
             raise InvalidArgument("the prompt is empty")
         return await rpc.render(
-            route.tokenizer(), route.name, call, cap=self.settings.tokenizer_timeout,
-            text_input=text, add_special_tokens=add_special_tokens,
+            route.tokenizer(),
+            route.name,
+            call,
+            cap=self.settings.tokenizer_timeout,
+            text_input=text,
+            add_special_tokens=add_special_tokens,
         )
 
     async def detokenize(self, route: ModelRoute, call: CallContext, ids: list[int]) -> str:
-        return await rpc.detokenize(route.tokenizer(), route.name, ids, call, cap=self.settings.tokenizer_timeout)
+        return await rpc.detokenize(
+            route.tokenizer(), route.name, ids, call, cap=self.settings.tokenizer_timeout
+        )
 
-    async def token_strings(self, route: ModelRoute, call: CallContext, ids: list[int]) -> list[str]:
+    async def token_strings(
+        self, route: ModelRoute, call: CallContext, ids: list[int]
+    ) -> list[str]:
         if not ids:
             return []
-        return await rpc.token_strings(route.tokenizer(), route.name, ids, call, cap=self.settings.tokenizer_timeout)
+        return await rpc.token_strings(
+            route.tokenizer(), route.name, ids, call, cap=self.settings.tokenizer_timeout
+        )
 
     # -- generation ----------------------------------------------------------
 
     async def generate(
-        self, route: ModelRoute, input_ids: list[int], sampling: SamplingParams,
-        call: CallContext, *, logprobs: bool,
+        self,
+        route: ModelRoute,
+        input_ids: list[int],
+        sampling: SamplingParams,
+        call: CallContext,
+        *,
+        logprobs: bool,
     ) -> AsyncIterator[GenerateDelta]:
         """Stream engine deltas. An engine answering UNAVAILABLE before any output is
         skipped and the next replica (or the fallback backend) is tried."""
@@ -101,7 +127,12 @@ class MeshClient:
             except Unavailable as error:
                 if started:
                     raise
-                logger.warning("engine %s unavailable for %s (%s); trying another", replica.address, route.name, error.message)
+                logger.warning(
+                    "engine %s unavailable for %s (%s); trying another",
+                    replica.address,
+                    route.name,
+                    error.message,
+                )
                 replica.mark_failed()
                 tried.add(replica)
             finally:
@@ -123,18 +154,28 @@ class MeshClient:
         if token_ids is not None:
             encoded = _pad(token_ids)
         else:
-            encoded = await rpc.preprocess(route.tokenizer(), route.name, texts or [], pairs, call, cap=cap)
+            encoded = await rpc.preprocess(
+                route.tokenizer(), route.name, texts or [], pairs, call, cap=cap
+            )
         counts = [int(c) for c in encoded["attention_mask"].sum(axis=1)]
         limit = self.max_model_len(route)
         if token_ids is not None and limit is not None and max(counts) > limit:
-            raise InvalidArgument(f"an input has {max(counts)} tokens; the model's limit is {limit}")
+            raise InvalidArgument(
+                f"an input has {max(counts)} tokens; the model's limit is {limit}"
+            )
         sent = [Tensor(n, "INT64", encoded[n]) for n in TOKEN_INPUTS if n in encoded]
-        raw = await self.infer_engine(route, InferRequest(route.name, sent, id=call.request_id), call)
+        raw = await self.infer_engine(
+            route, InferRequest(route.name, sent, id=call.request_id), call
+        )
         outputs = {t.name: t.data for t in raw.outputs}
-        result = await rpc.postprocess(route.tokenizer(), route.name, outputs, encoded, call, cap=cap, parameters=parameters)
+        result = await rpc.postprocess(
+            route.tokenizer(), route.name, outputs, encoded, call, cap=cap, parameters=parameters
+        )
         return Encoded(output=result, num_tokens=sum(counts), token_counts=counts)
 
-    async def infer_engine(self, route: ModelRoute, request: InferRequest, call: CallContext) -> InferResponse:
+    async def infer_engine(
+        self, route: ModelRoute, request: InferRequest, call: CallContext
+    ) -> InferResponse:
         """One unary engine call, skipping replicas that answer UNAVAILABLE."""
         tried: set = set()
         while True:

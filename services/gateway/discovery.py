@@ -167,8 +167,11 @@ class Discovery:
             except grpc.aio.AioRpcError as error:
                 lost = error.code() != grpc.StatusCode.DEADLINE_EXCEEDED
                 if lost and (self.connected or not warned):  # once per outage
-                    logger.warning("control plane at %s: %s; keeping the last known endpoints",
-                                   self.control_plane, error.code().name)
+                    logger.warning(
+                        "control plane at %s: %s; keeping the last known endpoints",
+                        self.control_plane,
+                        error.code().name,
+                    )
                     warned = True
             if self.connected:
                 backoff = 0.1
@@ -182,8 +185,11 @@ class Discovery:
         await call.write(self._request())
         async for response in call:
             if not self.connected:
-                logger.info("subscribed to %s at %s", ", ".join(self.services) or "every service",
-                            self.control_plane)
+                logger.info(
+                    "subscribed to %s at %s",
+                    ", ".join(self.services) or "every service",
+                    self.control_plane,
+                )
             self.connected = True
             try:
                 update = parse_response(response)
@@ -198,8 +204,11 @@ class Discovery:
 
     def _request(self, nonce: str = "", error: str | None = None) -> discovery_pb2.DiscoveryRequest:
         request = discovery_pb2.DiscoveryRequest(
-            node=self.node, type_url=ENDPOINT_TYPE, resource_names=self.services,
-            version_info=self.version, response_nonce=nonce,
+            node=self.node,
+            type_url=ENDPOINT_TYPE,
+            resource_names=self.services,
+            version_info=self.version,
+            response_nonce=nonce,
         )
         if error is not None:
             request.error_detail.CopyFrom(
@@ -213,8 +222,12 @@ class Discovery:
             return
         self.endpoints.update(changed)
         for name, endpoints in sorted(changed.items()):
-            logger.info("%s: %s", name, ", ".join(
-                e.address + (" (draining)" if e.draining else "") for e in endpoints) or "none")
+            logger.info(
+                "%s: %s",
+                name,
+                ", ".join(e.address + (" (draining)" if e.draining else "") for e in endpoints)
+                or "none",
+            )
         if self.on_change is not None:
             self.on_change(changed)
         for queue in self._queues:

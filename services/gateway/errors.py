@@ -19,7 +19,13 @@ from services.common.logs import request_id_var
 logger = logging.getLogger(__name__)
 
 OPENAI_TAG = "openai"
-OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/rerank", "/v1/models")
+OPENAI_PATHS = (
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/rerank",
+    "/v1/models",
+)
 
 _OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -45,15 +51,24 @@ def is_openai(scope: dict[str, Any], openai_prefix: str) -> bool:
     return path in OPENAI_PATHS
 
 
-def error_body(status: int, message: str, *, openai: bool, param: str | None = None) -> dict[str, Any]:
+def error_body(
+    status: int, message: str, *, openai: bool, param: str | None = None
+) -> dict[str, Any]:
     if openai:
-        kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        kind = _OPENAI_TYPES.get(
+            status, "server_error" if status >= 500 else "invalid_request_error"
+        )
         return {"error": {"message": message, "type": kind, "param": param, "code": status}}
     return {"error": message}
 
 
 def error_response(
-    status: int, message: str, *, openai: bool, retry_after: float | None = None, param: str | None = None,
+    status: int,
+    message: str,
+    *,
+    openai: bool,
+    retry_after: float | None = None,
+    param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
     all_headers = dict(headers or {})
@@ -85,25 +100,41 @@ def install_error_handlers(app: FastAPI, *, openai_prefix: str, retry_after: int
     @app.exception_handler(HfmeshError)
     async def _hfmesh(request: Request, error: HfmeshError) -> Response:
         status = error.http_status
-        message = error.message if status < 500 or status in (503, 504) else GENERIC_INTERNAL_MESSAGE
+        message = (
+            error.message if status < 500 or status in (503, 504) else GENERIC_INTERNAL_MESSAGE
+        )
         if status >= 500:
-            logger.warning("%s %s → %d: %s", request.method, request.url.path, status, error.message)
-        retry = error.retry_after if error.retry_after is not None else (retry_after if status in (429, 503) else None)
+            logger.warning(
+                "%s %s → %d: %s", request.method, request.url.path, status, error.message
+            )
+        retry = (
+            error.retry_after
+            if error.retry_after is not None
+            else (retry_after if status in (429, 503) else None)
+        )
         return error_response(status, message, openai=openai(request), retry_after=retry)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException) -> Response:
         return error_response(
-            error.status_code, str(error.detail), openai=openai(request), headers=dict(error.headers or {})
+            error.status_code,
+            str(error.detail),
+            openai=openai(request),
+            headers=dict(error.headers or {}),
         )
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, error: Exception) -> Response:
-        logger.error("unhandled error on %s %s [%s]", request.method, request.url.path, request_id_var.get(), exc_info=error)
+        logger.error(
+            "unhandled error on %s %s [%s]",
+            request.method,
+            request.url.path,
+            request_id_var.get(),
+            exc_info=error,
+        )
         return error_response(500, GENERIC_INTERNAL_MESSAGE, openai=openai(request))
 
 
 def json_response(model: Any) -> Response:
     """A pydantic model as JSON (None fields kept, as the OpenAI API answers)."""
     return Response(model.model_dump_json(), media_type="application/json")
-

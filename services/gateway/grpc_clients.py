@@ -10,8 +10,9 @@ call carries a deadline (the request's remaining budget) and the request id as
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -50,10 +51,14 @@ class CallContext:
         return ((REQUEST_ID_HEADER, self.request_id),)
 
 
-async def infer(replica: Replica, request: InferRequest, call: CallContext, *, cap: float | None = None) -> InferResponse:
+async def infer(
+    replica: Replica, request: InferRequest, call: CallContext, *, cap: float | None = None
+) -> InferResponse:
     try:
         reply = await replica.stub.ModelInfer(
-            infer_request_to_pb(request, raw=True), timeout=call.timeout(cap), metadata=call.metadata
+            infer_request_to_pb(request, raw=True),
+            timeout=call.timeout(cap),
+            metadata=call.metadata,
         )
     except grpc.aio.AioRpcError as error:
         raise from_rpc_error(error) from None
@@ -63,14 +68,22 @@ async def infer(replica: Replica, request: InferRequest, call: CallContext, *, c
 # -- tokenizer (the requests and answers are `services.common.tokenizer_tensors`) --
 
 
-async def render(replica: Replica, model: str, call: CallContext, *, cap: float, **fields: Any) -> Rendered:
+async def render(
+    replica: Replica, model: str, call: CallContext, *, cap: float, **fields: Any
+) -> Rendered:
     """`M.render`; `fields` are `RenderRequest`'s (the tensor names)."""
     request = tt.render_request(model, tt.RenderRequest(**fields), request_id=call.request_id)
     return tt.rendered_from(await infer(replica, request, call, cap=cap))
 
 
 async def preprocess(
-    replica: Replica, model: str, texts: list[str], pairs: list[str] | None, call: CallContext, *, cap: float
+    replica: Replica,
+    model: str,
+    texts: list[str],
+    pairs: list[str] | None,
+    call: CallContext,
+    *,
+    cap: float,
 ) -> dict[str, np.ndarray]:
     request = tt.preprocess_request(model, texts, pairs, request_id=call.request_id)
     return tt.outputs_of(await infer(replica, request, call, cap=cap))
@@ -92,12 +105,16 @@ async def postprocess(
     return tt.result_from(await infer(replica, request, call, cap=cap))
 
 
-async def token_strings(replica: Replica, model: str, ids: list[int], call: CallContext, *, cap: float) -> list[str]:
+async def token_strings(
+    replica: Replica, model: str, ids: list[int], call: CallContext, *, cap: float
+) -> list[str]:
     request = tt.detokenize_request(model, ids, request_id=call.request_id, tokens=True)
     return tt.tokens_from(await infer(replica, request, call, cap=cap))
 
 
-async def detokenize(replica: Replica, model: str, ids: list[int], call: CallContext, *, cap: float) -> str:
+async def detokenize(
+    replica: Replica, model: str, ids: list[int], call: CallContext, *, cap: float
+) -> str:
     request = tt.detokenize_request(model, ids, request_id=call.request_id)
     return tt.text_from(await infer(replica, request, call, cap=cap))
 
@@ -114,7 +131,9 @@ async def stream_generate(
     async def requests():
         yield message
 
-    stream = replica.stub.ModelStreamInfer(requests(), timeout=call.timeout(), metadata=call.metadata)
+    stream = replica.stub.ModelStreamInfer(
+        requests(), timeout=call.timeout(), metadata=call.metadata
+    )
     try:
         async for reply in stream:
             if reply.error_message:

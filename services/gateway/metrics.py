@@ -17,8 +17,16 @@ class _ReplicaCollector:
         self.routes = routes
 
     def collect(self):
-        in_flight = GaugeMetricFamily("hfmesh_gateway_replica_in_flight", "requests in flight per service replica", labels=["address"])
-        serving = GaugeMetricFamily("hfmesh_gateway_replica_serving", "1 when the replica's health is SERVING", labels=["address"])
+        in_flight = GaugeMetricFamily(
+            "hfmesh_gateway_replica_in_flight",
+            "requests in flight per service replica",
+            labels=["address"],
+        )
+        serving = GaugeMetricFamily(
+            "hfmesh_gateway_replica_serving",
+            "1 when the replica's health is SERVING",
+            labels=["address"],
+        )
         for address, replica in self.routes.replicas.items():
             in_flight.add_metric([address], replica.in_flight)
             serving.add_metric([address], 1.0 if replica.serving else 0.0)
@@ -30,17 +38,32 @@ class GatewayMetrics:
     def __init__(self, routes: ReplicaRouter) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "hfmesh_gateway_requests", "HTTP requests by route family and status", ["family", "status"], registry=self.registry
+            "hfmesh_gateway_requests",
+            "HTTP requests by route family and status",
+            ["family", "status"],
+            registry=self.registry,
         )
-        self.in_flight = Gauge("hfmesh_gateway_requests_in_flight", "HTTP requests being served", registry=self.registry)
+        self.in_flight = Gauge(
+            "hfmesh_gateway_requests_in_flight",
+            "HTTP requests being served",
+            registry=self.registry,
+        )
         self.ttft = Histogram(
-            "hfmesh_gateway_time_to_first_token_seconds", "request arrival → first generated token", ["model"],
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "hfmesh_gateway_time_to_first_token_seconds",
+            "request arrival → first generated token",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.generated_tokens = Counter(
-            "hfmesh_gateway_generation_tokens", "tokens generated", ["model"], registry=self.registry
+            "hfmesh_gateway_generation_tokens",
+            "tokens generated",
+            ["model"],
+            registry=self.registry,
         )
-        self.prompt_tokens = Counter("hfmesh_gateway_prompt_tokens", "prompt tokens", ["model"], registry=self.registry)
+        self.prompt_tokens = Counter(
+            "hfmesh_gateway_prompt_tokens", "prompt tokens", ["model"], registry=self.registry
+        )
         self.registry.register(_ReplicaCollector(routes))
 
     def render(self) -> bytes:

@@ -99,7 +99,12 @@ class AccessMiddleware:
             family = _family(scope.get("path", ""), self.openai_prefix)
             self.metrics.requests.labels(family, str(status["code"])).inc()
             if status["code"] == 499:
-                logger.info("%s %s → 499 client closed the request after %.3fs", scope.get("method"), scope.get("path"), time.monotonic() - started)
+                logger.info(
+                    "%s %s → 499 client closed the request after %.3fs",
+                    scope.get("method"),
+                    scope.get("path"),
+                    time.monotonic() - started,
+                )
 
 
 class BodyLimitMiddleware:
@@ -152,8 +157,10 @@ class ApiKeyMiddleware:
         given = (_header(scope, b"authorization") or "").encode("latin-1")
         if not hmac.compare_digest(given, self.expected):
             response = error_response(
-                401, "missing or invalid API key (send 'Authorization: Bearer <key>')",
-                openai=is_openai(scope, self.openai_prefix), headers={"WWW-Authenticate": "Bearer"},
+                401,
+                "missing or invalid API key (send 'Authorization: Bearer <key>')",
+                openai=is_openai(scope, self.openai_prefix),
+                headers={"WWW-Authenticate": "Bearer"},
             )
             await response(scope, receive, send)
             return

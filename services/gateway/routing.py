@@ -162,9 +162,13 @@ class ReplicaRouter:
             route = ModelRoute(entry)
             if endpoints is not None:
                 route.tokenizers = [self._replica(a) for a in endpoints.tokenizer]
-                backends = list(entry.backends) + [b for b in endpoints.engines if b not in entry.backends]
+                backends = list(entry.backends) + [
+                    b for b in endpoints.engines if b not in entry.backends
+                ]
                 route.engines = [
-                    (b, [self._replica(a) for a in endpoints.engines[b]]) for b in backends if endpoints.engines.get(b)
+                    (b, [self._replica(a) for a in endpoints.engines[b]])
+                    for b in backends
+                    if endpoints.engines.get(b)
                 ]
             self.by_name[entry.name] = route
         for replica in self.replicas.values():

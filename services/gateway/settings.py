@@ -14,13 +14,21 @@ ROUTE_PREFIX_ENV = "KSERVE_OPENAI_ROUTE_PREFIX"
 class GatewaySettings(BaseModel):
     host: str = Field("0.0.0.0", description="HTTP listen address")
     port: int = Field(8080, description="HTTP port")
-    model_list: str | None = Field(None, description="mesh model list (YAML): models, tasks, backends, endpoints")
+    model_list: str | None = Field(
+        None, description="mesh model list (YAML): models, tasks, backends, endpoints"
+    )
     openai_route_prefix: str = Field(
         "openai", description=f"prefix of the OpenAI routes (env {ROUTE_PREFIX_ENV}; empty: none)"
     )
-    api_key: str | None = Field(None, description="require 'Authorization: Bearer <key>' on inference routes")
-    max_body_bytes: int = Field(16 * 1024 * 1024, description="largest request body accepted (413 above)")
-    request_timeout: float = Field(600.0, description="deadline budget of one request across every gRPC hop, seconds")
+    api_key: str | None = Field(
+        None, description="require 'Authorization: Bearer <key>' on inference routes"
+    )
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, description="largest request body accepted (413 above)"
+    )
+    request_timeout: float = Field(
+        600.0, description="deadline budget of one request across every gRPC hop, seconds"
+    )
     tokenizer_timeout: float = Field(30.0, description="deadline of one tokenizer call, seconds")
     retry_after: int = Field(1, description="Retry-After seconds on 503/429 answers")
     served_by: str = Field("hfmesh", description="owned_by in /v1/models")
@@ -33,11 +41,13 @@ class GatewaySettings(BaseModel):
 
     @property
     def openai_prefix_path(self) -> str:
-        """"/openai" or "" (routes then start at /v1)."""
+        """ "/openai" or "" (routes then start at /v1)."""
         return f"/{self.openai_route_prefix}" if self.openai_route_prefix else ""
 
 
-def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = None) -> GatewaySettings:
+def load_settings(
+    argv: list[str] | None = None, env: dict[str, str] | None = None
+) -> GatewaySettings:
     """Flags, then `HFMESH_*` variables, then KServe's `KSERVE_OPENAI_ROUTE_PREFIX`."""
     env = dict(os.environ) if env is None else env
     settings, _ = parse_settings(
@@ -47,7 +57,11 @@ def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = No
         description="hfmesh gateway: OpenAI and KServe V1/V2 REST in front of the gRPC mesh",
         env=env,
     )
-    given = argv is not None and any(a.split("=")[0] in ("--openai_route_prefix", "--openai-route-prefix") for a in argv)
+    given = argv is not None and any(
+        a.split("=")[0] in ("--openai_route_prefix", "--openai-route-prefix") for a in argv
+    )
     if not given and ROUTE_PREFIX_ENV in env:
-        settings = settings.model_copy(update={"openai_route_prefix": env[ROUTE_PREFIX_ENV].strip().strip("/")})
+        settings = settings.model_copy(
+            update={"openai_route_prefix": env[ROUTE_PREFIX_ENV].strip().strip("/")}
+        )
     return settings

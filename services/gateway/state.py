@@ -30,7 +30,9 @@ class GatewayState:
 
     def call(self, request: Request) -> CallContext:
         request_id = request.scope.get("state", {}).get("request_id") or new_request_id()
-        return CallContext(request_id=request_id, deadline=time.monotonic() + self.settings.request_timeout)
+        return CallContext(
+            request_id=request_id, deadline=time.monotonic() + self.settings.request_timeout
+        )
 
 
 def build_state(

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, TypeVar
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
@@ -73,14 +74,24 @@ class _DisconnectWatch:
 
 class EventStreamResponse(StreamingResponse):
     def __init__(self, content, **kwargs) -> None:
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **kwargs.pop("headers", {})}
+        headers = {
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            **kwargs.pop("headers", {}),
+        }
         super().__init__(content, media_type="text/event-stream", headers=headers, **kwargs)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch = _DisconnectWatch(receive)
         ended = False
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
             async for chunk in self.body_iterator:
                 if ended:
                     continue  # the iterator's own ending (bookkeeping after its last event)
@@ -88,7 +99,9 @@ class EventStreamResponse(StreamingResponse):
                 await send({"type": "http.response.body", "body": chunk, "more_body": not last})
                 if last:
                     ended = True
-                    await watch.close()  # the response is complete: a disconnect now is the normal end
+                    await (
+                        watch.close()
+                    )  # the response is complete: a disconnect now is the normal end
             if not ended:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:

@@ -36,11 +36,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address every service binds")
     parser.add_argument("--port", type=int, default=8080, help="gateway HTTP port")
-    parser.add_argument("--base_port", type=int, default=50051, help="first gRPC port; services take consecutive ports")
-    parser.add_argument("--models", default="", help="comma-separated subset of model names to serve")
+    parser.add_argument(
+        "--base_port",
+        type=int,
+        default=50051,
+        help="first gRPC port; services take consecutive ports",
+    )
+    parser.add_argument(
+        "--models", default="", help="comma-separated subset of model names to serve"
+    )
     parser.add_argument("--no_vllm", action="store_true", help="serve every model on the HF engine")
     parser.add_argument("--log_dir", default="", help="service logs (default: a new temp folder)")
-    parser.add_argument("--ready_timeout", type=float, default=900.0, help="seconds to wait for every service")
+    parser.add_argument(
+        "--ready_timeout", type=float, default=900.0, help="seconds to wait for every service"
+    )
     return parser.parse_args(argv)
 
 
@@ -51,12 +60,20 @@ def _wait_all(processes: list[tuple[ProcessSpec, ServiceProcess]], timeout: floa
     while pending:
         for name, (spec, proc) in list(pending.items()):
             if not proc.alive():
-                raise RuntimeError(f"{name} exited with {proc.process.returncode}; log: {proc.log_path}\n{proc.log()[-3000:]}")
+                raise RuntimeError(
+                    f"{name} exited with {proc.process.returncode}; log: {proc.log_path}\n{proc.log()[-3000:]}"
+                )
             if is_ready(proc, spec.ready):
-                print(f"  ready  {name:<40} {proc.address}  ({time.monotonic() - start:.0f}s)", flush=True)
+                print(
+                    f"  ready  {name:<40} {proc.address}  ({time.monotonic() - start:.0f}s)",
+                    flush=True,
+                )
                 del pending[name]
         if pending and time.monotonic() - last_note > 15:
-            print(f"  ... loading: {', '.join(sorted(pending))} ({time.monotonic() - start:.0f}s)", flush=True)
+            print(
+                f"  ... loading: {', '.join(sorted(pending))} ({time.monotonic() - start:.0f}s)",
+                flush=True,
+            )
             last_note = time.monotonic()
         if time.monotonic() - start > timeout:
             raise TimeoutError(f"not ready after {timeout:.0f}s: {', '.join(sorted(pending))}")
@@ -77,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         wanted = {m.strip() for m in args.models.split(",") if m.strip()}
         plan.models = [m for m in plan.models if m.name in wanted]
     for entry in plan.models:
-        print(f"  {entry.name:<28} {entry.task.value:<24} backend={'+'.join(entry.backends)}", flush=True)
+        print(
+            f"  {entry.name:<28} {entry.task.value:<24} backend={'+'.join(entry.backends)}",
+            flush=True,
+        )
     mesh_file = log_dir / "mesh.yaml"
     specs = plan_processes(plan, host=args.host, base_port=args.base_port, mesh_file=str(mesh_file))
     mesh_file.write_text(plan.to_yaml())
@@ -94,10 +114,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"==> starting {len(specs)} services (model loads take a while on CPU)", flush=True)
         for spec in specs:
-            proc = start_service(spec.module, spec.args, name=spec.name, port=spec.port, ready="none", log_dir=log_dir)
+            proc = start_service(
+                spec.module,
+                spec.args,
+                name=spec.name,
+                port=spec.port,
+                ready="none",
+                log_dir=log_dir,
+            )
             started.append((spec, proc))
         _wait_all(started, args.ready_timeout)
-        proc = start_service(gateway.module, gateway.args, name="gateway", port=gateway.port, ready="none", log_dir=log_dir)
+        proc = start_service(
+            gateway.module,
+            gateway.args,
+            name="gateway",
+            port=gateway.port,
+            ready="none",
+            log_dir=log_dir,
+        )
         started.append((gateway, proc))
         _wait_all([(gateway, proc)], 120)
         _print_banner(args, plan)
@@ -128,8 +162,8 @@ def _print_banner(args: argparse.Namespace, plan) -> None:
     if chat:
         print(
             f"  try: curl {url}/openai/v1/chat/completions -H 'Content-Type: application/json' "
-            f"-d '{{\"model\": \"{chat}\", \"messages\": [{{\"role\": \"user\", \"content\": "
-            f"\"What is the capital of France?\"}}], \"max_tokens\": 20, \"temperature\": 0}}'",
+            f'-d \'{{"model": "{chat}", "messages": [{{"role": "user", "content": '
+            f'"What is the capital of France?"}}], "max_tokens": 20, "temperature": 0}}\'',
             flush=True,
         )
     print("  Ctrl-C stops everything.\n", flush=True)

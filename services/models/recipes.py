@@ -88,7 +88,7 @@ CHAT_TEMPLATE = (
     "{%- set msgs = msgs[1:] -%}"
     "{%- endif -%}"
     "{{- 'You can call these tools. To call one, reply with '"
-    " + '<tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>.\\n' -}}"
+    ' + \'<tool_call>{"name": ..., "arguments": {...}}</tool_call>.\\n\' -}}'
     "{%- for tool in tools -%}{{- (tool | tojson) + '\\n' -}}{%- endfor -%}"
     "{{- '<|im_end|>\\n' -}}"
     "{%- endif -%}"
@@ -139,8 +139,15 @@ def _wordpiece_tokenizer():
     different vocabularies; its BPE trainer is reproducible. Every BPE piece is kept both as a
     word start and as a "##" continuation, which is all greedy WordPiece matching needs.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers import trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import BertTokenizerFast
 
     pad, unk, cls, sep, mask = BERT_SPECIALS
@@ -163,15 +170,28 @@ def _wordpiece_tokenizer():
         special_tokens=[(cls, vocab_list.index(cls)), (sep, vocab_list.index(sep))],
     )
     return BertTokenizerFast(
-        tokenizer_object=tok, do_lower_case=True, pad_token=pad, unk_token=unk, cls_token=cls,
-        sep_token=sep, mask_token=mask, model_max_length=MAX_POSITIONS,
+        tokenizer_object=tok,
+        do_lower_case=True,
+        pad_token=pad,
+        unk_token=unk,
+        cls_token=cls,
+        sep_token=sep,
+        mask_token=mask,
+        model_max_length=MAX_POSITIONS,
     )
 
 
 def _seq2seq_tokenizer():
     """T5-style: Metaspace pieces from a BPE (its trainer is reproducible, Unigram's is not)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers import trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     pad, eos, unk = T5_SPECIALS
@@ -187,7 +207,10 @@ def _seq2seq_tokenizer():
         single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, tok.token_to_id(eos))]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token=pad, eos_token=eos, unk_token=unk,
+        tokenizer_object=tok,
+        pad_token=pad,
+        eos_token=eos,
+        unk_token=unk,
         model_max_length=MAX_POSITIONS,
     )
 
@@ -229,8 +252,13 @@ def build_tiny_llama_lora(out_dir: Path, base_dir: Path) -> None:
     from transformers import LlamaForCausalLM
 
     base = LlamaForCausalLM.from_pretrained(base_dir)
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                      task_type="CAUSAL_LM", init_lora_weights=False)
+    lora = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=["q_proj", "v_proj"],
+        task_type="CAUSAL_LM",
+        init_lora_weights=False,
+    )
     model = get_peft_model(base, lora)
     generator = torch.Generator().manual_seed(SEED)
     with torch.no_grad():
@@ -248,9 +276,14 @@ def _build_bert(out_dir: Path, model_class: str, **config_kwargs) -> None:
 
     tokenizer = _wordpiece_tokenizer()
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=128, max_position_embeddings=MAX_POSITIONS,
-        pad_token_id=tokenizer.pad_token_id, **config_kwargs,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=MAX_POSITIONS,
+        pad_token_id=tokenizer.pad_token_id,
+        **config_kwargs,
     )
     torch.manual_seed(SEED)
     model = getattr(transformers, model_class)(config).to(torch.float32)
@@ -284,8 +317,14 @@ def build_tiny_t5(out_dir: Path) -> None:
 
     tokenizer = _seq2seq_tokenizer()
     config = T5Config(
-        vocab_size=len(tokenizer), d_model=64, d_kv=32, num_heads=2, num_layers=2,
-        num_decoder_layers=2, d_ff=128, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        d_model=64,
+        d_kv=32,
+        num_heads=2,
+        num_layers=2,
+        num_decoder_layers=2,
+        d_ff=128,
+        pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
     )

@@ -31,19 +31,31 @@ def build_model(spec: ModelSpec, settings: TokenizerSettings) -> TokenizerModel:
         lower_case=False if settings.disable_lower_case else None,
         add_special_tokens=not settings.disable_special_tokens,
         return_token_type_ids=settings.return_token_type_ids,
-        tensor_input_names=tuple(n.strip() for n in (settings.tensor_input_names or "").split(",") if n.strip()),
+        tensor_input_names=tuple(
+            n.strip() for n in (settings.tensor_input_names or "").split(",") if n.strip()
+        ),
         return_probabilities=settings.return_probabilities,
         return_raw_logits=settings.return_raw_logits,
     )
     tokenizer = load_tokenizer(spec.folder, lower_case=options.lower_case)
-    model = TokenizerModel(spec.name, tokenizer, options, config_max_len=config.max_position_embeddings)
-    logger.info("loaded tokenizer for %s (%s, max_model_len=%s) from %s", spec.name, task.value, model.max_model_len, spec.folder)
+    model = TokenizerModel(
+        spec.name, tokenizer, options, config_max_len=config.max_position_embeddings
+    )
+    logger.info(
+        "loaded tokenizer for %s (%s, max_model_len=%s) from %s",
+        spec.name,
+        task.value,
+        model.max_model_len,
+        spec.folder,
+    )
     return model
 
 
 async def main(argv: list[str] | None = None) -> None:
     settings, _ = parse_settings(
-        TokenizerSettings, argv, prog="python -m services.tokenizer",
+        TokenizerSettings,
+        argv,
+        prog="python -m services.tokenizer",
         description="hfmesh tokenizer service: chat templates, tokenization, pre/post-processing (OIP v2 gRPC)",
     )
     configure_logging(settings.log_level, service="tokenizer")
@@ -52,7 +64,9 @@ async def main(argv: list[str] | None = None) -> None:
     except HfmeshError as error:
         raise SystemExit(f"python -m services.tokenizer: {error.message}") from None
     predictor = (
-        PredictorClient(settings.predictor_host, timeout=settings.predictor_timeout) if settings.predictor_host else None
+        PredictorClient(settings.predictor_host, timeout=settings.predictor_timeout)
+        if settings.predictor_host
+        else None
     )
     servicer = TokenizerServicer(predictor=predictor)
     runner = GrpcServiceRunner(host=settings.host, port=settings.port)

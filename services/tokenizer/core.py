@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -51,11 +52,15 @@ def _check_messages(messages: Any) -> list[dict[str, Any]]:
 class TokenizerModel:
     """One served model's tokenizer and task."""
 
-    def __init__(self, name: str, tokenizer: Any, options: ModelOptions, *, config_max_len: int | None = None):
+    def __init__(
+        self, name: str, tokenizer: Any, options: ModelOptions, *, config_max_len: int | None = None
+    ):
         self.name = name
         self.tokenizer = tokenizer
         self.options = options
-        limit = options.max_model_len or config_max_len or getattr(tokenizer, "model_max_length", None)
+        limit = (
+            options.max_model_len or config_max_len or getattr(tokenizer, "model_max_length", None)
+        )
         # Tokenizers without a limit report a huge sentinel (int(1e30)).
         self.max_model_len: int | None = limit if limit and limit < 10**9 else None
 
@@ -85,12 +90,18 @@ class TokenizerModel:
         if generation_prompt is None:
             generation_prompt = not continue_final
         if generation_prompt and continue_final:
-            raise InvalidArgument("'add_generation_prompt' and 'continue_final_message' cannot both be true")
+            raise InvalidArgument(
+                "'add_generation_prompt' and 'continue_final_message' cannot both be true"
+            )
         if continue_final and messages[-1].get("role") != "assistant":
-            raise InvalidArgument("'continue_final_message' needs the last message to be from the assistant")
+            raise InvalidArgument(
+                "'continue_final_message' needs the last message to be from the assistant"
+            )
         template = request.chat_template or None
         if template is None and not getattr(self.tokenizer, "chat_template", None):
-            raise InvalidArgument(f"model '{self.name}' has no chat template; pass 'chat_template' or use completions")
+            raise InvalidArgument(
+                f"model '{self.name}' has no chat template; pass 'chat_template' or use completions"
+            )
         try:
             return self.tokenizer.apply_chat_template(
                 messages,
@@ -104,8 +115,12 @@ class TokenizerModel:
             )
         except InvalidArgument:
             raise
-        except Exception as error:  # jinja errors, raise_exception() in templates, bad message shapes
-            raise InvalidArgument(f"cannot render the chat template: {type(error).__name__}: {error}") from None
+        except (
+            Exception
+        ) as error:  # jinja errors, raise_exception() in templates, bad message shapes
+            raise InvalidArgument(
+                f"cannot render the chat template: {type(error).__name__}: {error}"
+            ) from None
 
     # -- encoder tasks -------------------------------------------------------
 
@@ -153,7 +168,9 @@ class TokenizerModel:
         rows = ids.reshape(1, -1) if ids.ndim == 1 else ids.reshape(ids.shape[0], -1)
         self._check_ids(rows)
         return [
-            self.tokenizer.decode([int(t) for t in row if t >= 0], skip_special_tokens=skip_special_tokens)
+            self.tokenizer.decode(
+                [int(t) for t in row if t >= 0], skip_special_tokens=skip_special_tokens
+            )
             for row in rows
         ]
 
@@ -166,7 +183,9 @@ class TokenizerModel:
     def _check_ids(self, ids: np.ndarray) -> None:
         size = len(self.tokenizer)
         if ids.size and int(ids.max()) >= size:
-            raise InvalidArgument(f"token id {int(ids.max())} is outside the vocabulary (size {size})")
+            raise InvalidArgument(
+                f"token id {int(ids.max())} is outside the vocabulary (size {size})"
+            )
 
 
 class TokenizerCore:
@@ -189,4 +208,3 @@ class TokenizerCore:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-

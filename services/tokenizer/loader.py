@@ -18,6 +18,7 @@ from services.common.errors import InvalidArgument
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class ModelConfig:
     """What the tokenizer service needs from a model's `config.json`."""
@@ -50,7 +51,6 @@ def read_model_config(model_dir: Path) -> ModelConfig:
 
 def _tokenizer_class(name: str | None) -> type:
     import transformers
-
     from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
     if not name:
@@ -62,7 +62,9 @@ def _tokenizer_class(name: str | None) -> type:
             continue
         if isinstance(found, type) and hasattr(found, "from_pretrained"):
             return found
-    logger.warning("tokenizer class %s not found in transformers; using the tokenizers backend", name)
+    logger.warning(
+        "tokenizer class %s not found in transformers; using the tokenizers backend", name
+    )
     return TokenizersBackend
 
 
@@ -73,7 +75,9 @@ def load_tokenizer(model_dir: str | Path, *, lower_case: bool | None = None) -> 
         raise InvalidArgument(f"model folder {folder} does not exist")
     config = _read_json(folder / "tokenizer_config.json")
     if not config and not (folder / "tokenizer.json").exists():
-        raise InvalidArgument(f"{folder} holds no tokenizer (tokenizer.json / tokenizer_config.json)")
+        raise InvalidArgument(
+            f"{folder} holds no tokenizer (tokenizer.json / tokenizer_config.json)"
+        )
     cls = _tokenizer_class(config.get("tokenizer_class"))
     kwargs: dict[str, Any] = {"trust_remote_code": False}
     if lower_case is not None:

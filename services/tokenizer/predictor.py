@@ -38,12 +38,19 @@ class PredictorClient:
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
     async def infer(
-        self, model_name: str, tensors: dict[str, np.ndarray], *, request_id: str, timeout: float | None = None
+        self,
+        model_name: str,
+        tensors: dict[str, np.ndarray],
+        *,
+        request_id: str,
+        timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
         request = InferRequest(
             model_name=model_name,
             id=request_id,
-            inputs=[Tensor(name, "INT64", array.astype(np.int64)) for name, array in tensors.items()],
+            inputs=[
+                Tensor(name, "INT64", array.astype(np.int64)) for name, array in tensors.items()
+            ],
         )
         try:
             reply = await self._stub.ModelInfer(
@@ -52,7 +59,9 @@ class PredictorClient:
                 metadata=((REQUEST_ID_HEADER, request_id),),
             )
         except grpc.aio.AioRpcError as error:
-            logger.info("predictor %s answered %s: %s", self.address, error.code().name, error.details())
+            logger.info(
+                "predictor %s answered %s: %s", self.address, error.code().name, error.details()
+            )
             raise from_rpc_error(error) from None
         response = infer_response_from_pb(reply)
         return {tensor.name: tensor.data for tensor in response.outputs}

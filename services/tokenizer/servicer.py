@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import numpy as np
 
@@ -37,7 +37,9 @@ logger = logging.getLogger(__name__)
 
 
 class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, *, server_name: str = "hfmesh-tokenizer", predictor: PredictorClient | None = None) -> None:
+    def __init__(
+        self, *, server_name: str = "hfmesh-tokenizer", predictor: PredictorClient | None = None
+    ) -> None:
         self.server_name = server_name
         self.predictor = predictor
         self.core: TokenizerCore | None = None  # set once the tokenizers are loaded
@@ -73,7 +75,9 @@ class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=any(i.name == request.name for i in self.infos()))
 
     async def ServerMetadata(self, request, context):
-        return pb.ServerMetadataResponse(name=self.server_name, version=VERSION, extensions=["binary_tensor_data"])
+        return pb.ServerMetadataResponse(
+            name=self.server_name, version=VERSION, extensions=["binary_tensor_data"]
+        )
 
     async def ModelMetadata(self, request, context):
         return model_metadata_to_pb(self._info(request.name))
@@ -99,7 +103,9 @@ class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):
         response = await self.infer(infer)
         return infer_response_to_pb(response, raw=infer.raw)
 
-    async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    async def ModelStreamInfer(
+        self, request_iterator, context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Each request answered in order; a failed one answers with `error_message`."""
         async for message in request_iterator:
             try:
@@ -181,7 +187,9 @@ class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):
         encoded = await core.run(model.preprocess, texts, pairs)
         names = model.options.tensor_input_names or tuple(encoded)
         sent = {name: encoded[name] for name in names if name in encoded}
-        raw = await self.predictor.infer(model.name, sent, request_id=infer.id or request_id_var.get())
+        raw = await self.predictor.infer(
+            model.name, sent, request_id=infer.id or request_id_var.get()
+        )
         result = await core.run(model.postprocess, raw, encoded, infer.parameters)
         return _response(infer, {RESULT_OUTPUT: result})
 

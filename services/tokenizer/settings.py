@@ -70,7 +70,9 @@ def model_specs(settings: TokenizerSettings) -> list[ModelSpec]:
     if names and len(names) != len(dirs):
         raise InvalidArgument(f"{len(names)} --model_name for {len(dirs)} --model_dir")
     if len(tasks) > 1 and len(tasks) != len(dirs):
-        raise InvalidArgument(f"{len(tasks)} --task for {len(dirs)} --model_dir (give one, or one per model)")
+        raise InvalidArgument(
+            f"{len(tasks)} --task for {len(dirs)} --model_dir (give one, or one per model)"
+        )
     for index, folder in enumerate(dirs):
         name = names[index] if names else Path(folder).expanduser().name
         task = tasks[index] if len(tasks) > 1 else (tasks[0] if tasks else None)
@@ -81,9 +83,18 @@ def model_specs(settings: TokenizerSettings) -> list[ModelSpec]:
             listed = plan.endpoints[entry.name].tokenizer
             if listed and settings.port not in {_port_of(a) for a in listed}:
                 continue
-            specs.append(ModelSpec(entry.name, entry.source, entry.task, entry.max_model_len or settings.max_model_len))
+            specs.append(
+                ModelSpec(
+                    entry.name,
+                    entry.source,
+                    entry.task,
+                    entry.max_model_len or settings.max_model_len,
+                )
+            )
     if not specs:
-        raise InvalidArgument("no model to serve: pass --model_dir (and --model_name) or --model_list")
+        raise InvalidArgument(
+            "no model to serve: pass --model_dir (and --model_name) or --model_list"
+        )
     seen: set[str] = set()
     for spec in specs:
         if spec.name in seen:

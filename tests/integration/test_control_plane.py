@@ -60,8 +60,14 @@ def test_process_restart_and_registration(tmp_path, monkeypatch, servers):
     one, two = Backend("one"), Backend("two")
     servers += [one, two]
     bootstrap = tmp_path / "bootstrap.json"
-    args = ["--model_list", mesh_file(tmp_path, {"m": [one.address]}),
-            "--bootstrap_file", str(bootstrap), "--health_interval", "0.2"]
+    args = [
+        "--model_list",
+        mesh_file(tmp_path, {"m": [one.address]}),
+        "--bootstrap_file",
+        str(bootstrap),
+        "--health_interval",
+        "0.2",
+    ]
     plane = start_service("services.control_plane", args, ready_timeout=60)
     servers.append(plane)
     assert bootstrap.exists()
@@ -77,9 +83,15 @@ def test_process_restart_and_registration(tmp_path, monkeypatch, servers):
         servers.append(again)
         with grpc.insecure_channel(again.address) as control:
             registration = pb_grpc.RegistrationStub(control)
-            lease = registration.Register(pb.RegisterRequest(
-                service="engine", model="m", backend="huggingface", address=two.address,
-            ), timeout=5)
+            lease = registration.Register(
+                pb.RegisterRequest(
+                    service="engine",
+                    model="m",
+                    backend="huggingface",
+                    address=two.address,
+                ),
+                timeout=5,
+            )
             _until(lambda: who(b"", timeout=5) == b"two", timeout=15)  # the client reconnected
             registration.Deregister(pb.DeregisterRequest(lease_id=lease.lease_id), timeout=5)
             _until(lambda: {who(b"", timeout=5) for _ in range(4)} == {b"one"})

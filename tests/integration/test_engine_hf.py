@@ -52,7 +52,9 @@ def direct(model_path):
     def get(model: str, auto_class: str):
         if model not in cache:
             path = model_path(model)
-            loaded = getattr(transformers, auto_class).from_pretrained(path, dtype=torch.float32).eval()
+            loaded = (
+                getattr(transformers, auto_class).from_pretrained(path, dtype=torch.float32).eval()
+            )
             cache[model] = (loaded, transformers.AutoTokenizer.from_pretrained(path))
         return cache[model]
 
@@ -68,10 +70,15 @@ def test_live_ready_and_metadata(client):
         assert c.is_server_live() and c.is_server_ready() and c.is_model_ready(name)
         assert not c.is_model_ready("nobody")
     llm = client["llm"].get_model_metadata("llm", as_json=True)
-    assert {"text_input", "input_ids", "sampling_parameters", "stream"} <= {i["name"] for i in llm["inputs"]}
+    assert {"text_input", "input_ids", "sampling_parameters", "stream"} <= {
+        i["name"] for i in llm["inputs"]
+    }
     fill = client["fill"].get_model_metadata("fill", as_json=True)
     assert {"input-0", "input_ids", "attention_mask"} <= {i["name"] for i in fill["inputs"]}
-    assert client["reranker"].get_model_metadata("reranker", as_json=True)["inputs"][0]["name"] == "query"
+    assert (
+        client["reranker"].get_model_metadata("reranker", as_json=True)["inputs"][0]["name"]
+        == "query"
+    )
 
 
 def test_fill_mask_text_and_tensors(client, direct):
@@ -81,7 +88,9 @@ def test_fill_mask_text_and_tensors(client, direct):
     with torch.inference_mode():
         logits = model(**encoded).logits
     expected = [
-        tokenizer.decode(logits[i, encoded["input_ids"][i] == tokenizer.mask_token_id].argmax(-1)).encode()
+        tokenizer.decode(
+            logits[i, encoded["input_ids"][i] == tokenizer.mask_token_id].argmax(-1)
+        ).encode()
         for i in range(2)
     ]
     text = client["fill"].infer("fill", [bytes_input("input-0", texts)])
@@ -96,9 +105,16 @@ def test_sequence_classification_text_probabilities_and_tensors(client, direct):
     with torch.inference_mode():
         logits = model(**encoded).logits
     c = client["sentiment"]
-    assert c.infer("sentiment", [bytes_input("input-0", TEXTS)]).as_numpy("output-0").tolist() == logits.argmax(-1).tolist()
-    probs = c.infer("sentiment", [bytes_input("input-0", TEXTS)], parameters={"return_probabilities": True})
-    np.testing.assert_allclose(probs.as_numpy("output-0"), torch.softmax(logits, -1).numpy(), atol=1e-6)
+    assert (
+        c.infer("sentiment", [bytes_input("input-0", TEXTS)]).as_numpy("output-0").tolist()
+        == logits.argmax(-1).tolist()
+    )
+    probs = c.infer(
+        "sentiment", [bytes_input("input-0", TEXTS)], parameters={"return_probabilities": True}
+    )
+    np.testing.assert_allclose(
+        probs.as_numpy("output-0"), torch.softmax(logits, -1).numpy(), atol=1e-6
+    )
     tensors = c.infer("sentiment", _int_inputs(encoded))
     np.testing.assert_allclose(tensors.as_numpy("logits"), logits.numpy(), atol=1e-5, rtol=0)
 
@@ -131,18 +147,23 @@ def test_rerank_text(client, direct):
     encoded = tokenizer([query] * 2, docs, padding=True, return_tensors="pt")
     with torch.inference_mode():
         expected = model(**encoded).logits[:, 0].numpy()
-    out = client["reranker"].infer("reranker", [bytes_input("query", [query]), bytes_input("documents", docs)])
+    out = client["reranker"].infer(
+        "reranker", [bytes_input("query", [query]), bytes_input("documents", docs)]
+    )
     np.testing.assert_allclose(out.as_numpy("output-0"), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("name,model,auto_class", [("llm", "tiny-llama", "AutoModelForCausalLM"), ("t5", "tiny-t5", "AutoModelForSeq2SeqLM")])
+@pytest.mark.parametrize(
+    "name,model,auto_class",
+    [("llm", "tiny-llama", "AutoModelForCausalLM"), ("t5", "tiny-t5", "AutoModelForSeq2SeqLM")],
+)
 def test_generation_unary_equals_greedy_generate(client, direct, name, model, auto_class):
     loaded, tokenizer = direct(model, auto_class)
     prompt = "Alice went to Paris and"
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     with torch.inference_mode():
         out = loaded.generate(ids, do_sample=False, max_new_tokens=12)
-    expected = (out[0, 1:] if loaded.config.is_encoder_decoder else out[0, ids.shape[1]:]).tolist()
+    expected = (out[0, 1:] if loaded.config.is_encoder_decoder else out[0, ids.shape[1] :]).tolist()
     result = client[name].infer(name, llm_inputs(prompt, {"max_tokens": 12, "temperature": 0}))
     assert result.as_numpy("output_ids").tolist() == expected
     text = result.as_numpy("text_output")[0].decode()
@@ -150,7 +171,13 @@ def test_generation_unary_equals_greedy_generate(client, direct, name, model, au
     assert result.as_numpy("num_output_tokens").tolist() == [len(expected)]
 
 
-def _stream(c: tgrpc.InferenceServerClient, model: str, inputs, request_id: str, stop_after: int | None = None):
+def _stream(
+    c: tgrpc.InferenceServerClient,
+    model: str,
+    inputs,
+    request_id: str,
+    stop_after: int | None = None,
+):
     responses: queue.Queue = queue.Queue()
     c.start_stream(callback=lambda result, error: responses.put((result, error)))
     try:
@@ -176,8 +203,13 @@ def test_streaming_generation_sends_deltas(client):
     whole = client["llm"].infer("llm", [*inputs, bool_input("exclude_input_in_output", True)])
     parts = _stream(client["llm"], "llm", [*inputs, bool_input("stream", True)], "s1")
     assert len(parts) == 20
-    assert "".join(p.as_numpy("text_output")[0].decode() for p in parts) == whole.as_numpy("text_output")[0].decode()
-    assert [p.as_numpy("output_ids").tolist() for p in parts] == [[t] for t in whole.as_numpy("output_ids").tolist()]
+    assert (
+        "".join(p.as_numpy("text_output")[0].decode() for p in parts)
+        == whole.as_numpy("text_output")[0].decode()
+    )
+    assert [p.as_numpy("output_ids").tolist() for p in parts] == [
+        [t] for t in whole.as_numpy("output_ids").tolist()
+    ]
     assert parts[-1].as_numpy("finish_reason").tolist() == [b"length"]
 
 
@@ -220,26 +252,83 @@ def _text(value: bytes) -> bytes:
 
 
 BAD_REQUESTS = [
-    ("sentiment", [("input_ids", "INT64", [1, 4], _ids([[2, 5, 6]]))], "INVALID_ARGUMENT", "input_ids"),
-    ("sentiment", [("input_ids", "FP32", [1, 3], np.zeros(3, "<f4").tobytes())], "INVALID_ARGUMENT", "input_ids"),
-    ("sentiment", [("input-0", "BYTES", [1], (100).to_bytes(4, "little") + b"short")], "INVALID_ARGUMENT", "input-0"),
-    ("sentiment", [("input_ids", "INT64", [1, 3], _ids([[2, 5, 3]])), ("attention_mask", "INT64", [1, 2], _ids([[1, 1]]))],
-     "INVALID_ARGUMENT", "attention_mask"),
-    ("sentiment", [("input_ids", "INT64", [1, 3], _ids([[2, 5, 3]])), ("pixel_values", "INT64", [1, 3], _ids([[1, 1, 1]]))],
-     "INVALID_ARGUMENT", "pixel_values"),
-    ("sentiment", [("input_ids", "INT64", [1, 3], _ids([[2, 999999, 3]]))], "INVALID_ARGUMENT", "input_ids"),
+    (
+        "sentiment",
+        [("input_ids", "INT64", [1, 4], _ids([[2, 5, 6]]))],
+        "INVALID_ARGUMENT",
+        "input_ids",
+    ),
+    (
+        "sentiment",
+        [("input_ids", "FP32", [1, 3], np.zeros(3, "<f4").tobytes())],
+        "INVALID_ARGUMENT",
+        "input_ids",
+    ),
+    (
+        "sentiment",
+        [("input-0", "BYTES", [1], (100).to_bytes(4, "little") + b"short")],
+        "INVALID_ARGUMENT",
+        "input-0",
+    ),
+    (
+        "sentiment",
+        [
+            ("input_ids", "INT64", [1, 3], _ids([[2, 5, 3]])),
+            ("attention_mask", "INT64", [1, 2], _ids([[1, 1]])),
+        ],
+        "INVALID_ARGUMENT",
+        "attention_mask",
+    ),
+    (
+        "sentiment",
+        [
+            ("input_ids", "INT64", [1, 3], _ids([[2, 5, 3]])),
+            ("pixel_values", "INT64", [1, 3], _ids([[1, 1, 1]])),
+        ],
+        "INVALID_ARGUMENT",
+        "pixel_values",
+    ),
+    (
+        "sentiment",
+        [("input_ids", "INT64", [1, 3], _ids([[2, 999999, 3]]))],
+        "INVALID_ARGUMENT",
+        "input_ids",
+    ),
     ("nobody", [("input-0", "BYTES", [1], _text(b"hi"))], "NOT_FOUND", "nobody"),
-    ("llm", [("text_input", "BYTES", [1], _text(b"hi")), ("sampling_parameters", "BYTES", [1], _text(b"{oops"))],
-     "INVALID_ARGUMENT", "sampling_parameters"),
-    ("llm", [("text_input", "BYTES", [1], _text(b"hi")),
-             ("sampling_parameters", "BYTES", [1], _text(b'{"logit_bias": {"1": 2}}'))], "INVALID_ARGUMENT", "logit_bias"),
-    ("llm", [("text_input", "BYTES", [1], _text(b"hi")),
-             ("sampling_parameters", "BYTES", [1], _text(b'{"max_tokens": 9000}'))], "INVALID_ARGUMENT", "context length of 512"),
+    (
+        "llm",
+        [
+            ("text_input", "BYTES", [1], _text(b"hi")),
+            ("sampling_parameters", "BYTES", [1], _text(b"{oops")),
+        ],
+        "INVALID_ARGUMENT",
+        "sampling_parameters",
+    ),
+    (
+        "llm",
+        [
+            ("text_input", "BYTES", [1], _text(b"hi")),
+            ("sampling_parameters", "BYTES", [1], _text(b'{"logit_bias": {"1": 2}}')),
+        ],
+        "INVALID_ARGUMENT",
+        "logit_bias",
+    ),
+    (
+        "llm",
+        [
+            ("text_input", "BYTES", [1], _text(b"hi")),
+            ("sampling_parameters", "BYTES", [1], _text(b'{"max_tokens": 9000}')),
+        ],
+        "INVALID_ARGUMENT",
+        "context length of 512",
+    ),
 ]
 
 
 @pytest.mark.parametrize("model,tensors,status,named", BAD_REQUESTS)
-def test_bad_requests_are_rejected_and_the_engine_keeps_serving(engines, client, model, tensors, status, named):
+def test_bad_requests_are_rejected_and_the_engine_keeps_serving(
+    engines, client, model, tensors, status, named
+):
     import grpc
     from tritonclient.grpc import service_pb2_grpc
 

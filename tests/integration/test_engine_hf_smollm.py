@@ -16,7 +16,14 @@ pytestmark = pytest.mark.slow
 def smollm(model_path):
     service = start_service(
         "services.engine_hf",
-        ["--model_dir", model_path("smollm2-135m-instruct"), "--model_name", "smollm2", "--host", "127.0.0.1"],
+        [
+            "--model_dir",
+            model_path("smollm2-135m-instruct"),
+            "--model_name",
+            "smollm2",
+            "--host",
+            "127.0.0.1",
+        ],
         name="engine_hf-smollm2",
         ready_timeout=300,
     )
@@ -27,7 +34,9 @@ def smollm(model_path):
 def test_capital_of_france_is_paris(smollm, model_path):
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_path("smollm2-135m-instruct"))
     prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is the capital of France?"}], tokenize=False, add_generation_prompt=True
+        [{"role": "user", "content": "What is the capital of France?"}],
+        tokenize=False,
+        add_generation_prompt=True,
     )
     inputs = llm_inputs(prompt, {"temperature": 0, "max_tokens": 32}, exclude_input_in_output=True)
     with tgrpc.InferenceServerClient(smollm.address) as client:

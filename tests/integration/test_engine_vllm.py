@@ -37,11 +37,24 @@ ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 def engine(model_path):
     metrics_port = free_port()
     args = [
-        "--model_dir", model_path("tiny-llama"), "--model_name", BASE, "--host", "127.0.0.1",
-        "--metrics_port", str(metrics_port), "--max_model_len", "512",
-        "--lora-modules", f"{ADAPTER}={model_path('tiny-llama-lora')}", "--max-lora-rank", "8",
+        "--model_dir",
+        model_path("tiny-llama"),
+        "--model_name",
+        BASE,
+        "--host",
+        "127.0.0.1",
+        "--metrics_port",
+        str(metrics_port),
+        "--max_model_len",
+        "512",
+        "--lora-modules",
+        f"{ADAPTER}={model_path('tiny-llama-lora')}",
+        "--max-lora-rank",
+        "8",
     ]
-    service = start_service("services.engine_vllm", args, name="engine_vllm", env=ENV, ready_timeout=300)
+    service = start_service(
+        "services.engine_vllm", args, name="engine_vllm", env=ENV, ready_timeout=300
+    )
     service.extra_ports["metrics"] = metrics_port
     yield service
     service.stop()
@@ -63,7 +76,9 @@ def hf(model_path):
     return model, transformers.AutoTokenizer.from_pretrained(path)
 
 
-def stream_requests(client, requests: list[tuple[str, list]], timeout: float = 60.0) -> dict[str, list]:
+def stream_requests(
+    client, requests: list[tuple[str, list]], timeout: float = 60.0
+) -> dict[str, list]:
     """Send several requests on one stream; results (or the error) per request id, in arrival order."""
     replies: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: replies.put((result, error)))
@@ -76,7 +91,9 @@ def stream_requests(client, requests: list[tuple[str, list]], timeout: float = 6
         while len(done) < len(requests):
             result, error = replies.get(timeout=max(0.1, deadline - time.monotonic()))
             if error is not None:
-                rid = next(r for r in got if r not in done)  # stream errors carry no id: the oldest open one
+                rid = next(
+                    r for r in got if r not in done
+                )  # stream errors carry no id: the oldest open one
                 got[rid].append(error)
                 done.add(rid)
                 continue
@@ -107,7 +124,9 @@ def test_base_and_adapter_are_served_models(client):
     assert client.is_model_ready(BASE) and client.is_model_ready(ADAPTER)
     meta = client.get_model_metadata(BASE)
     assert meta.platform == "vllm"
-    assert {"text_input", "input_ids", "sampling_parameters", "stream"} <= {t.name for t in meta.inputs}
+    assert {"text_input", "input_ids", "sampling_parameters", "stream"} <= {
+        t.name for t in meta.inputs
+    }
     assert {"text_output", "output_ids", "finish_reason"} <= {t.name for t in meta.outputs}
 
 
@@ -134,7 +153,9 @@ def test_streamed_text_input_gives_deltas_that_add_up_to_the_unary_answer(client
 
 def test_unary_answer_includes_the_prompt_unless_excluded(client):
     params = {"max_tokens": 5, "temperature": 0}
-    with_prompt = client.infer(BASE, llm_inputs(PROMPTS[1], params)).as_numpy("text_output")[0].decode()
+    with_prompt = (
+        client.infer(BASE, llm_inputs(PROMPTS[1], params)).as_numpy("text_output")[0].decode()
+    )
     without = client.infer(BASE, llm_inputs(PROMPTS[1], params, exclude_input_in_output=True))
     without = without.as_numpy("text_output")[0].decode()
     assert with_prompt == PROMPTS[1] + without
@@ -142,7 +163,9 @@ def test_unary_answer_includes_the_prompt_unless_excluded(client):
 
 def test_concurrent_streams_are_batched_and_each_is_complete(client):
     params = {"max_tokens": 20, "temperature": 0, "ignore_eos": True}
-    requests = [(f"{BASE}/c{i}", llm_inputs(p, params, stream=True)) for i, p in enumerate(PROMPTS * 2)]
+    requests = [
+        (f"{BASE}/c{i}", llm_inputs(p, params, stream=True)) for i, p in enumerate(PROMPTS * 2)
+    ]
     got = stream_requests(client, requests)
     for rid, results in got.items():
         assert sum(len(r.as_numpy("output_ids")) for r in results) == 20, rid
@@ -159,47 +182,84 @@ def test_greedy_float32_matches_transformers_token_for_token(client, hf):
     for prompt in PROMPTS:
         ids = tokenizer(prompt)["input_ids"]
         with torch.inference_mode():
-            expected = model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)[0, len(ids):].tolist()
+            expected = model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)[
+                0, len(ids) :
+            ].tolist()
         reply = client.infer(BASE, llm_inputs(ids, {"max_tokens": 24, "temperature": 0}))
         assert reply.as_numpy("output_ids").tolist() == expected, prompt
         assert int(reply.as_numpy("num_input_tokens")[0]) == len(ids)
 
 
 def test_n_seed_logprobs_and_stop(client):
-    params = {"max_tokens": 6, "temperature": 1.0, "seed": 7, "n": 2, "logprobs": 2, "ignore_eos": True}
+    params = {
+        "max_tokens": 6,
+        "temperature": 1.0,
+        "seed": 7,
+        "n": 2,
+        "logprobs": 2,
+        "ignore_eos": True,
+    }
     first = client.infer(BASE, llm_inputs(PROMPTS[2], params))
     again = client.infer(BASE, llm_inputs(PROMPTS[2], params))
     assert first.as_numpy("output_ids").shape == (2, 6)
     assert first.as_numpy("output_ids").tolist() == again.as_numpy("output_ids").tolist()  # seeded
 
-    reply = client.infer(BASE, llm_inputs(PROMPTS[2], {"max_tokens": 4, "temperature": 0, "logprobs": 3},
-                                          return_logprobs=True))
+    reply = client.infer(
+        BASE,
+        llm_inputs(
+            PROMPTS[2], {"max_tokens": 4, "temperature": 0, "logprobs": 3}, return_logprobs=True
+        ),
+    )
     entries = json.loads(reply.as_numpy("logprobs")[0])
     assert [e["token_id"] for e in entries] == reply.as_numpy("output_ids").tolist()
     for entry in entries:
         assert len(entry["top_logprobs"]) == 3
-        assert entry["logprob"] == pytest.approx(max(entry["top_logprobs"].values()))  # greedy: the top token
+        assert entry["logprob"] == pytest.approx(
+            max(entry["top_logprobs"].values())
+        )  # greedy: the top token
 
-    greedy = client.infer(BASE, llm_inputs(PROMPTS[0], {"max_tokens": 16, "temperature": 0, "ignore_eos": True},
-                                           exclude_input_in_output=True))
+    greedy = client.infer(
+        BASE,
+        llm_inputs(
+            PROMPTS[0],
+            {"max_tokens": 16, "temperature": 0, "ignore_eos": True},
+            exclude_input_in_output=True,
+        ),
+    )
     greedy = greedy.as_numpy("text_output")[0].decode()
-    stop = greedy[len(greedy) // 2:][:3]
-    stopped = client.infer(BASE, llm_inputs(PROMPTS[0], {"max_tokens": 16, "temperature": 0, "stop": [stop]},
-                                            exclude_input_in_output=True,
-                                            return_finish_reason=True))
+    stop = greedy[len(greedy) // 2 :][:3]
+    stopped = client.infer(
+        BASE,
+        llm_inputs(
+            PROMPTS[0],
+            {"max_tokens": 16, "temperature": 0, "stop": [stop]},
+            exclude_input_in_output=True,
+            return_finish_reason=True,
+        ),
+    )
     text = stopped.as_numpy("text_output")[0].decode()
     assert stop not in text and greedy.startswith(text)
     assert stopped.as_numpy("finish_reason")[0] == b"stop"
 
 
 def test_structured_outputs_reach_vllm(client):
-    choice = client.infer(BASE, llm_inputs(PROMPTS[0], {"max_tokens": 8, "temperature": 0,
-                                                        "structured_outputs": {"choice": ["yes", "no"]}},
-                                           exclude_input_in_output=True))
+    choice = client.infer(
+        BASE,
+        llm_inputs(
+            PROMPTS[0],
+            {"max_tokens": 8, "temperature": 0, "structured_outputs": {"choice": ["yes", "no"]}},
+            exclude_input_in_output=True,
+        ),
+    )
     assert choice.as_numpy("text_output")[0].decode() in ("yes", "no")
-    digits = client.infer(BASE, llm_inputs(PROMPTS[0], {"max_tokens": 8, "temperature": 0,
-                                                        "guided_regex": "[0-9]{3}"},
-                                           exclude_input_in_output=True))
+    digits = client.infer(
+        BASE,
+        llm_inputs(
+            PROMPTS[0],
+            {"max_tokens": 8, "temperature": 0, "guided_regex": "[0-9]{3}"},
+            exclude_input_in_output=True,
+        ),
+    )
     text = digits.as_numpy("text_output")[0].decode()
     assert len(text) == 3 and text.isdigit()
 
@@ -217,12 +277,16 @@ def test_structured_outputs_reach_vllm(client):
         ({"max_tokens": 4, "guided_regex": "(["}, "regex"),
     ],
 )
-def test_invalid_parameters_are_invalid_argument_and_the_engine_keeps_serving(client, params, named):
+def test_invalid_parameters_are_invalid_argument_and_the_engine_keeps_serving(
+    client, params, named
+):
     with pytest.raises(InferenceServerException) as raised:
         client.infer(BASE, llm_inputs(PROMPTS[0], params))
     assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert named in raised.value.message()
-    streamed = stream_requests(client, [(f"{BASE}/bad", llm_inputs(PROMPTS[0], params, stream=True))])
+    streamed = stream_requests(
+        client, [(f"{BASE}/bad", llm_inputs(PROMPTS[0], params, stream=True))]
+    )
     [error] = streamed[f"{BASE}/bad"]
     assert named in str(error)
     ok = client.infer(BASE, llm_inputs(PROMPTS[0], {"max_tokens": 2}))
@@ -240,7 +304,9 @@ def test_out_of_vocabulary_input_ids_are_rejected(client):
 
 
 def _greedy_ids(client, model: str, prompt: str) -> list[int]:
-    reply = client.infer(model, llm_inputs(prompt, {"max_tokens": 12, "temperature": 0, "ignore_eos": True}))
+    reply = client.infer(
+        model, llm_inputs(prompt, {"max_tokens": 12, "temperature": 0, "ignore_eos": True})
+    )
     return reply.as_numpy("output_ids").tolist()
 
 
@@ -253,14 +319,18 @@ def _load(engine, name: str, path: str) -> None:
     with grpc.insecure_channel(engine.address) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         parameters = {"lora_path": service_pb2.ModelRepositoryParameter(string_param=path)}
-        stub.RepositoryModelLoad(service_pb2.RepositoryModelLoadRequest(model_name=name, parameters=parameters),
-                                 timeout=60)
+        stub.RepositoryModelLoad(
+            service_pb2.RepositoryModelLoadRequest(model_name=name, parameters=parameters),
+            timeout=60,
+        )
 
 
 def test_repository_load_and_unload_of_an_adapter_at_run_time(engine, client, model_path, tmp_path):
     _load(engine, "runtime-lora", model_path("tiny-llama-lora"))
     assert client.is_model_ready("runtime-lora")
-    assert _greedy_ids(client, "runtime-lora", PROMPTS[0]) == _greedy_ids(client, ADAPTER, PROMPTS[0])
+    assert _greedy_ids(client, "runtime-lora", PROMPTS[0]) == _greedy_ids(
+        client, ADAPTER, PROMPTS[0]
+    )
     client.unload_model("runtime-lora")
     assert "runtime-lora" not in {m.name for m in client.get_model_repository_index().models}
     with pytest.raises(InferenceServerException) as raised:
@@ -268,7 +338,10 @@ def test_repository_load_and_unload_of_an_adapter_at_run_time(engine, client, mo
     assert raised.value.status() == "StatusCode.NOT_FOUND"
     with pytest.raises(grpc.RpcError) as bad:
         _load(engine, "broken", str(tmp_path))
-    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "adapter_config.json" in bad.value.details()
+    assert (
+        bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "adapter_config.json" in bad.value.details()
+    )
     with pytest.raises(InferenceServerException) as base:
         client.unload_model(BASE)
     assert base.value.status() == "StatusCode.INVALID_ARGUMENT"
@@ -284,8 +357,11 @@ def test_cancelled_stream_aborts_generation_in_the_engine(engine, client):
     replies: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: replies.put((result, error)))
     for i in range(count):
-        client.async_stream_infer(BASE, llm_inputs("hi", {"max_tokens": length, "ignore_eos": True}, stream=True),
-                                  request_id=f"long{i}")
+        client.async_stream_infer(
+            BASE,
+            llm_inputs("hi", {"max_tokens": length, "ignore_eos": True}, stream=True),
+            request_id=f"long{i}",
+        )
     result, error = replies.get(timeout=60)
     assert error is None
     client.stop_stream(cancel_requests=True)
@@ -297,8 +373,13 @@ def test_cancelled_stream_aborts_generation_in_the_engine(engine, client):
 
 def test_metrics_export_vllm_series(engine):
     names = " ".join(metrics(engine))
-    for series in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
-                   "vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds"):
+    for series in (
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:time_to_first_token_seconds",
+        "vllm:inter_token_latency_seconds",
+    ):
         assert series in names, series
     assert metric(engine, "vllm:time_to_first_token_seconds_count") > 0
 

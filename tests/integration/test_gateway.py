@@ -44,21 +44,35 @@ def mesh(model_path, tmp_path_factory):
     with running_mesh(models, tmp_path_factory.mktemp("mesh"), metrics=["llm"]) as started:
         transformer = start_service(
             "services.tokenizer",
-            ["--model_dir", model_path("tiny-bert-sentiment"), "--model_name", "sentiment",
-             "--host", "127.0.0.1", "--predictor_host", started.engine("sentiment").address,
-             "--predictor_protocol", "grpc-v2"],
+            [
+                "--model_dir",
+                model_path("tiny-bert-sentiment"),
+                "--model_name",
+                "sentiment",
+                "--host",
+                "127.0.0.1",
+                "--predictor_host",
+                started.engine("sentiment").address,
+                "--predictor_protocol",
+                "grpc-v2",
+            ],
             name="transformer",
         )
         try:
-            yield {"gateway": started["gateway"], "llm": started.engine("llm"),
-                   "transformer": transformer}
+            yield {
+                "gateway": started["gateway"],
+                "llm": started.engine("llm"),
+                "transformer": transformer,
+            }
         finally:
             transformer.stop()
 
 
 @pytest.fixture(scope="module")
 def sdk(mesh):
-    return openai.OpenAI(base_url=f"{mesh['gateway'].url}/openai/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai.OpenAI(
+        base_url=f"{mesh['gateway'].url}/openai/v1", api_key="unused", max_retries=0, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +89,10 @@ def reference(model_path):
     def get(folder: str, cls=transformers.AutoModel):
         key = (folder, cls)
         if key not in cache:
-            cache[key] = (cls.from_pretrained(model_path(folder)).eval(), transformers.AutoTokenizer.from_pretrained(model_path(folder)))
+            cache[key] = (
+                cls.from_pretrained(model_path(folder)).eval(),
+                transformers.AutoTokenizer.from_pretrained(model_path(folder)),
+            )
         return cache[key]
 
     return get
@@ -85,12 +102,14 @@ def greedy(reference, prompt_ids: list[int], new_tokens: int) -> list[int]:
     model, _ = reference("tiny-llama", transformers.AutoModelForCausalLM)
     with torch.no_grad():
         out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=new_tokens, do_sample=False)
-    return out[0, len(prompt_ids):].tolist()
+    return out[0, len(prompt_ids) :].tolist()
 
 
 def test_completion_equals_greedy_generate(sdk, reference):
     _, tokenizer = reference("tiny-llama", transformers.AutoModelForCausalLM)
-    reply = sdk.completions.create(model="llm", prompt="The quick brown fox", max_tokens=12, temperature=0)
+    reply = sdk.completions.create(
+        model="llm", prompt="The quick brown fox", max_tokens=12, temperature=0
+    )
     ids = tokenizer("The quick brown fox")["input_ids"]
     expected = greedy(reference, ids, 12)
     assert reply.choices[0].text == tokenizer.decode(expected, skip_special_tokens=True)
@@ -99,32 +118,49 @@ def test_completion_equals_greedy_generate(sdk, reference):
 
 def test_streamed_chat_joins_to_the_unstreamed_text(sdk):
     messages = [{"role": "user", "content": "Tell me about the sea."}]
-    whole = sdk.chat.completions.create(model="llm", messages=messages, max_tokens=24, temperature=0)
+    whole = sdk.chat.completions.create(
+        model="llm", messages=messages, max_tokens=24, temperature=0
+    )
     stream = sdk.chat.completions.create(
-        model="llm", messages=messages, max_tokens=24, temperature=0, stream=True, stream_options={"include_usage": True}
+        model="llm",
+        messages=messages,
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content and text
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finishes == [whole.choices[0].finish_reason]
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
 def test_embeddings_float_and_base64(sdk, reference):
-    texts = ["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell sharply today."]
+    texts = [
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "The stock market fell sharply today.",
+    ]
     floats = sdk.embeddings.create(model="embed", input=texts, encoding_format="float")
     raw = sdk.embeddings.create(model="embed", input=texts, encoding_format="base64")
     decoded_by_sdk = sdk.embeddings.create(model="embed", input=texts)
     got = np.array([d.embedding for d in floats.data], dtype=np.float32)
-    from_base64 = np.stack([np.frombuffer(base64.b64decode(d.embedding), dtype="<f4") for d in raw.data])
+    from_base64 = np.stack(
+        [np.frombuffer(base64.b64decode(d.embedding), dtype="<f4") for d in raw.data]
+    )
     np.testing.assert_array_equal(from_base64, got)
     np.testing.assert_allclose(np.array([d.embedding for d in decoded_by_sdk.data]), got, atol=1e-7)
     model, tokenizer = reference("all-minilm-l6-v2")
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state.numpy()
-    np.testing.assert_allclose(got, task_results.text_embedding(hidden, batch["attention_mask"].numpy()), atol=1e-5)
+    np.testing.assert_allclose(
+        got, task_results.text_embedding(hidden, batch["attention_mask"].numpy()), atol=1e-5
+    )
     assert abs(float(got[0] @ got[1]) - 0.755) < 0.01 and abs(float(got[0] @ got[2])) < 0.05
     assert floats.usage.prompt_tokens == int(batch["attention_mask"].sum())
 
@@ -140,22 +176,39 @@ def test_models_list_and_errors(sdk):
         sdk.completions.create(model="embed", prompt="hello")
     assert "text_embedding" in raised.value.message
     with pytest.raises(openai.BadRequestError) as raised:
-        sdk.chat.completions.create(model="llm", messages=[{"role": "user", "content": "x"}], temperature=5)
+        sdk.chat.completions.create(
+            model="llm", messages=[{"role": "user", "content": "x"}], temperature=5
+        )
     assert "temperature" in raised.value.message
     with pytest.raises(openai.BadRequestError):
         sdk.embeddings.create(model="embed", input="")
 
 
 def test_rerank(http, reference):
-    model, tokenizer = reference("tiny-bert-reranker", transformers.AutoModelForSequenceClassification)
-    query, docs = "capital of France", ["Paris is the capital of France.", "Bananas are yellow.", "Lyon is in France."]
-    reply = http.post("/openai/v1/rerank", json={"model": "rerank", "query": query, "documents": docs})
+    model, tokenizer = reference(
+        "tiny-bert-reranker", transformers.AutoModelForSequenceClassification
+    )
+    query, docs = (
+        "capital of France",
+        ["Paris is the capital of France.", "Bananas are yellow.", "Lyon is in France."],
+    )
+    reply = http.post(
+        "/openai/v1/rerank", json={"model": "rerank", "query": query, "documents": docs}
+    )
     assert reply.status_code == 200, reply.text
     with torch.no_grad():
-        logits = model(**tokenizer([query] * 3, docs, padding=True, return_tensors="pt")).logits[:, 0].numpy()
+        logits = (
+            model(**tokenizer([query] * 3, docs, padding=True, return_tensors="pt"))
+            .logits[:, 0]
+            .numpy()
+        )
     results = reply.json()["results"]
     assert [r["index"] for r in results] == list(np.argsort(-logits))
-    np.testing.assert_allclose([r["relevance_score"] for r in results], task_results.sigmoid(np.sort(logits)[::-1]), atol=1e-5)
+    np.testing.assert_allclose(
+        [r["relevance_score"] for r in results],
+        task_results.sigmoid(np.sort(logits)[::-1]),
+        atol=1e-5,
+    )
 
 
 def test_v1_predict_fill_mask_and_classification(http, reference):
@@ -166,9 +219,16 @@ def test_v1_predict_fill_mask_and_classification(http, reference):
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         logits = model(**batch).logits.numpy()
-    want = task_results.fill_mask(logits, batch["input_ids"].numpy(), mask_token_id=tokenizer.mask_token_id, decode=tokenizer.decode)
+    want = task_results.fill_mask(
+        logits,
+        batch["input_ids"].numpy(),
+        mask_token_id=tokenizer.mask_token_id,
+        decode=tokenizer.decode,
+    )
     assert reply.json()["predictions"] == [w.decode() for w in want]
-    model, tokenizer = reference("tiny-bert-sentiment", transformers.AutoModelForSequenceClassification)
+    model, tokenizer = reference(
+        "tiny-bert-sentiment", transformers.AutoModelForSequenceClassification
+    )
     texts = ["I loved it", "worst day ever", "meh"]
     reply = http.post("/v1/models/sentiment:predict", json={"instances": texts})
     with torch.no_grad():
@@ -177,9 +237,14 @@ def test_v1_predict_fill_mask_and_classification(http, reference):
 
 
 def test_v2_infer_text_and_tensors(http, reference):
-    model, tokenizer = reference("tiny-bert-sentiment", transformers.AutoModelForSequenceClassification)
+    model, tokenizer = reference(
+        "tiny-bert-sentiment", transformers.AutoModelForSequenceClassification
+    )
     texts = ["good", "bad and sad"]
-    body = {"inputs": [{"name": "input-0", "shape": [2], "datatype": "BYTES", "data": texts}], "parameters": {"return_probabilities": True}}
+    body = {
+        "inputs": [{"name": "input-0", "shape": [2], "datatype": "BYTES", "data": texts}],
+        "parameters": {"return_probabilities": True},
+    }
     reply = http.post("/v2/models/sentiment/infer", json=body, headers={"X-Request-Id": "v2-req-1"})
     assert reply.status_code == 200, reply.text
     assert reply.headers["x-request-id"] == "v2-req-1"
@@ -188,11 +253,20 @@ def test_v2_infer_text_and_tensors(http, reference):
         logits = model(**batch).logits.numpy()
     out = reply.json()["outputs"][0]
     assert out["shape"] == [2, 2]
-    np.testing.assert_allclose(np.array(out["data"]).reshape(2, 2), task_results.softmax(logits), atol=1e-5)
-    tensors = {"inputs": [
-        {"name": n, "shape": list(batch[n].shape), "datatype": "INT64", "data": batch[n].flatten().tolist()}
-        for n in ("input_ids", "attention_mask")
-    ]}
+    np.testing.assert_allclose(
+        np.array(out["data"]).reshape(2, 2), task_results.softmax(logits), atol=1e-5
+    )
+    tensors = {
+        "inputs": [
+            {
+                "name": n,
+                "shape": list(batch[n].shape),
+                "datatype": "INT64",
+                "data": batch[n].flatten().tolist(),
+            }
+            for n in ("input_ids", "attention_mask")
+        ]
+    }
     raw = http.post("/v2/models/sentiment/infer", json=tensors).json()["outputs"]
     np.testing.assert_allclose(np.array(raw[0]["data"]).reshape(2, -1), logits, atol=1e-5)
     assert http.get("/v2/health/ready").json() == {"ready": True}
@@ -201,7 +275,9 @@ def test_v2_infer_text_and_tensors(http, reference):
 def test_transformer_mode_fronts_the_engine_tensor_path(mesh, reference):
     import tritonclient.grpc as triton
 
-    model, tokenizer = reference("tiny-bert-sentiment", transformers.AutoModelForSequenceClassification)
+    model, tokenizer = reference(
+        "tiny-bert-sentiment", transformers.AutoModelForSequenceClassification
+    )
     texts = ["what a film", "never again", "fine"]
     client = triton.InferenceServerClient(mesh["transformer"].address)
     reply = client.infer("sentiment", [bytes_input("input-0", texts)])
@@ -219,6 +295,7 @@ def _engine_metrics(mesh) -> dict[str, float]:
 
 def _wait_engine_idle(mesh, *, within: float) -> None:
     """From now (the client just left), the engine must run no request within `within` seconds."""
+
     def idle() -> bool:
         return _engine_metrics(mesh)["vllm:num_requests_running"] == 0
 
@@ -230,14 +307,25 @@ def _wait_engine_idle(mesh, *, within: float) -> None:
 def test_client_disconnect_stops_generation_within_one_second(mesh):
     """Four sequences of 480 tokens take the engine seconds; leaving after three chunks must stop it."""
     before = _engine_metrics(mesh)["vllm:generation_tokens_total"]
-    body = {"model": "llm", "messages": [{"role": "user", "content": "Write a long story."}],
-            "max_tokens": 480, "n": 4, "temperature": 0, "ignore_eos": True, "stream": True}
+    body = {
+        "model": "llm",
+        "messages": [{"role": "user", "content": "Write a long story."}],
+        "max_tokens": 480,
+        "n": 4,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+    }
     with httpx.Client(base_url=mesh["gateway"].url, timeout=60) as client:
         with client.stream("POST", "/openai/v1/chat/completions", json=body) as reply:
             assert reply.status_code == 200
             contents = 0
             for line in reply.iter_lines():
-                if line.startswith("data: ") and line != "data: [DONE]" and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                if (
+                    line.startswith("data: ")
+                    and line != "data: [DONE]"
+                    and json.loads(line[6:])["choices"][0]["delta"].get("content")
+                ):
                     contents += 1
                     if contents == 3:
                         break
@@ -249,8 +337,14 @@ def test_client_disconnect_stops_generation_within_one_second(mesh):
 def test_client_disconnect_stops_a_non_streamed_generation(mesh):
     """The same for a non-streamed answer: a client that gives up waiting stops the engine."""
     before = _engine_metrics(mesh)["vllm:generation_tokens_total"]
-    body = {"model": "llm", "messages": [{"role": "user", "content": "Write a long story."}],
-            "max_tokens": 480, "n": 4, "temperature": 0, "ignore_eos": True}
+    body = {
+        "model": "llm",
+        "messages": [{"role": "user", "content": "Write a long story."}],
+        "max_tokens": 480,
+        "n": 4,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
     with httpx.Client(base_url=mesh["gateway"].url, timeout=0.3) as client:
         with pytest.raises(httpx.ReadTimeout):
             client.post("/openai/v1/chat/completions", json=body)

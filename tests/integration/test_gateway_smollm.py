@@ -20,9 +20,18 @@ def gateway_url(model_path, tmp_path_factory):
 
 
 def test_capital_of_france_is_paris(gateway_url):
-    client = openai.OpenAI(base_url=f"{gateway_url}/openai/v1", api_key="unused", max_retries=0, timeout=300)
+    client = openai.OpenAI(
+        base_url=f"{gateway_url}/openai/v1", api_key="unused", max_retries=0, timeout=300
+    )
     messages = [{"role": "user", "content": "What is the capital of France?"}]
-    reply = client.chat.completions.create(model="smollm2", messages=messages, temperature=0, max_tokens=24)
+    reply = client.chat.completions.create(
+        model="smollm2", messages=messages, temperature=0, max_tokens=24
+    )
     assert "Paris" in reply.choices[0].message.content
-    streamed = client.chat.completions.create(model="smollm2", messages=messages, temperature=0, max_tokens=24, stream=True)
-    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == reply.choices[0].message.content
+    streamed = client.chat.completions.create(
+        model="smollm2", messages=messages, temperature=0, max_tokens=24, stream=True
+    )
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+        == reply.choices[0].message.content
+    )

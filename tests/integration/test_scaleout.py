@@ -20,23 +20,38 @@ from tests.unit.control_plane.helpers import eventually, mesh_file
 @pytest.fixture
 def supervisor(tmp_path):
     lines: list[str] = []
-    made = Supervisor(log_dir=tmp_path / "logs", initial_backoff=0.05, grace_seconds=5,
-                      report=lines.append)
+    made = Supervisor(
+        log_dir=tmp_path / "logs", initial_backoff=0.05, grace_seconds=5, report=lines.append
+    )
     made.lines = lines  # type: ignore[attr-defined]
     yield made
     made.stop_all()
 
 
 async def test_control_plane_killed_restarted_and_followed(tmp_path, supervisor):
-    args = ["--model_list", mesh_file(tmp_path), "--health_interval", "0", "--lease_ttl", "2",
-            "--host", "127.0.0.1"]
+    args = [
+        "--model_list",
+        mesh_file(tmp_path),
+        "--health_interval",
+        "0",
+        "--lease_ttl",
+        "2",
+        "--host",
+        "127.0.0.1",
+    ]
     spec = ProcessSpec("control_plane", "services.control_plane", args, free_port())
     supervisor.add(spec)
     address = f"127.0.0.1:{spec.port}"
     await eventually(lambda: grpc_serving(address, timeout=0.5), timeout=30)
 
-    registrar = Registrar(address, service="engine", model="m", backend="huggingface",
-                          address="127.0.0.1:5001", call_timeout=1.0)
+    registrar = Registrar(
+        address,
+        service="engine",
+        model="m",
+        backend="huggingface",
+        address="127.0.0.1:5001",
+        call_timeout=1.0,
+    )
     discovery = Discovery(address, ["m.huggingface"], max_backoff=0.5)
     try:
         await registrar.register()
@@ -64,4 +79,3 @@ async def test_control_plane_killed_restarted_and_followed(tmp_path, supervisor)
     finally:
         await discovery.close()
         await registrar.deregister()
-

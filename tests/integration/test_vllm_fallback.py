@@ -26,8 +26,13 @@ PROMPT = "The quick brown fox"
 @pytest.fixture(scope="module")
 def mesh(model_path, tmp_path_factory):
     llm = model_entry(
-        "llm", model_path("tiny-llama"), "text_generation", "vllm", fallback="huggingface",
-        max_model_len=512, engine_args=["--dtype", "float32"],
+        "llm",
+        model_path("tiny-llama"),
+        "text_generation",
+        "vllm",
+        fallback="huggingface",
+        max_model_len=512,
+        engine_args=["--dtype", "float32"],
     )
     folder = tmp_path_factory.mktemp("mesh")
     with running_mesh([llm], folder, metrics=["llm"], env=VLLM_ENV, timeout=400) as started:
@@ -46,7 +51,11 @@ def served_by(mesh, call):
     before = {name: _tokens_or_none(engine) for name, engine in engines.items()}
     result = call()
     after = {name: _tokens_or_none(engine) for name, engine in engines.items()}
-    grew = [name for name in before if before[name] is not None and after[name] is not None and after[name] > before[name]]
+    grew = [
+        name
+        for name in before
+        if before[name] is not None and after[name] is not None and after[name] > before[name]
+    ]
     return result, grew
 
 
@@ -59,35 +68,59 @@ def _tokens_or_none(engine) -> float | None:
 
 
 def test_openai_sdk_on_vllm(mesh, sdk):
-    reply, engines = served_by(mesh, lambda: sdk.completions.create(model="llm", prompt=PROMPT, max_tokens=8, temperature=0))
+    reply, engines = served_by(
+        mesh,
+        lambda: sdk.completions.create(model="llm", prompt=PROMPT, max_tokens=8, temperature=0),
+    )
     assert engines == ["vllm"]
     assert reply.usage.completion_tokens == 8 and reply.choices[0].finish_reason == "length"
 
-    chat = sdk.chat.completions.create(model="llm", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0)
+    chat = sdk.chat.completions.create(
+        model="llm", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0
+    )
     stream = sdk.chat.completions.create(
-        model="llm", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0, stream=True,
+        model="llm",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=8,
+        temperature=0,
+        stream=True,
     )
     chunks = list(stream)
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == chat.choices[0].message.content
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        == chat.choices[0].message.content
+    )
     assert sum(1 for c in chunks if c.choices and c.choices[0].finish_reason) == 1
 
-    two = sdk.completions.create(model="llm", prompt=PROMPT, max_tokens=6, n=2, temperature=1.0, seed=7)
+    two = sdk.completions.create(
+        model="llm", prompt=PROMPT, max_tokens=6, n=2, temperature=1.0, seed=7
+    )
     assert sorted(c.index for c in two.choices) == [0, 1]
 
     full = reply.choices[0].text
     stop_word = full.strip().split()[0] if full.strip() else None
     if stop_word:
-        stopped = sdk.completions.create(model="llm", prompt=PROMPT, max_tokens=8, temperature=0, stop=[stop_word])
-        assert stop_word not in stopped.choices[0].text and stopped.choices[0].finish_reason == "stop"
+        stopped = sdk.completions.create(
+            model="llm", prompt=PROMPT, max_tokens=8, temperature=0, stop=[stop_word]
+        )
+        assert (
+            stop_word not in stopped.choices[0].text and stopped.choices[0].finish_reason == "stop"
+        )
 
-    with_logprobs = sdk.completions.create(model="llm", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=2)
+    with_logprobs = sdk.completions.create(
+        model="llm", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=2
+    )
     assert len(with_logprobs.choices[0].logprobs.token_logprobs) == 4
     assert all(lp <= 0 for lp in with_logprobs.choices[0].logprobs.token_logprobs)
 
 
 def test_fallback_parity_and_recovery(mesh, sdk):
     def complete():
-        return sdk.completions.create(model="llm", prompt=PROMPT, max_tokens=16, temperature=0).choices[0].text
+        return (
+            sdk.completions.create(model="llm", prompt=PROMPT, max_tokens=16, temperature=0)
+            .choices[0]
+            .text
+        )
 
     on_vllm, engines = served_by(mesh, complete)
     assert engines == ["vllm"]

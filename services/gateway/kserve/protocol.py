@@ -70,11 +70,15 @@ def tensor_from_json(tensor: V2Tensor) -> Tensor:
     if info is None:
         raise InvalidArgument(f"tensor '{tensor.name}': unknown datatype '{tensor.datatype}'")
     if any(d < 0 for d in tensor.shape):
-        raise InvalidArgument(f"tensor '{tensor.name}': shape {tensor.shape} has a negative dimension")
+        raise InvalidArgument(
+            f"tensor '{tensor.name}': shape {tensor.shape} has a negative dimension"
+        )
     flat = _flatten(tensor.data)
     expected = int(np.prod(tensor.shape)) if tensor.shape else 1
     if len(flat) != expected:
-        raise InvalidArgument(f"tensor '{tensor.name}': shape {tensor.shape} needs {expected} elements, data holds {len(flat)}")
+        raise InvalidArgument(
+            f"tensor '{tensor.name}': shape {tensor.shape} needs {expected} elements, data holds {len(flat)}"
+        )
     try:
         if info.dtype is None:
             if not all(isinstance(v, str) for v in flat):
@@ -86,7 +90,9 @@ def tensor_from_json(tensor: V2Tensor) -> Tensor:
             if tensor.datatype == "BF16":
                 array = (array.view(np.uint32) >> 16).astype(np.uint16)
     except (TypeError, ValueError, OverflowError) as error:
-        raise InvalidArgument(f"tensor '{tensor.name}': data does not match {tensor.datatype} ({error})") from None
+        raise InvalidArgument(
+            f"tensor '{tensor.name}': data does not match {tensor.datatype} ({error})"
+        ) from None
     return Tensor(tensor.name, tensor.datatype, array, dict(tensor.parameters or {}))
 
 
@@ -119,8 +125,11 @@ def response_to_json(response: InferResponse) -> V2InferResponse:
         parameters=response.parameters or None,
         outputs=[
             V2Tensor(
-                name=t.name, shape=list(t.shape), datatype=t.datatype,
-                parameters=t.parameters or None, data=json_value(t.data, t.datatype),
+                name=t.name,
+                shape=list(t.shape),
+                datatype=t.datatype,
+                parameters=t.parameters or None,
+                data=json_value(t.data, t.datatype),
             )
             for t in response.outputs
         ],

@@ -54,7 +54,9 @@ def build_v1_router() -> APIRouter:
     async def predict(name: str, request: Request) -> Response:
         body = await _body(request, V1PredictRequest)
         state = gateway(request)
-        result = await cancel_on_disconnect(request, state.kserve.v1_predict(name, body, state.call(request)))
+        result = await cancel_on_disconnect(
+            request, state.kserve.v1_predict(name, body, state.call(request))
+        )
         return json_response(result)
 
     return router
@@ -90,7 +92,9 @@ def build_v2_router() -> APIRouter:
     async def infer(name: str, request: Request) -> Response:
         body = await _body(request, V2InferRequest)
         state = gateway(request)
-        result = await cancel_on_disconnect(request, state.kserve.v2_infer(name, body, state.call(request)))
+        result = await cancel_on_disconnect(
+            request, state.kserve.v2_infer(name, body, state.call(request))
+        )
         return Response(result.model_dump_json(exclude_none=True), media_type="application/json")
 
     @router.get("/metrics")

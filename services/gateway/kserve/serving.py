@@ -42,7 +42,11 @@ def _options(parameters: dict[str, Any] | None) -> dict[str, bool]:
 def _predictions(task: Task, result: np.ndarray, options: dict[str, Any]) -> list[Any]:
     if result.dtype == object:
         return [bytes(v).decode("utf-8", errors="replace") for v in result.ravel()]
-    if task is Task.SEQUENCE_CLASSIFICATION and options.get("return_probabilities") and not options.get("return_raw_logits"):
+    if (
+        task is Task.SEQUENCE_CLASSIFICATION
+        and options.get("return_probabilities")
+        and not options.get("return_raw_logits")
+    ):
         return [{str(i): float(p) for i, p in enumerate(row)} for row in result]
     return [row.tolist() for row in result]
 
@@ -51,12 +55,20 @@ def _texts_and_pairs(task: Task, instances: list[Any]) -> tuple[list[str], list[
     if task is Task.RERANK:
         pairs = []
         for index, item in enumerate(instances):
-            if isinstance(item, dict) and isinstance(item.get("text"), str) and isinstance(item.get("text_pair"), str):
+            if (
+                isinstance(item, dict)
+                and isinstance(item.get("text"), str)
+                and isinstance(item.get("text_pair"), str)
+            ):
                 pairs.append((item["text"], item["text_pair"]))
-            elif isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item):
+            elif (
+                isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)
+            ):
                 pairs.append((item[0], item[1]))
             else:
-                raise InvalidArgument(f"instances[{index}]: rerank instances are [query, document] pairs")
+                raise InvalidArgument(
+                    f"instances[{index}]: rerank instances are [query, document] pairs"
+                )
         return [q for q, _ in pairs], [d for _, d in pairs]
     for index, item in enumerate(instances):
         if not isinstance(item, str):
@@ -75,26 +87,45 @@ class KServeServing:
     def ready(self, name: str) -> bool:
         return self.mesh.route(name).ready
 
-    async def v1_predict(self, name: str, body: V1PredictRequest, call: CallContext) -> V1PredictResponse:
+    async def v1_predict(
+        self, name: str, body: V1PredictRequest, call: CallContext
+    ) -> V1PredictResponse:
         route = self.mesh.route(name)
         if route.task.is_generative:
             return await self._v1_generate(route, body, call)
         options = _options(body.parameters)
         texts, pairs = _texts_and_pairs(route.task, body.instances)
         encoded = await self.mesh.encode(route, call, texts=texts, pairs=pairs, parameters=options)
-        return V1PredictResponse(predictions=_predictions(route.task, np.asarray(encoded.output), options))
+        return V1PredictResponse(
+            predictions=_predictions(route.task, np.asarray(encoded.output), options)
+        )
 
-    async def _v1_generate(self, route: ModelRoute, body: V1PredictRequest, call: CallContext) -> V1PredictResponse:
+    async def _v1_generate(
+        self, route: ModelRoute, body: V1PredictRequest, call: CallContext
+    ) -> V1PredictResponse:
         if not all(isinstance(i, str) for i in body.instances):
-            raise InvalidArgument(f"instances of {route.task.value} model '{route.name}' are prompt strings")
-        fields = {"temperature": 0.0, **(body.parameters or {}), "model": route.name, "prompt": body.instances, "stream": False, "n": 1}
+            raise InvalidArgument(
+                f"instances of {route.task.value} model '{route.name}' are prompt strings"
+            )
+        fields = {
+            "temperature": 0.0,
+            **(body.parameters or {}),
+            "model": route.name,
+            "prompt": body.instances,
+            "stream": False,
+            "n": 1,
+        }
         try:
             request = CompletionRequest.model_validate(fields)
         except ValidationError as error:
-            problems = "; ".join(f"parameters.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            problems = "; ".join(
+                f"parameters.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()
+            )
             raise InvalidArgument(problems) from None
         response = await self.generation.completions(request, call)
-        return V1PredictResponse(predictions=[c.text for c in sorted(response.choices, key=lambda c: c.index)])
+        return V1PredictResponse(
+            predictions=[c.text for c in sorted(response.choices, key=lambda c: c.index)]
+        )
 
     async def v2_infer(self, name: str, body: V2InferRequest, call: CallContext) -> V2InferResponse:
         route = self.mesh.route(name)
@@ -111,7 +142,9 @@ class KServeServing:
             response.id = body.id
         return response_to_json(response)
 
-    async def _v2_encode(self, route: ModelRoute, infer: InferRequest, call: CallContext) -> InferResponse:
+    async def _v2_encode(
+        self, route: ModelRoute, infer: InferRequest, call: CallContext
+    ) -> InferResponse:
         texts, pairs = encoder_inputs_from(infer, route.task, tokens=False).segments()
         options = _options(infer.parameters)
         encoded = await self.mesh.encode(route, call, texts=texts, pairs=pairs, parameters=options)

@@ -4,8 +4,9 @@ merging concurrent engine streams, and OpenAI logprobs."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from services.common.engine import GenerateDelta, SamplingParams
 from services.common.llm_tensors import check_sampling
@@ -20,8 +21,18 @@ T = TypeVar("T")
 
 # Request fields that are `SamplingParams` fields of the same name and meaning.
 _SAMPLING_FIELDS = (
-    "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p",
-    "repetition_penalty", "min_tokens", "ignore_eos", "stop_token_ids", "skip_special_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "min_tokens",
+    "ignore_eos",
+    "stop_token_ids",
+    "skip_special_tokens",
     "include_stop_str_in_output",
 )
 

@@ -23,7 +23,9 @@ def _text_content(index: int, content: str | list[dict[str, Any]] | None) -> str
     for part in content:
         kind = part.get("type")
         if kind not in ("text", "input_text"):
-            raise InvalidArgument(f"messages[{index}]: content part type '{kind}' is not supported (text only)")
+            raise InvalidArgument(
+                f"messages[{index}]: content part type '{kind}' is not supported (text only)"
+            )
         text = part.get("text")
         if not isinstance(text, str):
             raise InvalidArgument(f"messages[{index}]: a text content part needs a string 'text'")
@@ -39,7 +41,9 @@ def _tool_call(index: int, call: dict[str, Any]) -> dict[str, Any]:
         try:
             function["arguments"] = json.loads(arguments) if arguments else {}
         except json.JSONDecodeError:
-            raise InvalidArgument(f"messages[{index}]: tool call arguments are not valid JSON") from None
+            raise InvalidArgument(
+                f"messages[{index}]: tool call arguments are not valid JSON"
+            ) from None
     if function:
         call["function"] = function
     return call

@@ -12,7 +12,8 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from services.common.engine import GenerateDelta, Task
 from services.common.errors import InternalError, InvalidArgument
@@ -48,7 +49,10 @@ class Chunks:
     """The SSE `data:` lines of one stream; the part every chunk shares is encoded once."""
 
     def __init__(self, chunk_id: str, kind: str, model: str, *, include_usage: bool) -> None:
-        shared = json.dumps({"id": chunk_id, "object": kind, "created": now(), "model": model}, separators=(",", ":"))
+        shared = json.dumps(
+            {"id": chunk_id, "object": kind, "created": now(), "model": model},
+            separators=(",", ":"),
+        )
         self.head = b"data: " + shared[:-1].encode() + b',"choices":['
         self.tail = (b'],"usage":null}' if include_usage else b"]}") + b"\n\n"
 
@@ -57,10 +61,17 @@ class Chunks:
 
     def content(self, index: int, text: str) -> bytes:
         """A chat chunk carrying only new text (the per-token case), without building a dict."""
-        return b"".join((
-            self.head, b'{"index":', str(index).encode(), b',"delta":{"content":',
-            json.dumps(text).encode(), b'},"logprobs":null,"finish_reason":null}', self.tail,
-        ))
+        return b"".join(
+            (
+                self.head,
+                b'{"index":',
+                str(index).encode(),
+                b',"delta":{"content":',
+                json.dumps(text).encode(),
+                b'},"logprobs":null,"finish_reason":null}',
+                self.tail,
+            )
+        )
 
     def usage(self, usage: Usage) -> bytes:
         return self.head + b'],"usage":' + usage.model_dump_json().encode() + b"}\n\n"
@@ -73,7 +84,9 @@ class GenerationServing:
 
     # -- completions ---------------------------------------------------------
 
-    async def completions(self, request: CompletionRequest, call: CallContext) -> CompletionResponse | AsyncIterator[bytes]:
+    async def completions(
+        self, request: CompletionRequest, call: CallContext
+    ) -> CompletionResponse | AsyncIterator[bytes]:
         route = self.mesh.route(request.model)
         check_task(route, GENERATIVE, "/v1/completions")
         sampling = gen.sampling_params(
@@ -84,35 +97,65 @@ class GenerationServing:
         if request.best_of is not None and request.best_of != request.n:
             raise InvalidArgument("'best_of' must equal 'n' (beam-style best_of is not supported)")
         if request.echo and request.logprobs is not None:
-            raise InvalidArgument("'echo' together with 'logprobs' needs prompt logprobs, which are not supported")
+            raise InvalidArgument(
+                "'echo' together with 'logprobs' needs prompt logprobs, which are not supported"
+            )
         prompts = _prompts(request.prompt)
         rendered = await asyncio.gather(*(self._prompt(route, call, p, request) for p in prompts))
         limit = self.mesh.max_model_len(route, rendered[0])
         for item in rendered:
             check_context_length(len(item.input_ids), request.max_tokens, limit, model=route.name)
-        streams = [self.mesh.generate(route, r.input_ids, sampling, call, logprobs=request.logprobs is not None) for r in rendered]
+        streams = [
+            self.mesh.generate(
+                route, r.input_ids, sampling, call, logprobs=request.logprobs is not None
+            )
+            for r in rendered
+        ]
         run = ChoiceStreams(self, route, call, request.n, rendered, streams, time.monotonic())
         if request.stream:
             return await run.start_stream(self._completion_chunks(run, request))
         choices = await run.collect()
         out = []
         for choice in choices:
-            text = (rendered[choice.index // request.n].prompt if request.echo else "") + choice.text
+            text = (
+                rendered[choice.index // request.n].prompt if request.echo else ""
+            ) + choice.text
             logprobs = None
             if request.logprobs is not None:
                 names = await run.names(choice)
                 logprobs = gen.completion_logprobs(choice, names, request.logprobs)
-            out.append(CompletionChoice(index=choice.index, text=text, logprobs=logprobs, finish_reason=choice.finish_reason))
-        return CompletionResponse(id=run.id("cmpl"), created=now(), model=request.model, choices=out, usage=run.usage(choices))
+            out.append(
+                CompletionChoice(
+                    index=choice.index,
+                    text=text,
+                    logprobs=logprobs,
+                    finish_reason=choice.finish_reason,
+                )
+            )
+        return CompletionResponse(
+            id=run.id("cmpl"),
+            created=now(),
+            model=request.model,
+            choices=out,
+            usage=run.usage(choices),
+        )
 
-    async def _prompt(self, route: ModelRoute, call: CallContext, prompt: str | list[int], request: CompletionRequest) -> Rendered:
+    async def _prompt(
+        self,
+        route: ModelRoute,
+        call: CallContext,
+        prompt: str | list[int],
+        request: CompletionRequest,
+    ) -> Rendered:
         if isinstance(prompt, str):
-            return await self.mesh.tokenize(route, call, prompt, add_special_tokens=request.add_special_tokens)
+            return await self.mesh.tokenize(
+                route, call, prompt, add_special_tokens=request.add_special_tokens
+            )
         text = await self.mesh.detokenize(route, call, prompt) if request.echo else ""
         return Rendered(input_ids=prompt, prompt=text, max_model_len=None)
 
     async def _completion_chunks(
-        self, run: "ChoiceStreams", request: CompletionRequest
+        self, run: ChoiceStreams, request: CompletionRequest
     ) -> AsyncIterator[bytes]:
         usage = request.stream_options is not None and request.stream_options.include_usage
         chunks = Chunks(run.id("cmpl"), "text_completion", request.model, include_usage=usage)
@@ -130,14 +173,21 @@ class GenerationServing:
                 if request.logprobs is not None and gen.has_logprobs(delta):
                     names = await run.names(delta)
                     logprobs = gen.completion_logprobs(delta, names, request.logprobs).model_dump()
-                entry = {"index": choice.index, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason}
+                entry = {
+                    "index": choice.index,
+                    "text": text,
+                    "logprobs": logprobs,
+                    "finish_reason": delta.finish_reason,
+                }
                 parts.append(chunks.choice(entry))
             if written := _batch_bytes(run, parts, chunks, usage):
                 yield written
 
     # -- chat ----------------------------------------------------------------
 
-    async def chat(self, request: ChatCompletionRequest, call: CallContext) -> ChatCompletionResponse | AsyncIterator[bytes]:
+    async def chat(
+        self, request: ChatCompletionRequest, call: CallContext
+    ) -> ChatCompletionResponse | AsyncIterator[bytes]:
         route = self.mesh.route(request.model)
         check_task(route, GENERATIVE, "/v1/chat/completions")
         max_tokens = request.max_completion_tokens
@@ -148,26 +198,34 @@ class GenerationServing:
             request, max_tokens=max_tokens, logprobs=top if request.logprobs else None
         )
         if request.tool_choice not in (None, "none", "auto"):
-            raise InvalidArgument("'tool_choice' may be 'none' or 'auto'; forced tool calls are not supported")
+            raise InvalidArgument(
+                "'tool_choice' may be 'none' or 'auto'; forced tool calls are not supported"
+            )
         if request.response_format and request.response_format.get("type") not in (None, "text"):
-            raise InvalidArgument(f"response_format type '{request.response_format.get('type')}' is not supported")
+            raise InvalidArgument(
+                f"response_format type '{request.response_format.get('type')}' is not supported"
+            )
         if request.top_logprobs and not request.logprobs:
             raise InvalidArgument("'top_logprobs' needs 'logprobs': true")
         rendered = await self.mesh.render_chat(
-            route, call,
+            route,
+            call,
             messages=hf_messages(request.messages),
             tools=request.tools if request.tool_choice != "none" else None,
             documents=request.documents,
             chat_template=request.chat_template,
             chat_template_kwargs=request.chat_template_kwargs,
-            add_generation_prompt=request.add_generation_prompt and not request.continue_final_message,
+            add_generation_prompt=request.add_generation_prompt
+            and not request.continue_final_message,
             continue_final_message=request.continue_final_message,
         )
         limit = self.mesh.max_model_len(route, rendered)
         check_context_length(len(rendered.input_ids), max_tokens, limit, model=route.name)
         if max_tokens is None and limit is not None:
             sampling.max_tokens = limit - len(rendered.input_ids)
-        streams = [self.mesh.generate(route, rendered.input_ids, sampling, call, logprobs=request.logprobs)]
+        streams = [
+            self.mesh.generate(route, rendered.input_ids, sampling, call, logprobs=request.logprobs)
+        ]
         run = ChoiceStreams(self, route, call, request.n, [rendered], streams, time.monotonic())
         if request.stream:
             return await run.start_stream(self._chat_chunks(run, request))
@@ -179,21 +237,41 @@ class GenerationServing:
                 names = await run.names(choice)
                 logprobs = ChatLogprobs(content=gen.chat_logprobs(choice, names, top))
             message = ChatResponseMessage(content=choice.text)
-            out.append(ChatChoice(index=choice.index, message=message, logprobs=logprobs, finish_reason=choice.finish_reason))
-        return ChatCompletionResponse(id=run.id("chatcmpl"), created=now(), model=request.model, choices=out, usage=run.usage(choices))
+            out.append(
+                ChatChoice(
+                    index=choice.index,
+                    message=message,
+                    logprobs=logprobs,
+                    finish_reason=choice.finish_reason,
+                )
+            )
+        return ChatCompletionResponse(
+            id=run.id("chatcmpl"),
+            created=now(),
+            model=request.model,
+            choices=out,
+            usage=run.usage(choices),
+        )
 
     async def _chat_chunks(
-        self, run: "ChoiceStreams", request: ChatCompletionRequest
+        self, run: ChoiceStreams, request: ChatCompletionRequest
     ) -> AsyncIterator[bytes]:
         usage = request.stream_options is not None and request.stream_options.include_usage
-        chunks = Chunks(run.id("chatcmpl"), "chat.completion.chunk", request.model, include_usage=usage)
+        chunks = Chunks(
+            run.id("chatcmpl"), "chat.completion.chunk", request.model, include_usage=usage
+        )
         top = request.top_logprobs or 0
         async for batch in run.deltas():
             parts = []
             for choice, delta in batch:
                 if not choice.started:
                     choice.started = True
-                    first = {"index": choice.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+                    first = {
+                        "index": choice.index,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
                     parts.append(chunks.choice(first))
                 if not delta.finish_reason and not gen.has_logprobs(delta):
                     if delta.text:
@@ -205,13 +283,18 @@ class GenerationServing:
                     content = gen.chat_logprobs(delta, names, top)
                     logprobs = {"content": [e.model_dump() for e in content]}
                 content = {"content": delta.text} if delta.text else {}
-                entry = {"index": choice.index, "delta": content, "logprobs": logprobs, "finish_reason": delta.finish_reason}
+                entry = {
+                    "index": choice.index,
+                    "delta": content,
+                    "logprobs": logprobs,
+                    "finish_reason": delta.finish_reason,
+                }
                 parts.append(chunks.choice(entry))
             if written := _batch_bytes(run, parts, chunks, usage):
                 yield written
 
 
-def _batch_bytes(run: "ChoiceStreams", parts: list[bytes], chunks: Chunks, usage: bool) -> bytes:
+def _batch_bytes(run: ChoiceStreams, parts: list[bytes], chunks: Chunks, usage: bool) -> bytes:
     """One write for a batch of chunks; once every choice has finished, the stream's closing
     write: the last choices, the usage chunk (when asked for) and `[DONE]` together."""
     if not run.finished:
@@ -242,10 +325,22 @@ class ChoiceStreams:
     (choice index = prompt * n + sequence)."""
 
     def __init__(
-        self, serving: GenerationServing, route: ModelRoute, call: CallContext, n: int,
-        rendered: list[Rendered], streams: list[AsyncIterator[GenerateDelta]], arrival: float,
+        self,
+        serving: GenerationServing,
+        route: ModelRoute,
+        call: CallContext,
+        n: int,
+        rendered: list[Rendered],
+        streams: list[AsyncIterator[GenerateDelta]],
+        arrival: float,
     ) -> None:
-        self.serving, self.route, self.call, self.n, self.rendered = serving, route, call, n, rendered
+        self.serving, self.route, self.call, self.n, self.rendered = (
+            serving,
+            route,
+            call,
+            n,
+            rendered,
+        )
         self.arrival = arrival
         self.choices = [gen.Choice(index=i) for i in range(n * len(rendered))]
         self._id: str | None = None
@@ -267,11 +362,15 @@ class ChoiceStreams:
         async for batch in self._batches:
             if not self._first_seen:
                 self._first_seen = True
-                self.serving.metrics.ttft.labels(self.route.name).observe(time.monotonic() - self.arrival)
+                self.serving.metrics.ttft.labels(self.route.name).observe(
+                    time.monotonic() - self.arrival
+                )
             combined: dict[int, GenerateDelta] = {}
             for position, delta in batch:
                 index = position * self.n + delta.index
-                combined[index] = gen.combine(combined[index], delta) if index in combined else delta
+                combined[index] = (
+                    gen.combine(combined[index], delta) if index in combined else delta
+                )
             out = []
             for index, delta in combined.items():
                 choice = self.choices[index]
@@ -283,9 +382,15 @@ class ChoiceStreams:
                 yield out
         unfinished = [c.index for c in self.choices if c.finish_reason is None]
         if unfinished:
-            logger.error("engine stream for %s ended without finishing choices %s", self.route.name, unfinished)
+            logger.error(
+                "engine stream for %s ended without finishing choices %s",
+                self.route.name,
+                unfinished,
+            )
             raise InternalError()
-        self.serving.metrics.generated_tokens.labels(self.route.name).inc(sum(c.num_output_tokens for c in self.choices))
+        self.serving.metrics.generated_tokens.labels(self.route.name).inc(
+            sum(c.num_output_tokens for c in self.choices)
+        )
 
     async def start_stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Wait for the engine's first answer (errors are still HTTP errors), then stream
@@ -321,4 +426,6 @@ class ChoiceStreams:
     def usage(self, choices: list[gen.Choice]) -> Usage:
         prompt = sum(len(r.input_ids) for r in self.rendered)
         completion = sum(c.num_output_tokens for c in choices)
-        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        return Usage(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        )

@@ -36,8 +36,11 @@ class PoolingServing:
     def models(self) -> ModelList:
         cards = [
             ModelCard(
-                id=name, created=self.created, owned_by=self.owned_by,
-                max_model_len=route.entry.max_model_len, task=route.task.value,
+                id=name,
+                created=self.created,
+                owned_by=self.owned_by,
+                max_model_len=route.entry.max_model_len,
+                task=route.task.value,
             )
             for name, route in self.mesh.routes.by_name.items()
         ]
@@ -47,14 +50,18 @@ class PoolingServing:
         route = self.mesh.route(request.model)
         check_task(route, (Task.TEXT_EMBEDDING,), "/v1/embeddings")
         if request.dimensions is not None:
-            raise InvalidArgument(f"'dimensions' is not supported by model '{request.model}' (it is not a matryoshka model)")
+            raise InvalidArgument(
+                f"'dimensions' is not supported by model '{request.model}' (it is not a matryoshka model)"
+            )
         texts, ids = _inputs(request.input)
         encoded = await self.mesh.encode(route, call, texts=texts, token_ids=ids)
         vectors = np.asarray(encoded.output, dtype=np.float32)
         data = []
         for index, vector in enumerate(vectors):
             if request.encoding_format == "base64":
-                value: list[float] | str = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+                value: list[float] | str = base64.b64encode(vector.astype("<f4").tobytes()).decode(
+                    "ascii"
+                )
             else:
                 value = vector.tolist()
             data.append(EmbeddingData(index=index, embedding=value))
@@ -67,7 +74,9 @@ class PoolingServing:
         documents = [d.text if isinstance(d, RerankDocument) else d for d in request.documents]
         if not request.query:
             raise InvalidArgument("'query' is empty")
-        encoded = await self.mesh.encode(route, call, texts=[request.query] * len(documents), pairs=documents)
+        encoded = await self.mesh.encode(
+            route, call, texts=[request.query] * len(documents), pairs=documents
+        )
         # The cross-encoder's raw logit → a 0..1 relevance score, as vLLM and Cohere report it.
         scores = task_results.sigmoid(np.asarray(encoded.output, dtype=np.float64).ravel())
         order = sorted(range(len(documents)), key=lambda i: -scores[i])
@@ -82,7 +91,10 @@ class PoolingServing:
             for i in order
         ]
         return RerankResponse(
-            id=new_id("rerank"), model=request.model, usage=RerankUsage(total_tokens=encoded.num_tokens), results=results
+            id=new_id("rerank"),
+            model=request.model,
+            usage=RerankUsage(total_tokens=encoded.num_tokens),
+            results=results,
         )
 
 

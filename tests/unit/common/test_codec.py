@@ -1,9 +1,20 @@
 import numpy as np
 import pytest
 
-from services.common.codec import InferRequest, Tensor, as_bytes_array, decode_raw, encode_raw
-from services.common.converters import infer_request_from_pb, infer_request_to_pb, infer_response_from_pb, infer_response_to_pb
-from services.common.codec import InferResponse
+from services.common.codec import (
+    InferRequest,
+    InferResponse,
+    Tensor,
+    as_bytes_array,
+    decode_raw,
+    encode_raw,
+)
+from services.common.converters import (
+    infer_request_from_pb,
+    infer_request_to_pb,
+    infer_response_from_pb,
+    infer_response_to_pb,
+)
 from services.common.errors import InvalidArgument
 from services.common.pb import inference_pb2 as pb
 
@@ -34,7 +45,9 @@ def test_response_answers_in_request_form():
     raw = infer_response_to_pb(response, raw=True)
     typed = infer_response_to_pb(response, raw=False)
     assert len(raw.raw_output_contents) == 1 and not raw.outputs[0].HasField("contents")
-    assert not typed.raw_output_contents and list(typed.outputs[0].contents.fp32_contents) == [1.0] * 4
+    assert (
+        not typed.raw_output_contents and list(typed.outputs[0].contents.fp32_contents) == [1.0] * 4
+    )
     assert infer_response_from_pb(raw).outputs[0].data.tolist() == [[1.0, 1.0], [1.0, 1.0]]
 
 
@@ -97,9 +110,18 @@ def test_both_forms_rejected():
 @pytest.mark.parametrize(
     "value,expected",
     [
-        (True, True), (False, False), (1, True), (0, False), (np.bool_(True), True),
-        (np.int64(0), False), ("true", True), ("FALSE", False), ("1", True), ("0", False),
-        ("True", True), (b"false", False),
+        (True, True),
+        (False, False),
+        (1, True),
+        (0, False),
+        (np.bool_(True), True),
+        (np.int64(0), False),
+        ("true", True),
+        ("FALSE", False),
+        ("1", True),
+        ("0", False),
+        ("True", True),
+        (b"false", False),
     ],
 )
 def test_parse_bool_reads_what_clients_send(value, expected):

@@ -85,10 +85,10 @@ def test_protocol_flags_are_booleans_as_clients_send_them():
 
 def test_generate_request_round_trip():
     """The gateway's builder and the engine's parser agree on every field."""
-    sampling = SamplingParams(max_tokens=7, temperature=0.0, stop=["\n"], extra={"logit_bias": {"3": 1.5}})
-    request = llm_tensors.generate_request(
-        "m", [5, 6, 7], sampling, request_id="r1", logprobs=True
+    sampling = SamplingParams(
+        max_tokens=7, temperature=0.0, stop=["\n"], extra={"logit_bias": {"3": 1.5}}
     )
+    request = llm_tensors.generate_request("m", [5, 6, 7], sampling, request_id="r1", logprobs=True)
     generate, options = llm_tensors.parse_generate_request(
         infer_request_from_pb(infer_request_to_pb(request)), "engine-id"
     )

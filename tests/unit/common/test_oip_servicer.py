@@ -32,7 +32,11 @@ def fake_engine(token_delay: float = 0.0) -> FakeEngine:
 async def served():
     engine = fake_engine()
     runner = GrpcServiceRunner(host="127.0.0.1", port=0, grace_seconds=1)
-    runner.add(lambda s: add_GRPCInferenceServiceServicer_to_server(InferenceServicer(engine, server_name="fake"), s))
+    runner.add(
+        lambda s: add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(engine, server_name="fake"), s
+        )
+    )
     port = await runner.start()
     await runner.set_serving(True)
     client = tc.InferenceServerClient(f"127.0.0.1:{port}")
@@ -59,7 +63,9 @@ async def test_unary_generation_includes_prompt_unless_excluded(served):
     assert result.as_numpy("text_output")[0] == ("hi there" + fake_text([], 3)).encode()
     assert result.as_numpy("finish_reason")[0] == b"length"
     assert result.as_numpy("num_output_tokens").tolist() == [3]
-    result = await client.infer("gen", _llm_inputs("hi", {"max_tokens": "2"}, exclude_input_in_output=True))
+    result = await client.infer(
+        "gen", _llm_inputs("hi", {"max_tokens": "2"}, exclude_input_in_output=True)
+    )
     assert result.as_numpy("text_output")[0] == fake_text([], 2).encode()
     assert result.as_numpy("output_ids").tolist() == [fake_token([], 0, 0), fake_token([], 0, 1)]
 
@@ -68,7 +74,11 @@ async def test_stream_deltas(served):
     _, client = served
 
     async def requests():
-        yield {"model_name": "gen", "inputs": _llm_inputs("a b", {"max_tokens": 3, "temperature": 0}, stream=True), "request_id": "r1"}
+        yield {
+            "model_name": "gen",
+            "inputs": _llm_inputs("a b", {"max_tokens": 3, "temperature": 0}, stream=True),
+            "request_id": "r1",
+        }
 
     texts, reasons = [], []
     async for result, error in client.stream_infer(requests()):
@@ -86,13 +96,28 @@ async def test_empty_final_response_as_triton_sends_it(served):
 
     _, client = served
     request = _utils._get_inference_request(
-        "gen", _llm_inputs("a", {"max_tokens": 2}, stream=True), "", "r2", None, 0, False, False, 0, None, None
+        "gen",
+        _llm_inputs("a", {"max_tokens": 2}, stream=True),
+        "",
+        "r2",
+        None,
+        0,
+        False,
+        False,
+        0,
+        None,
+        None,
     )
     request.parameters["triton_enable_empty_final_response"].bool_param = True
     stub = _stub(client)
     finals = []
     async for response in stub.ModelStreamInfer(iter([request])):
-        finals.append((len(response.infer_response.outputs), response.infer_response.parameters["triton_final_response"].bool_param))
+        finals.append(
+            (
+                len(response.infer_response.outputs),
+                response.infer_response.parameters["triton_final_response"].bool_param,
+            )
+        )
         if finals[-1][1]:
             break
     assert finals == [(2, False), (5, False), (0, True)]
@@ -128,19 +153,27 @@ async def test_bad_requests_are_invalid_argument_and_server_survives(served):
 
 async def test_encoder_text_and_tensor_styles(served):
     _, client = served
-    result = await client.infer("emb", [_bytes_input("input-0", ["abc", "de"])], outputs=[InferRequestedOutput("output-0")])
+    result = await client.infer(
+        "emb", [_bytes_input("input-0", ["abc", "de"])], outputs=[InferRequestedOutput("output-0")]
+    )
     assert result.as_numpy("output-0").tolist() == [[3.0, 1.0], [2.0, 1.0]]
     assert result.as_numpy("text") is None
     result = await client.infer("emb", [int_input("input_ids", [[1, 2, 3]])])
     assert result.as_numpy("last_hidden_state").shape == (1, 3, 8)
-    result = await client.infer("rank", [_bytes_input("query", ["q"]), _bytes_input("documents", ["a", "bbb"])])
+    result = await client.infer(
+        "rank", [_bytes_input("query", ["q"]), _bytes_input("documents", ["a", "bbb"])]
+    )
     assert result.as_numpy("output-0").tolist() == [1.0, 3.0]
 
 
 async def test_cancelled_stream_aborts_engine_request():
     engine = fake_engine(token_delay=0.05)
     runner = GrpcServiceRunner(host="127.0.0.1", port=0, grace_seconds=1)
-    runner.add(lambda s: add_GRPCInferenceServiceServicer_to_server(InferenceServicer(engine, server_name="fake"), s))
+    runner.add(
+        lambda s: add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(engine, server_name="fake"), s
+        )
+    )
     port = await runner.start()
     client = tc.InferenceServerClient(f"127.0.0.1:{port}")
 
@@ -193,7 +226,9 @@ async def test_stream_error_carries_its_status(served):
         break
     from tritonclient.grpc import _utils
 
-    request = _utils._get_inference_request("missing", _llm_inputs("x", {}), "", "", None, 0, False, False, 0, None, None)
+    request = _utils._get_inference_request(
+        "missing", _llm_inputs("x", {}), "", "", None, 0, False, False, 0, None, None
+    )
     async for response in _stub(client).ModelStreamInfer(iter([request])):
         assert response.infer_response.parameters["error_code"].string_param == "NOT_FOUND"
         break
@@ -204,8 +239,17 @@ def _pending(request, index, text, finish=None):
     from services.common.engine import GenerateDelta
     from services.common.oip_servicer import PendingDeltas
 
-    options = llm_tensors.LLMOptions(stream=True, exclude_input_in_output=True, coalesce_deltas=True)
-    delta = GenerateDelta(index=index, text=text, token_ids=[len(text)], num_input_tokens=3, num_output_tokens=1, finish_reason=finish)
+    options = llm_tensors.LLMOptions(
+        stream=True, exclude_input_in_output=True, coalesce_deltas=True
+    )
+    delta = GenerateDelta(
+        index=index,
+        text=text,
+        token_ids=[len(text)],
+        num_input_tokens=3,
+        num_output_tokens=1,
+        finish_reason=finish,
+    )
     return PendingDeltas(request, options, 1, [delta])
 
 
@@ -218,9 +262,13 @@ def test_queued_deltas_of_a_sequence_leave_as_one_response():
     a, b = InferRequest("llm", [], id="a"), InferRequest("llm", [], id="b")
     marker = pb.ModelStreamInferResponse()
     queued = [
-        _pending(a, 0, "x"), _pending(b, 0, "p"), _pending(a, 0, "y", "length"),  # b between: a still merges
+        _pending(a, 0, "x"),
+        _pending(b, 0, "p"),
+        _pending(a, 0, "y", "length"),  # b between: a still merges
         _pending(a, 0, "z"),  # after a finish: never merged into it
-        _pending(b, 0, "q"), marker, _pending(b, 0, "r"),  # nothing merges across a ready response
+        _pending(b, 0, "q"),
+        marker,
+        _pending(b, 0, "r"),  # nothing merges across a ready response
     ]
     out = _coalesce(queued)
     texts = []
@@ -229,5 +277,17 @@ def test_queued_deltas_of_a_sequence_leave_as_one_response():
             texts.append("|")
             continue
         tensors = {t.name: t.data for t in infer_response_from_pb(item.infer_response).outputs}
-        texts.append((item.infer_response.id, bytes(tensors["text_output"][0]).decode(), "finish_reason" in tensors))
-    assert texts == [("a", "xy", True), ("b", "pq", False), ("a", "z", False), "|", ("b", "r", False)]
+        texts.append(
+            (
+                item.infer_response.id,
+                bytes(tensors["text_output"][0]).decode(),
+                "finish_reason" in tensors,
+            )
+        )
+    assert texts == [
+        ("a", "xy", True),
+        ("b", "pq", False),
+        ("a", "z", False),
+        "|",
+        ("b", "r", False),
+    ]

@@ -22,7 +22,9 @@ def test_generated_code_is_current(tmp_path):
     assert checked_in == names, "a generated file has no .proto any more: run `make proto`"
     for path in generated:
         checked_in = ROOT / path.relative_to(out)
-        assert checked_in.read_text() == path.read_text(), f"{checked_in} is stale: run `make proto`"
+        assert checked_in.read_text() == path.read_text(), (
+            f"{checked_in} is stale: run `make proto`"
+        )
 
 
 def test_coexists_with_tritonclient():

@@ -25,8 +25,14 @@ async def planes(tmp_path):
 
 
 def _registrar(plane: ControlPlane, **overrides) -> Registrar:
-    values = {"service": "engine", "model": "m", "backend": "huggingface",
-              "address": "127.0.0.1:5001", "call_timeout": 1.0, **overrides}
+    values = {
+        "service": "engine",
+        "model": "m",
+        "backend": "huggingface",
+        "address": "127.0.0.1:5001",
+        "call_timeout": 1.0,
+        **overrides,
+    }
     return Registrar(f"127.0.0.1:{plane.runner.bound_port}", **values)
 
 
@@ -109,8 +115,15 @@ async def test_malformed_registration_is_an_error_at_once(planes):
 
 async def test_unreachable_control_plane_at_start_is_a_clear_error(caplog):
     address = f"127.0.0.1:{free_port()}"
-    registrar = Registrar(address, service="engine", model="m", backend="huggingface",
-                          address="127.0.0.1:5001", call_timeout=0.3, connect_timeout=1.0)
+    registrar = Registrar(
+        address,
+        service="engine",
+        model="m",
+        backend="huggingface",
+        address="127.0.0.1:5001",
+        call_timeout=0.3,
+        connect_timeout=1.0,
+    )
     with pytest.raises(RegistrationError, match=f"control plane at {address} is unreachable"):
         await registrar.register()
     assert "retrying" in caplog.text
@@ -119,9 +132,15 @@ async def test_unreachable_control_plane_at_start_is_a_clear_error(caplog):
 
 async def test_a_control_plane_starting_late_is_waited_for(planes):
     port = free_port()
-    registrar = Registrar(f"127.0.0.1:{port}", service="engine", model="m",
-                          backend="huggingface", address="127.0.0.1:5001", call_timeout=0.5,
-                          connect_timeout=10.0)
+    registrar = Registrar(
+        f"127.0.0.1:{port}",
+        service="engine",
+        model="m",
+        backend="huggingface",
+        address="127.0.0.1:5001",
+        call_timeout=0.5,
+        connect_timeout=10.0,
+    )
     registering = asyncio.ensure_future(registrar.register())
     await eventually(lambda: registrar._channel.get_state() != grpc.ChannelConnectivity.IDLE)
     plane = await planes.start(port=port)

@@ -6,15 +6,21 @@ from services.common.settings import build_parser, parse_settings
 
 class Example(BaseModel):
     model_name: str = Field("model", description="name clients use")
-    max_model_len: int | None = Field(None, description="context limit", json_schema_extra={"aliases": ["--max_length"]})
+    max_model_len: int | None = Field(
+        None, description="context limit", json_schema_extra={"aliases": ["--max_length"]}
+    )
     disable_lower_case: bool = Field(False, description="keep case")
     port: int = Field(0, description="port")
 
 
 def test_flags_aliases_and_env():
     settings, extra = parse_settings(
-        Example, ["--max_length", "128", "--disable_lower_case", "--enforce-eager"],
-        prog="x", description="d", allow_unknown=True, env={"HFMESH_PORT": "9"},
+        Example,
+        ["--max_length", "128", "--disable_lower_case", "--enforce-eager"],
+        prog="x",
+        description="d",
+        allow_unknown=True,
+        env={"HFMESH_PORT": "9"},
     )
     assert settings.max_model_len == 128 and settings.disable_lower_case and settings.port == 9
     assert extra == ["--enforce-eager"]

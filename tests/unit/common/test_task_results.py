@@ -41,7 +41,9 @@ def test_fill_mask_decodes_each_input_at_its_masks():
     logits[1, 1, 3] = 5.0
     logits[1, 3, 4] = 5.0
     input_ids = np.array([[1, 5, 9, 2], [1, 9, 6, 9]])
-    decoded = task_results.fill_mask(logits, input_ids, mask_token_id=9, decode=lambda ids: "+".join(map(str, ids)))
+    decoded = task_results.fill_mask(
+        logits, input_ids, mask_token_id=9, decode=lambda ids: "+".join(map(str, ids))
+    )
     assert decoded.tolist() == [b"7", b"3+4"]
 
 
@@ -54,7 +56,9 @@ def test_fill_mask_without_a_mask_is_a_bad_request():
 
 def test_fill_mask_raw_logits_at_masks():
     logits = RNG.normal(size=(1, 4, 6)).astype(np.float32)
-    raw = task_results.fill_mask(logits, np.array([[0, 5, 1, 5]]), mask_token_id=5, decode=str, return_raw_logits=True)
+    raw = task_results.fill_mask(
+        logits, np.array([[0, 5, 1, 5]]), mask_token_id=5, decode=str, return_raw_logits=True
+    )
     assert raw.shape == (1, 2, 6) and np.array_equal(raw[0], logits[0, [1, 3]])
 
 

@@ -67,10 +67,21 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float
 
 def mesh_file(tmp_path, endpoints: dict[str, list[str]] | None = None) -> str:
     """A planned model list: `m` (HF engine, no fallback) and `g` (vLLM, HF fallback)."""
-    m = {"name": "m", "source": "/models/m", "task": "text_embedding", "backend": "huggingface",
-         "endpoints": {"tokenizer": [], "huggingface": list((endpoints or {}).get("m", []))}}
-    g = {"name": "g", "source": "/models/g", "task": "text_generation", "backend": "vllm", "fallback": "huggingface",
-         "endpoints": {"tokenizer": [], "vllm": [], "huggingface": []}}
+    m = {
+        "name": "m",
+        "source": "/models/m",
+        "task": "text_embedding",
+        "backend": "huggingface",
+        "endpoints": {"tokenizer": [], "huggingface": list((endpoints or {}).get("m", []))},
+    }
+    g = {
+        "name": "g",
+        "source": "/models/g",
+        "task": "text_generation",
+        "backend": "vllm",
+        "fallback": "huggingface",
+        "endpoints": {"tokenizer": [], "vllm": [], "huggingface": []},
+    }
     path = tmp_path / "mesh.yaml"
     path.write_text(yaml.safe_dump({"models": [m, g]}))
     return str(path)
@@ -84,8 +95,13 @@ class Planes:
         self.started: list[ControlPlane] = []
 
     async def start(self, port: int = 0, **overrides) -> ControlPlane:
-        values = {"host": "127.0.0.1", "port": port, "health_interval": 0,
-                  "model_list": self.model_list, **overrides}
+        values = {
+            "host": "127.0.0.1",
+            "port": port,
+            "health_interval": 0,
+            "model_list": self.model_list,
+            **overrides,
+        }
         plane = ControlPlane(ControlPlaneSettings(**values))
         await plane.start()
         self.started.append(plane)

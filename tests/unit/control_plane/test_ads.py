@@ -32,11 +32,15 @@ class RawStream:
         async for response in self.call:
             self.responses.put_nowait(response)
 
-    async def send(self, type_url: str, names=(), version: str = "", nonce: str = "",
-                   error: str | None = None) -> None:
+    async def send(
+        self, type_url: str, names=(), version: str = "", nonce: str = "", error: str | None = None
+    ) -> None:
         request = discovery_pb2.DiscoveryRequest(
-            node=self.node, type_url=type_url, resource_names=list(names),
-            version_info=version, response_nonce=nonce,
+            node=self.node,
+            type_url=type_url,
+            resource_names=list(names),
+            version_info=version,
+            response_nonce=nonce,
         )
         if error is not None:
             request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
@@ -78,9 +82,15 @@ async def test_versions_per_type_and_nonces(plane):
         assert clusters.type_url == CLUSTER and clusters.version_info == "1" and clusters.nonce
         names = set()
         for packed in clusters.resources:
-            names.add(packed.value[2:2 + packed.value[1]].decode())  # field 1: the name
-        assert names == {"m.tokenizer", "m.huggingface", "g.tokenizer", "g.vllm",
-                         "g.huggingface", "tokenizer"}
+            names.add(packed.value[2 : 2 + packed.value[1]].decode())  # field 1: the name
+        assert names == {
+            "m.tokenizer",
+            "m.huggingface",
+            "g.tokenizer",
+            "g.vllm",
+            "g.huggingface",
+            "tokenizer",
+        }
         await stream.send(CLUSTER, version="1", nonce=clusters.nonce)  # ACK
         await stream.send(ENDPOINT, ["m.huggingface"])
         first = await stream.recv()
@@ -95,15 +105,19 @@ async def test_versions_per_type_and_nonces(plane):
         assert int(pushed.version_info) > int(first.version_info)
         assert plane.cache.version(CLUSTER) == "1"
         await stream.send(ENDPOINT, ["m.huggingface"], pushed.version_info, pushed.nonce)
-        await eventually(lambda: plane.ads.clients and next(iter(plane.ads.clients.values()))
-                         .types[ENDPOINT].acked_version == pushed.version_info)
+        await eventually(
+            lambda: (
+                plane.ads.clients
+                and next(iter(plane.ads.clients.values())).types[ENDPOINT].acked_version
+                == pushed.version_info
+            )
+        )
 
         # A request answering an older nonce is stale: ignored, subscription unchanged.
         await stream.send(ENDPOINT, ["g.vllm"], first.version_info, first.nonce)
         await stream.nothing_arrives()
         # A new subscription is answered at once.
-        await stream.send(ENDPOINT, ["m.huggingface", "g.vllm"], pushed.version_info,
-                          pushed.nonce)
+        await stream.send(ENDPOINT, ["m.huggingface", "g.vllm"], pushed.version_info, pushed.nonce)
         both = await stream.recv()
         assert sorted(_cluster_names(both)) == ["g.vllm", "m.huggingface"]
     finally:
@@ -127,8 +141,9 @@ async def test_nack_keeps_previous_version_and_is_not_resent(plane, caplog):
         await stream.send(ENDPOINT, ["m.huggingface"], good.version_info, good.nonce)
         plane.store.put("test", Publication(M_HF, "127.0.0.1:1002"))
         rejected = await stream.recv()
-        await stream.send(ENDPOINT, ["m.huggingface"], good.version_info, rejected.nonce,
-                          error="bad endpoint")
+        await stream.send(
+            ENDPOINT, ["m.huggingface"], good.version_info, rejected.nonce, error="bad endpoint"
+        )
         await stream.nothing_arrives()  # the rejected content is not sent again
         state = next(iter(plane.ads.clients.values())).types[ENDPOINT]
         assert state.acked_version == good.version_info and state.nack == "bad endpoint"

@@ -18,18 +18,35 @@ M_HF, M_TOK = ServiceKey("m", "huggingface"), ServiceKey("m", "tokenizer")
 PATH = "/apis/discovery.k8s.io/v1/namespaces/ns/endpointslices"
 
 
-def endpoint_slice(name: str, role: str, hosts: list[str], version: str, *,
-                   model: str = "m", terminating: bool = False, ready: bool = True) -> dict:
+def endpoint_slice(
+    name: str,
+    role: str,
+    hosts: list[str],
+    version: str,
+    *,
+    model: str = "m",
+    terminating: bool = False,
+    ready: bool = True,
+) -> dict:
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
-        "metadata": {"name": name, "namespace": "ns", "resourceVersion": version,
-                     "labels": {ROLE_LABEL: role, MODEL_LABEL: model}},
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "resourceVersion": version,
+            "labels": {ROLE_LABEL: role, MODEL_LABEL: model},
+        },
         "addressType": "IPv4",
         "endpoints": [
-            {"addresses": [host],
-             "conditions": {"ready": ready and not terminating, "serving": True,
-                            "terminating": terminating}}
+            {
+                "addresses": [host],
+                "conditions": {
+                    "ready": ready and not terminating,
+                    "serving": True,
+                    "terminating": terminating,
+                },
+            }
             for host in hosts
         ],
         "ports": [{"name": "metrics", "port": 9090}, {"name": "grpc", "port": 50051}],
@@ -63,11 +80,14 @@ class FakeApiServer:
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 if query.get("watch") != ["true"]:
-                    body = json.dumps({
-                        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList",
-                        "metadata": {"resourceVersion": fake.list_version},
-                        "items": fake.slices,
-                    }).encode()
+                    body = json.dumps(
+                        {
+                            "apiVersion": "discovery.k8s.io/v1",
+                            "kind": "EndpointSliceList",
+                            "metadata": {"resourceVersion": fake.list_version},
+                            "items": fake.slices,
+                        }
+                    ).encode()
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
                     self.wfile.write(body)
@@ -114,10 +134,14 @@ def api_server():
 
 
 async def test_list_watch_resume_and_resync(tmp_path, control_plane, api_server):
-    api_server.slices = [endpoint_slice("m-hf-1", "huggingface", ["10.0.0.1"], "9"),
-                         endpoint_slice("other", "huggingface", ["10.9.9.9"], "9", model="x")]
+    api_server.slices = [
+        endpoint_slice("m-hf-1", "huggingface", ["10.0.0.1"], "9"),
+        endpoint_slice("other", "huggingface", ["10.9.9.9"], "9", model="x"),
+    ]
     plane = await control_plane(
-        model_list=mesh_file(tmp_path), kubernetes=True, kubernetes_host=api_server.url,
+        model_list=mesh_file(tmp_path),
+        kubernetes=True,
+        kubernetes_host=api_server.url,
         kubernetes_namespace="ns",
     )
     store = plane.store
@@ -130,12 +154,24 @@ async def test_list_watch_resume_and_resync(tmp_path, control_plane, api_server)
     assert api_server.watches()[0]["resourceVersion"] == ["10"]
     assert api_server.watches()[0]["labelSelector"] == [ROLE_LABEL]
 
-    api_server.events.put({"type": "ADDED", "object": endpoint_slice(
-        "m-tok", "tokenizer", ["10.0.1.1", "10.0.1.2"], "11")})
-    api_server.events.put({"type": "MODIFIED", "object": endpoint_slice(
-        "m-hf-1", "huggingface", ["10.0.0.1"], "12", terminating=True)})
-    await eventually(lambda: published(M_HF) == [Endpoint("10.0.0.1", 50051, draining=True)]
-                     and len(published(M_TOK)) == 2)
+    api_server.events.put(
+        {
+            "type": "ADDED",
+            "object": endpoint_slice("m-tok", "tokenizer", ["10.0.1.1", "10.0.1.2"], "11"),
+        }
+    )
+    api_server.events.put(
+        {
+            "type": "MODIFIED",
+            "object": endpoint_slice("m-hf-1", "huggingface", ["10.0.0.1"], "12", terminating=True),
+        }
+    )
+    await eventually(
+        lambda: (
+            published(M_HF) == [Endpoint("10.0.0.1", 50051, draining=True)]
+            and len(published(M_TOK)) == 2
+        )
+    )
 
     api_server.events.put(None)  # the watch expires: resumed from the last version seen
     await eventually(lambda: len(api_server.watches()) == 2)
@@ -143,20 +179,33 @@ async def test_list_watch_resume_and_resync(tmp_path, control_plane, api_server)
     assert plane.kubernetes.lists == 1
 
     # Meanwhile the slices changed and the version is gone: 410 → a fresh list.
-    api_server.slices = [endpoint_slice("m-hf-2", "huggingface", ["10.0.0.2"], "20"),
-                         endpoint_slice("m-hf-3", "huggingface", ["10.0.0.3"], "20",
-                                        ready=False)]
+    api_server.slices = [
+        endpoint_slice("m-hf-2", "huggingface", ["10.0.0.2"], "20"),
+        endpoint_slice("m-hf-3", "huggingface", ["10.0.0.3"], "20", ready=False),
+    ]
     api_server.list_version = "20"
-    api_server.events.put({"type": "ERROR", "object": {
-        "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
-        "reason": "Expired", "message": "too old resource version: 12 (15)"}})
-    await eventually(lambda: published(M_HF) == [Endpoint("10.0.0.2", 50051)]
-                     and published(M_TOK) == [])
+    api_server.events.put(
+        {
+            "type": "ERROR",
+            "object": {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "status": "Failure",
+                "code": 410,
+                "reason": "Expired",
+                "message": "too old resource version: 12 (15)",
+            },
+        }
+    )
+    await eventually(
+        lambda: published(M_HF) == [Endpoint("10.0.0.2", 50051)] and published(M_TOK) == []
+    )
     assert plane.kubernetes.lists == 2
     await eventually(lambda: api_server.watches()[-1]["resourceVersion"] == ["20"])
 
-    api_server.events.put({"type": "DELETED", "object": endpoint_slice(
-        "m-hf-2", "huggingface", ["10.0.0.2"], "21")})
+    api_server.events.put(
+        {"type": "DELETED", "object": endpoint_slice("m-hf-2", "huggingface", ["10.0.0.2"], "21")}
+    )
     await eventually(lambda: published(M_HF) == [])
 
 

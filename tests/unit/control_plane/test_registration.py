@@ -29,8 +29,7 @@ async def stub_of():
 
 
 def _engine(address: str, model: str = "m", backend: str = "huggingface", **kw):
-    return pb.RegisterRequest(service="engine", model=model, backend=backend, address=address,
-                              **kw)
+    return pb.RegisterRequest(service="engine", model=model, backend=backend, address=address, **kw)
 
 
 @pytest.mark.parametrize(
@@ -46,8 +45,12 @@ def _engine(address: str, model: str = "m", backend: str = "huggingface", **kw):
         (_engine("127.0.0.1:5000", backend="triton"), "backend"),
         (_engine("127.0.0.1:5000", backend=""), "backend"),
         (pb.RegisterRequest(service="router", model="m", address="127.0.0.1:1"), "service"),
-        (pb.RegisterRequest(service="tokenizer", model="m", backend="vllm",
-                            address="127.0.0.1:1"), "no backend"),
+        (
+            pb.RegisterRequest(
+                service="tokenizer", model="m", backend="vllm", address="127.0.0.1:1"
+            ),
+            "no backend",
+        ),
     ],
 )
 async def test_malformed_registration_publishes_nothing(
@@ -106,15 +109,17 @@ async def test_registration_storm_leaves_the_store_consistent(tmp_path, control_
     plane = await control_plane(model_list=mesh_file(tmp_path))
     stub = stub_of(plane)
     addresses = [f"127.0.0.1:{6000 + i}" for i in range(500)]
-    leases = await asyncio.gather(*(
-        stub.Register(_engine(a), timeout=10) for a in addresses + addresses[:100]
-    ))
+    leases = await asyncio.gather(
+        *(stub.Register(_engine(a), timeout=10) for a in addresses + addresses[:100])
+    )
     assert [lease.lease_id for lease in leases[500:]] == [lease.lease_id for lease in leases[:100]]
     kept = set(addresses[400:])
-    await asyncio.gather(*(
-        stub.Deregister(pb.DeregisterRequest(lease_id=lease.lease_id), timeout=10)
-        for lease in leases[:400]
-    ))
+    await asyncio.gather(
+        *(
+            stub.Deregister(pb.DeregisterRequest(lease_id=lease.lease_id), timeout=10)
+            for lease in leases[:400]
+        )
+    )
     published = {f"{e.host}:{e.port}" for e in plane.store.services()[M_HF]}
     assert published == kept and plane.registration.leases == len(kept)
     await eventually(lambda: plane.cache.resources == _rendered(plane))

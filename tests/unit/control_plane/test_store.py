@@ -37,8 +37,11 @@ def _unpack(resources, type_url, name, message):
 
 @pytest.mark.parametrize(
     "address, expected",
-    [("127.0.0.1:80", ("127.0.0.1", 80)), ("engine-0.svc:50051", ("engine-0.svc", 50051)),
-     ("[::1]:9", ("::1", 9))],
+    [
+        ("127.0.0.1:80", ("127.0.0.1", 80)),
+        ("engine-0.svc:50051", ("engine-0.svc", 50051)),
+        ("[::1]:9", ("::1", 9)),
+    ],
 )
 def test_parse_address(address, expected):
     assert parse_address(address) == expected
@@ -105,7 +108,10 @@ def test_bootstrap_lists_insecure_first(tmp_path):
 def test_help():
     answer = subprocess.run(
         [sys.executable, "-m", "services.control_plane", "--help"],
-        check=False, capture_output=True, text=True, timeout=60,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert answer.returncode == 0 and "--lease_ttl" in answer.stdout
     assert "HFMESH_MODEL_LIST" in answer.stdout

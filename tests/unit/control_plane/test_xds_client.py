@@ -72,7 +72,8 @@ async def test_health_withdraws_and_restores(tmp_path, backends, control_plane, 
     one, two = await backends("one"), await backends("two")
     plane = await control_plane(
         model_list=mesh_file(tmp_path, {"m": [one.address, two.address]}),
-        health_interval=0.05, health_timeout=0.5,
+        health_interval=0.05,
+        health_timeout=0.5,
     )
     xds_bootstrap(plane)
     async with grpc.aio.insecure_channel("xds:///m") as channel:
@@ -91,7 +92,7 @@ async def test_health_withdraws_and_restores(tmp_path, backends, control_plane, 
 
         await eventually(both)
         await two.server.stop(None)  # dies: no answer at all
-        await eventually(lambda: two.address not in {
-            f"{e.host}:{e.port}" for e in plane.store.services()[M_HF]
-        })
+        await eventually(
+            lambda: two.address not in {f"{e.host}:{e.port}" for e in plane.store.services()[M_HF]}
+        )
         assert {await _who(channel) for _ in range(4)} == {"one"}

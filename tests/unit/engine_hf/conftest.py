@@ -37,7 +37,9 @@ def reference(model_path):
     def get(model: str, auto_class: str):
         if (model, auto_class) not in cache:
             path = model_path(model)
-            loaded = getattr(transformers, auto_class).from_pretrained(path, dtype=torch.float32).eval()
+            loaded = (
+                getattr(transformers, auto_class).from_pretrained(path, dtype=torch.float32).eval()
+            )
             cache[(model, auto_class)] = (loaded, transformers.AutoTokenizer.from_pretrained(path))
         return cache[(model, auto_class)]
 

@@ -19,7 +19,9 @@ class Generation:
         return self.deltas[-1].finish_reason if self.deltas else None
 
 
-def request(model: str, prompt: str | list[int], request_id: str | None = None, **sampling) -> GenerateRequest:
+def request(
+    model: str, prompt: str | list[int], request_id: str | None = None, **sampling
+) -> GenerateRequest:
     sampling.setdefault("temperature", 0.0)
     params = SamplingParams(**sampling)
     rid = request_id or uuid.uuid4().hex

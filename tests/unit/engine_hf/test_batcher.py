@@ -22,10 +22,17 @@ async def batcher():
 
         def run(requests: list[str]):
             seen.append(list(requests))
-            return [InvalidArgument(f"bad {r}") if r.startswith("bad") else r.upper() for r in requests]
+            return [
+                InvalidArgument(f"bad {r}") if r.startswith("bad") else r.upper() for r in requests
+            ]
 
-        instance = DynamicBatcher(run, rows=lambda r: 1, max_batch_size=max_batch_size,
-                                  max_wait_ms=max_wait_ms, executor=executor)
+        instance = DynamicBatcher(
+            run,
+            rows=lambda r: 1,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            executor=executor,
+        )
         instance.start()
         made.append(instance)
         return instance, seen
@@ -62,6 +69,8 @@ async def test_a_batch_smaller_than_the_last_waits_for_the_rest(batcher):
 
 async def test_one_bad_request_fails_alone(batcher):
     instance, seen = batcher(8, 20.0)
-    good, bad = await asyncio.gather(instance.submit("ok"), instance.submit("bad-one"), return_exceptions=True)
+    good, bad = await asyncio.gather(
+        instance.submit("ok"), instance.submit("bad-one"), return_exceptions=True
+    )
     assert good == "OK" and isinstance(bad, InvalidArgument)
     assert len(seen) == 1

@@ -28,7 +28,9 @@ def test_deltas_never_split_a_character_and_concatenate_to_the_text(tokenizer):
 
 def test_stop_string_cuts_text_and_holds_back_partial_matches(tokenizer):
     ids = tokenizer("alpha beta gamma delta", add_special_tokens=False)["input_ids"]
-    tracker = TextTracker(tokenizer, stop=["gamma"], include_stop_str_in_output=False, skip_special_tokens=True)
+    tracker = TextTracker(
+        tokenizer, stop=["gamma"], include_stop_str_in_output=False, skip_special_tokens=True
+    )
     emitted, stopped = [], False
     for token in ids:
         stopped = tracker.add(token)
@@ -42,7 +44,9 @@ def test_stop_string_cuts_text_and_holds_back_partial_matches(tokenizer):
 
 def test_stop_string_kept_when_asked(tokenizer):
     ids = tokenizer("one two three four", add_special_tokens=False)["input_ids"]
-    tracker = TextTracker(tokenizer, stop=["three"], include_stop_str_in_output=True, skip_special_tokens=True)
+    tracker = TextTracker(
+        tokenizer, stop=["three"], include_stop_str_in_output=True, skip_special_tokens=True
+    )
     out = []
     for token in ids:
         done = tracker.add(token)

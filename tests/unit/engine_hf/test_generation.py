@@ -19,17 +19,20 @@ PROMPTS = [
 ]
 
 
-def _reference_greedy(reference, model: str, auto_class: str, prompt: str, max_new_tokens: int, **kwargs):
+def _reference_greedy(
+    reference, model: str, auto_class: str, prompt: str, max_new_tokens: int, **kwargs
+):
     loaded, tokenizer = reference(model, auto_class)
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     with torch.inference_mode():
         out = loaded.generate(ids, do_sample=False, max_new_tokens=max_new_tokens, **kwargs)
-    generated = out[0, 1:] if loaded.config.is_encoder_decoder else out[0, ids.shape[1]:]
+    generated = out[0, 1:] if loaded.config.is_encoder_decoder else out[0, ids.shape[1] :]
     return generated.tolist()
 
 
 @pytest.mark.parametrize(
-    "model,auto_class", [("tiny-llama", "AutoModelForCausalLM"), ("tiny-t5", "AutoModelForSeq2SeqLM")]
+    "model,auto_class",
+    [("tiny-llama", "AutoModelForCausalLM"), ("tiny-t5", "AutoModelForSeq2SeqLM")],
 )
 async def test_greedy_tokens_equal_transformers_generate(engine, reference, model, auto_class):
     served = await engine(model)
@@ -41,16 +44,23 @@ async def test_greedy_tokens_equal_transformers_generate(engine, reference, mode
 
 async def test_repetition_penalty_equals_transformers(engine, reference):
     served = await engine("tiny-llama")
-    expected = _reference_greedy(reference, "tiny-llama", "AutoModelForCausalLM", PROMPTS[1], 24, repetition_penalty=1.3)
+    expected = _reference_greedy(
+        reference, "tiny-llama", "AutoModelForCausalLM", PROMPTS[1], 24, repetition_penalty=1.3
+    )
     plain = await collect(served, request("tiny-llama", PROMPTS[1], max_tokens=24))
-    got = await collect(served, request("tiny-llama", PROMPTS[1], max_tokens=24, repetition_penalty=1.3))
+    got = await collect(
+        served, request("tiny-llama", PROMPTS[1], max_tokens=24, repetition_penalty=1.3)
+    )
     assert got.ids == expected and got.ids != plain.ids
 
 
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-t5"])
 async def test_concurrent_and_staggered_requests_equal_their_solo_runs(engine, model):
     served = await engine(model, max_batch_wait_ms=20.0)
-    solo = [await collect(served, request(model, p, max_tokens=16 + 4 * i)) for i, p in enumerate(PROMPTS)]
+    solo = [
+        await collect(served, request(model, p, max_tokens=16 + 4 * i))
+        for i, p in enumerate(PROMPTS)
+    ]
     steps_before = served._scheduler.steps
 
     async def staggered(i: int, prompt: str):
@@ -102,12 +112,16 @@ async def test_cancelled_consumer_aborts_its_sequences(engine):
     started = asyncio.Event()
 
     async def consume():
-        async for _ in served.generate(request("tiny-llama", PROMPTS[2], max_tokens=400, ignore_eos=True, n=2)):
+        async for _ in served.generate(
+            request("tiny-llama", PROMPTS[2], max_tokens=400, ignore_eos=True, n=2)
+        ):
             started.set()
 
     task = asyncio.ensure_future(consume())
     await started.wait()
-    assert await poll(lambda: served._scheduler._active_rows() == 2, 10)  # deltas can overtake the lane update
+    assert await poll(
+        lambda: served._scheduler._active_rows() == 2, 10
+    )  # deltas can overtake the lane update
     steps_at_cancel = served._scheduler.steps
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -121,7 +135,10 @@ async def test_seeded_sampling_is_reproducible_whatever_the_batch(engine):
     alone = await collect(served, request("tiny-llama", PROMPTS[0], **params))
     crowd = await asyncio.gather(
         collect(served, request("tiny-llama", PROMPTS[0], **params)),
-        *(collect(served, request("tiny-llama", p, max_tokens=20, temperature=1.0)) for p in PROMPTS[1:]),
+        *(
+            collect(served, request("tiny-llama", p, max_tokens=20, temperature=1.0))
+            for p in PROMPTS[1:]
+        ),
     )
     other_seed = await collect(served, request("tiny-llama", PROMPTS[0], **{**params, "seed": 99}))
     assert crowd[0].ids == alone.ids
@@ -133,12 +150,21 @@ async def test_stop_strings_cut_the_text(engine):
     full = await collect(served, request("tiny-llama", PROMPTS[3], max_tokens=30, ignore_eos=True))
     words = [w for w in full.text.split(" ") if len(w) >= 3 and "\ufffd" not in w]
     stop = words[len(words) // 2]
-    cut = await collect(served, request("tiny-llama", PROMPTS[3], max_tokens=30, ignore_eos=True, stop=[stop]))
+    cut = await collect(
+        served, request("tiny-llama", PROMPTS[3], max_tokens=30, ignore_eos=True, stop=[stop])
+    )
     assert cut.finish_reason == "stop"
     assert cut.text == full.text[: full.text.index(stop)]
     kept = await collect(
         served,
-        request("tiny-llama", PROMPTS[3], max_tokens=30, ignore_eos=True, stop=[stop], include_stop_str_in_output=True),
+        request(
+            "tiny-llama",
+            PROMPTS[3],
+            max_tokens=30,
+            ignore_eos=True,
+            stop=[stop],
+            include_stop_str_in_output=True,
+        ),
     )
     assert kept.text == full.text[: full.text.index(stop) + len(stop)]
 
@@ -148,7 +174,10 @@ async def test_stop_token_ids_and_max_tokens(engine):
     full = await collect(served, request("tiny-llama", PROMPTS[4], max_tokens=20, ignore_eos=True))
     assert full.finish_reason == "length" and len(full.ids) == 20
     target = full.ids[6]
-    stopped = await collect(served, request("tiny-llama", PROMPTS[4], max_tokens=20, ignore_eos=True, stop_token_ids=[target]))
+    stopped = await collect(
+        served,
+        request("tiny-llama", PROMPTS[4], max_tokens=20, ignore_eos=True, stop_token_ids=[target]),
+    )
     assert stopped.finish_reason == "stop"
     assert stopped.ids == full.ids[: full.ids.index(target) + 1]
 
@@ -156,7 +185,10 @@ async def test_stop_token_ids_and_max_tokens(engine):
 async def test_text_deltas_concatenate_to_the_decoded_output(engine, reference):
     _, tokenizer = reference("tiny-llama", "AutoModelForCausalLM")
     served = await engine("tiny-llama")
-    got = await collect(served, request("tiny-llama", PROMPTS[1], max_tokens=80, temperature=1.0, seed=5, ignore_eos=True))
+    got = await collect(
+        served,
+        request("tiny-llama", PROMPTS[1], max_tokens=80, temperature=1.0, seed=5, ignore_eos=True),
+    )
     assert got.text == tokenizer.decode(got.ids, skip_special_tokens=True)
 
 
@@ -177,7 +209,9 @@ async def test_logprobs_are_those_of_the_model(engine, reference):
 
 async def test_n_sequences_each_finish(engine):
     served = await engine("tiny-llama")
-    req = request("tiny-llama", PROMPTS[0], max_tokens=8, temperature=1.0, seed=3, n=3, ignore_eos=True)
+    req = request(
+        "tiny-llama", PROMPTS[0], max_tokens=8, temperature=1.0, seed=3, n=3, ignore_eos=True
+    )
     deltas = [d async for d in served.generate(req)]
     finals = [d for d in deltas if d.finish_reason]
     assert sorted(d.index for d in finals) == [0, 1, 2]
@@ -190,5 +224,10 @@ async def test_input_ids_prompt_matches_text_prompt(engine, reference):
     _, tokenizer = reference("tiny-llama", "AutoModelForCausalLM")
     served = await engine("tiny-llama")
     by_text = await collect(served, request("tiny-llama", PROMPTS[1], max_tokens=10))
-    by_ids = await collect(served, request("tiny-llama", tokenizer(PROMPTS[1])["input_ids"], max_tokens=10))
-    assert by_ids.ids == by_text.ids and by_ids.deltas[-1].num_input_tokens == by_text.deltas[-1].num_input_tokens
+    by_ids = await collect(
+        served, request("tiny-llama", tokenizer(PROMPTS[1])["input_ids"], max_tokens=10)
+    )
+    assert (
+        by_ids.ids == by_text.ids
+        and by_ids.deltas[-1].num_input_tokens == by_text.deltas[-1].num_input_tokens
+    )

@@ -36,7 +36,11 @@ async def test_context_overflow_names_prompt_max_tokens_and_limit(engine):
     with pytest.raises(InvalidArgument) as caught:
         await collect(served, request("tiny-llama", "hello there", max_tokens=600))
     message = caught.value.message
-    assert "max_tokens is 600" in message and "context length of 512" in message and "prompt has" in message
+    assert (
+        "max_tokens is 600" in message
+        and "context length of 512" in message
+        and "prompt has" in message
+    )
     with pytest.raises(InvalidArgument, match="outside the vocabulary"):
         await collect(served, request("tiny-llama", [1, 2, 10**6]))
 
@@ -51,10 +55,15 @@ async def test_min_tokens_bans_stop_tokens_until_reached(engine):
     served = await engine("tiny-llama")
     plain = await collect(served, request("tiny-llama", "x", max_tokens=12, ignore_eos=True))
     first = plain.ids[0]
-    stopped = await collect(served, request("tiny-llama", "x", max_tokens=12, ignore_eos=True, stop_token_ids=[first]))
+    stopped = await collect(
+        served, request("tiny-llama", "x", max_tokens=12, ignore_eos=True, stop_token_ids=[first])
+    )
     assert stopped.ids == [first] and stopped.finish_reason == "stop"
     held = await collect(
-        served, request("tiny-llama", "x", max_tokens=12, ignore_eos=True, stop_token_ids=[first], min_tokens=4)
+        served,
+        request(
+            "tiny-llama", "x", max_tokens=12, ignore_eos=True, stop_token_ids=[first], min_tokens=4
+        ),
     )
     assert len(held.ids) >= 4 and first not in held.ids[:4]
 
@@ -66,11 +75,17 @@ async def test_lora_adapter_is_its_own_model(engine, reference, model_path):
     assert served.models()[1].base_model == "tiny-llama"
     loaded, tokenizer = reference("tiny-llama", "AutoModelForCausalLM")
     ids = tokenizer("Hello there", return_tensors="pt")["input_ids"]
-    with_adapter = type(loaded).from_pretrained(model_path("tiny-llama"), dtype=torch.float32).eval()
+    with_adapter = (
+        type(loaded).from_pretrained(model_path("tiny-llama"), dtype=torch.float32).eval()
+    )
     with_adapter.load_adapter(model_path("tiny-llama-lora"), adapter_name="a")
     with torch.inference_mode():
-        expected_lora = with_adapter.generate(ids, do_sample=False, max_new_tokens=12, min_new_tokens=12)[0, ids.shape[1]:]
-        expected_base = loaded.generate(ids, do_sample=False, max_new_tokens=12, min_new_tokens=12)[0, ids.shape[1]:]
+        expected_lora = with_adapter.generate(
+            ids, do_sample=False, max_new_tokens=12, min_new_tokens=12
+        )[0, ids.shape[1] :]
+        expected_base = loaded.generate(ids, do_sample=False, max_new_tokens=12, min_new_tokens=12)[
+            0, ids.shape[1] :
+        ]
     base, lora = await asyncio.gather(
         collect(served, request("tiny-llama", "Hello there", max_tokens=12, ignore_eos=True)),
         collect(served, request("tiny-lora", "Hello there", max_tokens=12, ignore_eos=True)),
@@ -82,4 +97,3 @@ async def test_lora_adapter_is_its_own_model(engine, reference, model_path):
         await collect(served, request("tiny-lora", "Hello there", max_tokens=2))
     with pytest.raises(InvalidArgument, match="adapter_config.json"):
         await served.load_adapter("broken", model_path("tiny-llama"))
-

@@ -22,12 +22,30 @@ def test_dtype_auto_is_float32_on_cpu():
 def test_kserve_flags_parse(tmp_path):
     settings, _ = parse_settings(
         HFEngineSettings,
-        ["--model_dir", str(tmp_path), "--model_name", "m", "--task", "rerank", "--max_length", "128",
-         "--return_probabilities", "--disable_lower_case", "--tensor_input_names", "input_ids,attention_mask"],
-        prog="t", description="t", env={},
+        [
+            "--model_dir",
+            str(tmp_path),
+            "--model_name",
+            "m",
+            "--task",
+            "rerank",
+            "--max_length",
+            "128",
+            "--return_probabilities",
+            "--disable_lower_case",
+            "--tensor_input_names",
+            "input_ids,attention_mask",
+        ],
+        prog="t",
+        description="t",
+        env={},
     )
     assert settings.task is Task.RERANK and settings.max_model_len == 128
-    assert settings.return_probabilities and settings.disable_lower_case and not settings.trust_remote_code
+    assert (
+        settings.return_probabilities
+        and settings.disable_lower_case
+        and not settings.trust_remote_code
+    )
     assert settings.tensor_inputs == ("input_ids", "attention_mask")
 
 
@@ -45,7 +63,9 @@ async def test_model_id_without_a_hub_fails_clearly():
 
 
 async def test_rerank_needs_a_single_label_model(model_path):
-    engine = HFEngine(HFEngineSettings(model_dir=model_path("tiny-bert-sentiment"), task=Task.RERANK))
+    engine = HFEngine(
+        HFEngineSettings(model_dir=model_path("tiny-bert-sentiment"), task=Task.RERANK)
+    )
     with pytest.raises(ModelLoadError, match="num_labels=1"):
         await engine.start()
     await engine.shutdown()
@@ -66,6 +86,10 @@ async def test_max_model_len_cannot_exceed_the_model(model_path):
 def test_backend_vllm_is_refused_with_a_reason(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_settings(
-            HFEngineSettings, ["--model_dir", str(tmp_path), "--backend", "vllm"], prog="t", description="t", env={}
+            HFEngineSettings,
+            ["--model_dir", str(tmp_path), "--backend", "vllm"],
+            prog="t",
+            description="t",
+            env={},
         )
     assert "run services.engine_vllm instead" in capsys.readouterr().err

@@ -23,7 +23,11 @@ SENTENCES = [
 def test_layout_positions_and_block_mask():
     sequences = [np.array([5, 6, 7]), np.array([8, 9]), np.array([10, 11, 12, 13])]
     inputs, places = pack(sequences, None, torch.device("cpu"), row_tokens=6)
-    ids, positions, mask = inputs["input_ids"].numpy(), inputs["position_ids"].numpy(), inputs["attention_mask"].numpy()
+    ids, positions, mask = (
+        inputs["input_ids"].numpy(),
+        inputs["position_ids"].numpy(),
+        inputs["attention_mask"].numpy(),
+    )
     for sequence, place in zip(sequences, places):
         columns = slice(place.start, place.start + place.length)
         assert ids[place.row, columns].tolist() == sequence.tolist()
@@ -42,7 +46,10 @@ async def test_packed_embeddings_equal_a_padded_forward(engine, reference):
     assert served._runner.packing
     model, tokenizer = reference("all-minilm-l6-v2", "AutoModel")
     results = await asyncio.gather(
-        *(served.encode(EncodeRequest(str(i), "all-minilm-l6-v2", texts=[s, s.upper()])) for i, s in enumerate(SENTENCES))
+        *(
+            served.encode(EncodeRequest(str(i), "all-minilm-l6-v2", texts=[s, s.upper()]))
+            for i, s in enumerate(SENTENCES)
+        )
     )
     for sentence, result in zip(SENTENCES, results):
         encoded = tokenizer([sentence, sentence.upper()], padding=True, return_tensors="pt")

@@ -21,14 +21,24 @@ pytestmark = pytest.mark.vllm
 def _completion(token_ids, logprobs=None, finish_reason=None, index=0, text="x"):
     from vllm.outputs import CompletionOutput
 
-    return CompletionOutput(index=index, text=text, token_ids=token_ids, cumulative_logprob=None,
-                            logprobs=logprobs, finish_reason=finish_reason)
+    return CompletionOutput(
+        index=index,
+        text=text,
+        token_ids=token_ids,
+        cumulative_logprob=None,
+        logprobs=logprobs,
+        finish_reason=finish_reason,
+    )
 
 
 def test_delta_carries_increment_counts_and_reason():
     delta = _delta(_completion([5, 6], finish_reason="length", index=1, text="ab"), 4, 9, None)
     assert (delta.index, delta.text, delta.token_ids) == (1, "ab", [5, 6])
-    assert (delta.num_input_tokens, delta.num_output_tokens, delta.finish_reason) == (4, 9, "length")
+    assert (delta.num_input_tokens, delta.num_output_tokens, delta.finish_reason) == (
+        4,
+        9,
+        "length",
+    )
     assert delta.logprobs is None and delta.top_logprobs is None
 
 
@@ -46,7 +56,9 @@ def test_adapter_rank_reads_the_peft_config(tmp_path, model_path):
     assert adapter_rank(model_path("tiny-llama-lora")) == 8
     with pytest.raises(InvalidArgument, match="no adapter_config.json"):
         adapter_rank(str(tmp_path))
-    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 4, "rank_pattern": {"q_proj": 32}}))
+    (tmp_path / "adapter_config.json").write_text(
+        json.dumps({"r": 4, "rank_pattern": {"q_proj": 32}})
+    )
     assert adapter_rank(str(tmp_path)) == 32
     (tmp_path / "adapter_config.json").write_text("{nope")
     with pytest.raises(InvalidArgument, match="not valid JSON"):
@@ -55,7 +67,9 @@ def test_adapter_rank_reads_the_peft_config(tmp_path, model_path):
 
 @pytest.fixture
 def engine(model_path):
-    return VLLMEngine(build_config(["--model_dir", model_path("tiny-llama"), "--model_name", "tiny"], on_cpu=True))
+    return VLLMEngine(
+        build_config(["--model_dir", model_path("tiny-llama"), "--model_name", "tiny"], on_cpu=True)
+    )
 
 
 def test_before_loading_the_model_is_listed_as_loading(engine):

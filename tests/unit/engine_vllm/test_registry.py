@@ -16,7 +16,9 @@ def test_registered_architectures(architecture):
     assert unsupported_reason(architecture) is None
 
 
-@pytest.mark.parametrize("architecture", ["T5ForConditionalGeneration", "NoSuchModelForCausalLM", ""])
+@pytest.mark.parametrize(
+    "architecture", ["T5ForConditionalGeneration", "NoSuchModelForCausalLM", ""]
+)
 def test_unregistered_architectures(architecture):
     assert not vllm_supports(architecture)
     assert architecture in unsupported_reason(architecture)
@@ -28,6 +30,9 @@ def test_planned_backend_resolution_uses_the_registry():
     from services.launcher.plan import resolve_backend
 
     assert resolve_backend("auto", Task.TEXT_GENERATION, "LlamaForCausalLM") == "vllm"
-    assert resolve_backend("auto", Task.TEXT2TEXT_GENERATION, "T5ForConditionalGeneration") == "huggingface"
+    assert (
+        resolve_backend("auto", Task.TEXT2TEXT_GENERATION, "T5ForConditionalGeneration")
+        == "huggingface"
+    )
     with pytest.raises(InvalidArgument, match="T5ForConditionalGeneration"):
         resolve_backend("vllm", Task.TEXT2TEXT_GENERATION, "T5ForConditionalGeneration")

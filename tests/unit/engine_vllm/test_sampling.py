@@ -16,9 +16,22 @@ pytestmark = pytest.mark.vllm
 
 def test_every_field_is_carried_over():
     ours = SamplingParams(
-        max_tokens=12, min_tokens=2, temperature=0.7, top_p=0.9, top_k=5, min_p=0.05, seed=11, n=3,
-        stop=["\n\n", "END"], stop_token_ids=[7], ignore_eos=True, include_stop_str_in_output=True,
-        repetition_penalty=1.1, presence_penalty=0.3, frequency_penalty=-0.2, logprobs=2,
+        max_tokens=12,
+        min_tokens=2,
+        temperature=0.7,
+        top_p=0.9,
+        top_k=5,
+        min_p=0.05,
+        seed=11,
+        n=3,
+        stop=["\n\n", "END"],
+        stop_token_ids=[7],
+        ignore_eos=True,
+        include_stop_str_in_output=True,
+        repetition_penalty=1.1,
+        presence_penalty=0.3,
+        frequency_penalty=-0.2,
+        logprobs=2,
         skip_special_tokens=False,
     )
     theirs = to_vllm(ours)
@@ -36,7 +49,9 @@ def test_output_is_streamed_as_deltas():
 
 def test_extras_reach_vllm():
     theirs = to_vllm(
-        SamplingParams(extra={"logit_bias": {"5": 2.5}, "bad_words": ["foo"], "allowed_token_ids": [1, 2, 5]})
+        SamplingParams(
+            extra={"logit_bias": {"5": 2.5}, "bad_words": ["foo"], "allowed_token_ids": [1, 2, 5]}
+        )
     )
     assert theirs.logit_bias == {5: 2.5}
     assert theirs.bad_words == ["foo"]
@@ -71,7 +86,10 @@ def test_greedy_resets_sampling_knobs_as_vllm_does():
         (SamplingParams(extra={"frobnicate": 1}), "frobnicate"),
         (SamplingParams(extra={"output_kind": 2}), "output_kind"),
         (SamplingParams(extra={"prompt_logprobs": 1}), "prompt_logprobs"),
-        (SamplingParams(extra={"structured_outputs": {"regex": "a", "choice": ["b"]}}), "structured outputs"),
+        (
+            SamplingParams(extra={"structured_outputs": {"regex": "a", "choice": ["b"]}}),
+            "structured outputs",
+        ),
     ],
 )
 def test_invalid_values_name_the_parameter(params, named):

@@ -10,8 +10,8 @@ from services.engine_vllm.settings import (
     LoraModule,
     build_config,
     parse_lora_module,
-    vllm_dtype_arg,
     split_argv,
+    vllm_dtype_arg,
 )
 
 pytest.importorskip("vllm")
@@ -21,16 +21,44 @@ pytestmark = pytest.mark.vllm
 def test_split_keeps_our_flags_and_passes_the_rest_through():
     ours, rest = split_argv(
         [
-            "--model_dir", "/m", "--max_length", "256", "--enable-lora", "--max-lora-rank", "8",
-            "--trust-remote-code", "--lora-modules", "a=/x", "b=/y", "--kv-cache-dtype", "auto",
-            "--port=5", "--tokenizer", "/tok",
+            "--model_dir",
+            "/m",
+            "--max_length",
+            "256",
+            "--enable-lora",
+            "--max-lora-rank",
+            "8",
+            "--trust-remote-code",
+            "--lora-modules",
+            "a=/x",
+            "b=/y",
+            "--kv-cache-dtype",
+            "auto",
+            "--port=5",
+            "--tokenizer",
+            "/tok",
         ]
     )
     assert ours == [
-        "--model_dir", "/m", "--max_length", "256", "--trust-remote-code",
-        "--lora-modules", "a=/x", "b=/y", "--port=5",
+        "--model_dir",
+        "/m",
+        "--max_length",
+        "256",
+        "--trust-remote-code",
+        "--lora-modules",
+        "a=/x",
+        "b=/y",
+        "--port=5",
     ]
-    assert rest == ["--enable-lora", "--max-lora-rank", "8", "--kv-cache-dtype", "auto", "--tokenizer", "/tok"]
+    assert rest == [
+        "--enable-lora",
+        "--max-lora-rank",
+        "8",
+        "--kv-cache-dtype",
+        "auto",
+        "--tokenizer",
+        "/tok",
+    ]
 
 
 def test_vllm_prefixes_of_our_flags_are_not_ours():
@@ -43,9 +71,19 @@ def test_build_config_maps_kserve_flags_and_passes_vllm_args(model_path):
     folder = model_path("tiny-llama")
     config = build_config(
         [
-            "--model_dir", folder, "--model_name", "tiny", "--max_length", "384",
-            "--enforce-eager", "--max-num-seqs", "7", "--kv-cache-dtype", "auto",
-            "--enable-prefix-caching", "--disable_log_requests",
+            "--model_dir",
+            folder,
+            "--model_name",
+            "tiny",
+            "--max_length",
+            "384",
+            "--enforce-eager",
+            "--max-num-seqs",
+            "7",
+            "--kv-cache-dtype",
+            "auto",
+            "--enable-prefix-caching",
+            "--disable_log_requests",
         ],
         on_cpu=True,
     )
@@ -64,7 +102,8 @@ def test_build_config_maps_kserve_flags_and_passes_vllm_args(model_path):
 def test_lora_modules_enable_lora(model_path):
     folder, adapter = model_path("tiny-llama"), model_path("tiny-llama-lora")
     config = build_config(
-        ["--model_dir", folder, "--lora-modules", f"ad={adapter}", "--max-lora-rank", "8"], on_cpu=True
+        ["--model_dir", folder, "--lora-modules", f"ad={adapter}", "--max-lora-rank", "8"],
+        on_cpu=True,
     )
     assert config.lora_modules == [LoraModule("ad", adapter)]
     assert config.engine_args.enable_lora is True and config.engine_args.max_lora_rank == 8
@@ -72,7 +111,9 @@ def test_lora_modules_enable_lora(model_path):
 
 def test_dash_and_underscore_spellings_both_work(model_path):
     folder = model_path("tiny-llama")
-    dashed = build_config(["--model-dir", folder, "--max-model-len", "200", "--dtype", "bfloat16"], on_cpu=True)
+    dashed = build_config(
+        ["--model-dir", folder, "--max-model-len", "200", "--dtype", "bfloat16"], on_cpu=True
+    )
     assert dashed.engine_args.max_model_len == 200 and dashed.engine_args.dtype == "bfloat16"
 
 

@@ -56,9 +56,19 @@ class Mesh:
         for name, (task, _, limit) in models.items():
             engine_map = engines or {"huggingface": [self.engine_address]}
             backend = next(iter(engine_map))
-            entries.append(ModelEntry(name=name, source="", task=task, backend=backend,
-                                      fallback="huggingface" if backend == "vllm" else None, max_model_len=limit))
-            endpoints[name] = Endpoints(tokenizer=[self.tokenizer_address], engines=dict(engine_map))
+            entries.append(
+                ModelEntry(
+                    name=name,
+                    source="",
+                    task=task,
+                    backend=backend,
+                    fallback="huggingface" if backend == "vllm" else None,
+                    max_model_len=limit,
+                )
+            )
+            endpoints[name] = Endpoints(
+                tokenizer=[self.tokenizer_address], engines=dict(engine_map)
+            )
         return MeshPlan(models=entries, endpoints=endpoints)
 
 
@@ -76,14 +86,18 @@ async def mesh(model_path) -> Mesh:
     engine = FakeEngine([ready(name, task, limit) for name, (task, _, limit) in MODELS.items()])
     engine_runner = await start_engine(engine)
     models = [
-        TokenizerModel(name, load_tokenizer(model_path(folder)), ModelOptions(task=task, max_model_len=limit))
+        TokenizerModel(
+            name, load_tokenizer(model_path(folder)), ModelOptions(task=task, max_model_len=limit)
+        )
         for name, (task, folder, limit) in MODELS.items()
     ]
     core = TokenizerCore(models, workers=2)
     servicer = TokenizerServicer()
     servicer.attach(core)
     tokenizer_runner = GrpcServiceRunner(host="127.0.0.1", port=0, grace_seconds=0.5)
-    tokenizer_runner.add(lambda server: pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server))
+    tokenizer_runner.add(
+        lambda server: pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    )
     await tokenizer_runner.start()
     await tokenizer_runner.set_serving(True)
     yield Mesh(engine, engine_runner, tokenizer_runner, core)
@@ -97,7 +111,9 @@ async def serve_gateway(settings: GatewaySettings, plan: MeshPlan, *, wait: bool
     """The app on a real socket (uvicorn in this loop); yields (base_url, app)."""
     app = build_app(settings, plan)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    )
     task = asyncio.ensure_future(server.serve())
     deadline = asyncio.get_running_loop().time() + 10
     while not server.started:

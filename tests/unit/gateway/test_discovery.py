@@ -40,8 +40,9 @@ async def planes(tmp_path):
 async def discoveries():
     started: list[Discovery] = []
 
-    async def make(address: str, services=SERVICES, connect_timeout: float = 3.0,
-                   **kw) -> Discovery:
+    async def make(
+        address: str, services=SERVICES, connect_timeout: float = 3.0, **kw
+    ) -> Discovery:
         started.append(Discovery(address, services, **kw))
         await started[-1].start(connect_timeout)
         return started[-1]
@@ -60,22 +61,30 @@ async def test_added_draining_removed_reach_the_subscriber(planes, discoveries):
     seen: list[dict] = []
     discovery = await discoveries(_address(plane), on_change=seen.append)
     changes = discovery.changes()
-    assert seen == [{"m.huggingface": [Endpoint("127.0.0.1:1001")], "m.tokenizer": [],
-                     "tokenizer": []}] == [discovery.endpoints]
+    assert (
+        seen
+        == [{"m.huggingface": [Endpoint("127.0.0.1:1001")], "m.tokenizer": [], "tokenizer": []}]
+        == [discovery.endpoints]
+    )
     assert discovery.connected and discovery.version == plane.cache.version(ENDPOINT_TYPE)
 
     plane.store.put("test", Publication(M_HF, "127.0.0.1:1002"))
     assert await asyncio.wait_for(anext(changes), 2) == {
-        "m.huggingface": [Endpoint("127.0.0.1:1001"), Endpoint("127.0.0.1:1002")]}
+        "m.huggingface": [Endpoint("127.0.0.1:1001"), Endpoint("127.0.0.1:1002")]
+    }
     plane.store.put("test", Publication(M_HF, "127.0.0.1:1002", draining=True))
     assert await asyncio.wait_for(anext(changes), 2) == {
-        "m.huggingface": [Endpoint("127.0.0.1:1001"), Endpoint("127.0.0.1:1002", True)]}
+        "m.huggingface": [Endpoint("127.0.0.1:1001"), Endpoint("127.0.0.1:1002", True)]
+    }
     plane.store.put("test", Publication(ServiceKey("m", "tokenizer"), "127.0.0.1:2000"))
     assert await asyncio.wait_for(anext(changes), 2) == {
-        "m.tokenizer": [Endpoint("127.0.0.1:2000")], "tokenizer": [Endpoint("127.0.0.1:2000")]}
+        "m.tokenizer": [Endpoint("127.0.0.1:2000")],
+        "tokenizer": [Endpoint("127.0.0.1:2000")],
+    }
     plane.store.remove("test", M_HF, "127.0.0.1:1002")
     assert await asyncio.wait_for(anext(changes), 2) == {
-        "m.huggingface": [Endpoint("127.0.0.1:1001")]}
+        "m.huggingface": [Endpoint("127.0.0.1:1001")]
+    }
     last_sent = plane.cache.version(ENDPOINT_TYPE)
     plane.store.put("test", Publication(ServiceKey("g", "vllm"), "127.0.0.1:3000"))
     await changes.aclose()
@@ -105,11 +114,17 @@ async def test_keeps_endpoints_while_the_control_plane_is_away_and_follows_its_r
 
     again = await planes.start(port=port)
     again.store.put("test", Publication(M_HF, "127.0.0.1:1003"))
-    await eventually(lambda: discovery.endpoints["m.huggingface"] == [
-        Endpoint("127.0.0.1:1001"), Endpoint("127.0.0.1:1003")], 4)
+    await eventually(
+        lambda: (
+            discovery.endpoints["m.huggingface"]
+            == [Endpoint("127.0.0.1:1001"), Endpoint("127.0.0.1:1003")]
+        ),
+        4,
+    )
     again.store.remove(STATIC, M_HF, "127.0.0.1:1001")
-    await eventually(lambda: discovery.endpoints["m.huggingface"] == [
-        Endpoint("127.0.0.1:1003")], 2)
+    await eventually(
+        lambda: discovery.endpoints["m.huggingface"] == [Endpoint("127.0.0.1:1003")], 2
+    )
 
 
 async def test_unreachable_control_plane_at_start_is_a_clear_error(discoveries):
@@ -120,15 +135,21 @@ async def test_unreachable_control_plane_at_start_is_a_clear_error(discoveries):
 
 def test_subscriptions_of_a_model_list(tmp_path):
     plan = load_model_list(mesh_file(tmp_path))
-    assert subscriptions(plan) == ["m.tokenizer", "m.huggingface", "g.tokenizer", "g.vllm",
-                                   "g.huggingface"]
+    assert subscriptions(plan) == [
+        "m.tokenizer",
+        "m.huggingface",
+        "g.tokenizer",
+        "g.vllm",
+        "g.huggingface",
+    ]
 
 
 async def test_every_service_when_none_is_named(planes, discoveries):
     plane = await planes.start()
     discovery = await discoveries(_address(plane), services=())
-    await eventually(lambda: set(discovery.endpoints) == set(plane.cache.resources[
-        resources.ENDPOINT]), 2)
+    await eventually(
+        lambda: set(discovery.endpoints) == set(plane.cache.resources[resources.ENDPOINT]), 2
+    )
     assert discovery.endpoints["g.vllm"] == []
 
 
@@ -144,8 +165,11 @@ class ScriptedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             packed = any_pb2.Any()
             packed.Pack(assignment)
             return discovery_pb2.DiscoveryResponse(
-                version_info=version, nonce=f"n{version}", type_url=ENDPOINT_TYPE,
-                resources=[packed])
+                version_info=version,
+                nonce=f"n{version}",
+                type_url=ENDPOINT_TYPE,
+                resources=[packed],
+            )
 
         bad = good("2", 1)
         bad.resources[0].Pack(cluster_pb2.Cluster(name="m.huggingface"))
@@ -164,20 +188,27 @@ async def test_nack_keeps_the_applied_version(discoveries):
     await server.start()
     try:
         seen: list[dict] = []
-        discovery = await discoveries(f"127.0.0.1:{port}", ["m.huggingface"],
-                                      on_change=seen.append)
+        discovery = await discoveries(f"127.0.0.1:{port}", ["m.huggingface"], on_change=seen.append)
         await eventually(lambda: len(scripted.requests) == 4, 2)
         first, ack1, nack, ack3 = scripted.requests
         assert first.node.id == "hfmesh-gateway" and not first.response_nonce
         assert list(first.resource_names) == ["m.huggingface"]
         assert (ack1.version_info, ack1.response_nonce, ack1.HasField("error_detail")) == (
-            "1", "n1", False)
+            "1",
+            "n1",
+            False,
+        )
         assert (nack.version_info, nack.response_nonce) == ("1", "n2")
         assert "Cluster" in nack.error_detail.message
         assert (ack3.version_info, ack3.response_nonce, ack3.HasField("error_detail")) == (
-            "3", "n3", False)
+            "3",
+            "n3",
+            False,
+        )
         assert [change["m.huggingface"][0].address for change in seen] == [
-            "10.0.0.1:1001", "10.0.0.1:1003"]
+            "10.0.0.1:1001",
+            "10.0.0.1:1003",
+        ]
         assert discovery.version == "3"
     finally:
         await server.stop(None)

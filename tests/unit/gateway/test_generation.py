@@ -28,10 +28,22 @@ async def test_merge_batches_what_arrived_while_the_consumer_was_busy():
         yield delta("b", 9, reason="stop")
 
     batches = [batch async for batch in gen.merge([fast(), slow()])]
-    assert [(p, d.text) for batch in batches for p, d in batch] == [(0, "a0"), (0, "a1"), (0, "a2"), (1, "b")]
+    assert [(p, d.text) for batch in batches for p, d in batch] == [
+        (0, "a0"),
+        (0, "a1"),
+        (0, "a2"),
+        (1, "b"),
+    ]
     assert len(batches) <= 2  # the three that arrived together came as one batch
-    combined = gen.combine(gen.combine(delta("x", 1), delta("y", 2)), delta("z", 3, reason="length"))
-    assert (combined.text, combined.token_ids, combined.finish_reason, combined.num_output_tokens) == ("xyz", [1, 2, 3], "length", 3)
+    combined = gen.combine(
+        gen.combine(delta("x", 1), delta("y", 2)), delta("z", 3, reason="length")
+    )
+    assert (
+        combined.text,
+        combined.token_ids,
+        combined.finish_reason,
+        combined.num_output_tokens,
+    ) == ("xyz", [1, 2, 3], "length", 3)
     assert combined.logprobs == [-1.0, -1.0, -1.0] and combined.top_logprobs is None
 
 

@@ -21,14 +21,22 @@ async def sse_events(response) -> list:
     events = []
     async for line in response.aiter_lines():
         if line.startswith("data: "):
-            payload = line[len("data: "):]
+            payload = line[len("data: ") :]
             events.append(payload if payload == "[DONE]" else json.loads(payload))
     return events
 
 
 async def test_completion_text_usage_and_sampling_passthrough(http, mesh, model_path):
-    body = {"model": "llm", "prompt": "Hello there", "max_tokens": 5, "temperature": 0.3, "seed": 11,
-            "stop": ["zzz"], "top_k": 4, "presence_penalty": 0.5}
+    body = {
+        "model": "llm",
+        "prompt": "Hello there",
+        "max_tokens": 5,
+        "temperature": 0.3,
+        "seed": 11,
+        "stop": ["zzz"],
+        "top_k": 4,
+        "presence_penalty": 0.5,
+    }
     reply = await http.post("/openai/v1/completions", json=body)
     assert reply.status_code == 200, reply.text
     data = reply.json()
@@ -36,15 +44,27 @@ async def test_completion_text_usage_and_sampling_passthrough(http, mesh, model_
     assert data["object"] == "text_completion"
     assert data["choices"][0]["text"] == expected_text(ids, 5)
     assert data["choices"][0]["finish_reason"] == "length"
-    assert data["usage"] == {"prompt_tokens": len(ids), "completion_tokens": 5, "total_tokens": len(ids) + 5}
+    assert data["usage"] == {
+        "prompt_tokens": len(ids),
+        "completion_tokens": 5,
+        "total_tokens": len(ids) + 5,
+    }
     sent = mesh.engine.requests[-1]
     assert sent.prompt_token_ids == ids
-    assert (sent.sampling.temperature, sent.sampling.seed, sent.sampling.stop, sent.sampling.top_k) == (0.3, 11, ["zzz"], 4)
+    assert (
+        sent.sampling.temperature,
+        sent.sampling.seed,
+        sent.sampling.stop,
+        sent.sampling.top_k,
+    ) == (0.3, 11, ["zzz"], 4)
     assert sent.sampling.presence_penalty == 0.5 and sent.sampling.max_tokens == 5
 
 
 async def test_completion_n_prompts_echo_and_stop(http, model_path):
-    reply = await http.post("/openai/v1/completions", json={"model": "llm", "prompt": ["a b", "c"], "n": 2, "max_tokens": 3, "echo": True})
+    reply = await http.post(
+        "/openai/v1/completions",
+        json={"model": "llm", "prompt": ["a b", "c"], "n": 2, "max_tokens": 3, "echo": True},
+    )
     assert reply.status_code == 200, reply.text
     choices = reply.json()["choices"]
     assert [c["index"] for c in choices] == [0, 1, 2, 3]
@@ -54,14 +74,20 @@ async def test_completion_n_prompts_echo_and_stop(http, model_path):
         assert choice["text"] == prompt + expected_text(ids, 3, choice["index"] % 2)
     ids = llama_ids(model_path, "x")
     stop_at = f"w{fake_token(ids, 0, 1)}"
-    reply = await http.post("/openai/v1/completions", json={"model": "llm", "prompt": "x", "max_tokens": 8, "stop": stop_at})
+    reply = await http.post(
+        "/openai/v1/completions",
+        json={"model": "llm", "prompt": "x", "max_tokens": 8, "stop": stop_at},
+    )
     choice = reply.json()["choices"][0]
     assert choice["finish_reason"] == "stop"
     assert stop_at not in choice["text"]
 
 
 async def test_completion_logprobs(http):
-    reply = await http.post("/openai/v1/completions", json={"model": "llm", "prompt": "hi", "max_tokens": 3, "logprobs": 1})
+    reply = await http.post(
+        "/openai/v1/completions",
+        json={"model": "llm", "prompt": "hi", "max_tokens": 3, "logprobs": 1},
+    )
     assert reply.status_code == 200, reply.text
     logprobs = reply.json()["choices"][0]["logprobs"]
     assert logprobs["token_logprobs"] == [-0.1, -0.2, -0.30000000000000004]
@@ -71,15 +97,28 @@ async def test_completion_logprobs(http):
 
 
 async def test_chat_matches_streamed_chat_and_sse_contract(http, model_path):
-    body = {"model": "llm", "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "max_tokens": 6, "n": 2}
+    body = {
+        "model": "llm",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+        "max_tokens": 6,
+        "n": 2,
+    }
     whole = await http.post("/openai/v1/chat/completions", json=body)
     assert whole.status_code == 200, whole.text
     tokenizer = AutoTokenizer.from_pretrained(model_path("tiny-llama"))
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=True
+    )["input_ids"]
     choices = whole.json()["choices"]
-    assert [c["message"]["content"] for c in choices] == [expected_text(ids, 6, 0), expected_text(ids, 6, 1)]
-    async with http.stream("POST", "/openai/v1/chat/completions",
-                           json={**body, "stream": True, "stream_options": {"include_usage": True}}) as reply:
+    assert [c["message"]["content"] for c in choices] == [
+        expected_text(ids, 6, 0),
+        expected_text(ids, 6, 1),
+    ]
+    async with http.stream(
+        "POST",
+        "/openai/v1/chat/completions",
+        json={**body, "stream": True, "stream_options": {"include_usage": True}},
+    ) as reply:
         assert reply.status_code == 200
         assert reply.headers["content-type"].startswith("text/event-stream")
         events = await sse_events(reply)
@@ -91,13 +130,21 @@ async def test_chat_matches_streamed_chat_and_sse_contract(http, model_path):
     for index in (0, 1):
         mine = [c["choices"][0] for c in chunks if c["choices"][0]["index"] == index]
         assert mine[0]["delta"] == {"role": "assistant", "content": ""}
-        assert sum(1 for c in mine if c["finish_reason"]) == 1 and mine[-1]["finish_reason"] == "length"
+        assert (
+            sum(1 for c in mine if c["finish_reason"]) == 1
+            and mine[-1]["finish_reason"] == "length"
+        )
         text = "".join(c["delta"].get("content", "") for c in mine)
         assert text == choices[index]["message"]["content"]
 
 
 async def test_chat_logprobs_and_default_max_tokens(http, mesh):
-    body = {"model": "llm", "messages": [{"role": "user", "content": "Hi"}], "logprobs": True, "top_logprobs": 2}
+    body = {
+        "model": "llm",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "logprobs": True,
+        "top_logprobs": 2,
+    }
     reply = await http.post("/openai/v1/chat/completions", json=body)
     assert reply.status_code == 200, reply.text
     sent = mesh.engine.requests[-1]
@@ -110,7 +157,10 @@ async def test_chat_logprobs_and_default_max_tokens(http, mesh):
 async def test_embeddings_float_and_base64(http, mesh, model_path):
     texts = ["A man is eating food.", "The stock market fell."]
     floats = await http.post("/openai/v1/embeddings", json={"model": "embed", "input": texts})
-    encoded = await http.post("/openai/v1/embeddings", json={"model": "embed", "input": texts, "encoding_format": "base64"})
+    encoded = await http.post(
+        "/openai/v1/embeddings",
+        json={"model": "embed", "input": texts, "encoding_format": "base64"},
+    )
     assert floats.status_code == 200 and encoded.status_code == 200, floats.text
     tokenizer = AutoTokenizer.from_pretrained(model_path("all-minilm-l6-v2"))
     batch = tokenizer(texts, padding=True, return_tensors="np")
@@ -119,18 +169,25 @@ async def test_embeddings_float_and_base64(http, mesh, model_path):
     want = task_results.text_embedding(hidden, batch["attention_mask"])
     got = np.asarray([d["embedding"] for d in floats.json()["data"]], dtype=np.float32)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    decoded = [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in encoded.json()["data"]]
+    decoded = [
+        np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in encoded.json()["data"]
+    ]
     np.testing.assert_array_equal(np.stack(decoded), got)
     assert floats.json()["usage"]["prompt_tokens"] == int(batch["attention_mask"].sum())
 
 
 async def test_rerank_sorted_sigmoid_scores(http, model_path):
     docs = ["Paris is the capital of France.", "Bananas are yellow.", "France borders Spain."]
-    reply = await http.post("/openai/v1/rerank", json={"model": "rerank", "query": "capital of France", "documents": docs, "top_n": 2})
+    reply = await http.post(
+        "/openai/v1/rerank",
+        json={"model": "rerank", "query": "capital of France", "documents": docs, "top_n": 2},
+    )
     assert reply.status_code == 200, reply.text
     results = reply.json()["results"]
     tokenizer = AutoTokenizer.from_pretrained(model_path("tiny-bert-reranker"))
-    batch = tokenizer(["capital of France"] * 3, docs, padding=True, truncation=True, return_tensors="np")
+    batch = tokenizer(
+        ["capital of France"] * 3, docs, padding=True, truncation=True, return_tensors="np"
+    )
     logits = batch["input_ids"].astype(np.float32).sum(axis=1) % 7 - 3
     want = sorted(range(3), key=lambda i: -logits[i])[:2]
     assert [r["index"] for r in results] == want

@@ -28,7 +28,9 @@ async def test_disconnect_aborts_the_engine_request(mesh):
                     assert reply.status_code == 200
                     seen = 0
                     async for line in reply.aiter_lines():
-                        if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                        if line.startswith("data: ") and json.loads(line[6:])["choices"][0][
+                            "delta"
+                        ].get("content"):
                             seen += 1
                             if seen == 3:
                                 break
@@ -36,7 +38,9 @@ async def test_disconnect_aborts_the_engine_request(mesh):
                 assert request_id in mesh.engine.running
             loop = asyncio.get_running_loop()
             closed_at = loop.time()
-            assert await poll(lambda: request_id in mesh.engine.aborted, timeout=1.0), "engine not aborted within 1 s"
+            assert await poll(lambda: request_id in mesh.engine.aborted, timeout=1.0), (
+                "engine not aborted within 1 s"
+            )
             assert request_id not in mesh.engine.running
             assert loop.time() - closed_at < 1.0
     finally:
@@ -44,11 +48,19 @@ async def test_disconnect_aborts_the_engine_request(mesh):
 
 
 async def test_unavailable_engine_falls_back_before_output(mesh):
-    broken = FakeEngine([ready("llm", Task.TEXT_GENERATION, 64)], fail_with=Unavailable("model 'llm' is not ready (loading)"))
+    broken = FakeEngine(
+        [ready("llm", Task.TEXT_GENERATION, 64)],
+        fail_with=Unavailable("model 'llm' is not ready (loading)"),
+    )
     broken_runner = await start_engine(broken)
-    engines = {"vllm": [f"127.0.0.1:{broken_runner.bound_port}"], "huggingface": [mesh.engine_address]}
+    engines = {
+        "vllm": [f"127.0.0.1:{broken_runner.bound_port}"],
+        "huggingface": [mesh.engine_address],
+    }
     try:
-        async with serve_gateway(GatewaySettings(), mesh.plan(engines=engines, models=LLM_ONLY)) as (url, app):
+        async with serve_gateway(
+            GatewaySettings(), mesh.plan(engines=engines, models=LLM_ONLY)
+        ) as (url, app):
             route = app.state.gateway.routes.by_name["llm"]
             assert [b for b, _ in route.engines] == ["vllm", "huggingface"]
             async with httpx.AsyncClient(base_url=url) as client:
@@ -65,17 +77,26 @@ async def test_unavailable_engine_falls_back_before_output(mesh):
 async def test_health_watch_moves_traffic_to_the_fallback(mesh):
     primary = FakeEngine([ready("llm", Task.TEXT_GENERATION, 64)])
     primary_runner = await start_engine(primary)
-    engines = {"vllm": [f"127.0.0.1:{primary_runner.bound_port}"], "huggingface": [mesh.engine_address]}
+    engines = {
+        "vllm": [f"127.0.0.1:{primary_runner.bound_port}"],
+        "huggingface": [mesh.engine_address],
+    }
     try:
-        async with serve_gateway(GatewaySettings(), mesh.plan(engines=engines, models=LLM_ONLY)) as (url, app):
+        async with serve_gateway(
+            GatewaySettings(), mesh.plan(engines=engines, models=LLM_ONLY)
+        ) as (url, app):
             route = app.state.gateway.routes.by_name["llm"]
             async with httpx.AsyncClient(base_url=url) as client:
-                assert (await client.post("/openai/v1/chat/completions", json=CHAT)).status_code == 200
+                assert (
+                    await client.post("/openai/v1/chat/completions", json=CHAT)
+                ).status_code == 200
                 assert len(primary.requests) == 1 and route.backend == "vllm"
                 await primary_runner.set_serving(False)
                 assert await poll(lambda: route.backend == "huggingface")
                 before = len(mesh.engine.requests)
-                assert (await client.post("/openai/v1/chat/completions", json=CHAT)).status_code == 200
+                assert (
+                    await client.post("/openai/v1/chat/completions", json=CHAT)
+                ).status_code == 200
                 assert len(primary.requests) == 1 and len(mesh.engine.requests) == before + 1
                 await primary_runner.set_serving(True)
                 assert await poll(lambda: route.backend == "vllm")
@@ -89,11 +110,15 @@ async def test_least_in_flight_replica(mesh):
     mesh.engine.token_delay = 0.02
     engines = {"huggingface": [mesh.engine_address, f"127.0.0.1:{second_runner.bound_port}"]}
     try:
-        async with serve_gateway(GatewaySettings(), mesh.plan(engines=engines, models=LLM_ONLY)) as (url, _):
+        async with serve_gateway(
+            GatewaySettings(), mesh.plan(engines=engines, models=LLM_ONLY)
+        ) as (url, _):
             async with httpx.AsyncClient(base_url=url, timeout=30) as client:
                 before = len(mesh.engine.requests)
                 body = {**CHAT, "max_tokens": 20}
-                replies = await asyncio.gather(*(client.post("/openai/v1/chat/completions", json=body) for _ in range(6)))
+                replies = await asyncio.gather(
+                    *(client.post("/openai/v1/chat/completions", json=body) for _ in range(6))
+                )
                 assert all(r.status_code == 200 for r in replies)
                 assert len(second.requests) == 3 and len(mesh.engine.requests) - before == 3
     finally:

@@ -23,8 +23,9 @@ def _spec(name: str, *args: str) -> ProcessSpec:
     return ProcessSpec(name, CHILD, list(args), free_port())
 
 
-def _until(check: Callable[[], bool], supervisor: Supervisor | None = None,
-           timeout: float = 10.0) -> None:
+def _until(
+    check: Callable[[], bool], supervisor: Supervisor | None = None, timeout: float = 10.0
+) -> None:
     """Poll `check` (and the supervisor) until true; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -75,9 +76,7 @@ def supervisors():
         supervisor.stop_all()
 
 
-def test_a_killed_service_restarts_on_its_port_and_the_others_are_untouched(
-    supervisors, tmp_path
-):
+def test_a_killed_service_restarts_on_its_port_and_the_others_are_untouched(supervisors, tmp_path):
     specs = [_spec(name) for name in ("a", "b", "c")]
     supervisor = supervisors(*specs, log_dir=tmp_path)
     _until(lambda: all(_pids(supervisor, s.name) for s in specs))
@@ -90,8 +89,9 @@ def test_a_killed_service_restarts_on_its_port_and_the_others_are_untouched(
     assert after["b"] != before["b"] and supervisor.processes["b"].port == specs[1].port
     assert {after["a"], after["c"]} == {before["a"], before["c"]}
     assert all(supervisor.processes[name].alive() for name in ("a", "c"))
-    assert supervisor.lines[0] == (f"hfmesh: b exited with -9 (SIGKILL); restarting in 0.05s "
-                                   f"(log: {tmp_path / 'b.prev.log'})")
+    assert supervisor.lines[0] == (
+        f"hfmesh: b exited with -9 (SIGKILL); restarting in 0.05s (log: {tmp_path / 'b.prev.log'})"
+    )
     assert f"pid {before['b']}" in (tmp_path / "b.prev.log").read_text()
     assert supervisor.lines[1].startswith("hfmesh: b restarted (pid ")
 
@@ -106,8 +106,9 @@ def test_backoff_grows_on_a_crash_loop_and_resets_after_a_stable_run(supervisors
 
     steady = supervisors(_spec("steady", "--exit_after", "0.3"), stable_seconds=0.2)
     _until(lambda: len(steady.lines) >= 5, steady)
-    assert [line.split("restarting in ")[1][:5] for line in steady.lines
-            if "exited with 0" in line][:3] == ["0.05s"] * 3
+    assert [
+        line.split("restarting in ")[1][:5] for line in steady.lines if "exited with 0" in line
+    ][:3] == ["0.05s"] * 3
 
 
 def test_add_and_remove_at_run_time(supervisors):
@@ -125,12 +126,22 @@ def test_add_and_remove_at_run_time(supervisors):
 
 
 def test_stop_all_leaves_no_process_behind(supervisors):
-    supervisor = supervisors(_spec("a", "--spawn"), _spec("stubborn", "--ignore_term"),
-                             _spec("b"), grace_seconds=3.0)
-    _until(lambda: _pids(supervisor, "a", "worker") and _pids(supervisor, "stubborn")
-           and _pids(supervisor, "b"))
-    pids = [*_pids(supervisor, "a"), *_pids(supervisor, "a", "worker"),
-            *_pids(supervisor, "stubborn"), *_pids(supervisor, "b")]
+    supervisor = supervisors(
+        _spec("a", "--spawn"), _spec("stubborn", "--ignore_term"), _spec("b"), grace_seconds=3.0
+    )
+    _until(
+        lambda: (
+            _pids(supervisor, "a", "worker")
+            and _pids(supervisor, "stubborn")
+            and _pids(supervisor, "b")
+        )
+    )
+    pids = [
+        *_pids(supervisor, "a"),
+        *_pids(supervisor, "a", "worker"),
+        *_pids(supervisor, "stubborn"),
+        *_pids(supervisor, "b"),
+    ]
     supervisor.stop_all()
     assert [pid for pid in pids if not _gone(pid)] == []
     assert supervisor.lines == ["hfmesh: stubborn did not stop within 3s; killed"]

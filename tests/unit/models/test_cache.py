@@ -138,8 +138,9 @@ def test_tiny_model_loads_and_runs(name, tiny_models):
     assert tokenizer.is_fast
     model = getattr(transformers, config.architectures[0]).from_pretrained(path).eval()
     assert model.dtype == torch.float32
-    inputs = tokenizer(["Maria travelled to Paris.", "The soup was awful."], padding=True,
-                       return_tensors="pt")
+    inputs = tokenizer(
+        ["Maria travelled to Paris.", "The soup was awful."], padding=True, return_tensors="pt"
+    )
     with torch.no_grad():
         if config.is_encoder_decoder:
             out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
@@ -206,8 +207,8 @@ def test_lora_changes_greedy_output(tiny_models):
     base = AutoModelForCausalLM.from_pretrained(base_dir).eval()
     with torch.no_grad():
         plain = base.generate(**inputs, **generate)
-        tuned = peft.PeftModel.from_pretrained(base, adapter_dir).eval().generate(
-            **inputs, **generate
+        tuned = (
+            peft.PeftModel.from_pretrained(base, adapter_dir).eval().generate(**inputs, **generate)
         )
     assert plain.shape == tuned.shape
     assert not torch.equal(plain, tuned)
@@ -222,8 +223,11 @@ def test_minilm_embeds_sentences(cache_dir):
     assert (path / "modules.json").is_file() and (path / "1_Pooling" / "config.json").is_file()
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path).eval()
-    sentences = ["A man is eating food.", "A man is eating a piece of bread.",
-                 "The stock market fell sharply today."]
+    sentences = [
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "The stock market fell sharply today.",
+    ]
     inputs = tokenizer(sentences, padding=True, return_tensors="pt")
     with torch.no_grad():
         hidden = model(**inputs).last_hidden_state
@@ -255,7 +259,7 @@ def test_smollm2_answers_paris(cache_dir):
     inputs = tokenizer(text, return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=20, do_sample=False)
-    answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
 
 

@@ -17,7 +17,11 @@ TOOLS = [
         "function": {
             "name": "get_weather",
             "description": "Current weather in a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
         },
     }
 ]
@@ -32,7 +36,16 @@ CONVERSATIONS = {
     ],
     "tool_turn": [
         {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+                }
+            ],
+        },
         {"role": "tool", "content": "sunny, 21C"},
     ],
 }
@@ -41,7 +54,9 @@ CONVERSATIONS = {
 @pytest.fixture(scope="module", params=["tiny-llama", "smollm2-135m-instruct"])
 def pair(request, model_path):
     folder = model_path(request.param)
-    ours = TokenizerModel(request.param, load_tokenizer(folder), ModelOptions(task=Task.TEXT_GENERATION))
+    ours = TokenizerModel(
+        request.param, load_tokenizer(folder), ModelOptions(task=Task.TEXT_GENERATION)
+    )
     return ours, AutoTokenizer.from_pretrained(folder)
 
 
@@ -56,14 +71,20 @@ def test_rendered_ids_equal_transformers(pair, conversation, generation_prompt, 
     ours, theirs = pair
     messages = CONVERSATIONS[conversation]
     tools = TOOLS if with_tools else None
-    result = ours.render(RenderRequest(messages=messages, tools=tools, add_generation_prompt=generation_prompt))
+    result = ours.render(
+        RenderRequest(messages=messages, tools=tools, add_generation_prompt=generation_prompt)
+    )
     want = reference(theirs, messages, tools=tools, add_generation_prompt=generation_prompt)
     assert result.input_ids == want
-    assert result.prompt == theirs.apply_chat_template(messages, tools=tools, add_generation_prompt=generation_prompt, tokenize=False)
+    assert result.prompt == theirs.apply_chat_template(
+        messages, tools=tools, add_generation_prompt=generation_prompt, tokenize=False
+    )
 
 
 def test_tools_change_the_tiny_llama_prompt(model_path):
-    ours = TokenizerModel("t", load_tokenizer(model_path("tiny-llama")), ModelOptions(task=Task.TEXT_GENERATION))
+    ours = TokenizerModel(
+        "t", load_tokenizer(model_path("tiny-llama")), ModelOptions(task=Task.TEXT_GENERATION)
+    )
     messages = CONVERSATIONS["one_user"]
     plain = ours.render(RenderRequest(messages=messages)).prompt
     with_tools = ours.render(RenderRequest(messages=messages, tools=TOOLS)).prompt
@@ -72,20 +93,31 @@ def test_tools_change_the_tiny_llama_prompt(model_path):
 
 def test_continue_final_message_and_custom_template(pair):
     ours, theirs = pair
-    messages = [{"role": "user", "content": "Count:"}, {"role": "assistant", "content": "one, two,"}]
+    messages = [
+        {"role": "user", "content": "Count:"},
+        {"role": "assistant", "content": "one, two,"},
+    ]
     result = ours.render(RenderRequest(messages=messages, continue_final_message=True))
     assert result.input_ids == reference(theirs, messages, continue_final_message=True)
     assert result.prompt.endswith("one, two,")
     template = "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}"
     custom = ours.render(RenderRequest(messages=messages[:1], chat_template=template))
     assert custom.prompt == "[user]Count:[assistant]"
-    assert custom.input_ids == reference(theirs, messages[:1], chat_template=template, add_generation_prompt=True)
+    assert custom.input_ids == reference(
+        theirs, messages[:1], chat_template=template, add_generation_prompt=True
+    )
 
 
 def test_plain_text_adds_special_tokens_like_the_tokenizer(pair):
     ours, theirs = pair
-    assert ours.render(RenderRequest(text_input="Hello world")).input_ids == theirs("Hello world")["input_ids"]
-    assert ours.render(RenderRequest(text_input="Hello", add_special_tokens=False)).input_ids == theirs("Hello", add_special_tokens=False)["input_ids"]
+    assert (
+        ours.render(RenderRequest(text_input="Hello world")).input_ids
+        == theirs("Hello world")["input_ids"]
+    )
+    assert (
+        ours.render(RenderRequest(text_input="Hello", add_special_tokens=False)).input_ids
+        == theirs("Hello", add_special_tokens=False)["input_ids"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -95,9 +127,21 @@ def test_plain_text_adds_special_tokens_like_the_tokenizer(pair):
         (RenderRequest(messages=[{"content": "no role"}]), "role"),
         (RenderRequest(text_input=""), "empty"),
         (RenderRequest(messages=[{"role": "user", "content": "x"}], text_input="y"), "exactly one"),
-        (RenderRequest(messages=[{"role": "user", "content": "x"}], continue_final_message=True), "assistant"),
-        (RenderRequest(messages=[{"role": "user", "content": "x"}], chat_template="{% if %}"), "chat template"),
-        (RenderRequest(messages=[{"role": "user", "content": "x"}], chat_template="{{ raise_exception('nope') }}"), "nope"),
+        (
+            RenderRequest(messages=[{"role": "user", "content": "x"}], continue_final_message=True),
+            "assistant",
+        ),
+        (
+            RenderRequest(messages=[{"role": "user", "content": "x"}], chat_template="{% if %}"),
+            "chat template",
+        ),
+        (
+            RenderRequest(
+                messages=[{"role": "user", "content": "x"}],
+                chat_template="{{ raise_exception('nope') }}",
+            ),
+            "nope",
+        ),
     ],
 )
 def test_bad_render_requests_name_the_problem(pair, request_, fragment):

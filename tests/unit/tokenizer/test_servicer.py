@@ -9,8 +9,8 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as triton
-from tritonclient.utils import InferenceServerException
 from transformers import AutoTokenizer
+from tritonclient.utils import InferenceServerException
 
 from services.common import task_results
 from services.common.engine import Task
@@ -20,9 +20,9 @@ from services.tokenizer.core import ModelOptions, TokenizerCore, TokenizerModel
 from services.tokenizer.loader import load_tokenizer
 from services.tokenizer.predictor import PredictorClient
 from services.tokenizer.servicer import TokenizerServicer
-from tests.unit.gateway.conftest import start_engine
 from tests.fakes import FakeEngine, ready
 from tests.helpers.triton import bool_input, bytes_input, int_input
+from tests.unit.gateway.conftest import start_engine
 
 
 async def serve(models: list[TokenizerModel], predictor: PredictorClient | None = None):
@@ -38,11 +38,23 @@ async def serve(models: list[TokenizerModel], predictor: PredictorClient | None 
 @pytest.fixture(scope="module")
 async def service(model_path):
     models = [
-        TokenizerModel("llm", load_tokenizer(model_path("tiny-llama")), ModelOptions(task=Task.TEXT_GENERATION)),
-        TokenizerModel("fill", load_tokenizer(model_path("tiny-bert-fill-mask")), ModelOptions(task=Task.FILL_MASK)),
         TokenizerModel(
-            "ner-cased", load_tokenizer(model_path("tiny-bert-ner"), lower_case=False),
-            ModelOptions(task=Task.TOKEN_CLASSIFICATION, lower_case=False, add_special_tokens=False, max_model_len=4),
+            "llm", load_tokenizer(model_path("tiny-llama")), ModelOptions(task=Task.TEXT_GENERATION)
+        ),
+        TokenizerModel(
+            "fill",
+            load_tokenizer(model_path("tiny-bert-fill-mask")),
+            ModelOptions(task=Task.FILL_MASK),
+        ),
+        TokenizerModel(
+            "ner-cased",
+            load_tokenizer(model_path("tiny-bert-ner"), lower_case=False),
+            ModelOptions(
+                task=Task.TOKEN_CLASSIFICATION,
+                lower_case=False,
+                add_special_tokens=False,
+                max_model_len=4,
+            ),
         ),
     ]
     runner, client = await serve(models)
@@ -54,7 +66,13 @@ async def service(model_path):
 async def test_repository_lists_every_model_name(service):
     index = await service.get_model_repository_index()
     names = {m.name for m in index.models}
-    assert {"llm.render", "llm.preprocess", "llm.postprocess", "llm.detokenize", "fill.render"} <= names
+    assert {
+        "llm.render",
+        "llm.preprocess",
+        "llm.postprocess",
+        "llm.detokenize",
+        "fill.render",
+    } <= names
     assert "llm" not in names  # only with --predictor_host
     metadata = await service.get_model_metadata("llm.render")
     assert [o.name for o in metadata.outputs] == ["input_ids", "prompt"]
@@ -64,8 +82,12 @@ async def test_render_messages_and_text(service, model_path):
     reference = AutoTokenizer.from_pretrained(model_path("tiny-llama"))
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hel"}]
     generation = bool_input("add_generation_prompt", False)
-    reply = await service.infer("llm.render", [bytes_input("messages", [json.dumps(messages)]), generation])
-    want = reference.apply_chat_template(messages, add_generation_prompt=False, tokenize=True)["input_ids"]
+    reply = await service.infer(
+        "llm.render", [bytes_input("messages", [json.dumps(messages)]), generation]
+    )
+    want = reference.apply_chat_template(messages, add_generation_prompt=False, tokenize=True)[
+        "input_ids"
+    ]
     assert reply.as_numpy("input_ids").tolist() == want
     assert reply.get_response().parameters["max_model_len"].int64_param == 512
     text = await service.infer("llm.render", [bytes_input("text_input", ["Hello world"])])
@@ -80,21 +102,35 @@ async def test_preprocess_postprocess_fill_mask(service, model_path):
     batch = reference(texts, padding=True, truncation=True, return_tensors="np")
     for name in ("input_ids", "attention_mask", "token_type_ids"):
         np.testing.assert_array_equal(reply.as_numpy(name), batch[name])
-    logits = np.random.default_rng(0).standard_normal((2, batch["input_ids"].shape[1], len(reference))).astype(np.float32)
+    logits = (
+        np.random.default_rng(0)
+        .standard_normal((2, batch["input_ids"].shape[1], len(reference)))
+        .astype(np.float32)
+    )
     logits_input = triton.InferInput("logits", list(logits.shape), "FP32")
     logits_input.set_data_from_numpy(logits)
-    post = await service.infer("fill.postprocess", [logits_input, int_input("input_ids", batch["input_ids"])])
-    want = task_results.fill_mask(logits, batch["input_ids"], mask_token_id=reference.mask_token_id, decode=reference.decode)
+    post = await service.infer(
+        "fill.postprocess", [logits_input, int_input("input_ids", batch["input_ids"])]
+    )
+    want = task_results.fill_mask(
+        logits, batch["input_ids"], mask_token_id=reference.mask_token_id, decode=reference.decode
+    )
     assert post.as_numpy("output-0").tolist() == want.tolist()
 
 
 async def test_kserve_flags_case_special_tokens_truncation(service, model_path):
-    reply = await service.infer("ner-cased.preprocess", [bytes_input("text", ["Hello World again and again"])])
+    reply = await service.infer(
+        "ner-cased.preprocess", [bytes_input("text", ["Hello World again and again"])]
+    )
     cased = AutoTokenizer.from_pretrained(model_path("tiny-bert-ner"), do_lower_case=False)
-    want = cased(["Hello World again and again"], add_special_tokens=False, max_length=4, truncation=True)["input_ids"]
+    want = cased(
+        ["Hello World again and again"], add_special_tokens=False, max_length=4, truncation=True
+    )["input_ids"]
     assert reply.as_numpy("input_ids").tolist() == want
     assert reply.as_numpy("input_ids").shape == (1, 4)
-    lowered = AutoTokenizer.from_pretrained(model_path("tiny-bert-ner"))(["Hello World"], add_special_tokens=False)["input_ids"]
+    lowered = AutoTokenizer.from_pretrained(model_path("tiny-bert-ner"))(
+        ["Hello World"], add_special_tokens=False
+    )["input_ids"]
     assert reply.as_numpy("input_ids").tolist()[0][:2] != lowered[0][:2]
 
 
@@ -103,20 +139,59 @@ async def test_detokenize_text_and_token_strings(service, model_path):
     ids = np.array(reference("Hello world")["input_ids"])
     outputs = [triton.InferRequestedOutput("text_output"), triton.InferRequestedOutput("tokens")]
     reply = await service.infer("llm.detokenize", [int_input("input_ids", ids)], outputs=outputs)
-    assert reply.as_numpy("text_output")[0].decode() == reference.decode(ids, skip_special_tokens=True)
-    assert [t.decode() for t in reply.as_numpy("tokens")] == [reference.decode([int(i)]) for i in ids]
+    assert reply.as_numpy("text_output")[0].decode() == reference.decode(
+        ids, skip_special_tokens=True
+    )
+    assert [t.decode() for t in reply.as_numpy("tokens")] == [
+        reference.decode([int(i)]) for i in ids
+    ]
 
 
 @pytest.mark.parametrize(
     "model,inputs,code,fragment",
     [
-        ("llm.render", lambda: [bytes_input("messages", ["{not json"])], grpc.StatusCode.INVALID_ARGUMENT, "messages"),
-        ("llm.render", lambda: [bytes_input("bogus", ["x"])], grpc.StatusCode.INVALID_ARGUMENT, "bogus"),
-        ("fill.preprocess", lambda: [int_input("text", np.array([1]))], grpc.StatusCode.INVALID_ARGUMENT, "BYTES"),
-        ("fill.postprocess", lambda: [int_input("input_ids", np.array([[1]]))], grpc.StatusCode.INVALID_ARGUMENT, "logits"),
-        ("llm.detokenize", lambda: [int_input("input_ids", np.array([10**6]))], grpc.StatusCode.INVALID_ARGUMENT, "vocabulary"),
-        ("nope.render", lambda: [bytes_input("text_input", ["x"])], grpc.StatusCode.NOT_FOUND, "nope"),
-        ("llm", lambda: [bytes_input("text_input", ["x"])], grpc.StatusCode.NOT_FOUND, "predictor_host"),
+        (
+            "llm.render",
+            lambda: [bytes_input("messages", ["{not json"])],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "messages",
+        ),
+        (
+            "llm.render",
+            lambda: [bytes_input("bogus", ["x"])],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "bogus",
+        ),
+        (
+            "fill.preprocess",
+            lambda: [int_input("text", np.array([1]))],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "BYTES",
+        ),
+        (
+            "fill.postprocess",
+            lambda: [int_input("input_ids", np.array([[1]]))],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "logits",
+        ),
+        (
+            "llm.detokenize",
+            lambda: [int_input("input_ids", np.array([10**6]))],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "vocabulary",
+        ),
+        (
+            "nope.render",
+            lambda: [bytes_input("text_input", ["x"])],
+            grpc.StatusCode.NOT_FOUND,
+            "nope",
+        ),
+        (
+            "llm",
+            lambda: [bytes_input("text_input", ["x"])],
+            grpc.StatusCode.NOT_FOUND,
+            "predictor_host",
+        ),
     ],
 )
 async def test_errors_name_what_was_wrong(service, model, inputs, code, fragment):
@@ -129,17 +204,27 @@ async def test_transformer_mode_fronts_an_oip_predictor(model_path):
     engine = FakeEngine([ready("sentiment", Task.SEQUENCE_CLASSIFICATION)])
     predictor_runner = await start_engine(engine)
     predictor = PredictorClient(f"127.0.0.1:{predictor_runner.bound_port}", timeout=10)
-    options = ModelOptions(task=Task.SEQUENCE_CLASSIFICATION, tensor_input_names=("input_ids", "attention_mask"))
+    options = ModelOptions(
+        task=Task.SEQUENCE_CLASSIFICATION, tensor_input_names=("input_ids", "attention_mask")
+    )
     model = TokenizerModel("sentiment", load_tokenizer(model_path("tiny-bert-sentiment")), options)
     runner, client = await serve([model], predictor)
     try:
         texts = ["great film", "awful plot twist"]
         reply = await client.infer("sentiment", [bytes_input("input-0", texts)])
-        batch = AutoTokenizer.from_pretrained(model_path("tiny-bert-sentiment"))(texts, padding=True, return_tensors="np")
+        batch = AutoTokenizer.from_pretrained(model_path("tiny-bert-sentiment"))(
+            texts, padding=True, return_tensors="np"
+        )
         ids = batch["input_ids"].astype(np.float32)
         logits = np.stack([ids.sum(axis=1) % 5, (ids.sum(axis=1) + 2) % 5], axis=-1)
-        assert reply.as_numpy("output-0").tolist() == task_results.sequence_classification(logits).tolist()
-        assert set(engine.encodes[-1].tensors) == {"input_ids", "attention_mask"}  # --tensor_input_names
+        assert (
+            reply.as_numpy("output-0").tolist()
+            == task_results.sequence_classification(logits).tolist()
+        )
+        assert set(engine.encodes[-1].tensors) == {
+            "input_ids",
+            "attention_mask",
+        }  # --tensor_input_names
         await predictor_runner.set_serving(False)
         await predictor_runner.server.stop(0)
         with pytest.raises(InferenceServerException) as raised:

@@ -16,9 +16,26 @@ def settings(argv: list[str]) -> TokenizerSettings:
 
 
 def test_flags_pair_folders_names_and_tasks(tmp_path):
-    specs = model_specs(settings(["--model_dir", "/m/a", "/m/b", "--model_name", "x", "y", "--task", "fill_mask", "rerank", "--max_length", "128"]))
+    specs = model_specs(
+        settings(
+            [
+                "--model_dir",
+                "/m/a",
+                "/m/b",
+                "--model_name",
+                "x",
+                "y",
+                "--task",
+                "fill_mask",
+                "rerank",
+                "--max_length",
+                "128",
+            ]
+        )
+    )
     assert [(s.name, s.folder, s.task, s.max_model_len) for s in specs] == [
-        ("x", "/m/a", Task.FILL_MASK, 128), ("y", "/m/b", Task.RERANK, 128),
+        ("x", "/m/a", Task.FILL_MASK, 128),
+        ("y", "/m/b", Task.RERANK, 128),
     ]
     assert model_specs(settings(["--model_dir", "/m/tiny-llama"]))[0].name == "tiny-llama"
     with pytest.raises(InvalidArgument, match="--model_name"):
@@ -32,12 +49,23 @@ def test_flags_pair_folders_names_and_tasks(tmp_path):
 def test_model_list_serves_the_models_on_this_port(tmp_path, model_path):
     def entry(name: str, port: int) -> dict:
         return {
-            "name": name, "source": model_path("tiny-bert-ner"), "task": "token_classification", "backend": "huggingface",
-            "max_model_len": 64, "endpoints": {"tokenizer": [f"127.0.0.1:{port}"], "huggingface": ["127.0.0.1:1"]},
+            "name": name,
+            "source": model_path("tiny-bert-ner"),
+            "task": "token_classification",
+            "backend": "huggingface",
+            "max_model_len": 64,
+            "endpoints": {"tokenizer": [f"127.0.0.1:{port}"], "huggingface": ["127.0.0.1:1"]},
         }
 
     path = tmp_path / "mesh.yaml"
-    path.write_text(yaml.safe_dump({"models": [entry("a", 7001), entry("b", 7002), entry("c", 7001)]}))
+    path.write_text(
+        yaml.safe_dump({"models": [entry("a", 7001), entry("b", 7002), entry("c", 7001)]})
+    )
     specs = model_specs(settings(["--model_list", str(path), "--port", "7001"]))
-    assert [(s.name, s.task, s.max_model_len) for s in specs] == [("a", Task.TOKEN_CLASSIFICATION, 64), ("c", Task.TOKEN_CLASSIFICATION, 64)]
-    assert [s.name for s in model_specs(settings(["--model_list", str(path), "--port", "7002"]))] == ["b"]
+    assert [(s.name, s.task, s.max_model_len) for s in specs] == [
+        ("a", Task.TOKEN_CLASSIFICATION, 64),
+        ("c", Task.TOKEN_CLASSIFICATION, 64),
+    ]
+    assert [
+        s.name for s in model_specs(settings(["--model_list", str(path), "--port", "7002"]))
+    ] == ["b"]
