@@ -14,7 +14,7 @@ their text, the only thing they carry.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableSequence, Sequence
 from typing import Any
 
 import grpc
@@ -63,37 +63,56 @@ def params_to_pb(target: Any, params: Mapping[str, Any]) -> None:
             slot.string_param = str(value)
 
 
+def _tensors_from_pb(entries: Any, raw: Sequence[bytes]) -> list[Tensor]:
+    """Decode request inputs or response outputs, each in the form the message used."""
+    tensors: list[Tensor] = []
+    for index, entry in enumerate(entries):
+        if raw:
+            tensor = decode_raw(entry.name, entry.datatype, entry.shape, raw[index])
+        else:
+            tensor = decode_contents(entry.name, entry.datatype, entry.shape, entry.contents)
+        tensor.parameters = params_from_pb(entry.parameters)
+        tensors.append(tensor)
+    return tensors
+
+
+def _tensors_to_pb(tensors: list[Tensor], entries: Any, raw: MutableSequence[bytes] | None) -> None:
+    """Append tensors to a message's inputs/outputs: bytes to `raw` when given, else contents."""
+    for tensor in tensors:
+        entry = entries.add(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape))
+        params_to_pb(entry.parameters, tensor.parameters)
+        if raw is not None:
+            raw.append(encode_raw(tensor))
+        else:
+            field_name, values = contents_values(tensor)
+            getattr(entry.contents, field_name).extend(values)
+
+
 def infer_request_from_pb(request: pb.ModelInferRequest) -> InferRequest:
     raw = list(request.raw_input_contents)
     if raw:
         with_contents = [t.name for t in request.inputs if t.HasField("contents")]
         if with_contents:
             raise InvalidArgument(
-                f"tensor '{with_contents[0]}': both raw_input_contents and contents are set; use one form"
+                f"tensor '{with_contents[0]}': both raw_input_contents and contents are set; "
+                "use one form"
             )
         if len(raw) != len(request.inputs):
             raise InvalidArgument(
                 f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs"
             )
     names = set()
-    inputs: list[Tensor] = []
     for index, tensor in enumerate(request.inputs):
         if not tensor.name:
             raise InvalidArgument(f"input {index} has no name")
         if tensor.name in names:
             raise InvalidArgument(f"tensor '{tensor.name}' is given twice")
         names.add(tensor.name)
-        if raw:
-            decoded = decode_raw(tensor.name, tensor.datatype, tensor.shape, raw[index])
-        else:
-            decoded = decode_contents(tensor.name, tensor.datatype, tensor.shape, tensor.contents)
-        decoded.parameters = params_from_pb(tensor.parameters)
-        inputs.append(decoded)
     return InferRequest(
         model_name=request.model_name,
         model_version=request.model_version,
         id=request.id,
-        inputs=inputs,
+        inputs=_tensors_from_pb(request.inputs, raw),
         parameters=params_from_pb(request.parameters),
         requested_outputs=[o.name for o in request.outputs],
         raw=bool(raw),
@@ -106,16 +125,7 @@ def infer_response_to_pb(response: InferResponse, *, raw: bool) -> pb.ModelInfer
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
     params_to_pb(message.parameters, response.parameters)
-    for tensor in response.outputs:
-        out = message.outputs.add(
-            name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape)
-        )
-        params_to_pb(out.parameters, tensor.parameters)
-        if raw:
-            message.raw_output_contents.append(encode_raw(tensor))
-        else:
-            field_name, values = contents_values(tensor)
-            getattr(out.contents, field_name).extend(values)
+    _tensors_to_pb(response.outputs, message.outputs, message.raw_output_contents if raw else None)
     return message
 
 
@@ -125,16 +135,7 @@ def infer_request_to_pb(request: InferRequest, *, raw: bool = True) -> pb.ModelI
         model_name=request.model_name, model_version=request.model_version, id=request.id
     )
     params_to_pb(message.parameters, request.parameters)
-    for tensor in request.inputs:
-        entry = message.inputs.add(
-            name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape)
-        )
-        params_to_pb(entry.parameters, tensor.parameters)
-        if raw:
-            message.raw_input_contents.append(encode_raw(tensor))
-        else:
-            field_name, values = contents_values(tensor)
-            getattr(entry.contents, field_name).extend(values)
+    _tensors_to_pb(request.inputs, message.inputs, message.raw_input_contents if raw else None)
     for name in request.requested_outputs:
         message.outputs.add(name=name)
     return message
@@ -142,20 +143,11 @@ def infer_request_to_pb(request: InferRequest, *, raw: bool = True) -> pb.ModelI
 
 def infer_response_from_pb(message: pb.ModelInferResponse) -> InferResponse:
     """Client side: decode a response in whichever form it came."""
-    raw = list(message.raw_output_contents)
-    outputs = []
-    for index, tensor in enumerate(message.outputs):
-        if raw:
-            decoded = decode_raw(tensor.name, tensor.datatype, tensor.shape, raw[index])
-        else:
-            decoded = decode_contents(tensor.name, tensor.datatype, tensor.shape, tensor.contents)
-        decoded.parameters = params_from_pb(tensor.parameters)
-        outputs.append(decoded)
     return InferResponse(
         model_name=message.model_name,
         model_version=message.model_version,
         id=message.id,
-        outputs=outputs,
+        outputs=_tensors_from_pb(message.outputs, list(message.raw_output_contents)),
         parameters=params_from_pb(message.parameters),
     )
 
