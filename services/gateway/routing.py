@@ -136,7 +136,9 @@ class ModelRoute:
 
     @property
     def ready(self) -> bool:
-        engine = any(r.available for _, rs in self.engines for r in rs)
+        """A tokenizer and an engine are available; a model that scales to zero needs no
+        engine (its requests wait for one), so a mesh starting at zero replicas is ready."""
+        engine = self.scales_to_zero or any(r.available for _, rs in self.engines for r in rs)
         return engine and any(r.available for r in self.tokenizers)
 
     @property

@@ -32,6 +32,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -64,10 +65,8 @@ class GatewayLoad:
 class _Model:
     scaling: Scaling
     replicas: int
-    up_since: float | None = None  # desired has been above `replicas` since then
-    up_to: int = 0  # the lowest desired count seen since `up_since`
-    down_since: float | None = None  # desired has been below `replicas` since then
-    down_to: int = 0  # the highest desired count seen since `down_since`
+    since: float | None = None  # desired has stayed on one side of `replicas` since then
+    toward: int = 0  # the least extreme desired count seen since `since`
 
 
 class Autoscaler:
@@ -86,23 +85,16 @@ class Autoscaler:
             e.name: _Model(e.scaling, e.replicas) for e in entries if e.scaling is not None
         }
         self.registry = CollectorRegistry()
-        self.replicas_gauge = Gauge(
-            "hfmesh_autoscaler_replicas",
-            "replicas the autoscaler runs per model",
-            ["model"],
-            registry=self.registry,
+        per_model = partial(Gauge, labelnames=["model"], registry=self.registry)
+        self.replicas_gauge = per_model(
+            "hfmesh_autoscaler_replicas", "replicas the autoscaler runs per model"
         )
-        self.desired_gauge = Gauge(
+        self.desired_gauge = per_model(
             "hfmesh_autoscaler_desired_replicas",
             "replicas the last load reading asks for (before the scale delays)",
-            ["model"],
-            registry=self.registry,
         )
-        self.load_gauge = Gauge(
-            "hfmesh_autoscaler_load",
-            "requests running or waiting per model at the last reading",
-            ["model"],
-            registry=self.registry,
+        self.load_gauge = per_model(
+            "hfmesh_autoscaler_load", "requests running or waiting per model at the last reading"
         )
         self.decisions = Counter(
             "hfmesh_autoscaler_decisions",
@@ -134,24 +126,17 @@ class Autoscaler:
         self.desired_gauge.labels(name).set(desired)
         if model.replicas == 0 and load > 0:
             self._apply(name, model, 1, load, "a request waits for a replica")
-        elif desired > model.replicas:
-            model.down_since = None
-            if model.up_since is None:
-                model.up_since, model.up_to = now, desired
-            model.up_to = min(model.up_to, desired)
-            if now - model.up_since >= scaling.scale_up_delay:
-                reason = f"above target for {scaling.scale_up_delay:g}s"
-                self._apply(name, model, model.up_to, load, reason)
-        elif desired < model.replicas:
-            model.up_since = None
-            if model.down_since is None:
-                model.down_since, model.down_to = now, desired
-            model.down_to = max(model.down_to, desired)
-            if now - model.down_since >= scaling.scale_down_delay:
-                reason = f"below target for {scaling.scale_down_delay:g}s"
-                self._apply(name, model, model.down_to, load, reason)
+        elif desired == model.replicas:
+            model.since = None
         else:
-            model.up_since = model.down_since = None
+            up = desired > model.replicas
+            if model.since is None or (model.toward > model.replicas) != up:
+                model.since, model.toward = now, desired  # a new wait, on this side
+            model.toward = min(model.toward, desired) if up else max(model.toward, desired)
+            delay = scaling.scale_up_delay if up else scaling.scale_down_delay
+            if now - model.since >= delay:
+                reason = f"{'above' if up else 'below'} target for {delay:g}s"
+                self._apply(name, model, model.toward, load, reason)
 
     def _apply(self, name: str, model: _Model, replicas: int, load: float, reason: str) -> None:
         before = model.replicas
@@ -167,7 +152,7 @@ class Autoscaler:
             )
             return
         model.replicas = replicas
-        model.up_since = model.down_since = None
+        model.since = None
         direction = "up" if replicas > before else "down"
         self.decisions.labels(name, direction).inc()
         self.replicas_gauge.labels(name).set(replicas)

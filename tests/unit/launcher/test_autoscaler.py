@@ -95,6 +95,14 @@ def test_it_scales_to_the_count_that_held_through_the_delay():
     assert h.at(61, 0) == 1
 
 
+def test_crossing_the_current_count_restarts_the_wait_on_the_other_side():
+    h = Harness(STEP, replicas=2)
+    h.at(0, 6)  # desired 3: the up-wait starts
+    h.at(5, 0)  # desired 1: the down-wait starts now, not at 0
+    assert h.at(34, 0) == 2
+    assert h.at(35, 0) == 1
+
+
 def test_min_and_max_bound_the_count():
     h = Harness(STEP, replicas=2)
     h.at(0, 1000)
