@@ -15,7 +15,13 @@ models:
     backend: vllm                     # vllm | huggingface: the engine tried first
     fallback: huggingface             # optional: serve from HF too, used while vLLM is not ready
     max_model_len: 2048               # optional
-    replicas: 1
+    replicas: 1                       # the starting count; within [min, max] when scaling
+    scaling:                          # optional: autoscaling, KubeAI's knobs
+      min_replicas: 1                 # 0: scaled to zero when idle (the gateway holds requests)
+      max_replicas: 3
+      target_requests: 8              # in-flight + queued requests per replica
+      scale_up_delay: 0               # seconds the higher count must hold before scaling up
+      scale_down_delay: 30            # ... the lower count before scaling down
     engine_args: ["--enforce-eager"]  # optional: extra engine flags (vLLM)
     endpoints:
       tokenizer: ["127.0.0.1:50051"]
@@ -38,6 +44,69 @@ from services.common.errors import InvalidArgument
 #: The engines an entry can be served by.
 ENGINE_BACKENDS = ("vllm", "huggingface")
 _PLANNED_KEYS = ("source", "task", "backend", "endpoints")
+SCALING_KEYS = (
+    "min_replicas",
+    "max_replicas",
+    "target_requests",
+    "scale_up_delay",
+    "scale_down_delay",
+)
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """A model's autoscaling bounds and pace. The launcher's autoscaler and the Kubernetes
+    HPA both read it: desired replicas = ceil(load / target_requests) within
+    [min_replicas, max_replicas], applied once it has held for the delay of its direction."""
+
+    max_replicas: int
+    target_requests: float
+    min_replicas: int = 1
+    scale_up_delay: float = 0.0
+    scale_down_delay: float = 30.0
+
+    def __post_init__(self) -> None:
+        for key in ("min_replicas", "max_replicas"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidArgument(f"scaling.{key} must be a whole number >= 0, got {value!r}")
+        if self.min_replicas > self.max_replicas:
+            raise InvalidArgument(
+                f"scaling.min_replicas ({self.min_replicas}) must not exceed "
+                f"scaling.max_replicas ({self.max_replicas})"
+            )
+        if self.max_replicas < 1:
+            raise InvalidArgument("scaling.max_replicas must be at least 1")
+        if not _is_number(self.target_requests) or self.target_requests <= 0:
+            raise InvalidArgument(
+                f"scaling.target_requests must be a number > 0, got {self.target_requests!r}"
+            )
+        for key in ("scale_up_delay", "scale_down_delay"):
+            value = getattr(self, key)
+            if not _is_number(value) or value < 0:
+                raise InvalidArgument(f"scaling.{key} must be seconds >= 0, got {value!r}")
+
+    def clamp(self, replicas: int) -> int:
+        return max(self.min_replicas, min(self.max_replicas, replicas))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def parse_scaling(raw: Any) -> Scaling:
+    """A `scaling:` mapping as written in a model list; unknown keys are refused (typos)."""
+    if not isinstance(raw, dict):
+        raise InvalidArgument(f"scaling must be a mapping, got {raw!r}")
+    unknown = sorted(set(raw) - set(SCALING_KEYS))
+    if unknown:
+        raise InvalidArgument(
+            f"scaling has unknown key(s) {', '.join(unknown)} (known: {', '.join(SCALING_KEYS)})"
+        )
+    missing = [key for key in ("max_replicas", "target_requests") if key not in raw]
+    if missing:
+        raise InvalidArgument(f"scaling needs {' and '.join(missing)}")
+    return Scaling(**raw)
 
 
 @dataclass
@@ -50,6 +119,7 @@ class ModelEntry:
     max_model_len: int | None = None
     replicas: int = 1
     engine_args: list[str] = field(default_factory=list)
+    scaling: Scaling | None = None
 
     @property
     def backends(self) -> list[str]:
@@ -83,16 +153,32 @@ class MeshPlan:
 
 
 def model_entry(raw: dict[str, Any], *, source: str, task: Task, backend: str) -> ModelEntry:
-    """An entry from its YAML fields, with the three a planner decides given."""
+    """An entry from its YAML fields, with the three a planner decides given.
+
+    With a `scaling` block, `replicas` (the starting count) defaults to 1 within the bounds
+    and must lie within them when given.
+    """
+    name = raw["name"]
+    try:
+        scaling = parse_scaling(raw["scaling"]) if raw.get("scaling") is not None else None
+    except InvalidArgument as error:
+        raise InvalidArgument(f"model '{name}': {error.message}") from None
+    replicas = int(raw.get("replicas", scaling.clamp(1) if scaling else 1))
+    if scaling and not scaling.min_replicas <= replicas <= scaling.max_replicas:
+        raise InvalidArgument(
+            f"model '{name}': replicas ({replicas}) must lie within scaling's "
+            f"[{scaling.min_replicas}, {scaling.max_replicas}]"
+        )
     entry = ModelEntry(
-        name=raw["name"],
+        name=name,
         source=source,
         task=task,
         backend=backend,
         fallback=raw.get("fallback"),
         max_model_len=raw.get("max_model_len"),
-        replicas=int(raw.get("replicas", 1)),
+        replicas=replicas,
         engine_args=[str(a) for a in raw.get("engine_args", [])],
+        scaling=scaling,
     )
     if entry.fallback not in (None, "huggingface"):
         raise InvalidArgument(f"model '{entry.name}': fallback can only be 'huggingface'")
@@ -159,6 +245,8 @@ def _entry_dict(entry: ModelEntry, endpoints: Endpoints | None) -> dict[str, Any
         if getattr(entry, key) is not None:
             out[key] = getattr(entry, key)
     out["replicas"] = entry.replicas
+    if entry.scaling is not None:
+        out["scaling"] = {key: getattr(entry.scaling, key) for key in SCALING_KEYS}
     if entry.engine_args:
         out["engine_args"] = entry.engine_args
     if endpoints is not None:

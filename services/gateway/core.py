@@ -22,7 +22,7 @@ from services.common.engine import GenerateDelta, SamplingParams, Task
 from services.common.errors import InvalidArgument, Unavailable
 from services.gateway import grpc_clients as rpc
 from services.gateway.grpc_clients import CallContext, Rendered
-from services.gateway.routing import ModelRoute, ReplicaRouter
+from services.gateway.routing import ModelRoute, Replica, ReplicaRouter
 from services.gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,21 @@ class MeshClient:
 
     def route(self, model: str) -> ModelRoute:
         return self.routes.route(model)
+
+    async def engine(
+        self, route: ModelRoute, call: CallContext, exclude: set[Replica] | frozenset = frozenset()
+    ) -> Replica:
+        """The engine replica for the next call. A model scaled to zero gets a bounded wait
+        for its first replica (`scale_from_zero_wait`, within the request's deadline), then
+        UNAVAILABLE (503 + Retry-After); a retry after a failed replica never waits."""
+        wait = self.settings.scale_from_zero_wait
+        if not exclude and wait > 0 and route.scales_to_zero and route.backend is None:
+            if not await self.routes.wait_for_replica(route.name, call.timeout(wait)):
+                raise Unavailable(
+                    f"no engine is ready for model '{route.name}' (scaled to zero; "
+                    f"none became ready within {wait:g} s)"
+                )
+        return route.engine(exclude=exclude)
 
     def max_model_len(self, route: ModelRoute, rendered: Rendered | None = None) -> int | None:
         return route.entry.max_model_len or (rendered.max_model_len if rendered else None)
@@ -116,7 +131,7 @@ class MeshClient:
         )
         tried: set = set()
         while True:
-            replica = route.engine(exclude=tried)
+            replica = await self.engine(route, call, tried)
             started = False
             replica.in_flight += 1
             try:
@@ -179,7 +194,7 @@ class MeshClient:
         """One unary engine call, skipping replicas that answer UNAVAILABLE."""
         tried: set = set()
         while True:
-            replica = route.engine(exclude=tried)
+            replica = await self.engine(route, call, tried)
             replica.in_flight += 1
             try:
                 return await rpc.infer(replica, request, call)
@@ -190,7 +205,7 @@ class MeshClient:
                 replica.in_flight -= 1
 
     async def engine_metadata(self, route: ModelRoute, call: CallContext) -> dict[str, Any]:
-        return await rpc.model_metadata(route.engine(), route.name, call)
+        return await rpc.model_metadata(await self.engine(route, call), route.name, call)
 
 
 def _pad(rows: list[list[int]]) -> dict[str, np.ndarray]:

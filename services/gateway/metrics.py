@@ -5,13 +5,14 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from services.common.load_metrics import MODEL_REQUESTS, RUNNING, WAITING
 from services.gateway.routing import ReplicaRouter
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class _ReplicaCollector:
-    """Per-replica state read at scrape time."""
+    """Per-replica and per-model state read at scrape time."""
 
     def __init__(self, routes: ReplicaRouter) -> None:
         self.routes = routes
@@ -27,11 +28,20 @@ class _ReplicaCollector:
             "1 when the replica's health is SERVING",
             labels=["address"],
         )
+        model_requests = GaugeMetricFamily(
+            MODEL_REQUESTS,
+            "requests per model: running at its engines, or waiting for a replica",
+            labels=["model", "state"],
+        )
         for address, replica in self.routes.replicas.items():
             in_flight.add_metric([address], replica.in_flight)
             serving.add_metric([address], 1.0 if replica.serving else 0.0)
+        for name, route in self.routes.by_name.items():
+            model_requests.add_metric([name, RUNNING], route.in_flight)
+            model_requests.add_metric([name, WAITING], route.waiting)
         yield in_flight
         yield serving
+        yield model_requests
 
 
 class GatewayMetrics:

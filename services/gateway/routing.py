@@ -6,6 +6,11 @@ an ordered list of backends (the resolved one first, then the fallback): the
 first backend with an available replica wins, and within it the replica with
 the fewest requests in flight. A replica whose health is not SERVING, or whose
 call just failed with UNAVAILABLE before any output, is skipped.
+
+A model whose `scaling` allows zero replicas may have none serving: a request
+then waits for one (`wait_for_replica`, woken by `notify_replicas_changed` and
+by replica health changes) and counts meanwhile in `ModelRoute.waiting`, which
+the gateway's metrics export so the launcher's autoscaler starts a replica.
 """
 
 from __future__ import annotations
@@ -104,6 +109,7 @@ class ModelRoute:
     entry: ModelEntry
     tokenizers: list[Replica] = field(default_factory=list)
     engines: list[tuple[str, list[Replica]]] = field(default_factory=list)
+    waiting: int = 0  # requests waiting for a replica to appear (scale from zero)
 
     @property
     def name(self) -> str:
@@ -130,7 +136,9 @@ class ModelRoute:
 
     @property
     def ready(self) -> bool:
-        engine = any(r.available for _, rs in self.engines for r in rs)
+        """A tokenizer and an engine are available; a model that scales to zero needs no
+        engine (its requests wait for one), so a mesh starting at zero replicas is ready."""
+        engine = self.scales_to_zero or any(r.available for _, rs in self.engines for r in rs)
         return engine and any(r.available for r in self.tokenizers)
 
     @property
@@ -141,6 +149,16 @@ class ModelRoute:
                 return backend
         return None
 
+    @property
+    def scales_to_zero(self) -> bool:
+        """The model list lets this model have no replica: requests wait for one."""
+        return self.entry.scaling is not None and self.entry.scaling.min_replicas == 0
+
+    @property
+    def in_flight(self) -> int:
+        """Requests in flight at this model's engine replicas."""
+        return sum(r.in_flight for _, replicas in self.engines for r in replicas)
+
 
 class ReplicaRouter:
     """Every served model's route (by model name) to its tokenizer and engine replicas;
@@ -150,6 +168,12 @@ class ReplicaRouter:
         self.plan = plan or MeshPlan(models=[])
         self.replicas: dict[str, Replica] = {}
         self.by_name: dict[str, ModelRoute] = {}
+        self._replicas_changed = asyncio.Event()
+
+    def notify_replicas_changed(self) -> None:
+        """Wake requests waiting for a replica: call after replicas were added or removed."""
+        self._replicas_changed.set()
+        self._replicas_changed = asyncio.Event()
 
     def _replica(self, address: str) -> Replica:
         if address not in self.replicas:
@@ -192,13 +216,36 @@ class ReplicaRouter:
         deadline = time.monotonic() + timeout
         while not self.ready:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or not self.replicas:
                 return False
-            events = [r.changed.wait() for r in self.replicas.values()]
-            if not events:
-                return False
-            waits = [asyncio.ensure_future(e) for e in events]
-            await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            for w in waits:
-                w.cancel()
+            await _first_of([r.changed for r in self.replicas.values()], left)
         return True
+
+    async def wait_for_replica(self, model: str, timeout: float) -> bool:
+        """Wait up to `timeout` s until `model` has an available engine replica; False if
+        none came. The request counts in the route's `waiting` meanwhile."""
+        route = self.route(model)
+        deadline = time.monotonic() + timeout
+        route.waiting += 1
+        try:
+            while route.backend is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                changes = [self._replicas_changed]
+                changes += [r.changed for _, replicas in route.engines for r in replicas]
+                # a replica cooling down after a failure comes back without an event
+                await _first_of(changes, min(left, FAILURE_COOLDOWN))
+            return True
+        finally:
+            route.waiting -= 1
+
+
+async def _first_of(events: list[asyncio.Event], timeout: float) -> None:
+    """Return when one of `events` is set or `timeout` s passed."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()

@@ -31,6 +31,11 @@ class GatewaySettings(BaseModel):
     )
     tokenizer_timeout: float = Field(30.0, description="deadline of one tokenizer call, seconds")
     retry_after: int = Field(1, description="Retry-After seconds on 503/429 answers")
+    scale_from_zero_wait: float = Field(
+        60.0,
+        ge=0,
+        description="seconds a request to a model scaled to zero waits for a replica (then 503)",
+    )
     served_by: str = Field("hfmesh", description="owned_by in /v1/models")
     log_level: str = Field("INFO", description="logging level")
 

@@ -15,6 +15,7 @@ models:
     fallback: huggingface             # optional: serve from HF too, used while vLLM is not ready
     max_model_len: 2048
     replicas: 1
+    scaling: {min_replicas: 0, max_replicas: 3, target_requests: 8}  # optional: autoscaling
     engine_args: []                   # optional: extra flags for the vLLM engine
 ```
 
