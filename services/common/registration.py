@@ -9,6 +9,9 @@ the replica and stops renewing. Every call carries a deadline.
 
 A tokenizer serves several models: it registers once per model (`model` may be a list).
 `advertised_address()` gives the address to register for a server bound to a wildcard host.
+`Registration` is what a service knows before it binds (the control plane, what it serves,
+an advertised host); `services.common.server.serve` turns it into a `Registrar` once the port
+is known.
 
 An unreachable control plane at start is a clear error: `register()` retries with backoff for
 `connect_timeout` seconds (in Kubernetes and compose, services start in any order and the
@@ -28,6 +31,7 @@ import logging
 import socket
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import grpc
 
@@ -61,6 +65,29 @@ def advertised_address(bind_host: str, port: int, control_plane: str) -> str:
 
 class RegistrationError(Exception):
     """The control plane refused the registration or could not be reached."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A replica's registration before its port is known: `registrar(host, port)` completes it."""
+
+    control_plane: str
+    service: str  # "engine" | "tokenizer"
+    models: tuple[str, ...]
+    backend: str = ""  # "vllm" | "huggingface" for an engine
+    advertise_host: str | None = None
+    connect_timeout: float = 30.0
+
+    def registrar(self, bind_host: str, port: int) -> Registrar:
+        host = self.advertise_host or bind_host
+        return Registrar(
+            self.control_plane,
+            service=self.service,
+            model=self.models,
+            backend=self.backend,
+            address=advertised_address(host, port, self.control_plane),
+            connect_timeout=self.connect_timeout,
+        )
 
 
 class Registrar:
