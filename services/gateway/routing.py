@@ -41,7 +41,7 @@ FAILURE_COOLDOWN = 2.0  # seconds a replica is skipped after an UNAVAILABLE call
 #: How long calls in flight on a replica that left the mesh may still run (the request budget).
 LEAVING_GRACE_SECONDS = 600.0
 TOKENIZER = "tokenizer"
-_ticket = itertools.count()
+_ticket = itertools.count(1)
 
 
 class Replica:
@@ -61,6 +61,7 @@ class Replica:
         self.serving = False
         self.draining = False
         self.in_flight = 0
+        self.last_pick = 0  # when `_least_loaded` last chose it (a tie-breaker)
         self.failed_until = 0.0
         self._watch: asyncio.Task | None = None
         self.changed = asyncio.Event()
@@ -108,9 +109,13 @@ class Replica:
 
 
 def _least_loaded(replicas: list[Replica]) -> Replica:
+    """Fewest requests in flight; among equals the one picked longest ago (a count shared by
+    every pool would let one pool's picks steer another's: 3 tokenizer-and-engine picks per
+    request over 3 engines sent every request to the same one)."""
     low = min(r.in_flight for r in replicas)
-    tied = [r for r in replicas if r.in_flight == low]
-    return tied[next(_ticket) % len(tied)]
+    choice = min((r for r in replicas if r.in_flight == low), key=lambda r: r.last_pick)
+    choice.last_pick = next(_ticket)
+    return choice
 
 
 @dataclass

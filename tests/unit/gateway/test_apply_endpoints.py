@@ -156,3 +156,16 @@ async def test_backends_keep_their_order_and_a_shared_tokenizer_stays(router, se
         }
     )
     assert router.replicas == before
+
+
+async def test_idle_replicas_take_turns_whatever_the_other_pools_pick(router, servers):
+    addresses = [router.servers["engine"].address, *[(await servers()).address for _ in "ab"]]
+    router.apply_endpoints({"m.huggingface": [Endpoint(a) for a in addresses]})
+    route = router.route("m")
+    await eventually(lambda: all(r.available for _, rs in route.engines for r in rs))
+    picked = []
+    for _ in range(6):  # as a request does: tokenizer, engine, tokenizer
+        route.tokenizer()
+        picked.append(route.engine().address)
+        route.tokenizer()
+    assert sorted(picked) == sorted(addresses * 2)
