@@ -52,7 +52,8 @@ def advertised_address(bind_host: str, port: int, control_plane: str) -> str:
     then this machine's address on the route to the control plane (in Kubernetes, the pod IP;
     locally, 127.0.0.1 when the control plane is there)."""
     if bind_host not in ("", "0.0.0.0", "::", "[::]"):
-        return f"{bind_host}:{port}"
+        bare = bind_host.strip("[]")
+        return f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
     host, _, control_port = control_plane.rpartition(":")
     family, kind, proto, _, target = socket.getaddrinfo(
         host.strip("[]"), int(control_port), type=socket.SOCK_DGRAM
