@@ -3,7 +3,8 @@
 `GrpcServiceRunner.start()` binds (port 0 picks a free port) and returns the
 bound port. Health (`grpc.health.v1`) answers NOT_SERVING until `set_serving(True)`
 — engines call it once their model is loaded — and NOT_SERVING again while
-draining. Reflection is on. SIGTERM/SIGINT → NOT_SERVING → `server.stop(grace)`.
+draining. Reflection is on. SIGTERM/SIGINT → NOT_SERVING → `server.stop(grace)`, which
+waits for calls in flight, not for health watches (they end when draining starts).
 
 `serve(..., registration=...)` registers the replica with the control plane once it is
 SERVING and withdraws it on SIGTERM before the server stops (`services.common.registration`).
@@ -123,6 +124,25 @@ def _reflection_pool():
     return pool.POOL
 
 
+class _HealthServicer(health.aio.HealthServicer):
+    """`grpc.health.v1` whose Watch streams end once the server drains: an open watch (the
+    gateway holds one on every replica) would otherwise hold `server.stop(grace)` for the whole
+    grace. The watcher sees its stream end and its next Watch refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closing = asyncio.Event()
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context) -> None:
+        watching = asyncio.ensure_future(super().Watch(request, context))
+        closing = asyncio.ensure_future(self.closing.wait())
+        try:
+            await asyncio.wait({watching, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watching.cancel()
+            closing.cancel()
+
+
 class GrpcServiceRunner:
     """Owns one `grpc.aio` server: health, reflection, error interceptor, drain."""
 
@@ -145,7 +165,7 @@ class GrpcServiceRunner:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        self.health = health.aio.HealthServicer()
+        self.health = _HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._service_names = [OIP_SERVICE, *extra_service_names]
         reflection.enable_server_reflection(
@@ -197,6 +217,7 @@ class GrpcServiceRunner:
     async def drain_and_stop(self) -> None:
         logger.info("draining: health NOT_SERVING, stopping with %.0fs grace", self.grace_seconds)
         await self.set_serving(False)
+        self.health.closing.set()
         await self.server.stop(self.grace_seconds)
 
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from services.common.registration import Registration
 from services.common.server import GrpcServiceRunner, serve_engine
 from services.control_plane.store import Endpoint, ServiceKey
@@ -115,3 +118,14 @@ async def test_an_unreachable_control_plane_is_a_clear_error_and_exit_status_1(c
     assert f"the control plane at {nobody} is unreachable" in caplog.text
     assert not await asyncio.to_thread(grpc_serving, f"127.0.0.1:{runner.bound_port}")
     assert engine.events == ["start", "shutdown"]
+
+
+async def test_a_health_watcher_does_not_hold_the_stop_for_the_grace():
+    runner = GrpcServiceRunner(host="127.0.0.1", port=0, grace_seconds=30)
+    served = asyncio.ensure_future(serve_engine(LifecycleEngine(), runner, poll_seconds=0.01))
+    await asyncio.wait_for(_serving(runner), 10)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{runner.bound_port}") as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        runner.request_stop()
+        assert await asyncio.wait_for(served, 5) == 0  # not the 30 s grace
