@@ -80,13 +80,20 @@ class Registration:
     connect_timeout: float = 30.0
 
     def registrar(self, bind_host: str, port: int) -> Registrar:
-        host = self.advertise_host or bind_host
+        try:
+            address = advertised_address(self.advertise_host or bind_host, port, self.control_plane)
+        except (OSError, ValueError) as error:
+            raise RegistrationError(
+                f"cannot find this replica's address toward the control plane at "
+                f"{self.control_plane} ({error}): is --control_plane right, or give "
+                "--advertise_host"
+            ) from None
         return Registrar(
             self.control_plane,
             service=self.service,
             model=self.models,
             backend=self.backend,
-            address=advertised_address(host, port, self.control_plane),
+            address=address,
             connect_timeout=self.connect_timeout,
         )
 

@@ -34,7 +34,7 @@ from grpc_reflection.v1alpha import reflection
 from services.common.errors import GENERIC_INTERNAL_MESSAGE, HfmeshError
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.common.pb import inference_pb2, pool
-from services.common.registration import Registration, RegistrationError
+from services.common.registration import Registrar, Registration, RegistrationError
 
 if TYPE_CHECKING:
     from services.common.engine import Engine
@@ -253,14 +253,15 @@ async def serve(
     runner.install_signal_handlers()
     if on_bound:
         on_bound(port)
+    registrar: Registrar | None = None
     try:
         if load is not None and not await _unless_stopped(runner, load()):
             await runner.drain_and_stop()
             return
         await runner.set_serving(True)
         logger.info("serving on port %d", port)
-        registrar = registration.registrar(runner.host, port) if registration else None
         try:
+            registrar = registration.registrar(runner.host, port) if registration else None
             if registrar is None or await _unless_stopped(runner, registrar.register()):
                 await runner.wait_for_stop_signal()
                 if registrar is not None:

@@ -129,3 +129,11 @@ async def test_a_health_watcher_does_not_hold_the_stop_for_the_grace():
         assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
         runner.request_stop()
         assert await asyncio.wait_for(served, 5) == 0  # not the 30 s grace
+
+
+async def test_a_control_plane_name_that_does_not_resolve_is_a_clear_error(caplog):
+    runner = GrpcServiceRunner(host="0.0.0.0", port=0, grace_seconds=0.1)
+    registration = Registration("no-such-host.invalid:18000", "engine", ("m",), "huggingface")
+    served = serve_engine(LifecycleEngine(), runner, registration=registration)
+    assert await asyncio.wait_for(served, 10) == 1
+    assert "control plane at no-such-host.invalid:18000" in caplog.text
