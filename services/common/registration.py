@@ -9,6 +9,9 @@ the replica and stops renewing. Every call carries a deadline.
 
 A tokenizer serves several models: it registers once per model (`model` may be a list).
 `advertised_address()` gives the address to register for a server bound to a wildcard host.
+`Registration` is what a service knows before it binds (the control plane, what it serves,
+an advertised host); `services.common.server.serve` turns it into a `Registrar` once the port
+is known.
 
 An unreachable control plane at start is a clear error: `register()` retries with backoff for
 `connect_timeout` seconds (in Kubernetes and compose, services start in any order and the
@@ -28,6 +31,7 @@ import logging
 import socket
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import grpc
 
@@ -48,7 +52,8 @@ def advertised_address(bind_host: str, port: int, control_plane: str) -> str:
     then this machine's address on the route to the control plane (in Kubernetes, the pod IP;
     locally, 127.0.0.1 when the control plane is there)."""
     if bind_host not in ("", "0.0.0.0", "::", "[::]"):
-        return f"{bind_host}:{port}"
+        bare = bind_host.strip("[]")
+        return f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
     host, _, control_port = control_plane.rpartition(":")
     family, kind, proto, _, target = socket.getaddrinfo(
         host.strip("[]"), int(control_port), type=socket.SOCK_DGRAM
@@ -61,6 +66,36 @@ def advertised_address(bind_host: str, port: int, control_plane: str) -> str:
 
 class RegistrationError(Exception):
     """The control plane refused the registration or could not be reached."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A replica's registration before its port is known: `registrar(host, port)` completes it."""
+
+    control_plane: str
+    service: str  # "engine" | "tokenizer"
+    models: tuple[str, ...]
+    backend: str = ""  # "vllm" | "huggingface" for an engine
+    advertise_host: str | None = None
+    connect_timeout: float = 30.0
+
+    def registrar(self, bind_host: str, port: int) -> Registrar:
+        try:
+            address = advertised_address(self.advertise_host or bind_host, port, self.control_plane)
+        except (OSError, ValueError) as error:
+            raise RegistrationError(
+                f"cannot find this replica's address toward the control plane at "
+                f"{self.control_plane} ({error}): is --control_plane right, or give "
+                "--advertise_host"
+            ) from None
+        return Registrar(
+            self.control_plane,
+            service=self.service,
+            model=self.models,
+            backend=self.backend,
+            address=address,
+            connect_timeout=self.connect_timeout,
+        )
 
 
 class Registrar:

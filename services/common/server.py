@@ -3,7 +3,11 @@
 `GrpcServiceRunner.start()` binds (port 0 picks a free port) and returns the
 bound port. Health (`grpc.health.v1`) answers NOT_SERVING until `set_serving(True)`
 — engines call it once their model is loaded — and NOT_SERVING again while
-draining. Reflection is on. SIGTERM/SIGINT → NOT_SERVING → `server.stop(grace)`.
+draining. Reflection is on. SIGTERM/SIGINT → NOT_SERVING → `server.stop(grace)`, which
+waits for calls in flight, not for health watches (they end when draining starts).
+
+`serve(..., registration=...)` registers the replica with the control plane once it is
+SERVING and withdraws it on SIGTERM before the server stops (`services.common.registration`).
 
 `serve_engine` serves an `Engine` with the one watchdog: an engine that is no
 longer `healthy()` turns health NOT_SERVING, drains the server and makes the
@@ -30,6 +34,7 @@ from grpc_reflection.v1alpha import reflection
 from services.common.errors import GENERIC_INTERNAL_MESSAGE, HfmeshError
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.common.pb import inference_pb2, pool
+from services.common.registration import Registrar, Registration, RegistrationError
 
 if TYPE_CHECKING:
     from services.common.engine import Engine
@@ -119,6 +124,25 @@ def _reflection_pool():
     return pool.POOL
 
 
+class _HealthServicer(health.aio.HealthServicer):
+    """`grpc.health.v1` whose Watch streams end once the server drains: an open watch (the
+    gateway holds one on every replica) would otherwise hold `server.stop(grace)` for the whole
+    grace. The watcher sees its stream end and its next Watch refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closing = asyncio.Event()
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context) -> None:
+        watching = asyncio.ensure_future(super().Watch(request, context))
+        closing = asyncio.ensure_future(self.closing.wait())
+        try:
+            await asyncio.wait({watching, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watching.cancel()
+            closing.cancel()
+
+
 class GrpcServiceRunner:
     """Owns one `grpc.aio` server: health, reflection, error interceptor, drain."""
 
@@ -141,7 +165,7 @@ class GrpcServiceRunner:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        self.health = health.aio.HealthServicer()
+        self.health = _HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._service_names = [OIP_SERVICE, *extra_service_names]
         reflection.enable_server_reflection(
@@ -193,7 +217,21 @@ class GrpcServiceRunner:
     async def drain_and_stop(self) -> None:
         logger.info("draining: health NOT_SERVING, stopping with %.0fs grace", self.grace_seconds)
         await self.set_serving(False)
+        self.health.closing.set()
         await self.server.stop(self.grace_seconds)
+
+
+async def _unless_stopped(runner: GrpcServiceRunner, work: Awaitable[None]) -> bool:
+    """Await `work`: True once done, False when a stop was asked for first (`work` cancelled)."""
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(runner.wait_for_stop_signal())
+    done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    if task not in done:
+        task.cancel()
+        return False
+    stop.cancel()
+    task.result()
+    return True
 
 
 async def serve(
@@ -201,32 +239,37 @@ async def serve(
     load: Callable[[], Awaitable[None]] | None = None,
     shutdown: Callable[[], Awaitable[None]] | None = None,
     on_bound: Callable[[int], None] | None = None,
+    registration: Registration | None = None,
 ) -> None:
     """Start, load (health NOT_SERVING meanwhile), serve until SIGTERM, drain, shut down.
 
     A failed load is fatal: the process exits non-zero so an orchestrator restarts it.
+    With a `registration` the replica registers with the control plane once SERVING; on
+    SIGTERM it marks itself draining and deregisters before the server stops, so clients send
+    it no new calls while those in flight finish within the grace. A control plane that
+    cannot be reached at start stops the server and raises `RegistrationError`.
     """
     port = await runner.start()
     runner.install_signal_handlers()
     if on_bound:
         on_bound(port)
+    registrar: Registrar | None = None
     try:
-        if load is not None:
-            load_task = asyncio.ensure_future(load())
-            stop_task = asyncio.ensure_future(runner.wait_for_stop_signal())
-            done, _ = await asyncio.wait(
-                {load_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
-            )
-            if load_task not in done:
-                load_task.cancel()
-                await runner.drain_and_stop()
-                return
-            stop_task.cancel()
-            load_task.result()
+        if load is not None and not await _unless_stopped(runner, load()):
+            await runner.drain_and_stop()
+            return
         await runner.set_serving(True)
         logger.info("serving on port %d", port)
-        await runner.wait_for_stop_signal()
-        await runner.drain_and_stop()
+        try:
+            registrar = registration.registrar(runner.host, port) if registration else None
+            if registrar is None or await _unless_stopped(runner, registrar.register()):
+                await runner.wait_for_stop_signal()
+                if registrar is not None:
+                    await registrar.drain()
+        finally:
+            if registrar is not None:
+                await registrar.deregister()
+            await runner.drain_and_stop()
     finally:
         if shutdown is not None:
             await shutdown()
@@ -250,12 +293,16 @@ async def _watch_engine(engine: Engine, runner: GrpcServiceRunner, poll_seconds:
 
 
 async def serve_engine(
-    engine: Engine, runner: GrpcServiceRunner, *, poll_seconds: float = ENGINE_HEALTH_POLL_SECONDS
+    engine: Engine,
+    runner: GrpcServiceRunner,
+    *,
+    registration: Registration | None = None,
+    poll_seconds: float = ENGINE_HEALTH_POLL_SECONDS,
 ) -> int:
-    """Serve `engine` (already registered on `runner`) until SIGTERM or its death.
+    """Serve `engine` (already added to `runner`) until SIGTERM or its death.
 
     Returns the process exit status: 0 after a requested stop, 1 when the engine
-    failed to start or died while serving.
+    failed to start, died while serving, or the control plane could not be reached.
     """
     watchdog: asyncio.Future[bool] | None = None
 
@@ -265,7 +312,10 @@ async def serve_engine(
         watchdog = asyncio.ensure_future(_watch_engine(engine, runner, poll_seconds))
 
     try:
-        await serve(runner, load=start, shutdown=engine.shutdown)
+        await serve(runner, load=start, shutdown=engine.shutdown, registration=registration)
+    except RegistrationError as error:
+        logger.error("%s", error)
+        return 1
     except Exception:  # noqa: BLE001 - a failed start is fatal: say why, exit non-zero
         logger.exception("the engine failed")
         return 1

@@ -3,7 +3,8 @@
 The KServe Hugging Face runtime flags are declared once here: `TokenizerFlags`
 (tokenizing and post-processing, which the tokenizer service takes) and
 `KServeRuntimeFlags` (all of them, which both engines take), so a flag has one
-type, default and alias set wherever it is accepted.
+type, default and alias set wherever it is accepted. Both extend `ReplicaFlags`:
+where a replica listens and the control plane it registers with.
 
 `parse_settings(Model, argv)` builds an argparse parser from the model's fields
 (the field descriptions become `--help`), reads `HFMESH_<FIELD>` environment
@@ -23,6 +24,7 @@ from typing import Any, TypeVar, Union
 from pydantic import BaseModel, Field, ValidationError
 
 from services.common.engine import Task
+from services.common.registration import Registration
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -111,10 +113,36 @@ def parse_settings(
         raise  # unreachable: parser.error exits
 
 
-class TokenizerFlags(BaseModel):
-    """The KServe runtime flags about tokenizing and post-processing, plus where to listen."""
+class ReplicaFlags(BaseModel):
+    """Where a replica (an engine or a tokenizer) listens, and whom it tells (DESIGN.md §6)."""
 
     host: str = Field("0.0.0.0", description="gRPC listen address")
+    control_plane: str | None = Field(
+        None,
+        description="host:port of the control plane to register with once serving "
+        "(deregistered on SIGTERM); none: not registered",
+    )
+    advertise_host: str | None = Field(
+        None,
+        description="host others dial this replica at (default: --host, or when that is a "
+        "wildcard this machine's address on the route to the control plane)",
+    )
+    log_level: str = Field("INFO", description="logging level")
+
+    def registration(
+        self, *, service: str, models: list[str], backend: str = ""
+    ) -> Registration | None:
+        """What to register once serving; None without `--control_plane`."""
+        if not self.control_plane:
+            return None
+        return Registration(
+            self.control_plane, service, tuple(models), backend, self.advertise_host
+        )
+
+
+class TokenizerFlags(ReplicaFlags):
+    """The KServe runtime flags about tokenizing and post-processing."""
+
     max_model_len: int | None = Field(
         None,
         description="context length (default: the model's limit); "
@@ -141,7 +169,6 @@ class TokenizerFlags(BaseModel):
     return_raw_logits: bool = Field(
         False, description="classification / fill_mask: answer raw logits"
     )
-    log_level: str = Field("INFO", description="logging level")
 
 
 class KServeRuntimeFlags(TokenizerFlags):

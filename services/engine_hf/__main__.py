@@ -31,7 +31,10 @@ async def run(settings: HFEngineSettings) -> int:
     if settings.metrics_port:
         engine.metrics.serve(settings.metrics_port)
         logger.info("metrics on :%d/metrics", settings.metrics_port)
-    return await serve_engine(engine, runner)
+    registration = settings.registration(
+        service="engine", models=[settings.model_name], backend="huggingface"
+    )
+    return await serve_engine(engine, runner, registration=registration)
 
 
 def main(argv: list[str] | None = None) -> int:

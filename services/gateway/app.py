@@ -2,6 +2,10 @@
 
 The lifespan opens one gRPC channel per mesh service (with its health watch)
 and closes them on shutdown; everything long-lived sits on `app.state.gateway`.
+With `--control_plane` it also subscribes to the control plane (`Discovery`) and
+hands every change to the router, so replicas come and go without a restart; a
+control plane unreachable at start fails the start, one that goes away later
+leaves the last known replicas in place.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from fastapi import FastAPI
 
 from services.common.model_list import MeshPlan, load_model_list
 from services.common.version import VERSION
+from services.gateway.discovery import Discovery, subscriptions
 from services.gateway.errors import install_error_handlers
 from services.gateway.kserve.router import build_v1_router, build_v2_router
 from services.gateway.metrics import GatewayMetrics
@@ -42,9 +47,19 @@ def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAP
         await routes.start()
         names = ", ".join(routes.by_name) or "none"
         logger.info("routing %d model(s): %s", len(routes.by_name), names)
+        discovery = None
         try:
+            if settings.control_plane:
+                discovery = Discovery(
+                    settings.control_plane,
+                    subscriptions(routes.plan),
+                    on_change=routes.apply_endpoints,
+                )
+                await discovery.start()
             yield
         finally:
+            if discovery is not None:
+                await discovery.close()
             await routes.close()
 
     app = FastAPI(

@@ -4,8 +4,15 @@ One gRPC channel per service address, shared by every model it serves, each
 with a background `grpc.health.v1.Health/Watch`. A model's engines are kept as
 an ordered list of backends (the resolved one first, then the fallback): the
 first backend with an available replica wins, and within it the replica with
-the fewest requests in flight. A replica whose health is not SERVING, or whose
-call just failed with UNAVAILABLE before any output, is skipped.
+the fewest requests in flight. A replica whose health is not SERVING, that is
+draining, or whose call just failed with UNAVAILABLE before any output, is skipped.
+
+The model list's endpoints are the starting set. A gateway that follows the
+control plane hands each change to `apply_endpoints`, and the control plane's
+view (which includes the model list's endpoints) is then authoritative: a new
+address gets its own replica and channel (so its load stays visible), a
+draining one takes no new calls, and one that left is out of every route at
+once while its channel closes only when its calls in flight have finished.
 
 A model whose `scaling` allows zero replicas may have none serving: a request
 then waits for one (`wait_for_replica`, woken by `notify_replicas_changed` and
@@ -19,6 +26,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -26,15 +34,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.engine import Task
 from services.common.errors import NotFound, Unavailable
-from services.common.model_list import MeshPlan, ModelEntry
+from services.common.model_list import ENGINE_BACKENDS, MeshPlan, ModelEntry
 from services.common.pb import inference_pb2_grpc as pb_grpc
 from services.common.server import MAX_MESSAGE_BYTES
+from services.gateway.discovery import Endpoint
 
 logger = logging.getLogger(__name__)
 
 WATCH_SECONDS = 300.0  # each Watch call's deadline; it is renewed right away
 FAILURE_COOLDOWN = 2.0  # seconds a replica is skipped after an UNAVAILABLE call
-_ticket = itertools.count()
+#: How long calls in flight on a replica that left the mesh may still run (the request budget).
+LEAVING_GRACE_SECONDS = 600.0
+TOKENIZER = "tokenizer"
+_ticket = itertools.count(1)
 
 
 class Replica:
@@ -52,14 +64,16 @@ class Replica:
         )
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self.serving = False
+        self.draining = False
         self.in_flight = 0
+        self.last_pick = 0  # when `_least_loaded` last chose it (a tie-breaker)
         self.failed_until = 0.0
         self._watch: asyncio.Task | None = None
         self.changed = asyncio.Event()
 
     @property
     def available(self) -> bool:
-        return self.serving and time.monotonic() >= self.failed_until
+        return self.serving and not self.draining and time.monotonic() >= self.failed_until
 
     def mark_failed(self) -> None:
         self.failed_until = time.monotonic() + FAILURE_COOLDOWN
@@ -91,17 +105,22 @@ class Replica:
         self.changed.set()
         self.changed = asyncio.Event()
 
-    async def close(self) -> None:
+    async def close(self, grace: float | None = None) -> None:
+        """Stop watching; close the channel once its calls finish (at most `grace` seconds)."""
         if self._watch is not None:
             self._watch.cancel()
             await asyncio.gather(self._watch, return_exceptions=True)
-        await self.channel.close()
+        await self.channel.close(grace)
 
 
 def _least_loaded(replicas: list[Replica]) -> Replica:
+    """Fewest requests in flight; among equals the one picked longest ago (a count shared by
+    every pool would let one pool's picks steer another's: 3 tokenizer-and-engine picks per
+    request over 3 engines sent every request to the same one)."""
     low = min(r.in_flight for r in replicas)
-    tied = [r for r in replicas if r.in_flight == low]
-    return tied[next(_ticket) % len(tied)]
+    choice = min((r for r in replicas if r.in_flight == low), key=lambda r: r.last_pick)
+    choice.last_pick = next(_ticket)
+    return choice
 
 
 @dataclass
@@ -126,6 +145,16 @@ class ModelRoute:
                 return _least_loaded(live)
         backends = ", ".join(b for b, _ in self.engines) or "none configured"
         raise Unavailable(f"no engine is ready for model '{self.name}' (backends: {backends})")
+
+    def set_engines(self, backend: str, replicas: list[Replica]) -> None:
+        """Replace one backend's replicas, keeping the entry's order of backends."""
+        pools = {**dict(self.engines), backend: replicas}
+        order = self.entry.backends + [b for b in pools if b not in self.entry.backends]
+        self.engines = [(b, pools[b]) for b in order if pools.get(b)]
+
+    @property
+    def replicas(self) -> set[Replica]:
+        return {*self.tokenizers, *(r for _, rs in self.engines for r in rs)}
 
     def tokenizer(self) -> Replica:
         live = [r for r in self.tokenizers if r.available]
@@ -168,6 +197,7 @@ class ReplicaRouter:
         self.plan = plan or MeshPlan(models=[])
         self.replicas: dict[str, Replica] = {}
         self.by_name: dict[str, ModelRoute] = {}
+        self._leaving: dict[Replica, asyncio.Task[None]] = {}
         self._replicas_changed = asyncio.Event()
 
     def notify_replicas_changed(self) -> None:
@@ -198,8 +228,47 @@ class ReplicaRouter:
         for replica in self.replicas.values():
             replica.start()
 
+    def apply_endpoints(self, changes: Mapping[str, Sequence[Endpoint]]) -> None:
+        """Follow a control plane change (`Discovery`'s `on_change`): each named service
+        (`<model>.tokenizer`, `<model>.<backend>`) of a served model now has exactly these
+        replicas; other services are ignored."""
+        for service, endpoints in changes.items():
+            model, _, role = service.rpartition(".")
+            route = self.by_name.get(model)
+            if route is None or role not in (TOKENIZER, *ENGINE_BACKENDS):
+                continue
+            replicas = []
+            for endpoint in endpoints:
+                replica = self.replicas.get(endpoint.address)
+                if replica is None:
+                    replica = self.replicas[endpoint.address] = Replica(endpoint.address)
+                    replica.start()
+                replica.draining = endpoint.draining
+                replicas.append(replica)
+            if role == TOKENIZER:
+                route.tokenizers = replicas
+            else:
+                route.set_engines(role, replicas)
+        in_use = {r for route in self.by_name.values() for r in route.replicas}
+        for address, replica in list(self.replicas.items()):
+            if replica not in in_use:
+                logger.info("%s left the mesh: closing once its calls finish", address)
+                del self.replicas[address]
+                self._leaving[replica] = asyncio.ensure_future(self._close_leaving(replica))
+        self.notify_replicas_changed()
+
+    async def _close_leaving(self, replica: Replica) -> None:
+        try:
+            await replica.close(LEAVING_GRACE_SECONDS)
+        finally:
+            self._leaving.pop(replica, None)
+
     async def close(self) -> None:
-        await asyncio.gather(*(r.close() for r in self.replicas.values()), return_exceptions=True)
+        for task in list(self._leaving.values()):
+            task.cancel()
+        replicas = [*self.replicas.values(), *self._leaving]
+        await asyncio.gather(*self._leaving.values(), return_exceptions=True)
+        await asyncio.gather(*(r.close() for r in replicas), return_exceptions=True)
 
     def route(self, name: str) -> ModelRoute:
         try:

@@ -17,6 +17,11 @@ class GatewaySettings(BaseModel):
     model_list: str | None = Field(
         None, description="mesh model list (YAML): models, tasks, backends, endpoints"
     )
+    control_plane: str | None = Field(
+        None,
+        description="host:port of the control plane: follow each model's replicas from it "
+        "(the model list's endpoints are then only where it starts)",
+    )
     openai_route_prefix: str = Field(
         "openai", description=f"prefix of the OpenAI routes (env {ROUTE_PREFIX_ENV}; empty: none)"
     )

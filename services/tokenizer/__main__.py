@@ -11,6 +11,7 @@ from services.common.architecture import infer_task
 from services.common.errors import HfmeshError
 from services.common.logs import configure_logging
 from services.common.pb import inference_pb2_grpc as pb_grpc
+from services.common.registration import RegistrationError
 from services.common.server import GrpcServiceRunner, serve
 from services.common.settings import parse_settings
 from services.tokenizer.core import ModelOptions, TokenizerCore, TokenizerModel
@@ -84,7 +85,11 @@ async def main(argv: list[str] | None = None) -> None:
         for item in core:
             item.close()
 
-    await serve(runner, load=load, shutdown=shutdown)
+    registration = settings.registration(service="tokenizer", models=[spec.name for spec in specs])
+    try:
+        await serve(runner, load=load, shutdown=shutdown, registration=registration)
+    except RegistrationError as error:
+        raise SystemExit(f"python -m services.tokenizer: {error}") from None
 
 
 if __name__ == "__main__":

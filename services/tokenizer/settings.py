@@ -30,7 +30,9 @@ class TokenizerSettings(TokenizerFlags):
         description="task(s), one per model or one for all (default: from the architecture)",
     )
     predictor_host: str | None = Field(
-        None, description="host:port of an OIP v2 predictor: serve M as KServe's transformer"
+        None,
+        description="host:port of an OIP v2 predictor, or xds:///<service> with "
+        "GRPC_XDS_BOOTSTRAP set: serve M as KServe's transformer",
     )
     predictor_protocol: str = Field("grpc-v2", description="protocol of the predictor (grpc-v2)")
     predictor_timeout: float = Field(60.0, description="deadline of each predictor call, seconds")

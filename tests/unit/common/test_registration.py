@@ -151,5 +151,7 @@ async def test_a_control_plane_starting_late_is_waited_for(planes):
 
 def test_advertised_address():
     assert advertised_address("10.1.2.3", 5001, "cp:18000") == "10.1.2.3:5001"
+    assert advertised_address("fd00::7", 5001, "cp:18000") == "[fd00::7]:5001"
+    assert advertised_address("[fd00::7]", 5001, "cp:18000") == "[fd00::7]:5001"
     assert advertised_address("0.0.0.0", 5001, "127.0.0.1:18000") == "127.0.0.1:5001"
     assert advertised_address("::", 5001, "[::1]:18000") == "[::1]:5001"

@@ -55,3 +55,23 @@ def test_both_engines_take_the_same_kserve_flags():
         assert settings.task is Task.RERANK and settings.max_model_len == 64
         assert settings.metrics_port is None
     assert set(TokenizerFlags.model_fields) <= set(TokenizerSettings.model_fields)
+
+
+def test_replicas_register_only_with_a_control_plane():
+    from services.common.registration import Registration
+    from services.engine_hf.settings import HFEngineSettings
+    from services.tokenizer.settings import TokenizerSettings
+
+    argv = ["--model_dir", "/m", "--model_name", "m"]
+    alone, _ = parse_settings(HFEngineSettings, argv, prog="x", description="d", env={})
+    assert alone.registration(service="engine", models=["m"], backend="huggingface") is None
+    env = {"HFMESH_CONTROL_PLANE": "cp:18000"}
+    engine, _ = parse_settings(HFEngineSettings, argv, prog="x", description="d", env=env)
+    assert engine.registration(service="engine", models=["m"], backend="huggingface") == (
+        Registration("cp:18000", "engine", ("m",), "huggingface")
+    )
+    argv = ["--model_dir", "/m", "--control_plane", "cp:1", "--advertise_host", "tok.svc"]
+    tokenizer, _ = parse_settings(TokenizerSettings, argv, prog="x", description="d", env={})
+    registration = tokenizer.registration(service="tokenizer", models=["a", "b"])
+    assert registration == Registration("cp:1", "tokenizer", ("a", "b"), "", "tok.svc")
+    assert registration.registrar("0.0.0.0", 50051).address == "tok.svc:50051"
