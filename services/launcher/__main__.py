@@ -235,6 +235,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"==> starting {len(specs)} services (model loads take a while on CPU)", flush=True)
         _start(supervisor, specs, args.ready_timeout)
         _start(supervisor, [gateway], 120)
+        _warn_if_taken(run_file)
         state = RunState(
             pid=os.getpid(),
             control_plane=control_address,
@@ -264,6 +265,18 @@ def serve(args: argparse.Namespace) -> int:
             state.remove(run_file)
         supervisor.stop_all(last=[CONTROL_PLANE])
         print("hfmesh: stopped", flush=True)
+
+
+def _warn_if_taken(run_file: Path) -> None:
+    try:
+        other = RunState.read(run_file)
+    except RunStateError:
+        return
+    print(
+        f"hfmesh: the launcher with pid {other.pid} also runs; --add_replica with {run_file} "
+        "now reaches this one (give each launcher its own --run_file)",
+        flush=True,
+    )
 
 
 def _print_banner(

@@ -59,9 +59,13 @@ def test_a_command_is_answered_through_the_folder(tmp_path):
     box = CommandBox(tmp_path)
     seen: list[dict] = []
 
+    def echo(command: dict) -> dict:
+        seen.append(command)
+        return {"ok": True, "echo": command}
+
     def launcher_loop() -> None:
         while not seen:
-            box.serve(lambda command: seen.append(command) or {"ok": True, "echo": command})
+            box.serve(echo)
 
     thread = threading.Thread(target=launcher_loop)
     thread.start()
@@ -74,11 +78,14 @@ def test_a_command_is_answered_through_the_folder(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+class _Popen:
+    pid = 1
+
+
 class _Started:
     """What `Supervisor.add` returns, as far as `Replicas` reads it."""
 
-    process = subprocess.CompletedProcess(args=[], returncode=0)
-    process.pid = 1  # type: ignore[attr-defined]
+    process = _Popen()
     log_path = "x.log"
 
 
