@@ -15,7 +15,7 @@ everything: the services drain, the control plane last, and none is left behind.
 
 `--add_replica MODEL` / `--remove_replica MODEL` ask the running launcher (found through its run
 file, `services.launcher.runstate`) to start one more engine of a model under its supervision,
-or to stop the one added last (docs/scale-out.md).
+or to stop the one started last (`services.launcher.replicas`; docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ scale out a running mesh (docs/scale-out.md):
       one more engine of MODEL, on a free port, supervised with the mesh; it registers with
       the control plane and the gateway sends it traffic without a restart
   python -m services.launcher --remove_replica MODEL [--backend B]
-      stop the replica of MODEL added last
+      stop the replica of MODEL started last (never its last one)
 `replicas: N` in the model list starts N engines of a model from the beginning.
 """
 
@@ -112,7 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     scale.add_argument(
         "--remove_replica",
         metavar="MODEL",
-        help="stop the engine of MODEL added last to the running mesh",
+        help="stop the engine of MODEL started last in the running mesh",
     )
     parser.add_argument(
         "--backend",
@@ -226,7 +226,7 @@ def serve(args: argparse.Namespace) -> int:
         gateway = gateway_process(str(mesh_file), host=args.host, port=args.port)
         for spec in [*specs, gateway]:
             spec.env = env
-        replicas = Replicas(plan, supervisor, env)
+        replicas = Replicas(plan, supervisor, env, planned=specs)
         commands = CommandBox(log_dir / "commands")
         commands.folder.mkdir(exist_ok=True)
 

@@ -127,6 +127,8 @@ class ProcessSpec:
     port: int
     ready: str = "grpc"  # "grpc" health or "http" /v2/health/ready
     env: dict[str, str] = field(default_factory=dict)  # added to the launcher's environment
+    model: str | None = None  # an engine's model and backend
+    backend: str | None = None
 
 
 def engine_args(entry: ModelEntry, backend: str) -> list[str]:
@@ -160,6 +162,8 @@ def plan_processes(
                     ENGINE_MODULES[backend],
                     engine_args(entry, backend),
                     port,
+                    model=entry.name,
+                    backend=backend,
                 )
                 port += 1
                 specs.append(spec)

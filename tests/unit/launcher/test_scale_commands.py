@@ -14,9 +14,10 @@ import pytest
 import yaml
 
 from services.common.engine import Task
+from services.common.errors import InvalidArgument
 from services.common.model_list import Endpoints, MeshPlan, ModelEntry, load_model_list
 from services.launcher import plan as planning
-from services.launcher.plan import ProcessSpec
+from services.launcher.plan import ProcessSpec, plan_processes
 from services.launcher.replicas import Replicas
 from services.launcher.runstate import CommandBox, RunState, RunStateError
 from services.launcher.supervisor import Supervisor
@@ -118,10 +119,19 @@ def _plan() -> MeshPlan:
     return MeshPlan(models=[entry], endpoints={"m": Endpoints()})
 
 
-def test_replicas_are_named_after_the_planned_ones_and_removed_last_first():
+def _replicas(env: dict[str, str] | None = None) -> tuple[Replicas, _Recorder]:
+    """Replicas of a mesh planned as `plan_processes` plans it: two vLLM engines, two HF."""
     supervisor = _Recorder()
-    supervisor.entries["vllm-m-0"] = supervisor.entries["vllm-m-1"] = None  # type: ignore[assignment]
-    replicas = Replicas(_plan(), supervisor, {"HFMESH_CONTROL_PLANE": "127.0.0.1:18000"})
+    plan = _plan()
+    specs = plan_processes(plan, host="127.0.0.1", base_port=7000, mesh_file="mesh.yaml")
+    for spec in specs:
+        supervisor.entries[spec.name] = None  # type: ignore[assignment]
+    return Replicas(plan, supervisor, env or {}, planned=specs), supervisor
+
+
+def test_replicas_are_named_after_the_planned_ones_and_removed_last_first():
+    replicas, supervisor = _replicas({"HFMESH_CONTROL_PLANE": "127.0.0.1:18000"})
+    assert (replicas.count("m"), replicas.count("m", "huggingface")) == (2, 2)
     first = replicas.add("m")
     second = replicas.add("m", "huggingface")
     third = replicas.add("m")
@@ -129,18 +139,36 @@ def test_replicas_are_named_after_the_planned_ones_and_removed_last_first():
     assert first.module == "services.engine_vllm" and second.module == "services.engine_hf"
     assert first.args[:4] == ["--model_dir", "/models/m", "--model_name", "m"]
     assert first.env == {"HFMESH_CONTROL_PLANE": "127.0.0.1:18000"}
+    assert (first.model, first.backend) == ("m", "vllm")
     assert len({first.port, second.port, third.port}) == 3
 
     assert replicas.remove("m", "huggingface") == "huggingface-m-2"
     assert replicas.remove("m") == "vllm-m-3"
     assert replicas.remove("m") == "vllm-m-2"
-    with pytest.raises(Exception, match="no replica of 'm' was added"):
+    assert replicas.remove("m") == "vllm-m-1"  # then the planned ones, never the last
+    with pytest.raises(InvalidArgument, match="'m' has one vllm replica left; the mesh keeps it"):
         replicas.remove("m")
-    assert supervisor.removed == ["huggingface-m-2", "vllm-m-3", "vllm-m-2"]
+    assert replicas.remove("m", "huggingface") == "huggingface-m-1"
+    with pytest.raises(InvalidArgument, match="'m' has one huggingface replica left"):
+        replicas.remove("m", "huggingface")
+    assert supervisor.removed[:4] == ["huggingface-m-2", "vllm-m-3", "vllm-m-2", "vllm-m-1"]
+
+
+def test_scale_adds_and_removes_to_a_count_zero_included():
+    replicas, supervisor = _replicas()
+    replicas.scale("m", 4)
+    assert [s.name for s in supervisor.started] == ["vllm-m-2", "vllm-m-3"]
+    replicas.scale("m", 0)
+    assert supervisor.removed == ["vllm-m-3", "vllm-m-2", "vllm-m-1", "vllm-m-0"]
+    with pytest.raises(InvalidArgument, match="'m' has no vllm replica to remove"):
+        replicas.remove("m")
+    replicas.scale("m", 1)
+    assert supervisor.started[-1].name == "vllm-m-2"
+    assert replicas.count("m") == 1 and replicas.count("m", "huggingface") == 2
 
 
 def test_replica_commands_answer_errors_plainly():
-    replicas = Replicas(_plan(), _Recorder(), {})
+    replicas, _ = _replicas()
     assert replicas.handle({"action": "add_replica", "model": "other"}) == {
         "ok": False,
         "message": "model 'other' is not in the mesh (it serves m)",
@@ -230,4 +258,4 @@ def test_the_launcher_process_never_imports_torch(tmp_path):
     )
     (tmp_path / "mesh.yaml").write_text(plan.to_yaml())
     assert heavy_modules(LAUNCHER, str(tmp_path)) == []
-    assert "no replica of 'chat' was added" in (tmp_path / "c.reply.json").read_text()
+    assert "'chat' has no huggingface replica to remove" in (tmp_path / "c.reply.json").read_text()
