@@ -210,6 +210,9 @@ async def test_add_and_remove_a_replica(launcher):
             _until(lambda: mine in discovery.endpoints[f"{MODEL}.huggingface"], 10, "published")
         finally:
             await discovery.close()
+        # ... and the gateway, following the control plane, sends it requests.
+        log = launcher.tmp / "logs" / f"{ENGINE}-1.log"
+        _until(lambda: launcher.answers() and " encode " in log.read_text(), 20, "traffic")
     assert launcher.answers()
 
     # Killed, it is restarted like a planned service.
