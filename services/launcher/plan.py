@@ -20,13 +20,20 @@ models:
 ```
 
 Planning builds `model:` names (torch, once per machine), reads each folder's
-architecture and resolves `auto` with vLLM's own model registry (DESIGN.md §5).
+architecture and resolves `auto` with vLLM's own model registry (DESIGN.md §5). Those import
+torch and vLLM, so the launcher runs planning as a child process,
+`python -m services.launcher.plan --model_list RAW --out MESH`, and reads back the planned
+list it writes (`services.common.model_list.load_model_list`: no model code): the launcher
+itself stays a light supervisor. This module imports nothing heavy at module level;
+`plan_processes` and `gateway_process` are pure.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +108,16 @@ def plan_model_list(path: str | Path, *, vllm_available: bool | None = None) -> 
     return plan_models(read_model_list(path), vllm_available=vllm_available)
 
 
+def select_models(entries: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    """The entries named in `names` (all when empty), in list order; an unknown name is an error."""
+    if not names:
+        return entries
+    unknown = sorted(set(names) - {raw["name"] for raw in entries})
+    if unknown:
+        raise InvalidArgument(f"not in the model list: {', '.join(unknown)}")
+    return [raw for raw in entries if raw["name"] in names]
+
+
 @dataclass
 class ProcessSpec:
     """One service process: `python -m module *args --port port`."""
@@ -110,6 +127,9 @@ class ProcessSpec:
     args: list[str]
     port: int
     ready: str = "grpc"  # "grpc" health or "http" /v2/health/ready
+    env: dict[str, str] = field(default_factory=dict)  # added to the launcher's environment
+    model: str | None = None  # an engine's model and backend
+    backend: str | None = None
 
 
 def engine_args(entry: ModelEntry, backend: str) -> list[str]:
@@ -143,6 +163,8 @@ def plan_processes(
                     ENGINE_MODULES[backend],
                     engine_args(entry, backend),
                     port,
+                    model=entry.name,
+                    backend=backend,
                 )
                 port += 1
                 specs.append(spec)
@@ -154,3 +176,45 @@ def plan_processes(
 def gateway_process(mesh_file: str, *, host: str, port: int) -> ProcessSpec:
     args = ["--model_list", mesh_file, "--host", host]
     return ProcessSpec("gateway", "services.gateway", args, port, ready="http")
+
+
+def control_plane_process(mesh_file: str, *, host: str, port: int) -> ProcessSpec:
+    args = ["--model_list", mesh_file, "--host", host]
+    return ProcessSpec("control_plane", "services.control_plane", args, port)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.launcher.plan",
+        description="Plan a hand-written model list (build `model:` names, infer tasks, resolve "
+        "backends, assign ports) and write the planned list the services read.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model_list", required=True, help="hand-written model list (YAML)")
+    parser.add_argument("--out", required=True, help="where to write the planned list (YAML)")
+    parser.add_argument("--host", default="127.0.0.1", help="host of the planned endpoints")
+    parser.add_argument("--base_port", type=int, default=50051, help="first gRPC port")
+    parser.add_argument("--models", default="", help="comma-separated subset of model names")
+    parser.add_argument("--no_vllm", action="store_true", help="plan every model on the HF engine")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = [name.strip() for name in args.models.split(",") if name.strip()]
+    try:
+        entries = select_models(read_model_list(args.model_list), names)
+        plan = plan_models(entries, vllm_available=False if args.no_vllm else None)
+    except InvalidArgument as error:
+        print(f"hfmesh: {error.message}", file=sys.stderr, flush=True)
+        return 2
+    plan_processes(plan, host=args.host, base_port=args.base_port, mesh_file=args.out)
+    out = Path(args.out)
+    partial = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    partial.write_text(plan.to_yaml())
+    partial.replace(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

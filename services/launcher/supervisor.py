@@ -9,6 +9,8 @@ is ready. With a log folder, the dead run's log is kept as `<name>.prev.log` (th
 `<name>.log` anew). `add(spec)` / `remove(name)` change the supervised set at run time (a
 replica added to a running mesh); `stop_all()` ends everything: SIGTERM to every process group
 at once, `grace_seconds` for them to drain, then SIGKILL to every group, so nothing is left.
+`stop_all(last=[...])` stops the named ones only after the others (the control plane outlives
+the replicas that deregister from it as they drain).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,10 +107,14 @@ class Supervisor:
             self.poll()
             time.sleep(interval)
 
-    def stop_all(self) -> None:
-        """SIGTERM every process group, wait up to `grace_seconds`, SIGKILL them all."""
+    def stop_all(self, last: Collection[str] = ()) -> None:
+        """SIGTERM every process group, wait up to `grace_seconds`, SIGKILL them all; the
+        services named in `last` the same way once the others are gone."""
         self.stopping = True
-        processes = [entry.process for entry in self.entries.values()]
+        self._stop([e.process for name, e in self.entries.items() if name not in last])
+        self._stop([e.process for name, e in self.entries.items() if name in last])
+
+    def _stop(self, processes: list[ServiceProcess]) -> None:
         for process in processes:
             process.kill(signal.SIGTERM)
         deadline = time.monotonic() + self.grace_seconds
@@ -163,6 +169,7 @@ class Supervisor:
             spec.args,
             name=spec.name,
             port=spec.port,
+            env=spec.env or None,
             ready="none",
             log_dir=self.log_dir,
         )

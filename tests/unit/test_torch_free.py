@@ -86,15 +86,20 @@ def test_no_torch_vllm_or_model_code(script, model_path, tmp_path):
             }
         )
     )
+    assert heavy_modules(script, *folders, str(model_list)) == []
+
+
+def heavy_modules(script: str, *args: str) -> list[str]:
+    """Run `script` with `args` in a fresh interpreter; the heavy modules it loaded."""
     result = subprocess.run(
-        [sys.executable, "-c", script + HEAVY, *folders, str(model_list)],
+        [sys.executable, "-c", script + HEAVY, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_the_check_sees_torch():

@@ -147,3 +147,18 @@ def test_stop_all_leaves_no_process_behind(supervisors):
     assert supervisor.lines == ["hfmesh: stubborn did not stop within 3s; killed"]
     supervisor.poll()  # stopping: nothing is restarted
     assert not any(p.alive() for p in supervisor.processes.values())
+
+
+def test_stop_all_stops_the_last_ones_after_the_others(supervisors):
+    seen: list[tuple[str, bool]] = []
+    supervisor = supervisors(
+        _spec("engine", "--ignore_term"),
+        _spec("control_plane"),
+        grace_seconds=0.5,
+        report=lambda line: seen.append((line, supervisor.processes["control_plane"].alive())),
+    )
+    _until(lambda: _pids(supervisor, "engine") and _pids(supervisor, "control_plane"))
+    supervisor.stop_all(last=["control_plane"])
+    # While the engine was being killed, the control plane still ran; then it stopped too.
+    assert seen == [("hfmesh: engine did not stop within 0.5s; killed", True)]
+    assert supervisor.processes["control_plane"].process.returncode == -signal.SIGTERM
