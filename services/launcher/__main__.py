@@ -31,9 +31,12 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from prometheus_client import start_http_server
+
 from services.common.logs import configure_logging
 from services.common.model_list import MeshPlan, load_model_list
 from services.control_plane.bootstrap import write_bootstrap
+from services.launcher.autoscaler import Autoscaler, GatewayLoad
 from services.launcher.plan import (
     ProcessSpec,
     control_plane_process,
@@ -99,6 +102,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=900.0,
         help="seconds to wait for every service, or for an added replica (900)",
+    )
+    parser.add_argument(
+        "--metrics_port",
+        type=int,
+        default=0,
+        help="port of the launcher's own /metrics: the autoscaler's replicas, load and "
+        "decisions per model (0: off)",
     )
     parser.add_argument(
         "--run_file",
@@ -236,6 +246,11 @@ def serve(args: argparse.Namespace) -> int:
         _start(supervisor, specs, args.ready_timeout)
         _start(supervisor, [gateway], 120)
         _warn_if_taken(run_file)
+        gateway_url = f"http://{_dial_host(args.host)}:{args.port}"
+        # Models with a `scaling` block follow the load the gateway sees (KubeAI's knobs).
+        autoscaler = Autoscaler(plan.models, GatewayLoad(f"{gateway_url}/metrics"), replicas.scale)
+        if args.metrics_port:
+            start_http_server(args.metrics_port, addr=args.host, registry=autoscaler.registry)
         state = RunState(
             pid=os.getpid(),
             control_plane=control_address,
@@ -243,13 +258,14 @@ def serve(args: argparse.Namespace) -> int:
             log_dir=str(log_dir),
             bootstrap=str(bootstrap),
             commands=str(commands.folder),
-            gateway=f"http://{_dial_host(args.host)}:{args.port}",
+            gateway=gateway_url,
         )
         state.write(run_file)
         _print_banner(args, plan, control_address, bootstrap)
         while True:
             supervisor.poll()
             commands.serve(replicas.handle)
+            autoscaler.tick()
             time.sleep(0.5)
     except KeyboardInterrupt:
         print("\nhfmesh: stopping ...", flush=True)
