@@ -69,7 +69,8 @@ def infer_request_from_pb(request: pb.ModelInferRequest) -> InferRequest:
         with_contents = [t.name for t in request.inputs if t.HasField("contents")]
         if with_contents:
             raise InvalidArgument(
-                f"tensor '{with_contents[0]}': both raw_input_contents and contents are set; use one form"
+                f"tensor '{with_contents[0]}': both raw_input_contents and contents are set; use "
+                "one form"
             )
         if len(raw) != len(request.inputs):
             raise InvalidArgument(

@@ -383,7 +383,7 @@ def _raw_values(message: pb.ModelInferResponse) -> dict[str, Sequence[Any]] | No
     if not raw or len(raw) != len(outputs):
         return None
     values: dict[str, Sequence[Any]] = {}
-    for tensor, data in zip(outputs, raw):
+    for tensor, data in zip(outputs, raw, strict=True):
         shape = list(tensor.shape)
         if tensor.datatype == "BYTES" and shape == [1]:
             try:

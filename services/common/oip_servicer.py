@@ -79,7 +79,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         info = self._model(name)
         if not info.ready:
             raise Unavailable(
-                f"model '{name}' is not ready ({info.state.value.lower()}{': ' + info.reason if info.reason else ''})"
+                f"model '{name}' is not ready "
+                f"({info.state.value.lower()}{': ' + info.reason if info.reason else ''})"
             )
         return info
 

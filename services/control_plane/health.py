@@ -53,7 +53,7 @@ class HealthChecker:
             self._failed.pop(gone, None)
             self._store.forget(gone)
         answers = await asyncio.gather(*(self._check(address) for address in addresses))
-        for address, answer in zip(addresses, answers):
+        for address, answer in zip(addresses, answers, strict=True):
             if answer == SERVING:
                 self._failed[address] = 0
                 self._store.set_healthy(address, True)

@@ -40,7 +40,7 @@ def _mergeable(cache: DynamicCache) -> bool:
 
 def _merge_caches(a: DynamicCache, b: DynamicCache, *, left: bool) -> None:
     """Append b's rows to a, padding the shorter along time (dim -2)."""
-    for la, lb in zip(_layers(a), _layers(b)):
+    for la, lb in zip(_layers(a), _layers(b), strict=True):
         width = max(la.keys.shape[-2], lb.keys.shape[-2])
         la.keys = torch.cat(
             [

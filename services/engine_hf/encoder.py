@@ -86,7 +86,7 @@ class EncoderRunner:
         if self.task is Task.RERANK:
             if not request.pairs:
                 raise InvalidArgument("rerank takes query/document pairs")
-            queries, documents = zip(*request.pairs)
+            queries, documents = zip(*request.pairs, strict=True)
             encoded = self._tokenize(list(queries), list(documents))
         else:
             if request.pairs:
@@ -118,7 +118,8 @@ class EncoderRunner:
         for name in tensors:
             if name not in self.tensor_inputs:
                 raise InvalidArgument(
-                    f"unknown input '{name}' for model '{request.model}' (it takes {', '.join(self.tensor_inputs)})"
+                    f"unknown input '{name}' for model '{request.model}' (it takes "
+                    f"{', '.join(self.tensor_inputs)})"
                 )
         if "input_ids" not in tensors:
             raise InvalidArgument("tensor 'input_ids' is required")
@@ -129,7 +130,8 @@ class EncoderRunner:
             )
         if ids.shape[1] > self.loaded.max_model_len:
             raise InvalidArgument(
-                f"tensor 'input_ids': length {ids.shape[1]} exceeds the model's limit {self.loaded.max_model_len}"
+                f"tensor 'input_ids': length {ids.shape[1]} exceeds the model's limit "
+                f"{self.loaded.max_model_len}"
             )
         self._check_range("input_ids", ids, self.vocab_size)
         mask = np.asarray(tensors.get("attention_mask", np.ones_like(ids)), dtype=np.int64)
@@ -141,7 +143,8 @@ class EncoderRunner:
         for name, array in (("attention_mask", mask), ("token_type_ids", types)):
             if array is not None and array.shape != ids.shape:
                 raise InvalidArgument(
-                    f"tensor '{name}': shape {list(array.shape)} differs from input_ids {list(ids.shape)}"
+                    f"tensor '{name}': shape {list(array.shape)} differs from input_ids "
+                    f"{list(ids.shape)}"
                 )
         return EncodeJob(request, ids, mask, types, text_style=False)
 
@@ -167,7 +170,7 @@ class EncoderRunner:
             except Exception:  # noqa: BLE001 - a failed forward fails its batch, not the engine
                 logger.exception("encoder forward pass failed")
                 outputs = [InternalError()] * len(jobs)
-            for (index, job), output in zip(jobs, outputs):
+            for (index, job), output in zip(jobs, outputs, strict=True):
                 if isinstance(output, HfmeshError):
                     results[index] = output
                     continue

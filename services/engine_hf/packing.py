@@ -97,7 +97,8 @@ def unpack(hidden: np.ndarray, places: list[Place], width: int) -> np.ndarray:
 
 
 def packing_supported(model: Any, tokenizer: Any, device: Any) -> bool:
-    """Does this model give the same states packed as padded? (position ids + 4-D masks honoured)."""
+    """Does this model give the same states packed as padded? (position ids + 4-D masks
+    honoured)."""
     texts = ["a short one", "a somewhat longer sentence to check packing with"]
     try:
         encoded = tokenizer(texts, padding=True, return_tensors="pt").to(device)

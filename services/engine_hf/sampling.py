@@ -100,7 +100,7 @@ def choose(logits: torch.Tensor, states: list[SamplingState]) -> list[Choice]:
     plain = [i for i, s in enumerate(states) if s.plain_greedy]
     if plain:
         picked = logits[plain].argmax(dim=-1).tolist()
-        for i, token in zip(plain, picked):
+        for i, token in zip(plain, picked, strict=True):
             choices[i] = Choice(int(token))
     for i, state in enumerate(states):
         if choices[i] is None:
@@ -159,5 +159,5 @@ def _choose_one(raw: torch.Tensor, state: SamplingState) -> Choice:
     top = None
     if p.logprobs > 0:
         values, ids = torch.topk(logprobs, p.logprobs)
-        top = {int(i): float(v) for i, v in zip(ids.tolist(), values.tolist())}
+        top = {int(i): float(v) for i, v in zip(ids.tolist(), values.tolist(), strict=True)}
     return Choice(token, float(logprobs[token]), top)

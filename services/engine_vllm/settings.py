@@ -126,7 +126,8 @@ def parse_lora_module(spec: str) -> LoraModule:
 
 
 def vllm_dtype_arg(dtype: str, *, on_cpu: bool) -> str:
-    """KServe's `auto`, with DESIGN.md §8: bfloat16 gives wrong answers on vLLM CPU, so auto is float32 there."""
+    """KServe's `auto`, with DESIGN.md §8: bfloat16 gives wrong answers on vLLM CPU, so auto is
+    float32 there."""
     return "float32" if dtype == "auto" and on_cpu else dtype
 
 
@@ -171,7 +172,8 @@ def build_config(argv: list[str] | None = None, *, on_cpu: bool | None = None) -
         parser.error(error.message)
     if task is not None and task not in RUNNER_FOR_TASK:
         parser.error(
-            f"task {task.value} is not served by the vLLM engine; use the HF engine (--backend huggingface)"
+            f"task {task.value} is not served by the vLLM engine; "
+            "use the HF engine (--backend huggingface)"
         )
     if on_cpu is None:
         from vllm.platforms import current_platform

@@ -61,7 +61,8 @@ def _wait_all(processes: list[tuple[ProcessSpec, ServiceProcess]], timeout: floa
         for name, (spec, proc) in list(pending.items()):
             if not proc.alive():
                 raise RuntimeError(
-                    f"{name} exited with {proc.process.returncode}; log: {proc.log_path}\n{proc.log()[-3000:]}"
+                    f"{name} exited with {proc.process.returncode}; log: "
+                    f"{proc.log_path}\n{proc.log()[-3000:]}"
                 )
             if is_ready(proc, spec.ready):
                 print(

@@ -127,8 +127,10 @@ class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):
         model = self.core.model(base)
         if operation is None and self.predictor is None:
             raise NotFound(
-                f"unknown model '{infer.model_name}'; the tokenizer serves '{base}.render', '{base}.preprocess', "
-                f"'{base}.postprocess' and '{base}.detokenize' (and '{base}' only with --predictor_host)"
+                f"unknown model '{infer.model_name}'; the tokenizer serves '{base}.render', "
+                f"'{base}.preprocess', "
+                f"'{base}.postprocess' and '{base}.detokenize' (and '{base}' only with "
+                "--predictor_host)"
             )
         handler = {
             tt.RENDER: self._render,

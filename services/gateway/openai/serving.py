@@ -165,7 +165,8 @@ class GenerationServing:
                 text = delta.text
                 quiet = not text and not delta.finish_reason and not gen.has_logprobs(delta)
                 if quiet and choice.started:
-                    continue  # nothing to tell the client yet (the detokenizer holds partial characters)
+                    # nothing to tell the client yet (the detokenizer holds partial characters)
+                    continue
                 if request.echo and not choice.started:
                     text = run.rendered[choice.index // request.n].prompt + text
                 choice.started = True
@@ -421,7 +422,7 @@ class ChoiceStreams:
     async def names(self, source: gen.Logprobs) -> dict[int, str]:
         ids = sorted(set(gen.logprob_ids(source)))
         strings = await self.serving.mesh.token_strings(self.route, self.call, ids)
-        return dict(zip(ids, strings))
+        return dict(zip(ids, strings, strict=True))
 
     def usage(self, choices: list[gen.Choice]) -> Usage:
         prompt = sum(len(r.input_ids) for r in self.rendered)
