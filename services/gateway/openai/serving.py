@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from services.common.engine import GenerateDelta, Task
@@ -281,8 +281,8 @@ class GenerationServing:
                 logprobs = None
                 if request.logprobs and gen.has_logprobs(delta):
                     names = await run.names(delta)
-                    content = gen.chat_logprobs(delta, names, top)
-                    logprobs = {"content": [e.model_dump() for e in content]}
+                    entries = gen.chat_logprobs(delta, names, top)
+                    logprobs = {"content": [e.model_dump() for e in entries]}
                 content = {"content": delta.text} if delta.text else {}
                 entry = {
                     "index": choice.index,
@@ -346,7 +346,7 @@ class ChoiceStreams:
         self.choices = [gen.Choice(index=i) for i in range(n * len(rendered))]
         self._id: str | None = None
         self._first_seen = False
-        self._batches: AsyncIterator[list[tuple[int, GenerateDelta]]] = gen.merge(streams)
+        self._batches: AsyncGenerator[list[tuple[int, GenerateDelta]], None] = gen.merge(streams)
 
     def id(self, prefix: str) -> str:
         if self._id is None:
@@ -405,7 +405,7 @@ class ChoiceStreams:
             await merged.aclose()
             raise
 
-        async def replay() -> AsyncIterator[list[tuple[int, GenerateDelta]]]:
+        async def replay() -> AsyncGenerator[list[tuple[int, GenerateDelta]], None]:
             for item in first:
                 yield item
             async for item in merged:
