@@ -168,6 +168,7 @@ class HFEngine:
     async def encode(self, request: EncodeRequest) -> EncodeResult:
         self._check_model(request.model)
         if self._batcher is None:
+            assert self._task is not None, "start() sets the task before the model is ready"
             raise Unimplemented(
                 f"model '{self.name}' serves {self._task.value}; encoding needs an encoder task"
             )
@@ -186,6 +187,7 @@ class HFEngine:
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateDelta]:
         self._check_model(request.model)
         if self._scheduler is None or self.loaded is None:
+            assert self._task is not None, "start() sets the task before the model is ready"
             raise Unimplemented(
                 f"model '{self.name}' serves {self._task.value}; generation needs text_generation "
                 "or text2text_generation"

@@ -157,7 +157,7 @@ class EncoderRunner:
 
     def run_batch(self, requests: list[EncodeRequest]) -> list[EncodeResult | HfmeshError]:
         """Prepare, run one forward for every valid request, post-process. Per-request errors."""
-        results: list[EncodeResult | HfmeshError | None] = [None] * len(requests)
+        results: dict[int, EncodeResult | HfmeshError] = {}
         jobs: list[tuple[int, EncodeJob]] = []
         for index, request in enumerate(requests):
             try:
@@ -165,8 +165,9 @@ class EncoderRunner:
             except HfmeshError as error:
                 results[index] = error
         if jobs:
+            outputs: list[np.ndarray | HfmeshError]
             try:
-                outputs = self.forward([job for _, job in jobs])
+                outputs = list(self.forward([job for _, job in jobs]))
             except Exception:  # noqa: BLE001 - a failed forward fails its batch, not the engine
                 logger.exception("encoder forward pass failed")
                 outputs = [InternalError()] * len(jobs)
@@ -178,7 +179,7 @@ class EncoderRunner:
                     results[index] = self.finish(job, output)
                 except HfmeshError as error:
                     results[index] = error
-        return results  # type: ignore[return-value]
+        return [results[index] for index in range(len(requests))]
 
     def forward(self, jobs: list[EncodeJob]) -> list[np.ndarray]:
         """One padded forward pass; each job gets its own rows, cut to its own length."""
@@ -228,8 +229,9 @@ class EncoderRunner:
                 types.append(
                     job.token_type_ids[row][real] if job.token_type_ids is not None else None
                 )
-        with_types = self.takes_token_types and all(t is not None for t in types)
-        inputs, places = pack(sequences, types if with_types else None, self.loaded.device)
+        known = [t for t in types if t is not None]
+        with_types = self.takes_token_types and len(known) == len(types)
+        inputs, places = pack(sequences, known if with_types else None, self.loaded.device)
         with torch.inference_mode():
             hidden = self.model(**inputs).last_hidden_state.float().cpu().numpy()
         pieces, start = [], 0

@@ -245,6 +245,7 @@ class GenerationScheduler:
 
     def _prefill(self, lane: Lane, group: list[Sequence]) -> None:
         prompts = [seq.request.prompt_ids for seq in group]
+        batch: CausalBatch | Seq2SeqBatch
         if self.seq2seq:
             batch, logits = Seq2SeqBatch.prefill(self.model, prompts, self.pad_id, self.start_id)
         else:
@@ -259,7 +260,13 @@ class GenerationScheduler:
         if lane.batch is None or not lane.rows:
             lane.batch, lane.rows = batch, [group[i] for i in kept]
         else:
-            lane.batch.extend(batch)
+            # A scheduler prefills one kind of batch (`seq2seq`): the two are alike.
+            if isinstance(lane.batch, CausalBatch):
+                assert isinstance(batch, CausalBatch)
+                lane.batch.extend(batch)
+            else:
+                assert isinstance(batch, Seq2SeqBatch)
+                lane.batch.extend(batch)
             lane.rows = lane.rows + [group[i] for i in kept]
 
     def _decode(self, lane: Lane) -> None:

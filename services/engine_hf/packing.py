@@ -63,7 +63,7 @@ def pack(
     positions = np.zeros_like(ids)
     types = np.zeros_like(ids)
     segment = np.full((len(rows), width), -1, dtype=np.int64)
-    places: list[Place | None] = [None] * len(sequences)
+    places: dict[int, Place] = {}
     for r, row in enumerate(rows):
         start = 0
         for index in row:
@@ -85,7 +85,7 @@ def pack(
     }
     if type_ids is not None:
         inputs["token_type_ids"] = torch.from_numpy(types).to(device)
-    return inputs, places  # type: ignore[return-value]
+    return inputs, [places[index] for index in range(len(sequences))]
 
 
 def unpack(hidden: np.ndarray, places: list[Place], width: int) -> np.ndarray:

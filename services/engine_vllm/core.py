@@ -222,6 +222,7 @@ class VLLMEngine:
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
         llm = self._ready_llm()
+        assert self.task is not None, "start() sets the task before the model is ready"
         if not self.task.is_generative:
             raise Unimplemented(
                 f"model '{self.name}' is a {self.task.value} model; it does not generate text"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 
@@ -21,6 +22,9 @@ from services.common.architecture import infer_task
 from services.common.engine import Task
 from services.common.errors import InvalidArgument
 from services.common.settings import KServeRuntimeFlags, build_parser, parse_settings
+
+if TYPE_CHECKING:
+    from vllm.engine.arg_utils import AsyncEngineArgs
 
 PROG = "python -m services.engine_vllm"
 DESCRIPTION = (
@@ -69,7 +73,7 @@ class EngineConfig:
     """Everything the engine needs, resolved: our settings, vLLM's args, the task, the adapters."""
 
     settings: VLLMEngineSettings
-    engine_args: object  # vllm AsyncEngineArgs (vLLM is imported lazily)
+    engine_args: AsyncEngineArgs  # vLLM is imported lazily, when the args are built
     task: Task | None
     lora_modules: list[LoraModule] = field(default_factory=list)
 
