@@ -2,7 +2,9 @@
 PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup run test test-quick proto bench
+.PHONY: setup run check test test-quick proto bench
+
+LINT_PATHS := services tests bench scripts
 
 setup:
 	scripts/setup.sh
@@ -11,12 +13,18 @@ setup:
 run: setup
 	$(PY) -m services.launcher
 
-## The full test suite (what CI runs).
-test: setup
+## STYLE.md enforced: formatting, lint (pyproject's [tool.ruff]) and types (its [tool.mypy]).
+check: setup
+	$(PY) -m ruff format --check $(LINT_PATHS)
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m mypy
+
+## The full test suite (what CI runs), after the checks.
+test: setup check
 	HF_HUB_OFFLINE=1 $(PYTEST) tests
 
 ## The quick tier: no real model loads, no multi-process meshes.
-test-quick: setup
+test-quick: setup check
 	HF_HUB_OFFLINE=1 $(PYTEST) tests -m "not slow"
 
 proto:

@@ -1,6 +1,7 @@
 """HF engine throughput: dynamic/batched vs one request at a time, over real gRPC.
 
-    python bench/engine_hf.py [--rounds 2] [--embed-requests 256] [--gen-requests 16] [--seq-gen-requests 4]
+    python bench/engine_hf.py [--rounds 2] [--embed-requests 256] [--gen-requests 16]
+                              [--seq-gen-requests 4]
 
 Starts real engine processes (both modes of a comparison at once; rounds
 alternate between them, so load from elsewhere on the machine hits both alike)
@@ -96,7 +97,9 @@ def output(response: service_pb2.ModelInferResponse, name: str, dtype: str) -> n
 async def _drive(
     address: str, requests: list[bytes], concurrency: int, check, warm: bool
 ) -> tuple[float, float]:
-    """Send pre-built requests with at most `concurrency` in flight; (seconds, summed units from `check`).
+    """Send pre-built requests with at most `concurrency` in flight.
+
+    Returns (seconds, summed units from `check`).
 
     The client is deliberately thin (raw grpc.aio, no per-call tensor building): on a small
     machine it shares the CPU with the engine, and a heavy client would hide the engine's speed.
@@ -143,12 +146,13 @@ def _compare(
     make_request,
     check,
 ) -> list[Row]:
-    """Both engines up at once; rounds alternate between them so load from elsewhere hits both alike."""
+    """Both engines up at once; rounds alternate between them so load from elsewhere hits both
+    alike."""
     services = [_engine(model, name, flags) for _, _, flags in modes]
     totals = [[0.0, 0.0, 0] for _ in modes]
     try:
         for round_index in range(rounds):
-            for (_, count, _), service, total in zip(modes, services, totals):
+            for (_, count, _), service, total in zip(modes, services, totals, strict=True):
                 requests = [make_request(i) for i in range(count)]
                 seconds, units = asyncio.run(
                     _drive(service.address, requests, concurrency, check, warm=round_index == 0)
@@ -161,7 +165,7 @@ def _compare(
             service.stop()
     return [
         Row(workload, mode, total[2], concurrency, total[0], total[1], unit)
-        for (mode, _, _), total in zip(modes, totals)
+        for (mode, _, _), total in zip(modes, totals, strict=True)
     ]
 
 
@@ -197,7 +201,10 @@ def bench_generation(
 
     def make_request(i: int) -> bytes:
         topic = TOPICS[i % len(TOPICS)]
-        prompt = f"<|im_start|>user\nWrite a short story about {topic}.<|im_end|>\n<|im_start|>assistant\n"
+        prompt = (
+            f"<|im_start|>user\nWrite a short story about {topic}.<|im_end|>\n"
+            "<|im_start|>assistant\n"
+        )
         return infer_request("smollm2", {"text_input": [prompt], "sampling_parameters": [sampling]})
 
     def check(response) -> float:
@@ -222,7 +229,10 @@ def bench_generation(
 
 
 def print_table(rows: list[Row]) -> None:
-    header = f"{'workload':<26} {'mode':<22} {'requests':>8} {'conc':>5} {'seconds':>8} {'throughput':>14} {'speedup':>8}"
+    header = (
+        f"{'workload':<26} {'mode':<22} {'requests':>8} {'conc':>5} {'seconds':>8} "
+        f"{'throughput':>14} {'speedup':>8}"
+    )
     print(header)
     print("-" * len(header))
     for i in range(0, len(rows), 2):

@@ -1,6 +1,7 @@
 """Gateway overhead: the same streaming load against the engine directly and through the gateway.
 
-    python bench/gateway.py [--model tiny-llama] [--requests 48] [--concurrency 8] [--max-tokens 64] [--rounds 6] [--no-pin]
+    python bench/gateway.py [--model tiny-llama] [--requests 48] [--concurrency 8]
+                            [--max-tokens 64] [--rounds 6] [--no-pin]
 
 Starts the model (tiny-llama, or smollm2-135m-instruct for a realistic per-token
 cost, with fewer requests by default) on the HF engine, the tokenizer service and the gateway as
@@ -160,7 +161,7 @@ async def direct_one(stub, ids: list[int], max_tokens: int, result: Result) -> N
             raise RuntimeError(reply.error_message)
         # Read the raw tensors in place (what a lean client does): new ids and the final count.
         response = reply.infer_response
-        for tensor, data in zip(response.outputs, response.raw_output_contents):
+        for tensor, data in zip(response.outputs, response.raw_output_contents, strict=True):
             if tensor.name == "output_ids" and first is None and data:
                 first = time.perf_counter() - started
             elif tensor.name == "num_output_tokens" and data:
@@ -305,11 +306,13 @@ async def bench(
 
 def report(phase: Phase, direct: Result, through: Result, rounds: int) -> None:
     print(
-        f"\n{phase.name}: {rounds}×{phase.requests} streamed chat requests per path, concurrency {phase.concurrency} "
-        f"(streams {phase.stagger * 1000:.0f} ms apart), {phase.max_tokens} new tokens each (ignore_eos)"
+        f"\n{phase.name}: {rounds}×{phase.requests} streamed chat requests per path, "
+        f"concurrency {phase.concurrency} (streams {phase.stagger * 1000:.0f} ms apart), "
+        f"{phase.max_tokens} new tokens each (ignore_eos)"
     )
     print(
-        f"{'path':42} {'requests':>8} {'tokens':>7} {'seconds':>8} {'tok/s':>8} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12}"
+        f"{'path':42} {'requests':>8} {'tokens':>7} {'seconds':>8} {'tok/s':>8} "
+        f"{'TTFT p50 ms':>12} {'TTFT p99 ms':>12}"
         f" {'engine TTFT mean ms':>20}  CPU s: engine / tokenizer / gateway / client"
     )
     for r in (direct, through):
@@ -317,13 +320,15 @@ def report(phase: Phase, direct: Result, through: Result, rounds: int) -> None:
             f"{r.cpu.get(k, 0.0):.2f}" for k in ("engine", "tokenizer", "gateway", "client")
         )
         print(
-            f"{r.mode:42} {r.requests:8d} {r.tokens:7d} {r.seconds:8.2f} {r.rate:8.1f} {r.p(50):12.1f} {r.p(99):12.1f}"
+            f"{r.mode:42} {r.requests:8d} {r.tokens:7d} {r.seconds:8.2f} {r.rate:8.1f} "
+            f"{r.p(50):12.1f} {r.p(99):12.1f}"
             f" {r.engine_ttft_mean:20.1f}  {cpu}"
         )
     ratio = through.rate / direct.rate if direct.rate else float("nan")
     print(f"  output tokens/s ratio (gateway / direct): {ratio:.3f}   (target >= 0.9)")
     print(
-        f"  added TTFT: p50 {through.p(50) - direct.p(50):+.1f} ms (target <= 5 ms), p99 {through.p(99) - direct.p(99):+.1f} ms"
+        f"  added TTFT: p50 {through.p(50) - direct.p(50):+.1f} ms (target <= 5 ms), p99 "
+        f"{through.p(99) - direct.p(99):+.1f} ms"
     )
 
 
@@ -369,8 +374,8 @@ def main() -> None:
         "--pin",
         action=argparse.BooleanOptionalAction,
         default=len(os.sched_getaffinity(0)) >= 2,
-        help="give the engine its own CPUs (the first half; torch threads to match) and the gateway, "
-        "tokenizer and this client the rest, as services with their own CPU requests run "
+        help="give the engine its own CPUs (the first half; torch threads to match) and the "
+        "gateway, tokenizer and this client the rest, as services with their own CPU requests run "
         "(default: on with 2 or more CPUs; --no-pin lets every process use every CPU)",
     )
     args = parser.parse_args()
@@ -474,12 +479,14 @@ def main() -> None:
         for service in services:
             service.stop()
     placement = (
-        f"engine pinned to CPUs {sorted(engine_cpus)}, gateway + tokenizer + client to {sorted(other_cpus)}"
+        f"engine pinned to CPUs {sorted(engine_cpus)}, gateway + tokenizer + client to "
+        f"{sorted(other_cpus)}"
         if engine_cpus
         else "no pinning"
     )
     print(
-        f"\n{args.model} on the HF engine ({' '.join(engine_flags) or 'default flags'}), {os.cpu_count()} CPU cores, "
+        f"\n{args.model} on the HF engine ({' '.join(engine_flags) or 'default flags'}), "
+        f"{os.cpu_count()} CPU cores, "
         f"{placement}; rounds alternate direct / gateway"
     )
     for phase, direct, through in results:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import statistics
@@ -140,7 +141,7 @@ async def one_request(
                 arrivals.append(time.perf_counter())
     if not arrivals:
         raise RuntimeError(f"{url}: no text streamed")
-    itls = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    itls = [b - a for a, b in itertools.pairwise(arrivals)]
     tokens = tokens or len(arrivals)
     tpot = (arrivals[-1] - arrivals[0]) / max(tokens - 1, 1)
     return RequestStats(ttft=arrivals[0] - start, itls=itls, tokens=tokens, tpot=tpot)
@@ -346,19 +347,22 @@ def report(name: str, servers: list[Server], args: argparse.Namespace) -> str:
         f"{args.concurrency}, {args.output_len} output tokens each (ignore_eos), streamed"
     ]
     rows.append(
-        f"  {'server':<36}{'out tok/s':>10}{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>10}{'TPOT p50':>10}"
+        f"  {'server':<36}{'out tok/s':>10}{'TTFT p50':>10}{'TTFT p99':>10}"
+        f"{'ITL p50':>10}{'TPOT p50':>10}"
         "   rounds tok/s"
     )
     for server in servers:
         pooled = server.pooled()
         each = " ".join(f"{r.tokens_per_second:.0f}" for r in server.rounds)
         rows.append(
-            f"  {server.label:<36}{server.tokens_per_second():>10.1f}{pooled.ttft(0.5) * 1e3:>8.0f}ms"
-            f"{pooled.ttft(0.99) * 1e3:>8.0f}ms{pooled.itl(0.5) * 1e3:>8.1f}ms{pooled.tpot(0.5) * 1e3:>8.1f}ms"
+            f"  {server.label:<36}{server.tokens_per_second():>10.1f}"
+            f"{pooled.ttft(0.5) * 1e3:>8.0f}ms{pooled.ttft(0.99) * 1e3:>8.0f}ms"
+            f"{pooled.itl(0.5) * 1e3:>8.1f}ms{pooled.tpot(0.5) * 1e3:>8.1f}ms"
             f"   {each}"
         )
     rows.append(
-        f"  ratio b/a (output tokens/s, medians): {meshed.tokens_per_second() / alone.tokens_per_second():.3f}"
+        "  ratio b/a (output tokens/s, medians): "
+        f"{meshed.tokens_per_second() / alone.tokens_per_second():.3f}"
     )
     for server in servers:
         pooled = server.pooled()
@@ -383,7 +387,8 @@ def bench_model(name: str, log_dir: Path, args: argparse.Namespace) -> str:
             for server in servers:
                 stats = measure(server, everything, name, args)
                 print(
-                    f"{name} round {round_index + 1} {server.label[:3]}: {stats.tokens_per_second:.1f} tok/s",
+                    f"{name} round {round_index + 1} {server.label[:3]}: "
+                    f"{stats.tokens_per_second:.1f} tok/s",
                     flush=True,
                 )
         return report(name, servers, args)

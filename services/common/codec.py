@@ -119,7 +119,8 @@ def _info(name: str, datatype: str) -> DatatypeInfo:
     info = DATATYPES.get(datatype)
     if info is None:
         raise InvalidArgument(
-            f"tensor '{name}': unknown datatype '{datatype}' (expected one of {', '.join(DATATYPES)})"
+            f"tensor '{name}': unknown datatype '{datatype}' (expected one of "
+            f"{', '.join(DATATYPES)})"
         )
     return info
 
@@ -133,13 +134,15 @@ def decode_raw(name: str, datatype: str, shape: Any, raw: bytes) -> Tensor:
         items = split_bytes(name, raw)
         if len(items) != count:
             raise InvalidArgument(
-                f"tensor '{name}': shape {list(dims)} needs {count} BYTES elements, raw data holds {len(items)}"
+                f"tensor '{name}': shape {list(dims)} needs {count} BYTES elements, raw data holds "
+                f"{len(items)}"
             )
         return Tensor(name, datatype, as_bytes_array(items, dims))
     expected = count * info.dtype.itemsize
     if len(raw) != expected:
         raise InvalidArgument(
-            f"tensor '{name}': {datatype} shape {list(dims)} needs {expected} raw bytes, got {len(raw)}"
+            f"tensor '{name}': {datatype} shape {list(dims)} needs {expected} raw bytes, got "
+            f"{len(raw)}"
         )
     return Tensor(name, datatype, np.frombuffer(raw, dtype=info.dtype).reshape(dims))
 

@@ -61,9 +61,10 @@ class EncoderInputs:
         return list(self.texts or ()), None
 
 
-def _text(tensor: Tensor, item: object) -> str:
+def _text(tensor: Tensor, item: Any) -> str:
+    """One element of a BYTES tensor's object array (bytes; anything else is refused)."""
     try:
-        return bytes(item).decode("utf-8")  # type: ignore[call-overload]
+        return bytes(item).decode("utf-8")
     except (TypeError, UnicodeDecodeError):
         raise InvalidArgument(f"tensor '{tensor.name}': not valid UTF-8") from None
 

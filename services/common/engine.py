@@ -149,7 +149,8 @@ class EncodeRequest:
 
 @dataclass
 class EncodeResult:
-    """Named output arrays; text-style results use BYTES (object arrays of bytes) where the task answers text."""
+    """Named output arrays; text-style results use BYTES (object arrays of bytes) where the task
+    answers text."""
 
     outputs: dict[str, np.ndarray]
 

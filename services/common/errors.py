@@ -51,7 +51,7 @@ class ResourceExhausted(HfmeshError):
 
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
     http_status = 429
-    retry_after = 1.0
+    retry_after: float | None = 1.0
 
 
 class PayloadTooLarge(ResourceExhausted):

@@ -266,6 +266,7 @@ def parse_generate_request(
         if not prompt:
             raise InvalidArgument("tensor 'text_input': the prompt is empty")
     else:
+        assert ids is not None  # exactly one of the two is set (checked above)
         if ids.datatype not in ("INT64", "INT32"):
             raise InvalidArgument(f"tensor 'input_ids': datatype must be INT64, got {ids.datatype}")
         if ids.data.ndim > 2 or (ids.data.ndim == 2 and ids.data.shape[0] != 1):
@@ -296,9 +297,9 @@ def parse_generate_request(
         requested_outputs=tuple(request.requested_outputs),
     )
     for flag in _FLAG_INPUTS:
-        tensor = request.input(flag)
-        if tensor is not None:
-            setattr(options, flag, parse_bool(flag, _scalar(tensor)))
+        flag_tensor = request.input(flag)
+        if flag_tensor is not None:
+            setattr(options, flag, parse_bool(flag, _scalar(flag_tensor)))
     generate = GenerateRequest(
         request_id=request_id,
         model=request.model_name,
@@ -383,7 +384,7 @@ def _raw_values(message: pb.ModelInferResponse) -> dict[str, Sequence[Any]] | No
     if not raw or len(raw) != len(outputs):
         return None
     values: dict[str, Sequence[Any]] = {}
-    for tensor, data in zip(outputs, raw):
+    for tensor, data in zip(outputs, raw, strict=True):
         shape = list(tensor.shape)
         if tensor.datatype == "BYTES" and shape == [1]:
             try:

@@ -27,6 +27,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
+import grpc
 import numpy as np
 
 from services.common import llm_tensors
@@ -38,7 +39,7 @@ from services.common.converters import (
     stream_error,
 )
 from services.common.encoder_tensors import encoder_inputs_from
-from services.common.engine import EncodeRequest, Engine, GenerateDelta, ModelInfo
+from services.common.engine import EncodeRequest, Engine, GenerateDelta, GenerateRequest, ModelInfo
 from services.common.errors import (
     HfmeshError,
     InternalError,
@@ -79,35 +80,48 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         info = self._model(name)
         if not info.ready:
             raise Unavailable(
-                f"model '{name}' is not ready ({info.state.value.lower()}{': ' + info.reason if info.reason else ''})"
+                f"model '{name}' is not ready "
+                f"({info.state.value.lower()}{': ' + info.reason if info.reason else ''})"
             )
         return info
 
-    async def ServerLive(self, request, context):
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.engine.healthy())
 
-    async def ServerReady(self, request, context):
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
         models = self.engine.models()
         ready = self.engine.healthy() and bool(models) and all(m.ready for m in models)
         return pb.ServerReadyResponse(ready=ready)
 
-    async def ModelReady(self, request, context):
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
         try:
             return pb.ModelReadyResponse(ready=self._model(request.name).ready)
         except NotFound:
             return pb.ModelReadyResponse(ready=False)
 
-    async def ServerMetadata(self, request, context):
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(
             name=self.server_name, version=VERSION, extensions=EXTENSIONS
         )
 
-    async def ModelMetadata(self, request, context):
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
         return model_metadata_to_pb(self._model(request.name))
 
     # -- repository ----------------------------------------------------------
 
-    async def RepositoryIndex(self, request, context):
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
         response = pb.RepositoryIndexResponse()
         for info in self.engine.models():
             if request.ready and not info.ready:
@@ -117,7 +131,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
         return response
 
-    async def RepositoryModelLoad(self, request, context):
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
         path = _lora_path(request.parameters)
         if not path:
             self._model(request.model_name)  # loading a served base model is a no-op
@@ -125,14 +141,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self.engine.load_adapter(request.model_name, path)
         return pb.RepositoryModelLoadResponse()
 
-    async def RepositoryModelUnload(self, request, context):
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
         self._model(request.model_name)
         await self.engine.unload_adapter(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     # -- inference -----------------------------------------------------------
 
-    async def ModelInfer(self, request, context):
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
         infer = infer_request_from_pb(request)
         info = self._ready_model(infer.model_name)
         if info.task.is_generative:
@@ -142,7 +162,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return infer_response_to_pb(response, raw=infer.raw)
 
     async def ModelStreamInfer(
-        self, request_iterator, context
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         queue: asyncio.Queue[PendingDeltas | pb.ModelStreamInferResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
@@ -151,8 +173,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             try:
                 async for response in self._stream_one(message):
                     if isinstance(response, pb.ModelInferResponse):
-                        response = pb.ModelStreamInferResponse(infer_response=response)
-                    await queue.put(response)
+                        await queue.put(pb.ModelStreamInferResponse(infer_response=response))
+                    else:
+                        await queue.put(response)
             except HfmeshError as error:
                 await queue.put(stream_error(message, error))
             except Exception:  # noqa: BLE001 - one request's bug must not end the stream
@@ -175,10 +198,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 queued = [await queue.get()]
                 while not queue.empty():
                     queued.append(queue.get_nowait())
-                if queued[-1] is None:
-                    queued.pop()
-                    ended = True
-                for item in _coalesce(queued):
+                # None, the end of the stream, is the last item ever queued.
+                ready = [item for item in queued if item is not None]
+                ended = len(ready) < len(queued)
+                for item in _coalesce(ready):
                     yield item
         finally:
             reader.cancel()
@@ -218,7 +241,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         base = infer.id or request_id_var.get()
         return f"{base}-{uuid.uuid4().hex[:8]}" if base and base != "-" else uuid.uuid4().hex
 
-    async def _deltas(self, generate) -> AsyncIterator[GenerateDelta]:
+    async def _deltas(self, generate: GenerateRequest) -> AsyncIterator[GenerateDelta]:
         """Engine deltas; a cancelled caller aborts the engine request."""
         finished = False
         try:
@@ -235,7 +258,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
         return await self._collect(infer, generate, options)
 
-    async def _collect(self, infer, generate, options) -> InferResponse:
+    async def _collect(
+        self, infer: InferRequest, generate: GenerateRequest, options: llm_tensors.LLMOptions
+    ) -> InferResponse:
         by_index: dict[int, list[GenerateDelta]] = {}
         async for delta in self._deltas(generate):
             by_index.setdefault(delta.index, []).append(delta)
@@ -274,8 +299,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return InferResponse(model_name=infer.model_name, id=infer.id, outputs=outputs)
 
 
-def _combine_sequences(infer, options, by_index, n, prefix) -> InferResponse:
-    texts, ids, reasons, counts = [], [], [], []
+def _combine_sequences(
+    infer: InferRequest,
+    options: llm_tensors.LLMOptions,
+    by_index: dict[int, list[GenerateDelta]],
+    n: int,
+    prefix: str,
+) -> InferResponse:
+    texts: list[str] = []
+    ids: list[list[int]] = []
+    reasons: list[str] = []
+    counts: list[int] = []
     num_input = 0
     for index in range(n):
         deltas = by_index.get(index, [])

@@ -49,7 +49,7 @@ OIP_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].
 
 def request_id_from(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_HEADER and value:
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and value:
             return value
     return new_request_id()
 

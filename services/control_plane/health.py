@@ -53,7 +53,7 @@ class HealthChecker:
             self._failed.pop(gone, None)
             self._store.forget(gone)
         answers = await asyncio.gather(*(self._check(address) for address in addresses))
-        for address, answer in zip(addresses, answers):
+        for address, answer in zip(addresses, answers, strict=True):
             if answer == SERVING:
                 self._failed[address] = 0
                 self._store.set_healthy(address, True)
@@ -73,9 +73,9 @@ class HealthChecker:
         if channel is None:
             channel = self._channels[address] = grpc.aio.insecure_channel(address)
         try:
-            response = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=self.timeout
-            )
+            # types-grpcio-health-checking declares HealthStub without its methods.
+            check = health_pb2_grpc.HealthStub(channel).Check  # type: ignore[attr-defined]
+            response = await check(health_pb2.HealthCheckRequest(service=""), timeout=self.timeout)
         except grpc.aio.AioRpcError as error:
             logger.debug("health check of %s failed: %s", address, error.code())
             return None

@@ -1,1 +1,2 @@
-"""The transformers engine: every task of a Hugging Face model over OIP v2 gRPC (`python -m services.engine_hf`)."""
+"""The transformers engine: every task of a Hugging Face model over OIP v2 gRPC
+(`python -m services.engine_hf`)."""

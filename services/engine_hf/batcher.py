@@ -6,8 +6,9 @@ for the rest: under steady load (clients sending their next request when the
 last one returns) batches refill to their full size instead of splitting into
 fragments, while a lone request after a quiet spell does not wait at all.
 Batches run one at a time in a worker thread (never on the event loop);
-requests arriving meanwhile queue up and form the next batch. `max_batch_size=1` is one request at a time, the
-behaviour of KServe's HF backend. A request larger than the limit runs alone.
+requests arriving meanwhile queue up and form the next batch. `max_batch_size=1`
+is one request at a time, the behaviour of KServe's HF backend. A request larger
+than the limit runs alone.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ class DynamicBatcher(Generic[Req, Res]):
             )
             self.running = 0
             self._notify()
-            for item, result in zip(batch, results):
+            for item, result in zip(batch, results, strict=True):
                 if item.future.done():
                     continue
                 if isinstance(result, BaseException):

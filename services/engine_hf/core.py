@@ -168,6 +168,7 @@ class HFEngine:
     async def encode(self, request: EncodeRequest) -> EncodeResult:
         self._check_model(request.model)
         if self._batcher is None:
+            assert self._task is not None, "start() sets the task before the model is ready"
             raise Unimplemented(
                 f"model '{self.name}' serves {self._task.value}; encoding needs an encoder task"
             )
@@ -186,8 +187,10 @@ class HFEngine:
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateDelta]:
         self._check_model(request.model)
         if self._scheduler is None or self.loaded is None:
+            assert self._task is not None, "start() sets the task before the model is ready"
             raise Unimplemented(
-                f"model '{self.name}' serves {self._task.value}; generation needs text_generation or text2text_generation"
+                f"model '{self.name}' serves {self._task.value}; generation needs text_generation "
+                "or text2text_generation"
             )
         prompt_ids = await asyncio.to_thread(self._prompt_ids, request)
         max_tokens = self._max_tokens(request, len(prompt_ids))
@@ -234,7 +237,8 @@ class HFEngine:
             bad = [t for t in ids if not 0 <= t < vocab]
             if bad:
                 raise InvalidArgument(
-                    f"tensor 'input_ids': token id {bad[0]} is outside the vocabulary [0, {vocab - 1}]"
+                    f"tensor 'input_ids': token id {bad[0]} is outside the vocabulary [0, "
+                    f"{vocab - 1}]"
                 )
             return ids
         with self._tokenizer_lock:
@@ -261,7 +265,8 @@ class HFEngine:
     async def load_adapter(self, name: str, path: str) -> None:
         if self.adapters is None or self._state is not ModelState.READY:
             raise Unimplemented(
-                f"model '{self.name}' ({(self._task or Task.TEXT_GENERATION).value}) takes no LoRA adapters"
+                f"model '{self.name}' ({(self._task or Task.TEXT_GENERATION).value}) takes no LoRA "
+                "adapters"
             )
         if name == self.name:
             raise InvalidArgument(f"adapter name '{name}' is the base model's name")

@@ -17,7 +17,12 @@ import inspect
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
+from transformers.cache_utils import (
+    CacheLayerMixin,
+    DynamicCache,
+    DynamicLayer,
+    EncoderDecoderCache,
+)
 
 
 def _pad_time(tensor: torch.Tensor, width: int, *, left: bool, dim: int) -> torch.Tensor:
@@ -30,8 +35,14 @@ def _pad_time(tensor: torch.Tensor, width: int, *, left: bool, dim: int) -> torc
     return torch.cat([pad, tensor] if left else [tensor, pad], dim=dim)
 
 
-def _layers(cache: DynamicCache) -> list[DynamicLayer]:
-    return list(cache.layers)
+def _layers(cache: DynamicCache) -> list[tuple[CacheLayerMixin, torch.Tensor, torch.Tensor]]:
+    """Each layer with its keys and values: attention layers of a cache prefill has filled."""
+    layers = []
+    for layer in cache.layers:
+        assert isinstance(layer, CacheLayerMixin), "an attention layer (keys and values)"
+        assert layer.keys is not None and layer.values is not None, "a filled layer"
+        layers.append((layer, layer.keys, layer.values))
+    return layers
 
 
 def _mergeable(cache: DynamicCache) -> bool:
@@ -40,26 +51,28 @@ def _mergeable(cache: DynamicCache) -> bool:
 
 def _merge_caches(a: DynamicCache, b: DynamicCache, *, left: bool) -> None:
     """Append b's rows to a, padding the shorter along time (dim -2)."""
-    for la, lb in zip(_layers(a), _layers(b)):
-        width = max(la.keys.shape[-2], lb.keys.shape[-2])
-        la.keys = torch.cat(
+    for (layer, keys_a, values_a), (_, keys_b, values_b) in zip(
+        _layers(a), _layers(b), strict=True
+    ):
+        width = max(keys_a.shape[-2], keys_b.shape[-2])
+        layer.keys = torch.cat(
             [
-                _pad_time(la.keys, width, left=left, dim=-2),
-                _pad_time(lb.keys, width, left=left, dim=-2),
+                _pad_time(keys_a, width, left=left, dim=-2),
+                _pad_time(keys_b, width, left=left, dim=-2),
             ]
         )
-        la.values = torch.cat(
+        layer.values = torch.cat(
             [
-                _pad_time(la.values, width, left=left, dim=-2),
-                _pad_time(lb.values, width, left=left, dim=-2),
+                _pad_time(values_a, width, left=left, dim=-2),
+                _pad_time(values_b, width, left=left, dim=-2),
             ]
         )
 
 
 def _select_cache(cache: DynamicCache, rows: torch.Tensor, time: slice) -> None:
-    for layer in _layers(cache):
-        layer.keys = layer.keys[rows][..., time, :]
-        layer.values = layer.values[rows][..., time, :]
+    for layer, keys, values in _layers(cache):
+        layer.keys = keys[rows][..., time, :]
+        layer.values = values[rows][..., time, :]
 
 
 def _merge_masks(a: torch.Tensor, b: torch.Tensor, *, left: bool) -> torch.Tensor:

@@ -86,7 +86,7 @@ class EncoderRunner:
         if self.task is Task.RERANK:
             if not request.pairs:
                 raise InvalidArgument("rerank takes query/document pairs")
-            queries, documents = zip(*request.pairs)
+            queries, documents = zip(*request.pairs, strict=True)
             encoded = self._tokenize(list(queries), list(documents))
         else:
             if request.pairs:
@@ -118,7 +118,8 @@ class EncoderRunner:
         for name in tensors:
             if name not in self.tensor_inputs:
                 raise InvalidArgument(
-                    f"unknown input '{name}' for model '{request.model}' (it takes {', '.join(self.tensor_inputs)})"
+                    f"unknown input '{name}' for model '{request.model}' (it takes "
+                    f"{', '.join(self.tensor_inputs)})"
                 )
         if "input_ids" not in tensors:
             raise InvalidArgument("tensor 'input_ids' is required")
@@ -129,7 +130,8 @@ class EncoderRunner:
             )
         if ids.shape[1] > self.loaded.max_model_len:
             raise InvalidArgument(
-                f"tensor 'input_ids': length {ids.shape[1]} exceeds the model's limit {self.loaded.max_model_len}"
+                f"tensor 'input_ids': length {ids.shape[1]} exceeds the model's limit "
+                f"{self.loaded.max_model_len}"
             )
         self._check_range("input_ids", ids, self.vocab_size)
         mask = np.asarray(tensors.get("attention_mask", np.ones_like(ids)), dtype=np.int64)
@@ -141,7 +143,8 @@ class EncoderRunner:
         for name, array in (("attention_mask", mask), ("token_type_ids", types)):
             if array is not None and array.shape != ids.shape:
                 raise InvalidArgument(
-                    f"tensor '{name}': shape {list(array.shape)} differs from input_ids {list(ids.shape)}"
+                    f"tensor '{name}': shape {list(array.shape)} differs from input_ids "
+                    f"{list(ids.shape)}"
                 )
         return EncodeJob(request, ids, mask, types, text_style=False)
 
@@ -154,7 +157,7 @@ class EncoderRunner:
 
     def run_batch(self, requests: list[EncodeRequest]) -> list[EncodeResult | HfmeshError]:
         """Prepare, run one forward for every valid request, post-process. Per-request errors."""
-        results: list[EncodeResult | HfmeshError | None] = [None] * len(requests)
+        results: dict[int, EncodeResult | HfmeshError] = {}
         jobs: list[tuple[int, EncodeJob]] = []
         for index, request in enumerate(requests):
             try:
@@ -162,12 +165,13 @@ class EncoderRunner:
             except HfmeshError as error:
                 results[index] = error
         if jobs:
+            outputs: list[np.ndarray | HfmeshError]
             try:
-                outputs = self.forward([job for _, job in jobs])
+                outputs = list(self.forward([job for _, job in jobs]))
             except Exception:  # noqa: BLE001 - a failed forward fails its batch, not the engine
                 logger.exception("encoder forward pass failed")
                 outputs = [InternalError()] * len(jobs)
-            for (index, job), output in zip(jobs, outputs):
+            for (index, job), output in zip(jobs, outputs, strict=True):
                 if isinstance(output, HfmeshError):
                     results[index] = output
                     continue
@@ -175,7 +179,7 @@ class EncoderRunner:
                     results[index] = self.finish(job, output)
                 except HfmeshError as error:
                     results[index] = error
-        return results  # type: ignore[return-value]
+        return [results[index] for index in range(len(requests))]
 
     def forward(self, jobs: list[EncodeJob]) -> list[np.ndarray]:
         """One padded forward pass; each job gets its own rows, cut to its own length."""
@@ -225,8 +229,9 @@ class EncoderRunner:
                 types.append(
                     job.token_type_ids[row][real] if job.token_type_ids is not None else None
                 )
-        with_types = self.takes_token_types and all(t is not None for t in types)
-        inputs, places = pack(sequences, types if with_types else None, self.loaded.device)
+        known = [t for t in types if t is not None]
+        with_types = self.takes_token_types and len(known) == len(types)
+        inputs, places = pack(sequences, known if with_types else None, self.loaded.device)
         with torch.inference_mode():
             hidden = self.model(**inputs).last_hidden_state.float().cpu().numpy()
         pieces, start = [], 0

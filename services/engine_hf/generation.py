@@ -13,6 +13,7 @@ Results travel to the asyncio side through each request's queue via
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -162,7 +163,7 @@ class GenerationScheduler:
             self._admit(admitted)
         for adapter, lane in list(self._lanes.items()):
             if lane.rows:
-                self._guarded(lane, adapter, lambda: self._decode(lane))
+                self._guarded(lane, adapter, functools.partial(self._decode, lane))
         self._lanes = {k: v for k, v in self._lanes.items() if v.rows}
         self.metrics.running.set(
             len({id(s.request) for lane in self._lanes.values() for s in lane.rows})
@@ -240,10 +241,11 @@ class GenerationScheduler:
         for adapter, rows in by_adapter.items():
             lane = self._lanes.setdefault(adapter, Lane())
             for group in _prefill_groups(rows):
-                self._guarded(lane, adapter, lambda group=group: self._prefill(lane, group))
+                self._guarded(lane, adapter, functools.partial(self._prefill, lane, group))
 
     def _prefill(self, lane: Lane, group: list[Sequence]) -> None:
         prompts = [seq.request.prompt_ids for seq in group]
+        batch: CausalBatch | Seq2SeqBatch
         if self.seq2seq:
             batch, logits = Seq2SeqBatch.prefill(self.model, prompts, self.pad_id, self.start_id)
         else:
@@ -258,7 +260,13 @@ class GenerationScheduler:
         if lane.batch is None or not lane.rows:
             lane.batch, lane.rows = batch, [group[i] for i in kept]
         else:
-            lane.batch.extend(batch)
+            # A scheduler prefills one kind of batch (`seq2seq`): the two are alike.
+            if isinstance(lane.batch, CausalBatch):
+                assert isinstance(batch, CausalBatch)
+                lane.batch.extend(batch)
+            else:
+                assert isinstance(batch, Seq2SeqBatch)
+                lane.batch.extend(batch)
             lane.rows = lane.rows + [group[i] for i in kept]
 
     def _decode(self, lane: Lane) -> None:
@@ -272,7 +280,7 @@ class GenerationScheduler:
         choices = sampling.choose(logits, [seq.sampler for seq in rows])
         self.metrics.generation_tokens.inc(len(rows))
         now = time.monotonic()
-        for seq, choice in zip(rows, choices):
+        for seq, choice in zip(rows, choices, strict=True):
             active = seq.request
             if not active.first_token_seen:
                 active.first_token_seen = True

@@ -89,7 +89,8 @@ def load_model(settings: HFEngineSettings) -> LoadedModel:
     task = infer_task(config.architectures, settings.task)
     if task is Task.RERANK and getattr(config, "num_labels", None) != 1:
         raise ModelLoadError(
-            f"rerank needs a single-label cross-encoder (num_labels=1); {architecture} has {config.num_labels}"
+            f"rerank needs a single-label cross-encoder (num_labels=1); {architecture} has "
+            f"{config.num_labels}"
         )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch_dtype(settings.dtype, device, getattr(config, "dtype", None))

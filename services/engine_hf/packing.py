@@ -63,7 +63,7 @@ def pack(
     positions = np.zeros_like(ids)
     types = np.zeros_like(ids)
     segment = np.full((len(rows), width), -1, dtype=np.int64)
-    places: list[Place | None] = [None] * len(sequences)
+    places: dict[int, Place] = {}
     for r, row in enumerate(rows):
         start = 0
         for index in row:
@@ -85,7 +85,7 @@ def pack(
     }
     if type_ids is not None:
         inputs["token_type_ids"] = torch.from_numpy(types).to(device)
-    return inputs, places  # type: ignore[return-value]
+    return inputs, [places[index] for index in range(len(sequences))]
 
 
 def unpack(hidden: np.ndarray, places: list[Place], width: int) -> np.ndarray:
@@ -97,7 +97,8 @@ def unpack(hidden: np.ndarray, places: list[Place], width: int) -> np.ndarray:
 
 
 def packing_supported(model: Any, tokenizer: Any, device: Any) -> bool:
-    """Does this model give the same states packed as padded? (position ids + 4-D masks honoured)."""
+    """Does this model give the same states packed as padded? (position ids + 4-D masks
+    honoured)."""
     texts = ["a short one", "a somewhat longer sentence to check packing with"]
     try:
         encoded = tokenizer(texts, padding=True, return_tensors="pt").to(device)

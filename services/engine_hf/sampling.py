@@ -96,16 +96,16 @@ class SamplingState:
 def choose(logits: torch.Tensor, states: list[SamplingState]) -> list[Choice]:
     """One next token per row of `logits` [B, V]."""
     logits = logits.float()
-    choices: list[Choice | None] = [None] * len(states)
+    greedy: dict[int, Choice] = {}
     plain = [i for i, s in enumerate(states) if s.plain_greedy]
     if plain:
         picked = logits[plain].argmax(dim=-1).tolist()
-        for i, token in zip(plain, picked):
-            choices[i] = Choice(int(token))
-    for i, state in enumerate(states):
-        if choices[i] is None:
-            choices[i] = _choose_one(logits[i], state)
-    return choices  # type: ignore[return-value]
+        for i, token in zip(plain, picked, strict=True):
+            greedy[i] = Choice(int(token))
+    return [
+        greedy[i] if i in greedy else _choose_one(logits[i], state)
+        for i, state in enumerate(states)
+    ]
 
 
 def _penalise(x: torch.Tensor, state: SamplingState) -> torch.Tensor:
@@ -159,5 +159,5 @@ def _choose_one(raw: torch.Tensor, state: SamplingState) -> Choice:
     top = None
     if p.logprobs > 0:
         values, ids = torch.topk(logprobs, p.logprobs)
-        top = {int(i): float(v) for i, v in zip(ids.tolist(), values.tolist())}
+        top = {int(i): float(v) for i, v in zip(ids.tolist(), values.tolist(), strict=True)}
     return Choice(token, float(logprobs[token]), top)

@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 
 
 def adapter_rank(path: str) -> int:
-    """The rank in a PEFT adapter folder's `adapter_config.json`; a missing or bad folder is a bad request."""
+    """The rank in a PEFT adapter folder's `adapter_config.json`; a missing or bad folder is a
+    bad request."""
     config = Path(path) / "adapter_config.json"
     try:
         data = json.loads(config.read_text())
@@ -58,7 +59,8 @@ class Adapters:
         if model in self._by_name:
             return self._by_name[model]
         raise NotFound(
-            f"unknown model '{model}' (this engine serves: {', '.join([self.base_name, *self._by_name])})"
+            f"unknown model '{model}' (this engine serves: "
+            f"{', '.join([self.base_name, *self._by_name])})"
         )
 
     async def load(self, llm: Any, name: str, path: str) -> None:
@@ -74,7 +76,8 @@ class Adapters:
         rank = adapter_rank(path)
         if rank > lora_config.max_lora_rank:
             raise InvalidArgument(
-                f"adapter '{name}' has rank {rank}; this engine allows at most --max-lora-rank {lora_config.max_lora_rank}"
+                f"adapter '{name}' has rank {rank}; this engine allows at most --max-lora-rank "
+                f"{lora_config.max_lora_rank}"
             )
         previous = self._by_name.pop(name, None)
         if previous is not None:

@@ -41,7 +41,8 @@ from services.engine_vllm.settings import EngineConfig
 logger = logging.getLogger(__name__)
 
 PLATFORM = "vllm"
-# Text prompts shorter than this are tokenized on the event loop (microseconds); longer ones in a thread.
+# Text prompts shorter than this are tokenized on the event loop (microseconds); longer ones in a
+# thread.
 INLINE_TOKENIZE_CHARS = 4096
 _TASK_FROM_VLLM = (
     ("generate", Task.TEXT_GENERATION),
@@ -51,7 +52,8 @@ _TASK_FROM_VLLM = (
 
 
 def _in_top(rank: int | None, top_k: int) -> bool:
-    """vLLM adds the sampled token to the top-k even when it ranks lower; keep only the real top-k (-1: all)."""
+    """vLLM adds the sampled token to the top-k even when it ranks lower; keep only the real
+    top-k (-1: all)."""
     return top_k < 0 or (rank is not None and rank <= top_k)
 
 
@@ -63,7 +65,7 @@ def _delta(output: Any, num_input: int, num_output: int, top_k: int | None) -> G
         steps = list(output.logprobs)
         logprobs = [
             float(step[t].logprob) if t in step else float("nan")
-            for t, step in zip(token_ids, steps)
+            for t, step in zip(token_ids, steps, strict=True)
         ]
         top = [
             {int(t): float(lp.logprob) for t, lp in step.items() if _in_top(lp.rank, top_k)}
@@ -96,13 +98,15 @@ class VLLMEngine:
     # -- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the model (minutes on CPU) without blocking the event loop, then the static adapters."""
+        """Load the model (minutes on CPU) without blocking the event loop, then the static
+        adapters."""
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
         logger.info("loading %s with vLLM (%s)", self.config.engine_args.model, self.name)
         try:
-            # A server's scheduler defaults (max_num_seqs, max_num_batched_tokens), as vLLM's own API server.
+            # A server's scheduler defaults (max_num_seqs, max_num_batched_tokens), as vLLM's own
+            # API server.
             self._llm = await asyncio.to_thread(
                 AsyncLLM.from_engine_args,
                 self.config.engine_args,
@@ -218,6 +222,7 @@ class VLLMEngine:
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
         llm = self._ready_llm()
+        assert self.task is not None, "start() sets the task before the model is ready"
         if not self.task.is_generative:
             raise Unimplemented(
                 f"model '{self.name}' is a {self.task.value} model; it does not generate text"

@@ -90,7 +90,7 @@ class PoolingRunner:
         if self.task is Task.RERANK:
             if not request.pairs:
                 raise InvalidArgument("rerank takes query/document pairs")
-            queries, documents = zip(*request.pairs)
+            queries, documents = zip(*request.pairs, strict=True)
             encoded = self.tokenizer(
                 list(queries),
                 list(documents),
@@ -153,7 +153,8 @@ class PoolingRunner:
                 raise InvalidArgument(f"row {index} of 'attention_mask' keeps no token")
             if len(row_ids) > self.max_model_len:
                 raise InvalidArgument(
-                    f"tensor 'input_ids': row {index} has {len(row_ids)} tokens, the model's limit is {self.max_model_len}"
+                    f"tensor 'input_ids': row {index} has {len(row_ids)} tokens, the model's limit "
+                    f"is {self.max_model_len}"
                 )
             start = _segment_start(np.asarray(types)[index][keep]) if types is not None else None
             rows.append(PoolingRow(row_ids, start))

@@ -1,4 +1,5 @@
-"""`services.common.engine.SamplingParams` → vLLM `SamplingParams`, with errors that name the parameter.
+"""`services.common.engine.SamplingParams` → vLLM `SamplingParams`, with errors that name the
+parameter.
 
 Every field of ours has the vLLM name and meaning, so msgspec reads the
 dataclass's attributes straight into vLLM's struct. `extra` may hold any other
@@ -90,7 +91,8 @@ def _parameter_of(error: Exception) -> str | None:
 
 
 def to_vllm(sampling: SamplingParams):
-    """A vLLM `SamplingParams` streaming deltas; bad values raise `InvalidArgument` naming the parameter."""
+    """A vLLM `SamplingParams` streaming deltas; bad values raise `InvalidArgument` naming the
+    parameter."""
     import msgspec
     from vllm import SamplingParams as VLLMSamplingParams
     from vllm.exceptions import VLLMValidationError

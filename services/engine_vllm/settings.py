@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 
@@ -21,6 +22,9 @@ from services.common.architecture import infer_task
 from services.common.engine import Task
 from services.common.errors import InvalidArgument
 from services.common.settings import KServeRuntimeFlags, build_parser, parse_settings
+
+if TYPE_CHECKING:
+    from vllm.engine.arg_utils import AsyncEngineArgs
 
 PROG = "python -m services.engine_vllm"
 DESCRIPTION = (
@@ -69,7 +73,7 @@ class EngineConfig:
     """Everything the engine needs, resolved: our settings, vLLM's args, the task, the adapters."""
 
     settings: VLLMEngineSettings
-    engine_args: object  # vllm AsyncEngineArgs (vLLM is imported lazily)
+    engine_args: AsyncEngineArgs  # vLLM is imported lazily, when the args are built
     task: Task | None
     lora_modules: list[LoraModule] = field(default_factory=list)
 
@@ -126,7 +130,8 @@ def parse_lora_module(spec: str) -> LoraModule:
 
 
 def vllm_dtype_arg(dtype: str, *, on_cpu: bool) -> str:
-    """KServe's `auto`, with DESIGN.md §8: bfloat16 gives wrong answers on vLLM CPU, so auto is float32 there."""
+    """KServe's `auto`, with DESIGN.md §8: bfloat16 gives wrong answers on vLLM CPU, so auto is
+    float32 there."""
     return "float32" if dtype == "auto" and on_cpu else dtype
 
 
@@ -171,7 +176,8 @@ def build_config(argv: list[str] | None = None, *, on_cpu: bool | None = None) -
         parser.error(error.message)
     if task is not None and task not in RUNNER_FOR_TASK:
         parser.error(
-            f"task {task.value} is not served by the vLLM engine; use the HF engine (--backend huggingface)"
+            f"task {task.value} is not served by the vLLM engine; "
+            "use the HF engine (--backend huggingface)"
         )
     if on_cpu is None:
         from vllm.platforms import current_platform

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -40,7 +41,7 @@ _OPENAI_TYPES = {
 }
 
 
-def is_openai(scope: dict[str, Any], openai_prefix: str) -> bool:
+def is_openai(scope: Mapping[str, Any], openai_prefix: str) -> bool:
     """OpenAI routes get the OpenAI envelope. With an empty prefix, `/v1/models` is OpenAI's."""
     route = scope.get("route")
     if route is not None and OPENAI_TAG in (getattr(route, "tags", None) or []):

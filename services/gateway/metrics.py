@@ -1,4 +1,5 @@
-"""Prometheus metrics of one gateway app (its own registry, so apps in one process don't collide)."""
+"""Prometheus metrics of one gateway app (its own registry, so apps in one process don't
+collide)."""
 
 from __future__ import annotations
 

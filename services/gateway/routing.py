@@ -86,7 +86,9 @@ class Replica:
         backoff = 0.1
         while True:
             try:
-                call = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=WATCH_SECONDS)
+                # types-grpcio-health-checking declares HealthStub without its methods.
+                watch = stub.Watch  # type: ignore[attr-defined]
+                call = watch(health_pb2.HealthCheckRequest(service=""), timeout=WATCH_SECONDS)
                 async for reply in call:
                     self._set_serving(reply.status == health_pb2.HealthCheckResponse.SERVING)
                     backoff = 0.1

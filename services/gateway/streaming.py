@@ -47,7 +47,9 @@ class _DisconnectWatch:
     work (no extra task per request, so no extra event-loop turn before the first byte)."""
 
     def __init__(self, receive: Receive) -> None:
-        self.task = asyncio.current_task()
+        task = asyncio.current_task()
+        assert task is not None, "a disconnect watch runs inside the request's task"
+        self.task = task
         self.disconnected = False
         self.closed = False
         self.listener = asyncio.ensure_future(_wait_disconnect(receive))

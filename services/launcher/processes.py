@@ -31,7 +31,9 @@ def grpc_serving(address: str, timeout: float = 1.0) -> bool:
     try:
         with grpc.insecure_channel(address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            # types-grpcio-health-checking declares HealthStub without its methods.
+            check = stub.Check  # type: ignore[attr-defined]
+            reply = check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
             return reply.status == health_pb2.HealthCheckResponse.SERVING
     except grpc.RpcError:
         return False

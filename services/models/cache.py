@@ -74,7 +74,7 @@ def build_smollm2(out_dir: Path) -> None:
     config_dict.pop("quantization_config", None)
     config_dict.pop("_model_name_or_path", None)  # the GGUF's internal run name
     config = LlamaConfig.from_dict(config_dict)
-    model = LlamaForCausalLM(config).to(torch.float32)
+    model = LlamaForCausalLM(config).float()
     model.load_state_dict(source.state_dict())
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id,

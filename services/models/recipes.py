@@ -235,7 +235,7 @@ def build_tiny_llama(out_dir: Path) -> None:
         tie_word_embeddings=False,
     )
     torch.manual_seed(SEED)
-    model = LlamaForCausalLM(config).to(torch.float32)
+    model = LlamaForCausalLM(config).float()
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
@@ -266,7 +266,7 @@ def build_tiny_llama_lora(out_dir: Path, base_dir: Path) -> None:
             if "lora_" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
     model.peft_config["default"].base_model_name_or_path = str(base_dir)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
 
 
 def _build_bert(out_dir: Path, model_class: str, **config_kwargs) -> None:
@@ -286,7 +286,7 @@ def _build_bert(out_dir: Path, model_class: str, **config_kwargs) -> None:
         **config_kwargs,
     )
     torch.manual_seed(SEED)
-    model = getattr(transformers, model_class)(config).to(torch.float32)
+    model = getattr(transformers, model_class)(config).float()
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
 
@@ -326,9 +326,10 @@ def build_tiny_t5(out_dir: Path) -> None:
         d_ff=128,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id,
+        # Configs take extra keywords at run time; their dataclass_transform types only fields.
+        decoder_start_token_id=tokenizer.pad_token_id,  # type: ignore[call-arg]
     )
     torch.manual_seed(SEED)
-    model = T5ForConditionalGeneration(config).to(torch.float32)
+    model = T5ForConditionalGeneration(config).float()
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

@@ -1,4 +1,5 @@
-"""`python -m services.tokenizer --model_dir DIR --model_name NAME --port N` (or `--model_list mesh.yaml`)."""
+"""`python -m services.tokenizer --model_dir DIR --model_name NAME --port N`
+(or `--model_list mesh.yaml`)."""
 
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ async def main(argv: list[str] | None = None) -> None:
         TokenizerSettings,
         argv,
         prog="python -m services.tokenizer",
-        description="hfmesh tokenizer service: chat templates, tokenization, pre/post-processing (OIP v2 gRPC)",
+        description="hfmesh tokenizer service: chat templates, tokenization, pre/post-processing "
+        "(OIP v2 gRPC)",
     )
     configure_logging(settings.log_level, service="tokenizer")
     try:

@@ -12,9 +12,12 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.common.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ def read_model_config(model_dir: Path) -> ModelConfig:
     )
 
 
-def _tokenizer_class(name: str | None) -> type:
+def _tokenizer_class(name: str | None) -> type[PreTrainedTokenizerBase]:
     import transformers
     from transformers.tokenization_utils_tokenizers import TokenizersBackend
 

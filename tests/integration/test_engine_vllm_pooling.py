@@ -1,4 +1,5 @@
-"""Pooling models on the vLLM engine, with the HF engine's encoder tensors, checked against transformers.
+"""Pooling models on the vLLM engine, with the HF engine's encoder tensors, checked against
+transformers.
 
 Three engine processes, planned as the launcher plans them and started together:
 all-MiniLM-L6-v2 (real sentence embeddings, `text_embedding`), the tiny BERT

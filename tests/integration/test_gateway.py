@@ -305,7 +305,8 @@ def _wait_engine_idle(mesh, *, within: float) -> None:
 
 
 def test_client_disconnect_stops_generation_within_one_second(mesh):
-    """Four sequences of 480 tokens take the engine seconds; leaving after three chunks must stop it."""
+    """Four sequences of 480 tokens take the engine seconds; leaving after three chunks must stop
+    it."""
     before = _engine_metrics(mesh)["vllm:generation_tokens_total"]
     body = {
         "model": "llm",

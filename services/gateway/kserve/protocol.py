@@ -77,7 +77,8 @@ def tensor_from_json(tensor: V2Tensor) -> Tensor:
     expected = int(np.prod(tensor.shape)) if tensor.shape else 1
     if len(flat) != expected:
         raise InvalidArgument(
-            f"tensor '{tensor.name}': shape {tensor.shape} needs {expected} elements, data holds {len(flat)}"
+            f"tensor '{tensor.name}': shape {tensor.shape} needs {expected} elements, data holds "
+            f"{len(flat)}"
         )
     try:
         if info.dtype is None:

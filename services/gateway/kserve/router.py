@@ -28,7 +28,8 @@ def _json(payload: object, status: int = 200) -> Response:
 
 
 async def _body(request: Request, model: type[M]) -> M:
-    """The JSON body whatever its Content-Type (`curl -d @file` sends a form type), as KServe reads it."""
+    """The JSON body whatever its Content-Type (`curl -d @file` sends a form type), as KServe
+    reads it."""
     try:
         data = json.loads(await request.body() or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as error:

@@ -29,7 +29,7 @@ from services.gateway.kserve.protocol import (
     request_from_json,
     response_to_json,
 )
-from services.gateway.openai.protocol import CompletionRequest
+from services.gateway.openai.protocol import CompletionRequest, CompletionResponse
 from services.gateway.openai.serving import GenerationServing
 from services.gateway.routing import ModelRoute
 
@@ -123,6 +123,7 @@ class KServeServing:
             )
             raise InvalidArgument(problems) from None
         response = await self.generation.completions(request, call)
+        assert isinstance(response, CompletionResponse), "stream=False answers in one response"
         return V1PredictResponse(
             predictions=[c.text for c in sorted(response.choices, key=lambda c: c.index)]
         )

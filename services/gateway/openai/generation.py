@@ -4,7 +4,7 @@ merging concurrent engine streams, and OpenAI logprobs."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -99,7 +99,9 @@ def combine(first: GenerateDelta, then: GenerateDelta) -> GenerateDelta:
     )
 
 
-async def merge(streams: list[AsyncIterator[T]]) -> AsyncIterator[list[tuple[int, T]]]:
+async def merge(
+    streams: list[AsyncIterator[T]],
+) -> AsyncGenerator[list[tuple[int, T]], None]:
     """Items of several streams as they come, tagged with the stream's position, in
     batches: everything that arrived while the consumer was busy comes together,
     so a loaded gateway writes fewer, larger chunks instead of falling behind.

@@ -1,4 +1,5 @@
-"""OpenAI routes: `{prefix}/v1/completions`, `/chat/completions`, `/embeddings`, `/rerank`, `/models`."""
+"""OpenAI routes: `{prefix}/v1/completions`, `/chat/completions`, `/embeddings`, `/rerank`,
+`/models`."""
 
 from __future__ import annotations
 

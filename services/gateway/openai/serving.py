@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from services.common.engine import GenerateDelta, Task
@@ -165,7 +165,8 @@ class GenerationServing:
                 text = delta.text
                 quiet = not text and not delta.finish_reason and not gen.has_logprobs(delta)
                 if quiet and choice.started:
-                    continue  # nothing to tell the client yet (the detokenizer holds partial characters)
+                    # nothing to tell the client yet (the detokenizer holds partial characters)
+                    continue
                 if request.echo and not choice.started:
                     text = run.rendered[choice.index // request.n].prompt + text
                 choice.started = True
@@ -280,8 +281,8 @@ class GenerationServing:
                 logprobs = None
                 if request.logprobs and gen.has_logprobs(delta):
                     names = await run.names(delta)
-                    content = gen.chat_logprobs(delta, names, top)
-                    logprobs = {"content": [e.model_dump() for e in content]}
+                    entries = gen.chat_logprobs(delta, names, top)
+                    logprobs = {"content": [e.model_dump() for e in entries]}
                 content = {"content": delta.text} if delta.text else {}
                 entry = {
                     "index": choice.index,
@@ -345,7 +346,7 @@ class ChoiceStreams:
         self.choices = [gen.Choice(index=i) for i in range(n * len(rendered))]
         self._id: str | None = None
         self._first_seen = False
-        self._batches: AsyncIterator[list[tuple[int, GenerateDelta]]] = gen.merge(streams)
+        self._batches: AsyncGenerator[list[tuple[int, GenerateDelta]], None] = gen.merge(streams)
 
     def id(self, prefix: str) -> str:
         if self._id is None:
@@ -404,7 +405,7 @@ class ChoiceStreams:
             await merged.aclose()
             raise
 
-        async def replay() -> AsyncIterator[list[tuple[int, GenerateDelta]]]:
+        async def replay() -> AsyncGenerator[list[tuple[int, GenerateDelta]], None]:
             for item in first:
                 yield item
             async for item in merged:
@@ -421,7 +422,7 @@ class ChoiceStreams:
     async def names(self, source: gen.Logprobs) -> dict[int, str]:
         ids = sorted(set(gen.logprob_ids(source)))
         strings = await self.serving.mesh.token_strings(self.route, self.call, ids)
-        return dict(zip(ids, strings))
+        return dict(zip(ids, strings, strict=True))
 
     def usage(self, choices: list[gen.Choice]) -> Usage:
         prompt = sum(len(r.input_ids) for r in self.rendered)

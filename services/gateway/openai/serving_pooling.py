@@ -51,7 +51,8 @@ class PoolingServing:
         check_task(route, (Task.TEXT_EMBEDDING,), "/v1/embeddings")
         if request.dimensions is not None:
             raise InvalidArgument(
-                f"'dimensions' is not supported by model '{request.model}' (it is not a matryoshka model)"
+                f"'dimensions' is not supported by model '{request.model}' (it is not a matryoshka "
+                "model)"
             )
         texts, ids = _inputs(request.input)
         encoded = await self.mesh.encode(route, call, texts=texts, token_ids=ids)

@@ -35,7 +35,7 @@ def test_round_trip_every_form(raw):
     back = infer_request_from_pb(infer_request_to_pb(request, raw=raw))
     assert back.raw is raw and back.id == "r1"
     assert back.parameters == {"a": 1, "b": True, "c": "x", "d": 0.5}
-    for sent, got in zip(ARRAYS, back.inputs):
+    for sent, got in zip(ARRAYS, back.inputs, strict=True):
         assert got.datatype == sent.datatype and got.shape == sent.shape
         assert got.data.tolist() == sent.data.tolist()
 

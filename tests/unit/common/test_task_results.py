@@ -1,4 +1,5 @@
-"""services.common.task_results: post-processing from raw outputs, checked against explicit computations."""
+"""services.common.task_results: post-processing from raw outputs, checked against explicit
+computations."""
 
 from __future__ import annotations
 

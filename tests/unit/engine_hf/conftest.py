@@ -1,4 +1,5 @@
-"""In-process `HFEngine`s on the tiny models, loaded once per session, and direct transformers references."""
+"""In-process `HFEngine`s on the tiny models, loaded once per session, and direct transformers
+references."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ async def engine(model_path):
 
 @pytest.fixture(scope="session")
 def reference(model_path):
-    """`reference("tiny-bert-ner", "AutoModelForTokenClassification")` → (model, tokenizer), loaded by transformers directly."""
+    """`reference("tiny-bert-ner", "AutoModelForTokenClassification")` → (model, tokenizer),
+    loaded by transformers directly."""
     import torch
     import transformers
 

@@ -1,4 +1,5 @@
-"""DynamicBatcher policy with a plain function as the batch runner (the model is not the point here)."""
+"""DynamicBatcher policy with a plain function as the batch runner (the model is not the point
+here)."""
 
 from __future__ import annotations
 

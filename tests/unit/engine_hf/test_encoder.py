@@ -1,4 +1,5 @@
-"""Encoder tasks in process: parity with transformers, every text-path result, dynamic batching, bad input."""
+"""Encoder tasks in process: parity with transformers, every text-path result, dynamic batching,
+bad input."""
 
 from __future__ import annotations
 
@@ -146,7 +147,7 @@ async def test_concurrent_requests_are_batched_and_unaffected_by_it(engine):
     )
     assert batched._batcher.batches - before < len(texts) // 2
     single_before = alone._batcher.batches
-    for text, result in zip(texts, results):
+    for text, result in zip(texts, results, strict=True):
         own = await alone.encode(
             EncodeRequest("s", "tiny-bert-ner", texts=[text], options={"return_raw_logits": True})
         )

@@ -1,4 +1,5 @@
-"""Generation in process: parity with `generate`, batching, admission between steps, cancellation."""
+"""Generation in process: parity with `generate`, batching, admission between steps,
+cancellation."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ def test_layout_positions_and_block_mask():
         inputs["position_ids"].numpy(),
         inputs["attention_mask"].numpy(),
     )
-    for sequence, place in zip(sequences, places):
+    for sequence, place in zip(sequences, places, strict=True):
         columns = slice(place.start, place.start + place.length)
         assert ids[place.row, columns].tolist() == sequence.tolist()
         assert positions[place.row, columns].tolist() == list(range(len(sequence)))
@@ -51,7 +51,7 @@ async def test_packed_embeddings_equal_a_padded_forward(engine, reference):
             for i, s in enumerate(SENTENCES)
         )
     )
-    for sentence, result in zip(SENTENCES, results):
+    for sentence, result in zip(SENTENCES, results, strict=True):
         encoded = tokenizer([sentence, sentence.upper()], padding=True, return_tensors="pt")
         with torch.inference_mode():
             hidden = model(**encoded).last_hidden_state.numpy()

@@ -1,4 +1,5 @@
-"""Our `SamplingParams` → vLLM's: every field carried, extras passed, errors naming the parameter."""
+"""Our `SamplingParams` → vLLM's: every field carried, extras passed, errors naming the
+parameter."""
 
 from __future__ import annotations
 

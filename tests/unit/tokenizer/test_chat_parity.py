@@ -100,7 +100,10 @@ def test_continue_final_message_and_custom_template(pair):
     result = ours.render(RenderRequest(messages=messages, continue_final_message=True))
     assert result.input_ids == reference(theirs, messages, continue_final_message=True)
     assert result.prompt.endswith("one, two,")
-    template = "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}"
+    template = (
+        "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
     custom = ours.render(RenderRequest(messages=messages[:1], chat_template=template))
     assert custom.prompt == "[user]Count:[assistant]"
     assert custom.input_ids == reference(
