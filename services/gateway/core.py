@@ -70,6 +70,16 @@ class MeshClient:
                 )
         return route.engine(exclude=exclude)
 
+    async def tokenizer(self, route: ModelRoute, call: CallContext) -> Replica:
+        """The tokenizer replica for the next call. When every configured tokenizer is down
+        (a restarting one comes back in seconds) the call waits for one, up to
+        `tokenizer_timeout` within the request's deadline, then UNAVAILABLE: a tokenizer
+        restart costs latency, not failed requests."""
+        if route.tokenizers and not any(r.available for r in route.tokenizers):
+            timeout = call.timeout(self.settings.tokenizer_timeout)
+            await self.routes.wait_for_tokenizer(route.name, timeout)
+        return route.tokenizer()
+
     def max_model_len(self, route: ModelRoute, rendered: Rendered | None = None) -> int | None:
         return route.entry.max_model_len or (rendered.max_model_len if rendered else None)
 
@@ -77,7 +87,11 @@ class MeshClient:
 
     async def render_chat(self, route: ModelRoute, call: CallContext, **fields: Any) -> Rendered:
         return await rpc.render(
-            route.tokenizer(), route.name, call, cap=self.settings.tokenizer_timeout, **fields
+            await self.tokenizer(route, call),
+            route.name,
+            call,
+            cap=self.settings.tokenizer_timeout,
+            **fields,
         )
 
     async def tokenize(
@@ -91,7 +105,7 @@ class MeshClient:
         if not text:
             raise InvalidArgument("the prompt is empty")
         return await rpc.render(
-            route.tokenizer(),
+            await self.tokenizer(route, call),
             route.name,
             call,
             cap=self.settings.tokenizer_timeout,
@@ -101,7 +115,11 @@ class MeshClient:
 
     async def detokenize(self, route: ModelRoute, call: CallContext, ids: list[int]) -> str:
         return await rpc.detokenize(
-            route.tokenizer(), route.name, ids, call, cap=self.settings.tokenizer_timeout
+            await self.tokenizer(route, call),
+            route.name,
+            ids,
+            call,
+            cap=self.settings.tokenizer_timeout,
         )
 
     async def token_strings(
@@ -110,7 +128,11 @@ class MeshClient:
         if not ids:
             return []
         return await rpc.token_strings(
-            route.tokenizer(), route.name, ids, call, cap=self.settings.tokenizer_timeout
+            await self.tokenizer(route, call),
+            route.name,
+            ids,
+            call,
+            cap=self.settings.tokenizer_timeout,
         )
 
     # -- generation ----------------------------------------------------------
@@ -170,7 +192,7 @@ class MeshClient:
             encoded = _pad(token_ids)
         else:
             encoded = await rpc.preprocess(
-                route.tokenizer(), route.name, texts or [], pairs, call, cap=cap
+                await self.tokenizer(route, call), route.name, texts or [], pairs, call, cap=cap
             )
         counts = [int(c) for c in encoded["attention_mask"].sum(axis=1)]
         limit = self.max_model_len(route)
@@ -184,7 +206,13 @@ class MeshClient:
         )
         outputs = {t.name: t.data for t in raw.outputs}
         result = await rpc.postprocess(
-            route.tokenizer(), route.name, outputs, encoded, call, cap=cap, parameters=parameters
+            await self.tokenizer(route, call),
+            route.name,
+            outputs,
+            encoded,
+            call,
+            cap=cap,
+            parameters=parameters,
         )
         return Encoded(output=result, num_tokens=sum(counts), token_counts=counts)
 
