@@ -23,6 +23,7 @@ import yaml
 
 from services.gateway.discovery import Discovery, Endpoint
 from services.launcher.processes import ROOT, free_port
+from tests.helpers.mesh import free_port_run
 
 pytestmark = pytest.mark.slow  # a multi-process mesh
 
@@ -47,7 +48,7 @@ class Launcher:
         self.output = tmp / "launcher.out"
         self.run_file = tmp / "run" / "launcher.json"
         self.port, self.control_port = free_port(), free_port()
-        self.base_port = _free_run(2)
+        self.base_port = free_port_run(2)
         raw = tmp / "list.yaml"
         raw.write_text(
             yaml.safe_dump({"models": [{"name": MODEL, "model": "tiny-bert-sentiment"}]})
@@ -127,22 +128,6 @@ class Launcher:
                 self.process.wait(60)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-
-
-def _free_run(count: int) -> int:
-    """A base port whose next `count` ports are free."""
-    for _ in range(20):
-        base = free_port()
-        taken = False
-        for port in range(base, base + count):
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    taken = True
-        if not taken:
-            return base
-    raise RuntimeError("no run of free ports")
 
 
 @pytest.fixture(scope="module")

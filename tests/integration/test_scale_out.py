@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ import pytest
 import yaml
 
 from services.launcher.processes import ROOT, free_port
+from tests.helpers.mesh import free_port_run
 from tests.helpers.metrics import scrape, wait_until
 
 pytestmark = pytest.mark.slow  # a launcher with eight processes
@@ -43,22 +43,6 @@ STATIC, AUTO, ZERO = "tiny-llama", "auto", "zero"
 ENGINE = f"huggingface-{STATIC}"
 MESSAGES = [{"role": "user", "content": "Say something."}]
 WORKERS = 4  # client threads on tiny-llama
-
-
-def _free_run(count: int) -> int:
-    """A base port whose next `count` ports are free."""
-    for _ in range(20):
-        base = free_port()
-        free = True
-        for port in range(base, base + count):
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    free = False
-        if free:
-            return base
-    raise RuntimeError("no run of free ports")
 
 
 class Launcher:
@@ -70,7 +54,7 @@ class Launcher:
         self.output = tmp / "launcher.out"
         self.run_file = tmp / "run" / "launcher.json"
         self.port, self.control_port, self.metrics_port = free_port(), free_port(), free_port()
-        self.base_port = _free_run(4)  # tokenizer, two tiny-llama replicas, one of `auto`
+        self.base_port = free_port_run(4)  # tokenizer, two tiny-llama replicas, one of `auto`
         models = [
             {"name": STATIC, "model": "tiny-llama", "replicas": 2},
             {
