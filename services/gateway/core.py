@@ -145,9 +145,13 @@ class MeshClient:
         call: CallContext,
         *,
         logprobs: bool,
+        whole: bool = False,
     ) -> AsyncIterator[GenerateDelta]:
         """Stream engine deltas. An engine answering UNAVAILABLE before any output is
-        skipped and the next replica (or the fallback backend) is tried."""
+        skipped and the next replica (or the fallback backend) is tried. With `whole` (the
+        client waits for the complete answer, nothing is streamed to it) a replica's deltas
+        are held until its stream ends, so a replica lost mid-generation is replaced too:
+        the answer is generated again on the next one."""
         request = llm_tensors.generate_request(
             route.name, input_ids, sampling, logprobs=logprobs, request_id=call.request_id
         )
@@ -155,12 +159,15 @@ class MeshClient:
         while True:
             replica = await self.engine(route, call, tried)
             started = False
+            held: list[GenerateDelta] = []
             replica.in_flight += 1
             try:
                 async for delta in rpc.stream_generate(replica, request, call):
+                    if whole:
+                        held.append(delta)
+                        continue
                     started = True
                     yield delta
-                return
             except Unavailable as error:
                 if started:
                     raise
@@ -172,8 +179,12 @@ class MeshClient:
                 )
                 replica.mark_failed()
                 tried.add(replica)
+                continue
             finally:
                 replica.in_flight -= 1
+            for delta in held:
+                yield delta
+            return
 
     # -- encoder tasks (tokenizer preprocess → engine tensors → tokenizer postprocess)
 

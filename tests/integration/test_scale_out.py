@@ -267,20 +267,16 @@ def test_replicas_die_come_back_and_join_under_continuous_traffic(mesh):
         # ... and the restarted one takes traffic again.
         assert wait_until(lambda: mesh.current(second) > 0, 120), "no traffic after restart"
         back_at = time.monotonic() - killed_at
-        # Every request sent after the kill succeeds. Of those in flight on the killed replica,
-        # the gateway retries elsewhere the ones whose engine had produced nothing yet; a stream
-        # already running is cut, and so is a non-streaming one whose engine was generating
-        # (the gateway does not regenerate from scratch: 503 "Stream removed").
+        # Every request that had not started streaming to its client succeeds (the gateway
+        # retries it on the survivor, a non-streaming one even when its engine was generating);
+        # only streams already running on the killed replica may be cut.
         lost = traffic.failures(since=killed_at)
-        assert [o for o in lost if o.started >= killed_at] == [], lost[:3]
-        cut = [o for o in lost if o.stream]
-        unfinished = [o for o in lost if not o.stream]
+        assert [o for o in lost if not (o.stream and o.started < killed_at)] == [], lost[:3]
         assert len(lost) <= WORKERS, lost
-        assert all("Error code: 503" in o.error for o in unfinished), unfinished
         print(
             f"\nreplica kill: the survivor served 5 more in {failover:.1f}s; the restarted one "
-            f"served again after {back_at:.1f}s; in flight on it and failed: {len(cut)} streams, "
-            f"{len(unfinished)} non-streaming (503)"
+            f"served again after {back_at:.1f}s; {len(lost)} streams cut "
+            f"({sum(o.first_chunk for o in lost)} of them after content had arrived)"
         )
 
         # A third replica by hand: it registers and takes traffic within 5 s, nothing restarts.
