@@ -19,10 +19,7 @@ request into its log (`<log_dir>/<name>.log`; a dead process's log becomes `<nam
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -33,7 +30,8 @@ import psutil
 import pytest
 import yaml
 
-from services.launcher.processes import ROOT, free_port
+from services.launcher.processes import free_port
+from tests.helpers.launcher import LauncherRun, launched
 from tests.helpers.mesh import free_port_run
 from tests.helpers.metrics import scrape, wait_until
 
@@ -45,14 +43,11 @@ MESSAGES = [{"role": "user", "content": "Say something."}]
 WORKERS = 4  # client threads on tiny-llama
 
 
-class Launcher:
+class Launcher(LauncherRun):
     """`python -m services.launcher` on a model list written into `tmp`."""
 
     def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
         self.logs = tmp / "logs"
-        self.output = tmp / "launcher.out"
-        self.run_file = tmp / "run" / "launcher.json"
         self.port, self.control_port, self.metrics_port = free_port(), free_port(), free_port()
         self.base_port = free_port_run(4)  # tokenizer, two tiny-llama replicas, one of `auto`
         models = [
@@ -85,35 +80,12 @@ class Launcher:
         args = ["--model_list", str(model_list), "--no_vllm", "--port", str(self.port)]
         args += ["--base_port", str(self.base_port), "--control_plane_port", str(self.control_port)]
         args += ["--metrics_port", str(self.metrics_port), "--log_dir", str(self.logs)]
-        args += ["--run_file", str(self.run_file), "--ready_timeout", "180"]
-        with open(self.output, "wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "services.launcher", *args],
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "HF_HUB_OFFLINE": "1"},
-            )
+        args += ["--ready_timeout", "180"]
+        super().__init__(tmp, args)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/openai/v1"
-
-    def text(self) -> str:
-        return self.output.read_text(errors="replace")
-
-    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
-        found: list[re.Match[str]] = []
-
-        def seen() -> bool:
-            assert self.process.poll() is None, f"the launcher exited:\n{self.text()[-4000:]}"
-            match = re.search(pattern, self.text(), re.MULTILINE)
-            if match:
-                found.append(match)
-            return match is not None
-
-        assert wait_until(seen, timeout, 0.1), f"not within {timeout:g}s: /{pattern}/"
-        return found[0]
 
     def pid(self, port: int) -> int:
         """The pid of the supervised service on `port` (its process group's leader)."""
@@ -141,25 +113,8 @@ class Launcher:
         log = self.logs / f"{name}.log"
         return log.read_text(errors="replace").count(" generate ") if log.exists() else 0
 
-    def scale(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "services.launcher", *args, "--run_file", str(self.run_file)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-
     def autoscaler(self) -> dict[str, float]:
         return scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
 
 
 @dataclass
@@ -241,14 +196,8 @@ class Traffic:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    launcher = Launcher(tmp_path_factory.mktemp("scale-out"))
-    try:
-        launcher.wait_for(r"^hfmesh is up: ", timeout=240)
+    with launched(Launcher(tmp_path_factory.mktemp("scale-out")), timeout=240) as launcher:
         yield launcher
-    finally:
-        launcher.stop()
-        for child in psutil.Process().children(recursive=True):
-            child.kill()  # only if the launcher failed to stop its own
 
 
 def test_replicas_die_come_back_and_join_under_continuous_traffic(mesh):
