@@ -70,6 +70,16 @@ class MeshClient:
                 )
         return route.engine(exclude=exclude)
 
+    async def tokenizer(self, route: ModelRoute, call: CallContext) -> Replica:
+        """The tokenizer replica for the next call. When every configured tokenizer is down
+        (a restarting one comes back in seconds) the call waits for one, up to
+        `tokenizer_timeout` within the request's deadline, then UNAVAILABLE: a tokenizer
+        restart costs latency, not failed requests."""
+        if route.tokenizers and not any(r.available for r in route.tokenizers):
+            timeout = call.timeout(self.settings.tokenizer_timeout)
+            await self.routes.wait_for_tokenizer(route.name, timeout)
+        return route.tokenizer()
+
     def max_model_len(self, route: ModelRoute, rendered: Rendered | None = None) -> int | None:
         return route.entry.max_model_len or (rendered.max_model_len if rendered else None)
 
@@ -77,7 +87,11 @@ class MeshClient:
 
     async def render_chat(self, route: ModelRoute, call: CallContext, **fields: Any) -> Rendered:
         return await rpc.render(
-            route.tokenizer(), route.name, call, cap=self.settings.tokenizer_timeout, **fields
+            await self.tokenizer(route, call),
+            route.name,
+            call,
+            cap=self.settings.tokenizer_timeout,
+            **fields,
         )
 
     async def tokenize(
@@ -91,7 +105,7 @@ class MeshClient:
         if not text:
             raise InvalidArgument("the prompt is empty")
         return await rpc.render(
-            route.tokenizer(),
+            await self.tokenizer(route, call),
             route.name,
             call,
             cap=self.settings.tokenizer_timeout,
@@ -101,7 +115,11 @@ class MeshClient:
 
     async def detokenize(self, route: ModelRoute, call: CallContext, ids: list[int]) -> str:
         return await rpc.detokenize(
-            route.tokenizer(), route.name, ids, call, cap=self.settings.tokenizer_timeout
+            await self.tokenizer(route, call),
+            route.name,
+            ids,
+            call,
+            cap=self.settings.tokenizer_timeout,
         )
 
     async def token_strings(
@@ -110,7 +128,11 @@ class MeshClient:
         if not ids:
             return []
         return await rpc.token_strings(
-            route.tokenizer(), route.name, ids, call, cap=self.settings.tokenizer_timeout
+            await self.tokenizer(route, call),
+            route.name,
+            ids,
+            call,
+            cap=self.settings.tokenizer_timeout,
         )
 
     # -- generation ----------------------------------------------------------
@@ -123,9 +145,13 @@ class MeshClient:
         call: CallContext,
         *,
         logprobs: bool,
+        whole: bool = False,
     ) -> AsyncIterator[GenerateDelta]:
         """Stream engine deltas. An engine answering UNAVAILABLE before any output is
-        skipped and the next replica (or the fallback backend) is tried."""
+        skipped and the next replica (or the fallback backend) is tried. With `whole` (the
+        client waits for the complete answer, nothing is streamed to it) a replica's deltas
+        are held until its stream ends, so a replica lost mid-generation is replaced too:
+        the answer is generated again on the next one."""
         request = llm_tensors.generate_request(
             route.name, input_ids, sampling, logprobs=logprobs, request_id=call.request_id
         )
@@ -133,12 +159,15 @@ class MeshClient:
         while True:
             replica = await self.engine(route, call, tried)
             started = False
+            held: list[GenerateDelta] = []
             replica.in_flight += 1
             try:
                 async for delta in rpc.stream_generate(replica, request, call):
+                    if whole:
+                        held.append(delta)
+                        continue
                     started = True
                     yield delta
-                return
             except Unavailable as error:
                 if started:
                     raise
@@ -150,8 +179,12 @@ class MeshClient:
                 )
                 replica.mark_failed()
                 tried.add(replica)
+                continue
             finally:
                 replica.in_flight -= 1
+            for delta in held:
+                yield delta
+            return
 
     # -- encoder tasks (tokenizer preprocess → engine tensors → tokenizer postprocess)
 
@@ -170,7 +203,7 @@ class MeshClient:
             encoded = _pad(token_ids)
         else:
             encoded = await rpc.preprocess(
-                route.tokenizer(), route.name, texts or [], pairs, call, cap=cap
+                await self.tokenizer(route, call), route.name, texts or [], pairs, call, cap=cap
             )
         counts = [int(c) for c in encoded["attention_mask"].sum(axis=1)]
         limit = self.max_model_len(route)
@@ -184,7 +217,13 @@ class MeshClient:
         )
         outputs = {t.name: t.data for t in raw.outputs}
         result = await rpc.postprocess(
-            route.tokenizer(), route.name, outputs, encoded, call, cap=cap, parameters=parameters
+            await self.tokenizer(route, call),
+            route.name,
+            outputs,
+            encoded,
+            call,
+            cap=cap,
+            parameters=parameters,
         )
         return Encoded(output=result, num_tokens=sum(counts), token_counts=counts)
 

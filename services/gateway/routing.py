@@ -26,7 +26,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -296,20 +296,39 @@ class ReplicaRouter:
         """Wait up to `timeout` s until `model` has an available engine replica; False if
         none came. The request counts in the route's `waiting` meanwhile."""
         route = self.route(model)
-        deadline = time.monotonic() + timeout
         route.waiting += 1
         try:
-            while route.backend is None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                changes = [self._replicas_changed]
-                changes += [r.changed for _, replicas in route.engines for r in replicas]
-                # a replica cooling down after a failure comes back without an event
-                await _first_of(changes, min(left, FAILURE_COOLDOWN))
-            return True
+            return await self._wait(
+                lambda: route.backend is not None,
+                lambda: [r for _, replicas in route.engines for r in replicas],
+                timeout,
+            )
         finally:
             route.waiting -= 1
+
+    async def wait_for_tokenizer(self, model: str, timeout: float) -> bool:
+        """Wait up to `timeout` s until `model` has an available tokenizer (one restarting
+        comes back); False if none came."""
+        route = self.route(model)
+        return await self._wait(
+            lambda: any(r.available for r in route.tokenizers), lambda: route.tokenizers, timeout
+        )
+
+    async def _wait(
+        self,
+        done: Callable[[], bool],
+        replicas: Callable[[], list[Replica]],
+        timeout: float,
+    ) -> bool:
+        deadline = time.monotonic() + timeout
+        while not done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            changes = [self._replicas_changed, *(r.changed for r in replicas())]
+            # a replica cooling down after a failure comes back without an event
+            await _first_of(changes, min(left, FAILURE_COOLDOWN))
+        return True
 
 
 async def _first_of(events: list[asyncio.Event], timeout: float) -> None:

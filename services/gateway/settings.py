@@ -34,7 +34,11 @@ class GatewaySettings(BaseModel):
     request_timeout: float = Field(
         600.0, description="deadline budget of one request across every gRPC hop, seconds"
     )
-    tokenizer_timeout: float = Field(30.0, description="deadline of one tokenizer call, seconds")
+    tokenizer_timeout: float = Field(
+        30.0,
+        description="deadline of one tokenizer call, and the longest a request waits for a "
+        "tokenizer while none is up (one restarting), seconds",
+    )
     retry_after: int = Field(1, description="Retry-After seconds on 503/429 answers")
     scale_from_zero_wait: float = Field(
         60.0,

@@ -99,6 +99,15 @@ def _port_taken(port: int) -> bool:
     return False
 
 
+def free_port_run(count: int) -> int:
+    """A base port whose next `count` ports are free (a launcher's `--base_port`)."""
+    for _ in range(20):
+        base = free_port()
+        if not any(_port_taken(port) for port in range(base, base + count)):
+            return base
+    raise RuntimeError("no run of free ports")
+
+
 def _plan(plan: MeshPlan, mesh_file: Path) -> list[ProcessSpec]:
     """`plan_processes` takes consecutive ports from a base: pick a base whose run is free."""
     for _ in range(20):

@@ -6,7 +6,6 @@ behind. The tests share one launcher and run in file order (the last one stops i
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
@@ -23,6 +22,8 @@ import yaml
 
 from services.gateway.discovery import Discovery, Endpoint
 from services.launcher.processes import ROOT, free_port
+from tests.helpers.launcher import LauncherRun, launched
+from tests.helpers.mesh import free_port_run
 
 pytestmark = pytest.mark.slow  # a multi-process mesh
 
@@ -41,53 +42,33 @@ def _until(check: Callable[[], object], timeout: float, what: str) -> object:
         time.sleep(0.25)
 
 
-class Launcher:
+class Launcher(LauncherRun):
     def __init__(self, tmp: Path, *args: str) -> None:
-        self.tmp = tmp
-        self.output = tmp / "launcher.out"
-        self.run_file = tmp / "run" / "launcher.json"
         self.port, self.control_port = free_port(), free_port()
-        self.base_port = _free_run(2)
+        self.base_port = free_port_run(2)
         raw = tmp / "list.yaml"
         raw.write_text(
             yaml.safe_dump({"models": [{"name": MODEL, "model": "tiny-bert-sentiment"}]})
         )
-        self.args = [
-            "--model_list",
-            str(raw),
-            "--no_vllm",
-            "--port",
-            str(self.port),
-            "--base_port",
-            str(self.base_port),
-            "--control_plane_port",
-            str(self.control_port),
-            "--log_dir",
-            str(tmp / "logs"),
-            "--run_file",
-            str(self.run_file),
-            "--ready_timeout",
-            "120",
-            *args,
-        ]
-        with open(self.output, "wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "services.launcher", *self.args],
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "HF_HUB_OFFLINE": "1"},
-            )
-
-    def text(self) -> str:
-        return self.output.read_text(errors="replace")
-
-    def wait_for(self, pattern: str, timeout: float = 120.0) -> re.Match[str]:
-        def found() -> re.Match[str] | None:
-            assert self.process.poll() is None, f"the launcher exited:\n{self.text()[-4000:]}"
-            return re.search(pattern, self.text(), re.MULTILINE)
-
-        return _until(found, timeout, f"launcher output /{pattern}/")  # type: ignore[return-value]
+        super().__init__(
+            tmp,
+            [
+                "--model_list",
+                str(raw),
+                "--no_vllm",
+                "--port",
+                str(self.port),
+                "--base_port",
+                str(self.base_port),
+                "--control_plane_port",
+                str(self.control_port),
+                "--log_dir",
+                str(tmp / "logs"),
+                "--ready_timeout",
+                "120",
+                *args,
+            ],
+        )
 
     def children(self) -> dict[str, psutil.Process]:
         """The launcher's service processes by `--port` (the supervised process of each)."""
@@ -100,15 +81,6 @@ class Launcher:
     def service(self, port: int) -> psutil.Process:
         return self.children()[str(port)]
 
-    def scale(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "services.launcher", *args, "--run_file", str(self.run_file)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-
     def answers(self) -> bool:
         try:
             reply = httpx.post(
@@ -120,41 +92,11 @@ class Launcher:
             return False
         return reply.status_code == 200 and len(reply.json()["predictions"]) == 2
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-
-def _free_run(count: int) -> int:
-    """A base port whose next `count` ports are free."""
-    for _ in range(20):
-        base = free_port()
-        taken = False
-        for port in range(base, base + count):
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    taken = True
-        if not taken:
-            return base
-    raise RuntimeError("no run of free ports")
-
 
 @pytest.fixture(scope="module")
 def launcher(tmp_path_factory):
-    started = Launcher(tmp_path_factory.mktemp("launcher"))
-    try:
-        started.wait_for(r"^hfmesh is up: ", timeout=180)
+    with launched(Launcher(tmp_path_factory.mktemp("launcher")), timeout=180) as started:
         yield started
-    finally:
-        started.stop()
-        for child in psutil.Process().children(recursive=True):
-            child.kill()  # only if the launcher failed to stop its own
 
 
 def test_up_behind_the_control_plane_and_answering(launcher):

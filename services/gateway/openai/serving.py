@@ -107,7 +107,12 @@ class GenerationServing:
             check_context_length(len(item.input_ids), request.max_tokens, limit, model=route.name)
         streams = [
             self.mesh.generate(
-                route, r.input_ids, sampling, call, logprobs=request.logprobs is not None
+                route,
+                r.input_ids,
+                sampling,
+                call,
+                logprobs=request.logprobs is not None,
+                whole=not request.stream,
             )
             for r in rendered
         ]
@@ -225,7 +230,14 @@ class GenerationServing:
         if max_tokens is None and limit is not None:
             sampling.max_tokens = limit - len(rendered.input_ids)
         streams = [
-            self.mesh.generate(route, rendered.input_ids, sampling, call, logprobs=request.logprobs)
+            self.mesh.generate(
+                route,
+                rendered.input_ids,
+                sampling,
+                call,
+                logprobs=request.logprobs,
+                whole=not request.stream,
+            )
         ]
         run = ChoiceStreams(self, route, call, request.n, [rendered], streams, time.monotonic())
         if request.stream:

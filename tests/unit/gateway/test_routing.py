@@ -135,3 +135,28 @@ async def test_not_ready_until_every_model_has_its_services(mesh):
             assert (await client.get("/v2/models/llm/ready")).status_code == 503
             chat = await client.post("/openai/v1/chat/completions", json=CHAT)
             assert chat.status_code == 503 and "retry-after" in chat.headers
+
+
+async def test_a_replica_lost_mid_generation_is_replaced_for_a_non_streaming_request(mesh):
+    doomed = FakeEngine([ready("llm", Task.TEXT_GENERATION, 64)], token_delay=0.05)
+    doomed_runner = await start_engine(doomed)
+    engines = {"huggingface": [f"127.0.0.1:{doomed_runner.bound_port}", mesh.engine_address]}
+    try:
+        async with serve_gateway(
+            GatewaySettings(), mesh.plan(engines=engines, models=LLM_ONLY)
+        ) as (url, _):
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                before = len(mesh.engine.requests)
+                body = {**CHAT, "max_tokens": 20}
+                request = asyncio.ensure_future(
+                    client.post("/openai/v1/chat/completions", json=body)
+                )
+                assert await poll(lambda: len(doomed.requests) == 1, timeout=5)
+                await asyncio.sleep(0.2)  # a few tokens generated, then the replica dies
+                await doomed_runner.server.stop(0)
+                reply = await asyncio.wait_for(request, 10)
+        assert reply.status_code == 200, reply.text
+        assert len(mesh.engine.requests) == before + 1  # generated again on the other one
+        assert reply.json()["usage"]["completion_tokens"] == 20
+    finally:
+        await doomed_runner.server.stop(0)
