@@ -18,7 +18,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
-def grpc_serving(address: str, service: str, timeout: float) -> bool:
+def grpc_serving(address: str, timeout: float = 1.0, *, service: str = "") -> bool:
+    """Whether `address` answers grpc.health.v1 Check(service) with SERVING."""
     try:
         with grpc.insecure_channel(address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -29,7 +30,7 @@ def grpc_serving(address: str, service: str, timeout: float) -> bool:
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def http_ok(url: str, timeout: float) -> bool:
+def http_ok(url: str, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status == 200
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     address = f"{args.host}:{args.port}"
     if args.kind == "grpc":
-        ready = grpc_serving(address, args.service, args.timeout)
+        ready = grpc_serving(address, args.timeout, service=args.service)
     else:
         ready = http_ok(f"http://{address}{args.path}", args.timeout)
     if not ready:

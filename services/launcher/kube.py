@@ -113,7 +113,9 @@ def deployment(container: Container) -> dict[str, Any]:
     engine = container.model is not None
     volumes, mounts = _volumes(container)
     args = list(container.args)
-    env = [{"name": k, "value": v} for k, v in sorted(container.environment.items())]
+    env: list[dict[str, Any]] = [
+        {"name": k, "value": v} for k, v in sorted(container.environment.items())
+    ]
     if container.role == "control-plane":
         # Follow the EndpointSlices of this namespace (the Role below allows it).
         args += ["--kubernetes", "--kubernetes_namespace", "$(POD_NAMESPACE)"]

@@ -18,9 +18,9 @@ async def test_grpc_probe_follows_health():
     address = f"127.0.0.1:{await runner.start()}"
     try:
         # the probe blocks: run it off the loop that serves
-        assert not await asyncio.to_thread(healthcheck.grpc_serving, address, "", 2.0)
+        assert not await asyncio.to_thread(healthcheck.grpc_serving, address, 2.0)
         await runner.set_serving(True)
-        assert await asyncio.to_thread(healthcheck.grpc_serving, address, "", 2.0)
+        assert await asyncio.to_thread(healthcheck.grpc_serving, address, 2.0)
     finally:
         await runner.server.stop(0)
 
