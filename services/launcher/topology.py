@@ -17,6 +17,7 @@ the Kubernetes ConfigMap.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.common.model_list import Endpoints, MeshPlan, ModelEntry
 from services.launcher.plan import ENGINE_MODULES, engine_args
@@ -57,7 +58,6 @@ class Container:
     probe: str = "grpc"  # "grpc": grpc.health.v1; "http": GET /v2/health/ready
     metrics_port: int | None = None
     model: ModelEntry | None = None
-    replica: int | None = None
     mounts_models: bool = True
     environment: dict[str, str] = field(default_factory=dict)
 
@@ -86,6 +86,23 @@ def engine_name(entry: ModelEntry, backend: str, replica: int | None = None) -> 
     return f"{ENGINE_PREFIX[backend]}-{entry.name}{suffix}"
 
 
+def _mesh_service(name: str, port: int, **options: Any) -> Container:
+    """A service that reads the planned list: gateway, tokenizer, control plane."""
+    module = f"services.{name.replace('-', '_')}"
+    args = ["--host", "0.0.0.0", "--port", str(port), "--model_list", MESH_FILE]
+    return Container(name, name, name, module, args, port, **options)
+
+
+def _engine(entry: ModelEntry, backend: str, replica: int | None, **options: Any) -> Container:
+    args = [
+        *engine_args(entry, backend),
+        *("--host", "0.0.0.0", "--port", str(ENGINE_PORT), "--metrics_port", str(METRICS_PORT)),
+    ]
+    name = engine_name(entry, backend, replica)
+    image = ENGINE_IMAGES[(backend, "cpu")]
+    return Container(name, backend, image, ENGINE_MODULES[backend], args, ENGINE_PORT, **options)
+
+
 def mesh_containers(plan: MeshPlan, *, per_replica: bool) -> list[Container]:
     """The containers of `plan` (its entries' sources already container paths); fills endpoints.
 
@@ -93,59 +110,26 @@ def mesh_containers(plan: MeshPlan, *, per_replica: bool) -> list[Container]:
     scaled by its `replicas` (Kubernetes).
     """
     environment = {"HFMESH_CONTROL_PLANE": CONTROL_PLANE_ADDRESS}
-    mesh_args = ["--model_list", MESH_FILE]
-    tokenizer = Container(
-        "tokenizer",
-        "tokenizer",
-        "tokenizer",
-        "services.tokenizer",
-        ["--host", "0.0.0.0", "--port", str(TOKENIZER_PORT), *mesh_args],
-        TOKENIZER_PORT,
-        environment=environment,
-    )
-    control_plane = Container(
-        "control-plane",
-        "control-plane",
-        "control-plane",
-        "services.control_plane",
-        ["--host", "0.0.0.0", "--port", str(CONTROL_PLANE_PORT), *mesh_args],
-        CONTROL_PLANE_PORT,
-        mounts_models=False,
-    )
+    control_plane = _mesh_service("control-plane", CONTROL_PLANE_PORT, mounts_models=False)
+    tokenizer = _mesh_service("tokenizer", TOKENIZER_PORT, environment=environment)
     engines: list[Container] = []
     for entry in plan.models:
         endpoints = Endpoints(tokenizer=[tokenizer.address])
         for backend in entry.backends:
             replicas = list(range(entry.replicas)) if per_replica and entry.replicas > 1 else [None]
             for replica in replicas:
-                engine = Container(
-                    engine_name(entry, backend, replica),
+                engine = _engine(
+                    entry,
                     backend,
-                    ENGINE_IMAGES[(backend, "cpu")],
-                    ENGINE_MODULES[backend],
-                    [
-                        *engine_args(entry, backend),
-                        *("--host", "0.0.0.0", "--port", str(ENGINE_PORT)),
-                        *("--metrics_port", str(METRICS_PORT)),
-                    ],
-                    ENGINE_PORT,
+                    replica,
                     metrics_port=METRICS_PORT,
                     model=entry,
-                    replica=replica,
                     environment=environment,
                 )
                 engines.append(engine)
                 endpoints.engines.setdefault(backend, []).append(engine.address)
         plan.endpoints[entry.name] = endpoints
-    gateway = Container(
-        "gateway",
-        "gateway",
-        "gateway",
-        "services.gateway",
-        ["--host", "0.0.0.0", "--port", str(GATEWAY_PORT), *mesh_args],
-        GATEWAY_PORT,
-        probe="http",
-        mounts_models=False,
-        environment=environment,
+    gateway = _mesh_service(
+        "gateway", GATEWAY_PORT, probe="http", mounts_models=False, environment=environment
     )
     return [control_plane, tokenizer, *engines, gateway]
