@@ -103,7 +103,9 @@ def k8s_files(plan: MeshPlan, raw: list[dict[str, Any]]) -> dict[Path, str]:
         "resources": ["models.yaml", *(f"{c.name}.yaml" for c in containers)],
         "configMapGenerator": [{"name": kube.CONFIGMAP, "files": ["mesh.yaml"]}],
     }
-    files[K8S_BASE / "kustomization.yaml"] = GENERATED.format("k8s") + _yaml(kustomization)
+    # block lists, as kustomization files are usually written
+    listing = yaml.safe_dump(kustomization, sort_keys=False)
+    files[K8S_BASE / "kustomization.yaml"] = GENERATED.format("k8s") + listing
     return files
 
 
