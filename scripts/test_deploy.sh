@@ -131,6 +131,19 @@ if pending:
     sys.exit(f"not ready after {time.monotonic() - start:.0f} s: {' '.join(sorted(pending))}")
 PY
 echo "stack up, every model ready: $(($(date +%s) - start)) s"
+# Every container's own health check too (podman runs none by itself without systemd), so the
+# vLLM engine is loaded, not just SmolLM2's HF fallback.
+for service in $services; do
+  id=$("$engine" ps -q --filter label=com.docker.compose.project=hfmesh \
+       --filter "label=com.docker.compose.service=$service" | head -1)
+  probe=$("$engine" inspect --format '{{json .Config.Healthcheck.Test}}' "$id" |
+          "$PY" -c 'import json, sys; print(" ".join(json.load(sys.stdin)[1:]))')
+  until "$engine" exec "$id" $probe >/dev/null 2>&1; do
+    [ $(($(date +%s) - start)) -lt 1500 ] || { echo "$service: not healthy"; exit 1; }
+    sleep 5
+  done
+  printf '  healthy %-34s %5d s\n' "$service" "$(($(date +%s) - start))"
+done
 
 # --- check ---------------------------------------------------------------------------------
 note "checks with real clients"
