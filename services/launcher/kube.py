@@ -141,8 +141,8 @@ def deployment(container: Container) -> dict[str, Any]:
         "containers": [main],
         "volumes": volumes,
     }
-    if engine:
-        pod["initContainers"] = _wait_for_model(container)
+    if engine and (wait := _wait_for_model(container)):
+        pod["initContainers"] = wait
     if container.role == "control-plane":
         pod["serviceAccountName"] = "control-plane"
     annotations = {}
