@@ -29,9 +29,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     VLLM_CPU_KVCACHE_SPACE=4 \
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
 
-# g++ for torch inductor's CPU kernels, libnuma for vLLM's CPU worker, tcmalloc as vLLM recommends.
+# g++ and Python.h for torch inductor's CPU kernels (the slim image has the headers; a Debian
+# base gets libpython3-dev), libnuma for vLLM's CPU worker, tcmalloc as vLLM recommends.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc g++ libc6-dev libnuma1 libtcmalloc-minimal4 \
+ && include=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])') \
+ && if [ ! -e "$include/Python.h" ]; then \
+      apt-get install -y --no-install-recommends libpython3-dev; fi \
  && rm -rf /var/lib/apt/lists/*
 
 # A virtual environment works on the slim image and on a Debian one (whose system Python refuses

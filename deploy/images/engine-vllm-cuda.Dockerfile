@@ -23,9 +23,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
-# A C compiler for the kernels vLLM's dependencies build at run time (Triton, inductor).
+# A C compiler and Python.h for the kernels vLLM's dependencies build at run time (Triton,
+# inductor); the slim image has the headers, a Debian base gets libpython3-dev.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc g++ libc6-dev libnuma1 \
+ && include=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])') \
+ && if [ ! -e "$include/Python.h" ]; then \
+      apt-get install -y --no-install-recommends libpython3-dev; fi \
  && rm -rf /var/lib/apt/lists/*
 
 # A virtual environment works on the slim image and on a Debian one (whose system Python refuses
