@@ -63,8 +63,8 @@ if [ "${HFMESH_SKIP_BUILD:-}" != 1 ]; then
   fi
   # This machine's pip settings, as build arguments and read-only mounts at the same paths.
   eval "$("$PY" - <<'PY'
-import shlex, subprocess
-out = subprocess.run(["pip", "config", "list"], capture_output=True, text=True).stdout
+import shlex, subprocess, sys
+out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
 conf = {}
 for line in out.splitlines():
     key, _, value = line.partition("=")
