@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup run check test test-quick proto bench
+.PHONY: setup run check test test-quick test-deploy proto bench
 
 LINT_PATHS := services tests bench scripts
 
@@ -26,6 +26,10 @@ test: setup check
 ## The quick tier: no real model loads, no multi-process meshes.
 test-quick: setup check
 	HF_HUB_OFFLINE=1 $(PYTEST) tests -m "not slow"
+
+## Containers for real: build every CPU image, compose up, real clients, down -v (docs/deploy.md).
+test-deploy: setup
+	PY=$(PY) scripts/test_deploy.sh
 
 proto:
 	$(PY) scripts/gen_proto.py

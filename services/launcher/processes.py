@@ -15,8 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from services.common.healthcheck import grpc_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,18 +24,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def grpc_serving(address: str, timeout: float = 1.0) -> bool:
-    try:
-        with grpc.insecure_channel(address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            # types-grpcio-health-checking declares HealthStub without its methods.
-            check = stub.Check  # type: ignore[attr-defined]
-            reply = check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-            return reply.status == health_pb2.HealthCheckResponse.SERVING
-    except grpc.RpcError:
-        return False
 
 
 def http_ready(url: str, timeout: float = 1.0) -> bool:

@@ -1,0 +1,164 @@
+"""deploy/k8s: every overlay renders with `kubectl kustomize` and is valid against the Kubernetes
+schemas (`kubernetes-validate`, strict); probes, ports and the ConfigMap agree with the services."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import ROOT
+from tests.deploy.test_compose import SETTINGS
+
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir())
+KUBERNETES_VERSION = "1.33.0"
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def rendered(request) -> tuple[str, list[dict[str, Any]]]:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed (it renders the kustomize overlays)")
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(K8S / "overlays" / request.param)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return request.param, [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+
+
+def test_overlays():
+    assert OVERLAYS == ["cpu", "gpu"]
+
+
+def test_valid_against_the_kubernetes_schemas(rendered):
+    import kubernetes_validate
+
+    _, objects = rendered
+    problems = []
+    for obj in objects:
+        try:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            problems.append(f"{obj['kind']}/{obj['metadata']['name']}: {error.message}")
+    assert problems == []
+
+
+def test_probes_ports_and_config(rendered):
+    overlay, objects = rendered
+    services = by_kind(objects, "Service")
+    config = next(iter(by_kind(objects, "ConfigMap").values()))
+    mesh = yaml.safe_load(config["data"]["mesh.yaml"])
+    for name, deployment in by_kind(objects, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        args = container["args"]
+        port = int(args[args.index("--port") + 1])
+        assert {p["containerPort"] for p in container["ports"]} >= {port}
+        assert services[name]["spec"]["ports"][0]["port"] == port
+        assert services[name]["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+        engine = deployment["metadata"]["labels"]["hfmesh.io/role"] in ("vllm", "huggingface")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            action = container[probe].get("grpc") or container[probe]["httpGet"]
+            assert action["port"] == port, (name, probe)
+        if engine:
+            startup = container["startupProbe"]
+            assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+            assert container["lifecycle"]["preStop"]
+            assert pod["terminationGracePeriodSeconds"] > 30  # the server's drain grace
+            assert container["volumeMounts"][0] == {
+                "name": "models",
+                "mountPath": "/models",
+                "readOnly": True,
+            }
+            gpus = container["resources"]["limits"].get("nvidia.com/gpu")
+            assert gpus == (1 if overlay == "gpu" else None)
+            assert ("cuda" in container["image"]) == (overlay == "gpu")
+        if "--model_list" in args:
+            mount = container["volumeMounts"][0]
+            assert mount["mountPath"] == args[args.index("--model_list") + 1]
+            assert pod["volumes"][0]["configMap"]["name"] == config["metadata"]["name"]
+        for address in _addresses_of(mesh):
+            host, _, target = address.partition(":")
+            assert services[host]["spec"]["ports"][0]["port"] == int(target)
+        assert container["resources"]["requests"] and container["resources"]["limits"]
+
+
+def _addresses_of(mesh: dict[str, Any]) -> set[str]:
+    return {
+        address
+        for entry in mesh["models"]
+        for addresses in entry["endpoints"].values()
+        for address in addresses
+    }
+
+
+def test_every_engine_has_a_pdb_and_an_hpa(rendered):
+    _, objects = rendered
+    engines = {
+        name
+        for name, d in by_kind(objects, "Deployment").items()
+        if d["metadata"]["labels"]["hfmesh.io/role"] in ("vllm", "huggingface")
+    }
+    assert engines and set(by_kind(objects, "PodDisruptionBudget")) == engines
+    hpas = by_kind(objects, "HorizontalPodAutoscaler")
+    assert set(hpas) == engines
+    for name, hpa in hpas.items():
+        assert hpa["spec"]["scaleTargetRef"]["name"] == name
+        assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+
+
+def test_control_plane_may_watch_endpointslices(rendered):
+    _, objects = rendered
+    deployment = by_kind(objects, "Deployment")["control-plane"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "control-plane"
+    assert "--kubernetes" in pod["containers"][0]["args"]
+    rule = by_kind(objects, "Role")["control-plane"]["rules"][0]
+    assert rule["resources"] == ["endpointslices"] and {"list", "watch"} <= set(rule["verbs"])
+    binding = by_kind(objects, "RoleBinding")["control-plane"]
+    assert binding["subjects"][0]["name"] == "control-plane"
+    # the Services carry the labels the control plane selects EndpointSlices by
+    for service in by_kind(objects, "Service").values():
+        assert service["metadata"]["labels"]["hfmesh.io/role"]
+
+
+def test_every_container_args_parse(rendered):
+    from services.common.settings import parse_settings
+    from services.engine_vllm.settings import split_argv
+
+    _, objects = rendered
+    for name, deployment in by_kind(objects, "Deployment").items():
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        image = container["image"].split("/")[1].split(":")[0]
+        image = image.removesuffix("-cpu").removesuffix("-cuda")
+        argv = container["args"]
+        if image == "engine-vllm":
+            argv, rest = split_argv(argv)
+            assert rest == []
+        parse_settings(SETTINGS[image], argv, prog=name, description="", env={})
+
+
+def test_keda_example_scales_an_engine_of_the_base():
+    example = yaml.safe_load((K8S / "examples" / "keda-scaledobject.yaml").read_text())
+    target = example["spec"]["scaleTargetRef"]["name"]
+    assert (K8S / "base" / f"{target}.yaml").exists()
+    assert example["kind"] == "ScaledObject"
+
+
+def test_model_job_builds_what_the_engines_read():
+    base = [d for d in yaml.safe_load_all((K8S / "base" / "models.yaml").read_text()) if d]
+    job = next(d for d in base if d["kind"] == "Job")
+    built = set(job["spec"]["template"]["spec"]["containers"][0]["args"][2:])
+    mesh = yaml.safe_load((K8S / "base" / "mesh.yaml").read_text())
+    assert {Path(e["source"]).name for e in mesh["models"]} == built
