@@ -24,7 +24,9 @@ def grpc_serving(address: str, timeout: float = 1.0, *, service: str = "") -> bo
         with grpc.insecure_channel(address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             request = health_pb2.HealthCheckRequest(service=service)
-            reply = stub.Check(request, timeout=timeout)
+            # types-grpcio-health-checking declares HealthStub without its methods.
+            check = stub.Check  # type: ignore[attr-defined]
+            reply = check(request, timeout=timeout)
     except grpc.RpcError:
         return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
