@@ -27,8 +27,8 @@ class HealthChecker:
         store: EndpointStore,
         *,
         interval: float = 1.0,
-        timeout: float = 1.0,
-        failures: int = 2,
+        timeout: float = 3.0,
+        failures: int = 3,
     ) -> None:
         self._store = store
         self.interval = interval

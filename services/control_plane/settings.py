@@ -17,9 +17,12 @@ class ControlPlaneSettings(BaseModel):
     health_interval: float = Field(
         1.0, ge=0, description="seconds between health checks of each endpoint (0: none)"
     )
-    health_timeout: float = Field(1.0, gt=0, description="deadline of one health check, seconds")
+    # An endpoint that answers NOT_SERVING is withdrawn at once. A slow answer is not a dead
+    # replica: an engine busy compiling kernels on a loaded machine missed 1 s deadlines twice
+    # and was withdrawn while serving, so the defaults tolerate a few seconds of silence.
+    health_timeout: float = Field(3.0, gt=0, description="deadline of one health check, seconds")
     health_failures: int = Field(
-        2, ge=1, description="failed checks (no answer) before an endpoint is withdrawn"
+        3, ge=1, description="failed checks (no answer) before an endpoint is withdrawn"
     )
     kubernetes: bool = Field(False, description="also follow Kubernetes EndpointSlices")
     kubernetes_namespace: str = Field("default", description="namespace of the EndpointSlices")
