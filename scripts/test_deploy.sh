@@ -149,7 +149,7 @@ done
 note "checks with real clients"
 HFMESH_DEPLOY_GATEWAY="http://127.0.0.1:$port" HFMESH_DEPLOY_ENGINE=$engine \
 HFMESH_DEPLOY_COMPOSE="${compose[*]}" HFMESH_DEPLOY_REGISTRY=$HFMESH_REGISTRY \
-HFMESH_DEPLOY_TAG=$HFMESH_TAG "$PY" -m pytest tests/deploy/test_stack.py -v
+HFMESH_DEPLOY_TAG=$HFMESH_TAG "$PY" -m pytest tests/deploy/test_stack.py -v || { for c in gateway control-plane hf-tiny-sentiment; do echo "== logs $c"; "$engine" logs "hfmesh_${c}_1" 2>&1 | tail -40; done; exit 1; }
 
 note "image sizes"
 for image in "${images[@]}"; do
