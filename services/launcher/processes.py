@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.healthcheck import grpc_serving
+from services.common.healthcheck import grpc_serving, http_ok
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,15 +24,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def http_ready(url: str, timeout: float = 1.0) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(url, timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @dataclass
@@ -127,7 +118,7 @@ def is_ready(service: ServiceProcess, kind: str = "grpc", path: str = "/v2/healt
     """gRPC health SERVING ("grpc") or GET `path` answering 200 ("http")."""
     if kind == "grpc":
         return grpc_serving(service.address)
-    return http_ready(f"{service.url}{path}")
+    return http_ok(f"{service.url}{path}")
 
 
 def wait_ready(

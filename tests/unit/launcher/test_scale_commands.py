@@ -227,7 +227,7 @@ LAUNCHER = textwrap.dedent(
     from services.common.model_list import load_model_list
     from services.control_plane.bootstrap import write_bootstrap
     from services.launcher.plan import control_plane_process, gateway_process, plan_processes
-    from services.launcher.processes import grpc_serving, http_ready
+    from services.launcher.processes import grpc_serving, http_ok
     from services.launcher.replicas import Replicas
     from services.launcher.runstate import CommandBox
     from services.launcher.supervisor import Supervisor
@@ -244,7 +244,7 @@ LAUNCHER = textwrap.dedent(
     (folder / "c.json").write_text('{"action": "remove_replica", "model": "chat"}')
     box.serve(Replicas(plan, supervisor, {}).handle)
     grpc_serving("127.0.0.1:1", timeout=0.1)
-    http_ready("http://127.0.0.1:1/", timeout=0.1)
+    http_ok("http://127.0.0.1:1/", timeout=0.1)
     supervisor.stop_all(last=["control_plane"])
     """
 )
