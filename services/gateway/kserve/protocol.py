@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.common.codec import DATATYPES, InferRequest, InferResponse, Tensor, as_bytes_array
 from services.common.errors import InvalidArgument
 
+# Request parameters that shape the HTTP answer (binary.py) and are not the model's to see.
+REST_ONLY_PARAMETERS = frozenset({"binary_data_output"})
+
 
 class V1PredictRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -27,7 +30,7 @@ class V2Tensor(BaseModel):
     shape: list[int]
     datatype: str
     parameters: dict[str, Any] | None = None
-    data: list[Any]
+    data: list[Any] | None = None  # None: raw bytes after the JSON header (binary.py)
 
 
 class V2RequestedOutput(BaseModel):
@@ -73,6 +76,10 @@ def tensor_from_json(tensor: V2Tensor) -> Tensor:
         raise InvalidArgument(
             f"tensor '{tensor.name}': shape {tensor.shape} has a negative dimension"
         )
+    if tensor.data is None:
+        raise InvalidArgument(
+            f"tensor '{tensor.name}': no 'data' and no parameters.binary_data_size"
+        )
     flat = _flatten(tensor.data)
     expected = int(np.prod(tensor.shape)) if tensor.shape else 1
     if len(flat) != expected:
@@ -97,15 +104,23 @@ def tensor_from_json(tensor: V2Tensor) -> Tensor:
     return Tensor(tensor.name, tensor.datatype, array, dict(tensor.parameters or {}))
 
 
-def request_from_json(model: str, body: V2InferRequest) -> InferRequest:
+def request_from_json(
+    model: str, body: V2InferRequest, binary: dict[int, Tensor] | None = None
+) -> InferRequest:
+    """The codec request; `binary` holds the inputs that came as raw bytes, by position."""
     names = [t.name for t in body.inputs]
     if len(set(names)) != len(names):
         raise InvalidArgument("an input tensor name is given twice")
+    binary = binary or {}
     return InferRequest(
         model_name=model,
         id=body.id or "",
-        inputs=[tensor_from_json(t) for t in body.inputs],
-        parameters=dict(body.parameters or {}),
+        inputs=[
+            binary[i] if i in binary else tensor_from_json(t) for i, t in enumerate(body.inputs)
+        ],
+        parameters={
+            k: v for k, v in (body.parameters or {}).items() if k not in REST_ONLY_PARAMETERS
+        },
         requested_outputs=[o.name for o in body.outputs or []],
     )
 

@@ -13,7 +13,8 @@ from starlette.responses import Response
 from services.common.errors import InvalidArgument
 from services.common.version import VERSION
 from services.gateway.errors import json_response
-from services.gateway.kserve.protocol import V1PredictRequest, V2InferRequest
+from services.gateway.kserve.binary import HEADER_LENGTH, encode_response, raw_outputs, split_body
+from services.gateway.kserve.protocol import V1PredictRequest, V2InferRequest, response_to_json
 from services.gateway.state import gateway
 from services.gateway.streaming import cancel_on_disconnect
 
@@ -30,8 +31,12 @@ def _json(payload: object, status: int = 200) -> Response:
 async def _body(request: Request, model: type[M]) -> M:
     """The JSON body whatever its Content-Type (`curl -d @file` sends a form type), as KServe
     reads it."""
+    return _parse(await request.body(), model)
+
+
+def _parse(raw: bytes, model: type[M]) -> M:
     try:
-        data = json.loads(await request.body() or b"null")
+        data = json.loads(raw or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InvalidArgument(f"the request body is not valid JSON ({error})") from None
     try:
@@ -42,6 +47,11 @@ async def _body(request: Request, model: type[M]) -> M:
 
 def build_v1_router() -> APIRouter:
     router = APIRouter(tags=["kserve-v1"])
+
+    @router.get("/")
+    async def alive() -> Response:
+        """KServe's V1 liveness answer (the `kserve` SDK's `is_server_live` reads it)."""
+        return _json({"status": "alive"})
 
     @router.get("/v1/models")
     async def list_models(request: Request) -> Response:
@@ -68,7 +78,9 @@ def build_v2_router() -> APIRouter:
 
     @router.get("/v2")
     async def server_metadata() -> Response:
-        return _json({"name": SERVER_NAME, "version": VERSION, "extensions": []})
+        return _json(
+            {"name": SERVER_NAME, "version": VERSION, "extensions": ["binary_tensor_data"]}
+        )
 
     @router.get("/v2/health/live")
     async def live() -> Response:
@@ -91,12 +103,21 @@ def build_v2_router() -> APIRouter:
 
     @router.post("/v2/models/{name}/infer")
     async def infer(name: str, request: Request) -> Response:
-        body = await _body(request, V2InferRequest)
+        header, tail = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+        body = _parse(header, V2InferRequest)
+        raw = raw_outputs(body)
         state = gateway(request)
         result = await cancel_on_disconnect(
-            request, state.kserve.v2_infer(name, body, state.call(request))
+            request, state.kserve.v2_infer(name, body, tail, state.call(request))
         )
-        return Response(result.model_dump_json(exclude_none=True), media_type="application/json")
+        content, json_length = encode_response(response_to_json(result), result, raw)
+        if json_length is None:
+            return Response(content, media_type="application/json")
+        return Response(
+            content,
+            media_type="application/octet-stream",
+            headers={HEADER_LENGTH: str(json_length)},
+        )
 
     @router.get("/metrics")
     async def metrics(request: Request) -> Response:

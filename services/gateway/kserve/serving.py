@@ -21,13 +21,12 @@ from services.common.engine import Task
 from services.common.errors import InvalidArgument
 from services.gateway.core import MeshClient
 from services.gateway.grpc_clients import CallContext
+from services.gateway.kserve.binary import binary_inputs
 from services.gateway.kserve.protocol import (
     V1PredictRequest,
     V1PredictResponse,
     V2InferRequest,
-    V2InferResponse,
     request_from_json,
-    response_to_json,
 )
 from services.gateway.openai.protocol import CompletionRequest, CompletionResponse
 from services.gateway.openai.serving import GenerationServing
@@ -128,9 +127,12 @@ class KServeServing:
             predictions=[c.text for c in sorted(response.choices, key=lambda c: c.index)]
         )
 
-    async def v2_infer(self, name: str, body: V2InferRequest, call: CallContext) -> V2InferResponse:
+    async def v2_infer(
+        self, name: str, body: V2InferRequest, binary_tail: bytes, call: CallContext
+    ) -> InferResponse:
+        """`binary_tail`: the raw input bytes after the JSON header (binary.py)."""
         route = self.mesh.route(name)
-        infer = request_from_json(name, body)
+        infer = request_from_json(name, body, binary_inputs(body, binary_tail))
         if not infer.id:
             infer.id = call.request_id
         text_inputs = all(t.datatype == "BYTES" for t in infer.inputs)
@@ -141,7 +143,7 @@ class KServeServing:
         response.model_name = name
         if body.id:
             response.id = body.id
-        return response_to_json(response)
+        return response
 
     async def _v2_encode(
         self, route: ModelRoute, infer: InferRequest, call: CallContext
