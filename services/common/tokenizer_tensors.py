@@ -11,9 +11,13 @@ answers with their inverses, so a tensor name lives in one place.
 - preprocess: BYTES `text` [N] (+ `text_pair` [N]; any encoder text form is read,
   see `encoder_tensors`) → INT64 token tensors [N, L].
 - postprocess: the predictor's raw outputs + INT64 `input_ids` / `attention_mask`
-  → `output-0`; parameters `return_probabilities` / `return_raw_logits`.
-- detokenize: INT64 `input_ids` [n] or [N, L] → BYTES `text_output` [N], and
-  `tokens` (each id on its own) when requested; parameter `skip_special_tokens`.
+  → `output-0`; parameters `return_probabilities` / `return_raw_logits`; when
+  requested, BYTES `label` [N] (sequence classification: the config's name of each
+  row's highest-scoring class, `LABEL_i` without one).
+- detokenize: INT64 `input_ids` [n] or [N, L] → BYTES `text_output` [N], and when
+  requested `tokens` (each id decoded on its own) and `token_strs` (each id's
+  vocabulary string, as `convert_ids_to_tokens` gives it); parameter
+  `skip_special_tokens`.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from services.common.encoder_tensors import RESULT_OUTPUT, TOKEN_INPUTS
 from services.common.errors import InvalidArgument
 
 RENDER, PREPROCESS, POSTPROCESS, DETOKENIZE = "render", "preprocess", "postprocess", "detokenize"
+LABEL_OUTPUT = "label"
 OPERATIONS = (RENDER, PREPROCESS, POSTPROCESS, DETOKENIZE)
 
 
@@ -206,8 +211,10 @@ def postprocess_request(
     *,
     request_id: str,
     parameters: Mapping[str, Any] | None = None,
+    label: bool = False,
 ) -> InferRequest:
-    """The predictor's raw outputs, and the preprocess tensors post-processing reads."""
+    """The predictor's raw outputs, and the preprocess tensors post-processing reads;
+    `label` also asks for each row's class name."""
     inputs = [Tensor(name, datatype_of(array), array) for name, array in outputs.items()]
     inputs += [
         Tensor(n, "INT64", a) for n, a in encoded.items() if n in ("input_ids", "attention_mask")
@@ -217,6 +224,7 @@ def postprocess_request(
         inputs,
         id=request_id,
         parameters=dict(parameters or {}),
+        requested_outputs=[RESULT_OUTPUT, LABEL_OUTPUT] if label else [],
     )
 
 
@@ -244,18 +252,29 @@ def result_from(response: InferResponse) -> np.ndarray:
     return outputs_of(response)[RESULT_OUTPUT]
 
 
+def labels_from(response: InferResponse) -> list[str]:
+    return [bytes(v).decode("utf-8") for v in outputs_of(response)[LABEL_OUTPUT].ravel()]
+
+
 # -- detokenize --------------------------------------------------------------
 
 
 def detokenize_request(
-    model: str, ids: list[int], *, request_id: str, tokens: bool = False
+    model: str,
+    ids: list[int],
+    *,
+    request_id: str,
+    output: str = "text_output",
+    skip_special_tokens: bool = True,
 ) -> InferRequest:
-    """`tokens`: ask for each id's own string (OpenAI logprobs) instead of the text."""
+    """`output`: `text_output` (the text), `tokens` (each id decoded on its own: OpenAI
+    logprobs) or `token_strs` (vocabulary strings)."""
     return InferRequest(
         operation_model(model, DETOKENIZE),
         [Tensor("input_ids", "INT64", np.asarray(ids, dtype=np.int64))],
         id=request_id,
-        requested_outputs=["tokens"] if tokens else [],
+        parameters={} if skip_special_tokens else {"skip_special_tokens": False},
+        requested_outputs=[] if output == "text_output" else [output],
     )
 
 
@@ -276,11 +295,17 @@ def detokenize_from(infer: InferRequest) -> tuple[np.ndarray, bool]:
 
 
 def detokenize_response(
-    infer: InferRequest, texts: list[str], tokens: list[str] | None, shape: tuple[int, ...]
+    infer: InferRequest,
+    texts: list[str],
+    tokens: list[str] | None,
+    shape: tuple[int, ...],
+    token_strs: list[str] | None = None,
 ) -> InferResponse:
     outputs = [Tensor("text_output", "BYTES", as_bytes_array(texts))]
     if tokens is not None:
         outputs.append(Tensor("tokens", "BYTES", as_bytes_array(tokens, shape)))
+    if token_strs is not None:
+        outputs.append(Tensor("token_strs", "BYTES", as_bytes_array(token_strs, shape)))
     return InferResponse(model_name=infer.model_name, id=infer.id, outputs=outputs)
 
 
@@ -288,7 +313,7 @@ def text_from(response: InferResponse) -> str:
     return bytes(outputs_of(response)["text_output"].ravel()[0]).decode("utf-8")
 
 
-def tokens_from(response: InferResponse) -> list[str]:
+def tokens_from(response: InferResponse, output: str = "tokens") -> list[str]:
     return [
-        bytes(t).decode("utf-8", errors="replace") for t in outputs_of(response)["tokens"].ravel()
+        bytes(t).decode("utf-8", errors="replace") for t in outputs_of(response)[output].ravel()
     ]

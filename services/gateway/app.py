@@ -28,6 +28,7 @@ from services.gateway.middleware import (
     RequestIdMiddleware,
 )
 from services.gateway.openai.router import build_router as build_openai_router
+from services.gateway.openai.router_vllm import build_vllm_router
 from services.gateway.routing import ReplicaRouter
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import build_state
@@ -70,6 +71,7 @@ def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAP
     install_error_handlers(app, openai_prefix=prefix, retry_after=settings.retry_after)
     # With an empty prefix OpenAI's GET /v1/models answers before KServe V1's list.
     app.include_router(build_openai_router(prefix))
+    app.include_router(build_vllm_router(prefix))
     app.include_router(build_v1_router())
     app.include_router(build_v2_router())
     # Added innermost first: the request id wraps everything.

@@ -35,6 +35,7 @@ class Encoded:
     output: np.ndarray
     num_tokens: int
     token_counts: list[int]
+    labels: list[str] | None = None  # each row's class name, when asked (classification)
 
 
 def check_task(route: ModelRoute, wanted: tuple[Task, ...], endpoint: str) -> None:
@@ -113,18 +114,27 @@ class MeshClient:
             add_special_tokens=add_special_tokens,
         )
 
-    async def detokenize(self, route: ModelRoute, call: CallContext, ids: list[int]) -> str:
+    async def detokenize(
+        self,
+        route: ModelRoute,
+        call: CallContext,
+        ids: list[int],
+        *,
+        skip_special_tokens: bool = True,
+    ) -> str:
         return await rpc.detokenize(
             await self.tokenizer(route, call),
             route.name,
             ids,
             call,
             cap=self.settings.tokenizer_timeout,
+            skip_special_tokens=skip_special_tokens,
         )
 
     async def token_strings(
-        self, route: ModelRoute, call: CallContext, ids: list[int]
+        self, route: ModelRoute, call: CallContext, ids: list[int], *, vocabulary: bool = False
     ) -> list[str]:
+        """Each id decoded on its own, or with `vocabulary` its vocabulary string."""
         if not ids:
             return []
         return await rpc.token_strings(
@@ -133,6 +143,7 @@ class MeshClient:
             ids,
             call,
             cap=self.settings.tokenizer_timeout,
+            output="token_strs" if vocabulary else "tokens",
         )
 
     # -- generation ----------------------------------------------------------
@@ -197,6 +208,7 @@ class MeshClient:
         pairs: list[str] | None = None,
         token_ids: list[list[int]] | None = None,
         parameters: dict[str, Any] | None = None,
+        label: bool = False,
     ) -> Encoded:
         cap = self.settings.tokenizer_timeout
         if token_ids is not None:
@@ -216,7 +228,7 @@ class MeshClient:
             route, InferRequest(route.name, sent, id=call.request_id), call
         )
         outputs = {t.name: t.data for t in raw.outputs}
-        result = await rpc.postprocess(
+        result, labels = await rpc.postprocess(
             await self.tokenizer(route, call),
             route.name,
             outputs,
@@ -224,8 +236,9 @@ class MeshClient:
             call,
             cap=cap,
             parameters=parameters,
+            label=label,
         )
-        return Encoded(output=result, num_tokens=sum(counts), token_counts=counts)
+        return Encoded(output=result, num_tokens=sum(counts), token_counts=counts, labels=labels)
 
     async def infer_engine(
         self, route: ModelRoute, request: InferRequest, call: CallContext

@@ -98,24 +98,42 @@ async def postprocess(
     *,
     cap: float,
     parameters: dict[str, Any] | None = None,
-) -> np.ndarray:
+    label: bool = False,
+) -> tuple[np.ndarray, list[str] | None]:
+    """(task result, each row's class name when `label`)."""
     request = tt.postprocess_request(
-        model, raw, encoded, request_id=call.request_id, parameters=parameters
+        model, raw, encoded, request_id=call.request_id, parameters=parameters, label=label
     )
-    return tt.result_from(await infer(replica, request, call, cap=cap))
+    response = await infer(replica, request, call, cap=cap)
+    return tt.result_from(response), tt.labels_from(response) if label else None
 
 
 async def token_strings(
-    replica: Replica, model: str, ids: list[int], call: CallContext, *, cap: float
+    replica: Replica,
+    model: str,
+    ids: list[int],
+    call: CallContext,
+    *,
+    cap: float,
+    output: str = "tokens",
 ) -> list[str]:
-    request = tt.detokenize_request(model, ids, request_id=call.request_id, tokens=True)
-    return tt.tokens_from(await infer(replica, request, call, cap=cap))
+    """`output`: `tokens` (each id decoded alone) or `token_strs` (vocabulary strings)."""
+    request = tt.detokenize_request(model, ids, request_id=call.request_id, output=output)
+    return tt.tokens_from(await infer(replica, request, call, cap=cap), output)
 
 
 async def detokenize(
-    replica: Replica, model: str, ids: list[int], call: CallContext, *, cap: float
+    replica: Replica,
+    model: str,
+    ids: list[int],
+    call: CallContext,
+    *,
+    cap: float,
+    skip_special_tokens: bool = True,
 ) -> str:
-    request = tt.detokenize_request(model, ids, request_id=call.request_id)
+    request = tt.detokenize_request(
+        model, ids, request_id=call.request_id, skip_special_tokens=skip_special_tokens
+    )
     return tt.text_from(await infer(replica, request, call, cap=cap))
 
 

@@ -14,6 +14,7 @@ from services.gateway.kserve.serving import KServeServing
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openai.serving import GenerationServing
 from services.gateway.openai.serving_pooling import PoolingServing
+from services.gateway.openai.serving_vllm import VllmExtrasServing
 from services.gateway.routing import ReplicaRouter
 from services.gateway.settings import GatewaySettings
 
@@ -27,6 +28,7 @@ class GatewayState:
     generation: GenerationServing
     pooling: PoolingServing
     kserve: KServeServing
+    extras: VllmExtrasServing  # /tokenize, /detokenize, /score, /classify
 
     def call(self, request: Request) -> CallContext:
         request_id = request.scope.get("state", {}).get("request_id") or new_request_id()
@@ -48,6 +50,7 @@ def build_state(
         generation=generation,
         pooling=PoolingServing(mesh, owned_by=settings.served_by, created=int(time.time())),
         kserve=KServeServing(mesh, generation),
+        extras=VllmExtrasServing(mesh),
     )
 
 

@@ -41,7 +41,11 @@ def build_model(spec: ModelSpec, settings: TokenizerSettings) -> TokenizerModel:
     )
     tokenizer = load_tokenizer(spec.folder, lower_case=options.lower_case)
     model = TokenizerModel(
-        spec.name, tokenizer, options, config_max_len=config.max_position_embeddings
+        spec.name,
+        tokenizer,
+        options,
+        config_max_len=config.max_position_embeddings,
+        labels=config.id2label,
     )
     logger.info(
         "loaded tokenizer for %s (%s, max_model_len=%s) from %s",

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from services.common.encoder_tensors import ResultOptions, task_result
+from services.common.encoder_tensors import ResultOptions, pick_output, task_result
 from services.common.engine import Task
 from services.common.errors import InvalidArgument, NotFound
 from services.common.tokenizer_tensors import Rendered, RenderRequest
@@ -53,11 +53,19 @@ class TokenizerModel:
     """One served model's tokenizer and task."""
 
     def __init__(
-        self, name: str, tokenizer: Any, options: ModelOptions, *, config_max_len: int | None = None
+        self,
+        name: str,
+        tokenizer: Any,
+        options: ModelOptions,
+        *,
+        config_max_len: int | None = None,
+        labels: Mapping[int, str] | None = None,
     ):
+        """`labels`: the config's `id2label` (class index → name)."""
         self.name = name
         self.tokenizer = tokenizer
         self.options = options
+        self.labels = dict(labels or {})
         limit = (
             options.max_model_len or config_max_len or getattr(tokenizer, "model_max_length", None)
         )
@@ -161,6 +169,19 @@ class TokenizerModel:
             options=options.overridden(parameters or {}),
         )
 
+    def class_names(self, outputs: dict[str, np.ndarray]) -> list[str]:
+        """Each row's highest-scoring class by name (sequence classification), `LABEL_i` when
+        the config names none, as transformers does."""
+        if self.options.task is not Task.SEQUENCE_CLASSIFICATION:
+            raise InvalidArgument(
+                f"model '{self.name}' is {self.options.task.value}; class names are for "
+                "sequence_classification"
+            )
+        _, logits = pick_output(self.options.task, outputs)
+        scores = np.asarray(logits)
+        rows = scores.reshape(scores.shape[0], -1).argmax(axis=-1)
+        return [self.labels.get(int(i), f"LABEL_{int(i)}") for i in rows]
+
     # -- detokenization ------------------------------------------------------
 
     def detokenize(self, ids: np.ndarray, *, skip_special_tokens: bool = True) -> list[str]:
@@ -179,6 +200,15 @@ class TokenizerModel:
         flat = [int(t) for t in ids.ravel()]
         self._check_ids(np.asarray(flat))
         return [self.tokenizer.decode([t], skip_special_tokens=False) for t in flat]
+
+    def vocabulary_strings(self, ids: np.ndarray) -> list[str]:
+        """Each id's string in the vocabulary (`Ġthe`, `<|im_start|>`), as vLLM's
+        `return_token_strs` gives them."""
+        flat = [int(t) for t in ids.ravel()]
+        if flat and min(flat) < 0:
+            raise InvalidArgument(f"token id {min(flat)} is negative")
+        self._check_ids(np.asarray(flat))
+        return [str(t) for t in self.tokenizer.convert_ids_to_tokens(flat)]
 
     def _check_ids(self, ids: np.ndarray) -> None:
         size = len(self.tokenizer)

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 
 from services.common import tokenizer_tensors as tt
-from services.common.codec import InferRequest, InferResponse, Tensor, datatype_of
+from services.common.codec import InferRequest, InferResponse, Tensor, as_bytes_array, datatype_of
 from services.common.converters import (
     infer_request_from_pb,
     infer_response_to_pb,
@@ -183,17 +183,22 @@ class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> InferResponse:
         outputs, inputs = tt.postprocess_from(infer)
         result = await core.run(model.postprocess, outputs, inputs, infer.parameters)
-        return _response(infer, {RESULT_OUTPUT: result})
+        arrays = {RESULT_OUTPUT: result}
+        if tt.LABEL_OUTPUT in infer.requested_outputs:
+            arrays[tt.LABEL_OUTPUT] = as_bytes_array(model.class_names(outputs))
+        return _response(infer, arrays)
 
     async def _detokenize(
         self, core: TokenizerCore, model: TokenizerModel, infer: InferRequest
     ) -> InferResponse:
         ids, skip = tt.detokenize_from(infer)
         texts = await core.run(model.detokenize, ids, skip_special_tokens=skip)
-        tokens = None
+        tokens = token_strs = None
         if "tokens" in infer.requested_outputs:
             tokens = await core.run(model.token_strings, ids)
-        return tt.detokenize_response(infer, texts, tokens, ids.shape)
+        if "token_strs" in infer.requested_outputs:
+            token_strs = await core.run(model.vocabulary_strings, ids)
+        return tt.detokenize_response(infer, texts, tokens, ids.shape, token_strs)
 
     async def _transform(
         self, core: TokenizerCore, model: TokenizerModel, infer: InferRequest

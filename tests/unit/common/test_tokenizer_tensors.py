@@ -95,14 +95,21 @@ def test_postprocess_round_trip():
 
 @pytest.mark.parametrize("raw", [True, False])
 def test_detokenize_round_trip(raw):
-    sent = _sent(tt.detokenize_request("m", [5, 6], request_id="r", tokens=True), raw=raw)
+    sent = _sent(tt.detokenize_request("m", [5, 6], request_id="r", output="tokens"), raw=raw)
     assert sent.model_name == "m.detokenize" and sent.requested_outputs == ["tokens"]
     ids, skip = tt.detokenize_from(sent)
     assert ids.tolist() == [5, 6] and skip is True
+    kept = tt.detokenize_request("m", [5], request_id="r", skip_special_tokens=False)
+    assert tt.detokenize_from(_sent(kept, raw=raw))[1] is False
+    vocab = tt.detokenize_request("m", [5], request_id="r", output="token_strs")
+    assert vocab.requested_outputs == ["token_strs"]
     sent.parameters["skip_special_tokens"] = "false"
     assert tt.detokenize_from(sent)[1] is False
-    answer = _answered(tt.detokenize_response(sent, ["hé"], ["h", "é"], ids.shape), raw=raw)
+    answer = _answered(
+        tt.detokenize_response(sent, ["hé"], ["h", "é"], ids.shape, ["Ġh", "é"]), raw=raw
+    )
     assert tt.text_from(answer) == "hé" and tt.tokens_from(answer) == ["h", "é"]
+    assert tt.tokens_from(answer, "token_strs") == ["Ġh", "é"]
     with pytest.raises(InvalidArgument, match="input_ids"):
         tt.detokenize_from(InferRequest("m.detokenize", []))
 
