@@ -30,11 +30,12 @@ RUN python3 -m venv /opt/venv \
 
 # Dependencies first (this layer is rebuilt only when pyproject.toml changes): install the extra
 # against an empty package, then drop the package itself; the source is copied afterwards.
+# xgrammar pulls in triton on x86-64 Linux; its CPU path does not use it, so it goes too.
 WORKDIR /app
 COPY pyproject.toml README.md ./
 RUN mkdir services && touch services/__init__.py \
  && pip install ${PIP_CA_BUNDLE:+--cert "$PIP_CA_BUNDLE"} ".[engine-hf]" \
- && pip uninstall -y hfmesh \
+ && pip uninstall -y hfmesh triton \
  && rm -rf services build hfmesh.egg-info
 COPY services ./services
 

@@ -20,12 +20,17 @@ class HfmeshError(Exception):
     http_status: int = 500
     #: Seconds a client should wait before retrying (503/429 answers).
     retry_after: float | None = None
+    #: The request field at fault, where one is (the OpenAI error envelope's `param`).
+    param: str | None = None
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if retry_after is not None:
             self.retry_after = retry_after
+        self.param = param
 
 
 class InvalidArgument(HfmeshError):

@@ -134,6 +134,29 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     return value
 
 
+# Older request names of structured-output constraints → vLLM `StructuredOutputsParams` fields
+# (inside the `structured_outputs` extra); both engines read them.
+GUIDED_ALIASES = {
+    "guided_json": "json",
+    "guided_regex": "regex",
+    "guided_choice": "choice",
+    "guided_grammar": "grammar",
+    "guided_json_object": "json_object",
+    "guided_whitespace_pattern": "whitespace_pattern",
+}
+
+
+def structured_outputs(extra: dict[str, Any]) -> dict[str, Any] | None:
+    """The request's `structured_outputs` object with any `guided_*` aliases folded in."""
+    given = extra.get("structured_outputs")
+    if given is not None and not isinstance(given, dict):
+        raise InvalidArgument("sampling parameter 'structured_outputs' must be a JSON object")
+    aliased = {GUIDED_ALIASES[k]: v for k, v in extra.items() if k in GUIDED_ALIASES}
+    if given is None and not aliased:
+        return None
+    return {**(given or {}), **aliased}
+
+
 def sampling_from_mapping(values: dict[str, Any]) -> SamplingParams:
     """`SamplingParams` from a dict of vLLM field names; unknown keys go to `extra`."""
     params = SamplingParams()

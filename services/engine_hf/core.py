@@ -25,7 +25,7 @@ from services.common.engine import (
 )
 from services.common.errors import InvalidArgument, NotFound, Unavailable, Unimplemented
 from services.common.llm_tensors import check_context_length
-from services.engine_hf import sampling
+from services.engine_hf import grammar, sampling
 from services.engine_hf.adapters import AdapterSet
 from services.engine_hf.batcher import DynamicBatcher
 from services.engine_hf.encoder import EncoderRunner, request_rows
@@ -53,6 +53,7 @@ class HFEngine:
         self._scheduler: GenerationScheduler | None = None
         self._runner: EncoderRunner | None = None
         self.adapters: AdapterSet | None = None
+        self._grammars: grammar.GrammarCache | None = None  # built on first structured request
         # Fast tokenizers are not safe to call from several threads at once.
         self._tokenizer_lock = threading.Lock()
 
@@ -208,8 +209,16 @@ class HFEngine:
                 request.sampling.n,
             )
         adapter = request.model if request.model != self.name else None
+        constraint = grammar.constraint(request.sampling.extra)
+        compiled = await asyncio.to_thread(self._compile, constraint) if constraint else None
         active = ActiveRequest(
-            request, prompt_ids, max_tokens, asyncio.get_running_loop(), asyncio.Queue(), adapter
+            request,
+            prompt_ids,
+            max_tokens,
+            asyncio.get_running_loop(),
+            asyncio.Queue(),
+            adapter,
+            grammar=compiled,
         )
         self._scheduler.submit(active)
         remaining = request.sampling.n
@@ -224,6 +233,18 @@ class HFEngine:
         finally:
             if remaining:
                 self._scheduler.abort(request.request_id)
+
+    def _compile(self, key: tuple[str, str, bool]) -> object:
+        """The compiled grammar of a structured-output constraint (cached by its text)."""
+        assert self.loaded is not None and self._scheduler is not None
+        with self._tokenizer_lock:
+            if self._grammars is None:
+                self._grammars = grammar.GrammarCache(
+                    self.loaded.tokenizer,
+                    vocab_size=self._vocab_size(),
+                    stop_ids=self._scheduler.eos_ids,
+                )
+        return self._grammars.compile(key)
 
     def _vocab_size(self) -> int:
         assert self.loaded is not None

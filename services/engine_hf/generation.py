@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from services.common.errors import HfmeshError, InternalError, Unavailable
-from services.engine_hf import sampling
+from services.engine_hf import grammar, sampling
 from services.engine_hf.decoding import CausalBatch, Seq2SeqBatch
 from services.engine_hf.detok import TextTracker
 from services.engine_hf.metrics import EngineMetrics
@@ -110,6 +110,8 @@ class GenerationScheduler:
                 state = sampling.SamplingState(
                     params, generator, active.prompt_ids, eos_ids=self.eos_ids
                 )
+                if active.grammar is not None:
+                    state.matcher = grammar.new_matcher(active.grammar)
                 text = TextTracker(
                     self.tokenizer,
                     stop=params.stop,

@@ -1,4 +1,5 @@
-"""Choosing the next token per sequence: penalties, temperature, top-k/p, min-p, seeds.
+"""Choosing the next token per sequence: grammar masks, penalties, temperature, top-k/p,
+min-p, seeds.
 
 Semantics follow vLLM's `SamplingParams`: temperature 0 is greedy; `top_k` 0 or
 -1 is off; repetition penalty (HF/CTRL style: divide positive logits, multiply
@@ -14,12 +15,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from services.common.engine import SamplingParams
 from services.common.errors import InvalidArgument
 from services.common.llm_tensors import check_sampling
+from services.engine_hf import grammar
 
 GREEDY_EPS = 1e-5
 MAX_LOGPROBS = 20
@@ -29,9 +32,11 @@ def validate(params: SamplingParams, *, vocab_size: int, max_sequences: int) -> 
     """Reject what this engine cannot honour, naming the parameter: the common ranges
     (`check_sampling`), then this engine's own limits."""
     check_sampling(params)
-    if params.extra:
-        key = sorted(params.extra)[0]
-        raise InvalidArgument(f"sampling parameter '{key}' is not supported by the HF engine")
+    unsupported = sorted(k for k in params.extra if k not in grammar.SAMPLING_KEYS)
+    if unsupported:
+        raise InvalidArgument(
+            f"sampling parameter '{unsupported[0]}' is not supported by the HF engine"
+        )
     checks = (
         ("n", params.n <= max_sequences, f"at most {max_sequences} (--max_concurrent_sequences)"),
         (
@@ -74,6 +79,13 @@ class SamplingState:
     prompt_ids: list[int]
     output_ids: list[int] = field(default_factory=list)
     eos_ids: frozenset[int] = frozenset()
+    matcher: Any = None  # the sequence's grammar matcher (structured outputs), if any
+
+    def accept(self, token: int) -> None:
+        """Record a chosen token (the grammar advances with it)."""
+        self.output_ids.append(token)
+        if self.matcher is not None and not self.matcher.is_terminated():
+            self.matcher.accept_token(token)
 
     @property
     def greedy(self) -> bool:
@@ -94,8 +106,11 @@ class SamplingState:
 
 
 def choose(logits: torch.Tensor, states: list[SamplingState]) -> list[Choice]:
-    """One next token per row of `logits` [B, V]."""
+    """One next token per row of `logits` [B, V]; a row with a grammar chooses among the
+    tokens it allows."""
     logits = logits.float()
+    if any(s.matcher is not None for s in states):
+        grammar.apply_masks(logits, [s.matcher for s in states])
     greedy: dict[int, Choice] = {}
     plain = [i for i, s in enumerate(states) if s.plain_greedy]
     if plain:

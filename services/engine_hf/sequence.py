@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.common.engine import GenerateDelta, GenerateRequest
 from services.engine_hf.detok import TextTracker
@@ -30,7 +31,7 @@ class Sequence:
         there); `max_tokens` or the context limit end it with "length".
         """
         params = self.sampler.params
-        self.sampler.output_ids.append(token)
+        self.sampler.accept(token)
         self.last_token = token
         count = len(self.sampler.output_ids)
         stop_token = (token in eos_ids and not params.ignore_eos) or token in params.stop_token_ids
@@ -83,6 +84,7 @@ class ActiveRequest:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
     adapter: str | None = None
+    grammar: Any = None  # the compiled grammar of its structured output, if any
     submitted: float = field(default_factory=time.monotonic)
     sequences: list[Sequence] = field(default_factory=list)
     first_token_seen: bool = False

@@ -243,7 +243,7 @@ class VLLMEngine:
                     produced[output.index] = produced.get(output.index, 0) + len(output.token_ids)
                     yield _delta(output, num_input, produced[output.index], top_k)
         except VLLMClientError as error:
-            raise InvalidArgument(str(error)) from None
+            raise InvalidArgument(_named(str(error), params)) from None
         except EngineDeadError:
             logger.error("the vLLM engine died during request %s", request.request_id)
             raise Unavailable("the vLLM engine died; this server is shutting down") from None
@@ -252,7 +252,9 @@ class VLLMEngine:
             if not produced and isinstance(cause, (ValueError, TypeError)):
                 # Rejected while vLLM prepared the request (e.g. a structured-output grammar that
                 # does not compile): the request is bad, as vLLM's own server answers with a 400.
-                raise InvalidArgument(f"vLLM rejected the request: {cause}") from None
+                raise InvalidArgument(
+                    _named(f"vLLM rejected the request: {cause}", params)
+                ) from None
             logger.exception("vLLM failed request %s", request.request_id)
             raise InternalError() from None
 
@@ -286,3 +288,18 @@ class VLLMEngine:
 
     async def unload_adapter(self, name: str) -> None:
         await self._adapters.unload(self._llm, name)
+
+
+_CONSTRAINT_WORDS = ("grammar", "regex", "schema", "json", "choice")
+
+
+def _named(message: str, params: Any) -> str:
+    """vLLM's refusal of a structured-output constraint, prefixed with the parameter it names
+    (`structured_outputs`), as the HF engine words it, so the gateway can tell the client which
+    field was at fault."""
+    lowered = message.lower()
+    if getattr(params, "structured_outputs", None) is not None and any(
+        word in lowered for word in _CONSTRAINT_WORDS
+    ):
+        return f"'structured_outputs' does not compile: {message}"
+    return message

@@ -17,6 +17,7 @@ from typing import Any
 
 from services.common.engine import SamplingParams
 from services.common.errors import InvalidArgument
+from services.common.llm_tensors import GUIDED_ALIASES, structured_outputs
 
 # vLLM fields a request may not set: the engine needs incremental, detokenized output.
 RESERVED_FIELDS = frozenset(
@@ -34,16 +35,6 @@ RESERVED_FIELDS = frozenset(
     }
 )
 
-# Older request names of structured-output constraints → `StructuredOutputsParams` fields.
-GUIDED_ALIASES = {
-    "guided_json": "json",
-    "guided_regex": "regex",
-    "guided_choice": "choice",
-    "guided_grammar": "grammar",
-    "guided_json_object": "json_object",
-    "guided_whitespace_pattern": "whitespace_pattern",
-}
-
 
 def vllm_field_names() -> frozenset[str]:
     import msgspec
@@ -59,23 +50,19 @@ def vllm_extras(extra: dict[str, Any]) -> dict[str, Any]:
     a reserved or unknown key raises `InvalidArgument` naming it."""
     known = vllm_field_names()
     values: dict[str, Any] = {}
-    structured: dict[str, Any] = {}
     for key, value in extra.items():
-        if key in GUIDED_ALIASES:
-            structured[GUIDED_ALIASES[key]] = value
-        elif key in RESERVED_FIELDS:
+        if key in GUIDED_ALIASES or key == "structured_outputs":
+            continue
+        if key in RESERVED_FIELDS:
             raise InvalidArgument(f"sampling parameter '{key}' cannot be set on this engine")
-        elif key in known:
-            values[key] = value
-        else:
+        if key not in known:
             raise InvalidArgument(
                 f"unknown sampling parameter '{key}' (not a vLLM SamplingParams field)"
             )
-    if structured:
-        given = values.get("structured_outputs")
-        if given is not None and not isinstance(given, dict):
-            raise InvalidArgument("sampling parameter 'structured_outputs' must be a JSON object")
-        values["structured_outputs"] = {**(given or {}), **structured}
+        values[key] = value
+    structured = structured_outputs(extra)
+    if structured is not None:
+        values["structured_outputs"] = structured
     return values
 
 

@@ -113,7 +113,9 @@ def install_error_handlers(app: FastAPI, *, openai_prefix: str, retry_after: int
             if error.retry_after is not None
             else (retry_after if status in (429, 503) else None)
         )
-        return error_response(status, message, openai=openai(request), retry_after=retry)
+        return error_response(
+            status, message, openai=openai(request), retry_after=retry, param=error.param
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException) -> Response:

@@ -38,10 +38,15 @@ _SAMPLING_FIELDS = (
 
 
 def sampling_params(
-    request: SamplingFields, *, max_tokens: int | None, logprobs: int | None
+    request: SamplingFields,
+    *,
+    max_tokens: int | None,
+    logprobs: int | None,
+    structured: dict[str, Any] | None = None,
 ) -> SamplingParams:
     """The engine's sampling parameters for an OpenAI request, range-checked (400 naming the
-    parameter). A field the request leaves out keeps vLLM's default."""
+    parameter). A field the request leaves out keeps vLLM's default. `structured`: the
+    `structured_outputs` constraint (openai/structured.py)."""
     given: dict[str, Any] = {
         name: value for name in _SAMPLING_FIELDS if (value := getattr(request, name)) is not None
     }
@@ -52,6 +57,8 @@ def sampling_params(
     extra: dict[str, object] = {}
     if request.logit_bias is not None:
         extra["logit_bias"] = request.logit_bias
+    if structured is not None:
+        extra["structured_outputs"] = structured
     params = SamplingParams(n=request.n, logprobs=logprobs, extra=extra, **given)
     check_sampling(params)
     return params

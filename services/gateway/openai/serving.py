@@ -36,6 +36,7 @@ from services.gateway.openai.protocol import (
     new_id,
     now,
 )
+from services.gateway.openai.structured import structured_outputs, with_param
 from services.gateway.routing import ModelRoute
 from services.gateway.streaming import LastChunk
 
@@ -89,8 +90,9 @@ class GenerationServing:
     ) -> CompletionResponse | AsyncIterator[bytes]:
         route = self.mesh.route(request.model)
         check_task(route, GENERATIVE, "/v1/completions")
+        structured, source = structured_outputs(request)
         sampling = gen.sampling_params(
-            request, max_tokens=request.max_tokens, logprobs=request.logprobs
+            request, max_tokens=request.max_tokens, logprobs=request.logprobs, structured=structured
         )
         if request.suffix:
             raise InvalidArgument("'suffix' is not supported")
@@ -117,9 +119,10 @@ class GenerationServing:
             for r in rendered
         ]
         run = ChoiceStreams(self, route, call, request.n, rendered, streams, time.monotonic())
-        if request.stream:
-            return await run.start_stream(self._completion_chunks(run, request))
-        choices = await run.collect()
+        with with_param(source):
+            if request.stream:
+                return await run.start_stream(self._completion_chunks(run, request))
+            choices = await run.collect()
         out = []
         for choice in choices:
             text = (
@@ -200,16 +203,16 @@ class GenerationServing:
         if max_tokens is None:
             max_tokens = request.max_tokens
         top = request.top_logprobs or 0
+        structured, source = structured_outputs(request)
         sampling = gen.sampling_params(
-            request, max_tokens=max_tokens, logprobs=top if request.logprobs else None
+            request,
+            max_tokens=max_tokens,
+            logprobs=top if request.logprobs else None,
+            structured=structured,
         )
         if request.tool_choice not in (None, "none", "auto"):
             raise InvalidArgument(
                 "'tool_choice' may be 'none' or 'auto'; forced tool calls are not supported"
-            )
-        if request.response_format and request.response_format.get("type") not in (None, "text"):
-            raise InvalidArgument(
-                f"response_format type '{request.response_format.get('type')}' is not supported"
             )
         if request.top_logprobs and not request.logprobs:
             raise InvalidArgument("'top_logprobs' needs 'logprobs': true")
@@ -240,9 +243,10 @@ class GenerationServing:
             )
         ]
         run = ChoiceStreams(self, route, call, request.n, [rendered], streams, time.monotonic())
-        if request.stream:
-            return await run.start_stream(self._chat_chunks(run, request))
-        choices = await run.collect()
+        with with_param(source):
+            if request.stream:
+                return await run.start_stream(self._chat_chunks(run, request))
+            choices = await run.collect()
         out = []
         for choice in choices:
             logprobs = None

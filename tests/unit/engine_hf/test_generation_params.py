@@ -14,7 +14,14 @@ from tests.unit.engine_hf.helpers import collect, request
 @pytest.mark.parametrize(
     "sampling,message",
     [
-        ({"extra": {"guided_json": {}}}, "'guided_json' is not supported"),
+        ({"extra": {"logit_bias": {"1": 2}}}, "'logit_bias' is not supported"),
+        ({"extra": {"guided_json": {}, "guided_regex": "a"}}, "exactly one"),
+        ({"extra": {"guided_regex": "(["}}, "'structured_outputs.regex' does not compile"),
+        ({"extra": {"structured_outputs": {"json": {"type": "objectx"}}}}, "does not compile"),
+        ({"extra": {"structured_outputs": {"json": "{"}}}, "not valid JSON"),
+        ({"extra": {"structured_outputs": {"choice": []}}}, "'structured_outputs.choice'"),
+        ({"extra": {"structured_outputs": {"structural_tag": "x"}}}, "not supported"),
+        ({"extra": {"structured_outputs": 3}}, "must be a JSON object"),
         ({"top_k": -3}, "'top_k'"),
         ({"min_p": 1.5}, "'min_p'"),
         ({"repetition_penalty": 0.0}, "'repetition_penalty'"),
