@@ -127,7 +127,7 @@ def _download_one(store: Store, file: RemoteFile, folder: Path, bar: Any, label:
         except TransientFetchError as error:
             if attempt == RETRIES:
                 raise
-            logger.warning("%s: %s (attempt %d of %d; resuming)", label, error, attempt, RETRIES)
+            logger.warning("%s (attempt %d of %d; resuming)", error, attempt, RETRIES)
             time.sleep(min(2.0**attempt / 4, 4.0))
     os.replace(part, target)
 

@@ -117,7 +117,12 @@ class S3Store:
                         )
                     )
             if not files and prefix:
-                head = self.client.head_object(Bucket=self.bucket, Key=prefix)
+                try:
+                    head = self.client.head_object(Bucket=self.bucket, Key=prefix)
+                except ClientError as error:
+                    if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                        return []  # neither a folder nor one object: "nothing under the prefix"
+                    raise
                 etag = head.get("ETag", "").strip('"')
                 name = safe_name(self.source.file_name, f"{label}: object")
                 size = int(head["ContentLength"])
