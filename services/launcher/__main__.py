@@ -5,10 +5,9 @@ default models and fetches remote `source:`s (hf://, s3://, gs://, https://; the
 initializer of `services.models.fetch`) if needed, with progress, and imports torch and vLLM to
 do so; the launcher never does, and stays a light supervisor), then starts the control plane,
 the tokenizer and one engine process per model, backend and replica, then the gateway; shows
-each as it becomes ready and
-prints the URL to call. Every service but the control plane gets its address in
-`HFMESH_CONTROL_PLANE` (the `control_plane` setting), and an xDS bootstrap for `xds:///` clients
-is written into the log folder.
+each as it becomes ready and prints the URL to call. Every service but the control plane gets
+its address in `HFMESH_CONTROL_PLANE` (the `control_plane` setting), and an xDS bootstrap for
+`xds:///` clients is written into the log folder.
 
 Then it supervises (`services.launcher.supervisor`): a service that dies is printed and
 restarted with backoff on its port while the others keep serving. A service that fails before
