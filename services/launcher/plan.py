@@ -86,8 +86,8 @@ def resolve_backend(
 
 
 def _resolve_source(name: str, written: str, *, fetch: bool) -> tuple[str, str | None]:
-    """A `source:` as a local path, fetched first when remote (`services.models.fetch`),
-    and the remote source itself (the entry's `storage_uri`), or None for a local one."""
+    """A `source:` as a local path, fetched first when remote (`services.models.fetch`) and
+    `fetch` is on, and the remote source itself (the entry's `storage_uri`; None if local)."""
     try:
         parsed = parse_source(written)
     except InvalidArgument as error:
@@ -108,13 +108,12 @@ def plan_entry(
     """One hand-written entry, planned: its folder (built if named by `model:`, fetched if its
     `source:` is remote), task and backend.
 
-    `fetch=False` (manifests for containers, whose init containers fetch): a remote source
-    with its `task` and a concrete `backend` written is planned without reading it; one
-    that leaves either to inference is fetched here to read its architecture.
+    `fetch=False` (manifests, whose containers fetch for themselves): a `source:` that is not
+    a local folder, with its `task` and a concrete `backend` written, is planned without
+    reading it; one that leaves either to inference is fetched to read its architecture.
     """
     name = raw["name"]
     source = raw.get("source")
-    storage_uri = None
     if source is None and raw.get("model"):
         source = str(ensure_model(raw["model"]))
     if not source:
@@ -122,21 +121,23 @@ def plan_entry(
             f"model '{name}': give 'model' (a built-in model) or 'source' (a folder, "
             "hf://, s3://, gs://, https:// or pvc:// source)"
         )
-    written_backend = raw.get("backend", "auto")
-    known = bool(raw.get("task")) and written_backend in ENGINE_MODULES
-    source, storage_uri = _resolve_source(name, str(source), fetch=fetch or not known)
+    backend = raw.get("backend", "auto")
+    unread = not fetch and bool(raw.get("task")) and backend in ENGINE_MODULES
+    unread = unread and raw.get("source") is not None
+    if unread:
+        try:
+            unread = parse_source(str(source)).kind != "local"
+        except InvalidArgument as error:
+            raise InvalidArgument(f"model '{name}': {error.message}") from None
+    source, storage_uri = _resolve_source(name, str(source), fetch=not unread)
     adapters = plan_adapters(name, raw.get("adapters"), fetch=fetch)
-    if storage_uri is not None and not fetch and known:
-        entry = model_entry(
-            raw, source=source, task=Task(raw["task"]), backend=written_backend, adapters=adapters
-        )
+    if unread:
+        task = Task(raw["task"])
     else:
         architecture = read_architecture(source)
         task = infer_task([architecture], Task(raw["task"]) if raw.get("task") else None)
-        backend = resolve_backend(
-            written_backend, task, architecture, vllm_available=vllm_available
-        )
-        entry = model_entry(raw, source=source, task=task, backend=backend, adapters=adapters)
+        backend = resolve_backend(backend, task, architecture, vllm_available=vllm_available)
+    entry = model_entry(raw, source=source, task=task, backend=backend, adapters=adapters)
     entry.storage_uri = storage_uri
     if adapters and "vllm" not in entry.backends:
         raise InvalidArgument(
