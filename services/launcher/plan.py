@@ -9,7 +9,8 @@ decides; the planned list it writes for the services
 models:
   - name: smollm2                     # the name clients use
     model: smollm2-135m-instruct      # a model of services.models (built once), or
-    # source: /path/to/hf/folder      # any local Hugging Face folder
+    # source: /path/to/hf/folder      # a folder, hf://org/name[@rev], s3://, gs://, https://
+                                      # (fetched once: docs/model-sources.md) or pvc://
     task: text_generation             # optional: inferred from the architecture (KServe rules)
     backend: auto                     # auto | vllm | huggingface
     fallback: huggingface             # optional: serve from HF too, used while vLLM is not ready
@@ -17,9 +18,11 @@ models:
     replicas: 1
     scaling: {min_replicas: 0, max_replicas: 3, target_requests: 8}  # optional: autoscaling
     engine_args: []                   # optional: extra flags for the vLLM engine
+    adapters: [{name: my-lora, source: s3://bucket/lora}]  # optional: LoRA adapters (vLLM)
 ```
 
-Planning builds `model:` names (torch, once per machine), reads each folder's
+Planning builds `model:` names (torch, once per machine), fetches remote sources
+(`services.models.fetch`, once per machine), reads each folder's
 architecture and resolves `auto` with vLLM's own model registry (DESIGN.md §5). Those import
 torch and vLLM, so the launcher runs planning as a child process,
 `python -m services.launcher.plan --model_list RAW --out MESH`, and reads back the planned

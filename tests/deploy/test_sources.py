@@ -63,7 +63,7 @@ def test_compose_fetches_in_the_models_service(files):
     assert models["environment"]["AWS_SECRET_ACCESS_KEY"] is None  # passed through, never written
     services = document["services"]
     assert settings_of(services["vllm-chat"]).model_dir == _folder(CHAT)
-    assert f"chat-lora={_folder(LORA)}" in services["vllm-chat"]["command"]
+    assert settings_of(services["vllm-chat"]).lora_modules == [f"chat-lora={_folder(LORA)}"]
     assert settings_of(services["hf-emb"]).model_dir == _folder(EMBEDDER)
     assert settings_of(services["hf-ner"]).model_dir == "/mnt/pvc/model-store/bert-ner"
     assert {"type": "volume", "source": "model-store", "target": "/mnt/pvc/model-store"} | {
