@@ -138,7 +138,9 @@ def _download(store: Store, files: list[RemoteFile], folder: Path, label: str) -
     have = sum((folder / f"{f.name}.part").stat().st_size for f in todo if _has_part(folder, f))
     total = sum(f.size or 0 for f in todo)
     size = sum(f.size or 0 for f in files)
-    logger.info("%s: %d files, %.1f MB (%d to download)", label, len(files), size / 1e6, len(todo))
+    logger.info(
+        "%s: %d file(s), %.1f MB (%d to download)", label, len(files), size / 1e6, len(todo)
+    )
     with _bar(total, have, label) as bar:
         for file in todo:
             _download_one(store, file, folder, bar, label)
@@ -173,7 +175,7 @@ def _fetch_store(source: ModelSource, staging: Path) -> None:
     wanted = set(serving_files(file.name for file in listing))
     skipped = len(listing) - len(wanted)
     if skipped:
-        logger.info("%s: skipping %d files a server does not load", label, skipped)
+        logger.info("%s: skipping %d file(s) a server does not load", label, skipped)
     _download(store, [file for file in listing if file.name in wanted], files_dir, label)
 
 

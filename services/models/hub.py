@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from services.common.model_source import ModelSource
-from services.models.files import FetchError, safe_name, serving_files
+from services.models.files import FetchError, TransientFetchError, safe_name, serving_files
 
 logger = logging.getLogger(__name__)
 
@@ -45,17 +45,27 @@ def _snapshot(source: ModelSource) -> Path:
     )
 
     repo, revision = source.location, source.revision
+    unreachable = "HF_HUB_OFFLINE=1"
     try:
         if not constants.HF_HUB_OFFLINE:
             try:
                 info = HfApi().model_info(repo, revision=revision)
-            except (HfHubHTTPError, OSError) as error:
-                if isinstance(error, RepositoryNotFoundError | RevisionNotFoundError):
-                    raise
+            except (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError):
+                raise
+            except Exception as error:  # the hub's HTTP client raises its own connection errors
                 logger.warning("%s: hub not reachable (%s); using the hub cache", repo, error)
+                unreachable = f"{type(error).__name__}: {error}"
             else:
                 allow = serving_files(sibling.rfilename for sibling in info.siblings or [])
-                return Path(snapshot_download(repo, revision=info.sha, allow_patterns=allow))
+                try:
+                    return Path(snapshot_download(repo, revision=info.sha, allow_patterns=allow))
+                except (HfHubHTTPError, LocalEntryNotFoundError):
+                    raise
+                except Exception as error:
+                    raise TransientFetchError(
+                        f"{source.display}: download interrupted ({type(error).__name__}: "
+                        f"{error}); the hub cache keeps the partial files"
+                    ) from None
         return Path(snapshot_download(repo, revision=revision, local_files_only=True))
     except GatedRepoError:
         raise FetchError(
@@ -69,8 +79,7 @@ def _snapshot(source: ModelSource) -> Path:
             f"{source.display}: no such repository (or it is private: set HF_TOKEN)"
         ) from None
     except LocalEntryNotFoundError:
-        why = "HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else "no connection"
-        raise _unreachable(source, why) from None
+        raise _unreachable(source, unreachable) from None
 
 
 def fetch_hub(source: ModelSource, files_dir: Path) -> str:

@@ -325,7 +325,15 @@ def _fetch_cli(source: str, env: dict[str, str]) -> subprocess.CompletedProcess[
     )
 
 
-def test_hub_sources_resolve_offline_from_the_hub_cache_with_revisions(tiny, tmp_path):
+def _no_hub(mode: str) -> dict[str, str]:
+    """The hub out of reach: offline mode, or an endpoint where nothing listens."""
+    if mode == "offline":
+        return {"HF_HUB_OFFLINE": "1"}
+    return {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+
+
+@pytest.mark.parametrize("mode", ["offline", "unreachable"])
+def test_hub_sources_resolve_from_the_hub_cache_with_revisions(tiny, tmp_path, mode):
     hub = tmp_path / "hub"
     main_commit, tagged_commit = "a" * 40, "b" * 40
     add_snapshot(hub, "org/tiny", main_commit, tiny, refs=("main",))
@@ -336,7 +344,7 @@ def test_hub_sources_resolve_offline_from_the_hub_cache_with_revisions(tiny, tmp
     (other / "generation_config.json").write_text('{"revision": "v1"}')
     (other / "optimizer.pt").write_bytes(b"training state")
     add_snapshot(hub, "org/tiny", tagged_commit, other, refs=("v1",))
-    env = {"HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1", "HFMESH_CACHE_DIR": str(tmp_path)}
+    env = {"HF_HUB_CACHE": str(hub), "HFMESH_CACHE_DIR": str(tmp_path), **_no_hub(mode)}
     fetched = {}
     for source in ("hf://org/tiny", "hf://org/tiny@v1", f"org/tiny@{tagged_commit}"):
         done = _fetch_cli(source, env)
@@ -351,11 +359,12 @@ def test_hub_sources_resolve_offline_from_the_hub_cache_with_revisions(tiny, tmp
     assert (fetched["hf://org/tiny@v1"] / SOURCE_MARKER).read_text().count(tagged_commit) == 1
 
 
-def test_hub_source_not_in_the_cache_says_the_hub_is_unreachable(tmp_path):
+@pytest.mark.parametrize("mode", ["offline", "unreachable"])
+def test_hub_source_not_in_the_cache_says_the_hub_is_unreachable(tmp_path, mode):
     env = {
         "HF_HUB_CACHE": str(tmp_path / "hub"),
-        "HF_HUB_OFFLINE": "1",
         "HFMESH_CACHE_DIR": str(tmp_path),
+        **_no_hub(mode),
     }
     done = _fetch_cli("hf://org/absent@v2", env)
     assert done.returncode == 1
