@@ -83,8 +83,7 @@ def _bar(total: int, initial: int, label: str) -> Any:
         desc=label[:40],
         file=sys.stderr,
         mininterval=1.0,
-        disable=os.environ.get("HFMESH_PROGRESS", "1") == "0",
-    )
+    )  # TQDM_DISABLE=1 hides it (tqdm reads its TQDM_* variables itself)
 
 
 def _verify(part: Path, file: RemoteFile, label: str) -> None:
