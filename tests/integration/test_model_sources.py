@@ -89,3 +89,62 @@ def test_a_mesh_serves_models_from_s3_and_an_https_archive(model_path, tmp_path,
     text = second.text()
     assert "fetching into" not in text
     assert text.count("(fetched before)") == 2, text[-3000:]
+
+
+@pytest.mark.vllm
+def test_a_lora_adapter_from_an_https_archive_is_served_by_vllm(model_path, tmp_path, monkeypatch):
+    """A model in `s3://` with an adapter as a `.tar.gz` over `http://`: planning fetches both,
+    the vLLM engine starts with the adapter, and the adapter answers under its own name."""
+    pytest.importorskip("vllm")
+    import tritonclient.grpc as tgrpc
+
+    from services.launcher.plan import plan_models, plan_processes
+    from services.launcher.processes import start_service
+    from tests.helpers.triton import llm_inputs
+
+    served = tmp_path / "served"
+    served.mkdir()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        archive.add(Path(model_path("tiny-llama-lora")), arcname="lora")
+    (served / "lora.tar.gz").write_bytes(buffer.getvalue())
+    monkeypatch.setenv("HFMESH_CACHE_DIR", str(tmp_path / "cache"))
+    with s3_server() as s3, http_server(served) as base:
+        s3.client().create_bucket(Bucket="models")
+        s3.upload_folder("models", "tiny-llama", Path(model_path("tiny-llama")))
+        for key, value in s3.env().items():
+            monkeypatch.setenv(key, value)
+        raw = {
+            "name": "tiny",
+            "source": "s3://models/tiny-llama",
+            "backend": "vllm",
+            "max_model_len": 512,
+            "engine_args": ["--max-lora-rank", "8"],
+            "adapters": [{"name": "tiny-lora", "source": f"{base}/lora.tar.gz"}],
+        }
+        plan = plan_models([raw])
+    engine = next(
+        spec
+        for spec in plan_processes(plan, host="127.0.0.1", base_port=free_port(), mesh_file="-")
+        if spec.backend == "vllm"
+    )
+    assert any(arg.startswith("tiny-lora=") for arg in engine.args)
+    service = start_service(
+        engine.module,
+        [*engine.args, "--host", "127.0.0.1"],
+        name="engine_vllm",
+        env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+        ready_timeout=300,
+    )
+    try:
+        with tgrpc.InferenceServerClient(service.address) as client:
+            greedy = {"max_tokens": 12, "temperature": 0, "ignore_eos": True}
+            ids = {
+                name: client.infer(name, llm_inputs("Hello there", greedy))
+                .as_numpy("output_ids")
+                .tolist()
+                for name in ("tiny", "tiny-lora")
+            }
+    finally:
+        service.stop()
+    assert ids["tiny"] != ids["tiny-lora"]

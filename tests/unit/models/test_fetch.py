@@ -128,6 +128,15 @@ def test_s3_interrupted_download_resumes(s3_env, tmp_path, monkeypatch):
     assert _leftovers(tmp_path) == [folder]
 
 
+def test_s3_single_object_archive_is_unpacked(s3_env, tiny, tmp_path):
+    s3_env.client().put_object(
+        Bucket=BUCKET, Key="archives/tiny-llama.tar.gz", Body=_tar_gz(tiny, "tiny-llama")
+    )
+    folder = fetch_source("s3://models/archives/tiny-llama.tar.gz", cache_dir=tmp_path)
+    assert _files(folder) == {k: v for k, v in _files(tiny).items() if k in MODEL_FILES}
+    assert _leftovers(tmp_path) == [folder]
+
+
 @pytest.mark.parametrize(
     ("key", "says"),
     [
