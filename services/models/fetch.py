@@ -204,7 +204,7 @@ def _finish(source: ModelSource, staging: Path, dest: Path, revision: str | None
     for path in [files_dir, *files_dir.rglob("*")]:
         with contextlib.suppress(OSError):  # a hard-linked hub blob may belong to another user
             path.chmod(0o755 if path.is_dir() else 0o644)
-    if dest.exists():  # another source's folder, or an unmarked one: replaced whole
+    if dest.exists():  # empty, or another source's fetch: replaced whole
         shutil.rmtree(dest)
     os.rename(files_dir, dest)
     shutil.rmtree(staging, ignore_errors=True)
@@ -226,6 +226,11 @@ def fetch_source(
     if is_fetched(parsed, dest):
         logger.info("%s: ready in %s (fetched before)", parsed.display, dest)
         return dest
+    if dest.exists() and not (dest / SOURCE_MARKER).is_file() and any(dest.iterdir()):
+        raise FetchError(
+            f"{parsed.display}: {dest} exists and was not written by a fetch; give a new or "
+            "empty folder (its content would be replaced)"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     with model_lock(dest.parent, dest.name):
         if is_fetched(parsed, dest):

@@ -84,6 +84,18 @@ def test_s3_fetches_serving_files_once(s3_env, tiny, tmp_path, monkeypatch):
     assert fetch_source("s3://models/tiny-llama/", cache_dir=tmp_path) == folder
 
 
+def test_a_destination_the_fetcher_did_not_write_is_not_replaced(s3_env, tmp_path):
+    (tmp_path / "mine.txt").write_text("keep")
+    with pytest.raises(FetchError, match="was not written by a fetch"):
+        fetch_source("s3://models/tiny-llama", tmp_path)
+    assert (tmp_path / "mine.txt").read_text() == "keep"
+    folder = fetch_source("s3://models/tiny-llama", tmp_path / "new")
+    assert set(_files(folder)) == MODEL_FILES
+    # A folder a fetch wrote takes another source: replaced whole.
+    assert fetch_source("s3://models/tiny-llama/config.json", folder) == folder
+    assert set(_files(folder)) == {"config.json"}
+
+
 def test_s3_wrong_key_is_clear_and_leaves_nothing(s3_env, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     with pytest.raises(FetchError, match="access denied .*AWS_SECRET_ACCESS_KEY") as error:
