@@ -4,6 +4,10 @@ Each model is built into a temporary folder beside its target and renamed into p
 complete, under a per-model file lock, so concurrent builders (pytest workers, the launcher)
 never build twice and a crash never leaves half a model. A folder counts as built when it holds
 a marker whose recipe version matches; bumping a recipe's version rebuilds that model.
+
+Models from elsewhere (`hf://`, `s3://`, `gs://`, `https://`) are fetched into the same cache,
+under `sources/`, by `services.models.fetch` (`python -m services.models fetch SOURCE`, or
+`build --fetch SOURCE` beside the built models), under the same kind of lock.
 """
 
 from __future__ import annotations
