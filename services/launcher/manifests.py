@@ -52,11 +52,16 @@ def _yaml(*documents: Any) -> str:
 
 
 def container_plan(model_list: Path) -> tuple[MeshPlan, list[dict[str, Any]]]:
-    """The planned list with container paths, and the raw entries (for `model:` and `scaling`)."""
+    """The planned list with container paths, and the raw entries (for `model:` and `scaling`).
+
+    Remote sources are fetched in the containers (`fetch=False`), here only when their task
+    or backend is left to inference (which reads the model's config)."""
     raw = read_model_list(model_list)
-    plan = plan_models(raw)
+    plan = plan_models(raw, fetch=False)
     for entry, written in zip(plan.models, raw, strict=True):
-        entry.source = container_source(entry, written.get("model"))
+        entry.source = container_source(written.get("source"), written.get("model"))
+        for adapter, raw_adapter in zip(entry.adapters, written.get("adapters") or [], strict=True):
+            adapter.source = container_source(raw_adapter["source"], None)
     return plan, raw
 
 
@@ -64,9 +69,15 @@ def _built_models(raw: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(entry["model"] for entry in raw if entry.get("model")))
 
 
+def _remote_sources(plan: MeshPlan) -> list[str]:
+    uris = [entry.storage_uri for entry in plan.models]
+    uris += [adapter.storage_uri for entry in plan.models for adapter in entry.adapters]
+    return list(dict.fromkeys(uri for uri in uris if uri))
+
+
 def compose_files(plan: MeshPlan, raw: list[dict[str, Any]]) -> dict[Path, str]:
     containers = mesh_containers(plan, per_replica=True)
-    document = compose.compose_document(containers, _built_models(raw))
+    document = compose.compose_document(containers, _built_models(raw), _remote_sources(plan))
     return {
         COMPOSE_DIR / "compose.yaml": compose.HEADER + _yaml(document),
         COMPOSE_DIR / ".env": compose.env_file(),

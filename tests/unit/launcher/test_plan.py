@@ -66,3 +66,46 @@ def test_bad_lists(tmp_path):
         plan_models([{"name": "a", "source": str(tmp_path / "missing")}])
     with pytest.raises(InvalidArgument, match="give 'model'"):
         plan_models([{"name": "a"}])
+
+
+def test_sources_and_adapters_are_planned_and_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setenv("HFMESH_PVC_ROOT", str(tmp_path / "pvc"))
+    mounted = tmp_path / "pvc" / "store" / "llama"
+    mounted.mkdir(parents=True)
+    (mounted / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    raw = {
+        "name": "chat",
+        "source": "pvc://store/llama",
+        "adapters": [{"name": "chat-sql", "source": str(adapter)}],
+    }
+    plan = plan_models([raw], vllm_available=None)
+    entry = plan.model("chat")
+    assert entry.source == str(mounted) and entry.storage_uri is None
+    assert entry.backend == "vllm"  # auto, a Llama: adapters go to the vLLM engine
+    specs = plan_processes(plan, host="127.0.0.1", base_port=6000, mesh_file="m.yaml")
+    assert ["--lora-modules", f"chat-sql={adapter}"] == specs[1].args[-2:]
+    # Containers fetch remote sources themselves: planning with fetch=False reads nothing.
+    remote = {"name": "r", "source": "s3://models/x", "task": "fill_mask", "backend": "huggingface"}
+    planned = plan_models([remote], fetch=False).model("r")
+    assert (planned.storage_uri, planned.task) == ("s3://models/x", Task.FILL_MASK)
+    path = tmp_path / "mesh.yaml"
+    document = plan_models([raw, remote], fetch=False)
+    plan_processes(document, host="127.0.0.1", base_port=6000, mesh_file=str(path))
+    path.write_text(document.to_yaml())
+    again = load_model_list(path)
+    assert again.model("r").storage_uri == "s3://models/x"
+    assert again.model("chat").adapters[0].source == str(adapter)
+
+
+def test_bad_sources_and_adapters_name_the_model(tmp_path):
+    with pytest.raises(InvalidArgument, match="model 'a': model source 'ftp://x/y'"):
+        plan_models([{"name": "a", "source": "ftp://x/y"}])
+    folder = _folder(tmp_path, "b", "BertModel")
+    with pytest.raises(InvalidArgument, match="adapters are served by the vLLM engine"):
+        plan_models(
+            [{"name": "b", "source": folder, "adapters": [{"name": "l", "source": folder}]}]
+        )
+    with pytest.raises(InvalidArgument, match="needs a 'name' and a 'source'"):
+        plan_models([{"name": "b", "source": folder, "adapters": [{"name": "l"}]}])
