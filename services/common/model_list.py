@@ -15,6 +15,8 @@ models:
     backend: vllm                     # vllm | huggingface: the engine tried first
     fallback: huggingface             # optional: serve from HF too, used while vLLM is not ready
     max_model_len: 2048               # optional
+    routing: prefix                   # least_loaded | prefix | session (default: prefix for
+                                      # generative models, least_loaded for encoders)
     replicas: 1                       # the starting count; within [min, max] when scaling
     scaling:                          # optional: autoscaling, KubeAI's knobs
       min_replicas: 1                 # 0: scaled to zero when idle (the gateway holds requests)
@@ -43,6 +45,8 @@ from services.common.errors import InvalidArgument
 
 #: The engines an entry can be served by.
 ENGINE_BACKENDS = ("vllm", "huggingface")
+#: How the gateway picks among a model's replicas (docs/routing.md).
+ROUTING_POLICIES = ("least_loaded", "prefix", "session")
 _PLANNED_KEYS = ("source", "task", "backend", "endpoints")
 SCALING_KEYS = (
     "min_replicas",
@@ -120,6 +124,22 @@ class ModelEntry:
     replicas: int = 1
     engine_args: list[str] = field(default_factory=list)
     scaling: Scaling | None = None
+    routing: str | None = None  # None: the task's default
+
+    def __post_init__(self) -> None:
+        if self.routing is not None and self.routing not in ROUTING_POLICIES:
+            raise InvalidArgument(
+                f"model '{self.name}': routing must be one of {', '.join(ROUTING_POLICIES)}, "
+                f"got {self.routing!r}"
+            )
+
+    @property
+    def routing_policy(self) -> str:
+        """The routing policy in force: as written, else prefix for generative models (their
+        replicas cache prompt prefixes) and least_loaded for encoders."""
+        if self.routing is not None:
+            return self.routing
+        return "prefix" if self.task.is_generative else "least_loaded"
 
     @property
     def backends(self) -> list[str]:
@@ -179,6 +199,7 @@ def model_entry(raw: dict[str, Any], *, source: str, task: Task, backend: str) -
         replicas=replicas,
         engine_args=[str(a) for a in raw.get("engine_args", [])],
         scaling=scaling,
+        routing=raw.get("routing"),
     )
     if entry.fallback not in (None, "huggingface"):
         raise InvalidArgument(f"model '{entry.name}': fallback can only be 'huggingface'")
@@ -241,7 +262,7 @@ def _entry_dict(entry: ModelEntry, endpoints: Endpoints | None) -> dict[str, Any
         "task": entry.task.value,
         "backend": entry.backend,
     }
-    for key in ("fallback", "max_model_len"):
+    for key in ("fallback", "max_model_len", "routing"):
         if getattr(entry, key) is not None:
             out[key] = getattr(entry, key)
     out["replicas"] = entry.replicas

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAPI:
     if plan is None and settings.model_list:
         plan = load_model_list(settings.model_list)
-    routes = ReplicaRouter(plan)
+    routes = ReplicaRouter(plan, settings.routing_options)
     metrics = GatewayMetrics(routes)
     state = build_state(settings, routes, metrics)
 

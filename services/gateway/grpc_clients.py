@@ -39,6 +39,7 @@ class CallContext:
 
     request_id: str
     deadline: float  # time.monotonic() seconds
+    session: str | None = None  # the session key a `session` routing policy hashes
 
     def timeout(self, cap: float | None = None) -> float:
         left = self.deadline - time.monotonic()

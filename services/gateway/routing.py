@@ -3,9 +3,13 @@
 One gRPC channel per service address, shared by every model it serves, each
 with a background `grpc.health.v1.Health/Watch`. A model's engines are kept as
 an ordered list of backends (the resolved one first, then the fallback): the
-first backend with an available replica wins, and within it the replica with
-the fewest requests in flight. A replica whose health is not SERVING, that is
-draining, or whose call just failed with UNAVAILABLE before any output, is skipped.
+first backend with an available replica wins, and within it the model's routing
+policy (`policy`: least loaded, prefix affinity, sessions) picks the replica. A
+replica whose health is not SERVING, that is draining, or whose call just failed
+with UNAVAILABLE before any output, is skipped. Each route counts its decisions
+per replica and reason (exported as metrics) and keeps its own prefix index,
+whose entries for a replica go when the replica leaves or stops serving (a
+restart loses the engine's cache).
 
 The model list's endpoints are the starting set. A gateway that follows the
 control plane hands each change to `apply_endpoints`, and the control plane's
@@ -23,9 +27,9 @@ the gateway's metrics export so the launcher's autoscaler starts a replica.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -38,6 +42,17 @@ from services.common.model_list import ENGINE_BACKENDS, MeshPlan, ModelEntry
 from services.common.pb import inference_pb2_grpc as pb_grpc
 from services.common.server import MAX_MESSAGE_BYTES
 from services.gateway.discovery import Endpoint
+from services.gateway.policy import (
+    LEAST_LOADED,
+    SESSION,
+    Pick,
+    RouteRequest,
+    RoutingOptions,
+    least_loaded,
+    pick_prefix,
+    pick_session,
+)
+from services.gateway.prefix_index import PrefixIndex
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +61,14 @@ FAILURE_COOLDOWN = 2.0  # seconds a replica is skipped after an UNAVAILABLE call
 #: How long calls in flight on a replica that left the mesh may still run (the request budget).
 LEAVING_GRACE_SECONDS = 600.0
 TOKENIZER = "tokenizer"
-_ticket = itertools.count(1)
 
 
 class Replica:
     """One service instance: its channel, health, and load."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, on_lost: Callable[[Replica], None] | None = None) -> None:
         self.address = address
+        self.on_lost = on_lost  # called when it stops serving (its engine cache is gone)
         self.channel = grpc.aio.insecure_channel(
             address,
             options=[
@@ -66,7 +81,8 @@ class Replica:
         self.serving = False
         self.draining = False
         self.in_flight = 0
-        self.last_pick = 0  # when `_least_loaded` last chose it (a tie-breaker)
+        self.pending_tokens = 0  # uncached prompt tokens sent, not yet answered (prefill queue)
+        self.last_pick = 0  # when a policy last chose it (a tie-breaker)
         self.failed_until = 0.0
         self._watch: asyncio.Task | None = None
         self.changed = asyncio.Event()
@@ -101,6 +117,8 @@ class Replica:
     def _set_serving(self, serving: bool) -> None:
         if serving != self.serving:
             logger.info("%s is %s", self.address, "SERVING" if serving else "NOT_SERVING")
+            if not serving and self.on_lost is not None:
+                self.on_lost(self)
         self.serving = serving
         if serving:
             self.failed_until = 0.0
@@ -115,22 +133,19 @@ class Replica:
         await self.channel.close(grace)
 
 
-def _least_loaded(replicas: list[Replica]) -> Replica:
-    """Fewest requests in flight; among equals the one picked longest ago (a count shared by
-    every pool would let one pool's picks steer another's: 3 tokenizer-and-engine picks per
-    request over 3 engines sent every request to the same one)."""
-    low = min(r.in_flight for r in replicas)
-    choice = min((r for r in replicas if r.in_flight == low), key=lambda r: r.last_pick)
-    choice.last_pick = next(_ticket)
-    return choice
-
-
 @dataclass
 class ModelRoute:
     entry: ModelEntry
     tokenizers: list[Replica] = field(default_factory=list)
     engines: list[tuple[str, list[Replica]]] = field(default_factory=list)
     waiting: int = 0  # requests waiting for a replica to appear (scale from zero)
+    options: RoutingOptions = field(default_factory=RoutingOptions)
+    index: PrefixIndex = field(init=False)
+    #: (replica address, reason) → decisions
+    decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.index = PrefixIndex(self.options.index_blocks)
 
     @property
     def name(self) -> str:
@@ -141,15 +156,48 @@ class ModelRoute:
         return self.entry.task
 
     def engine(self, exclude: set[Replica] | frozenset = frozenset()) -> Replica:
+        return self.pick(exclude).replica
+
+    def pick(
+        self, exclude: set[Replica] | frozenset = frozenset(), request: RouteRequest | None = None
+    ) -> Pick:
+        """The engine replica for a request, by the model's routing policy; counted and
+        logged (debug) with its reason."""
         for _, replicas in self.engines:
             live = [r for r in replicas if r.available and r not in exclude]
             if live:
-                return _least_loaded(live)
+                pick = self._choose(live, request or RouteRequest())
+                self.decisions[pick.replica.address, pick.reason] += 1
+                logger.debug(
+                    "route %s -> %s: %s (%d/%d prefix blocks held)",
+                    self.name,
+                    pick.replica.address,
+                    pick.reason,
+                    pick.matched_blocks,
+                    pick.total_blocks,
+                )
+                return pick
         backends = ", ".join(b for b, _ in self.engines) or "none configured"
         raise Unavailable(f"no engine is ready for model '{self.name}' (backends: {backends})")
 
+    def _choose(self, live: list[Replica], request: RouteRequest) -> Pick:
+        policy = self.entry.routing_policy
+        if policy == SESSION and request.session:
+            return pick_session(request.session, live, self.options.session_load_factor)
+        if policy == LEAST_LOADED or request.input_ids is None:
+            return Pick(least_loaded(live, self.options.token_unit), LEAST_LOADED)
+        return pick_prefix(self.name, live, request.input_ids, self.index, self.options)
+
+    def forget(self, replica: Replica) -> None:
+        """Drop what the prefix index knew of `replica` (it left, or its cache is gone)."""
+        if purged := self.index.purge(replica.address):
+            logger.info("%s: forgot %d prefix blocks of %s", self.name, purged, replica.address)
+
     def set_engines(self, backend: str, replicas: list[Replica]) -> None:
-        """Replace one backend's replicas, keeping the entry's order of backends."""
+        """Replace one backend's replicas, keeping the entry's order of backends; the prefix
+        index forgets replicas that left."""
+        for gone in set(dict(self.engines).get(backend, [])) - set(replicas):
+            self.forget(gone)
         pools = {**dict(self.engines), backend: replicas}
         order = self.entry.backends + [b for b in pools if b not in self.entry.backends]
         self.engines = [(b, pools[b]) for b in order if pools.get(b)]
@@ -163,7 +211,7 @@ class ModelRoute:
         if not live:
             detail = "" if self.tokenizers else " (none configured)"
             raise Unavailable(f"no tokenizer is ready for model '{self.name}'{detail}")
-        return _least_loaded(live)
+        return least_loaded(live)
 
     @property
     def ready(self) -> bool:
@@ -195,8 +243,9 @@ class ReplicaRouter:
     """Every served model's route (by model name) to its tokenizer and engine replicas;
     owns the channels."""
 
-    def __init__(self, plan: MeshPlan | None) -> None:
+    def __init__(self, plan: MeshPlan | None, options: RoutingOptions | None = None) -> None:
         self.plan = plan or MeshPlan(models=[])
+        self.options = options or RoutingOptions()
         self.replicas: dict[str, Replica] = {}
         self.by_name: dict[str, ModelRoute] = {}
         self._leaving: dict[Replica, asyncio.Task[None]] = {}
@@ -209,13 +258,17 @@ class ReplicaRouter:
 
     def _replica(self, address: str) -> Replica:
         if address not in self.replicas:
-            self.replicas[address] = Replica(address)
+            self.replicas[address] = Replica(address, on_lost=self._forget)
         return self.replicas[address]
+
+    def _forget(self, replica: Replica) -> None:
+        for route in self.by_name.values():
+            route.forget(replica)
 
     async def start(self) -> None:
         for entry in self.plan.models:
             endpoints = self.plan.endpoints.get(entry.name)
-            route = ModelRoute(entry)
+            route = ModelRoute(entry, options=self.options)
             if endpoints is not None:
                 route.tokenizers = [self._replica(a) for a in endpoints.tokenizer]
                 backends = list(entry.backends) + [
@@ -243,7 +296,7 @@ class ReplicaRouter:
             for endpoint in endpoints:
                 replica = self.replicas.get(endpoint.address)
                 if replica is None:
-                    replica = self.replicas[endpoint.address] = Replica(endpoint.address)
+                    replica = self._replica(endpoint.address)
                     replica.start()
                 replica.draining = endpoint.draining
                 replicas.append(replica)
@@ -255,6 +308,7 @@ class ReplicaRouter:
         for address, replica in list(self.replicas.items()):
             if replica not in in_use:
                 logger.info("%s left the mesh: closing once its calls finish", address)
+                self._forget(replica)
                 del self.replicas[address]
                 self._leaving[replica] = asyncio.ensure_future(self._close_leaving(replica))
         self.notify_replicas_changed()

@@ -89,6 +89,7 @@ class GenerationServing:
     ) -> CompletionResponse | AsyncIterator[bytes]:
         route = self.mesh.route(request.model)
         check_task(route, GENERATIVE, "/v1/completions")
+        call.session = call.session or request.user
         sampling = gen.sampling_params(
             request, max_tokens=request.max_tokens, logprobs=request.logprobs
         )
@@ -196,6 +197,7 @@ class GenerationServing:
     ) -> ChatCompletionResponse | AsyncIterator[bytes]:
         route = self.mesh.route(request.model)
         check_task(route, GENERATIVE, "/v1/chat/completions")
+        call.session = call.session or request.user
         max_tokens = request.max_completion_tokens
         if max_tokens is None:
             max_tokens = request.max_tokens
