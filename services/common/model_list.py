@@ -17,6 +17,8 @@ models:
     max_model_len: 2048               # optional
     routing: prefix                   # least_loaded | prefix | session (default: prefix for
                                       # generative models, least_loaded for encoders)
+    revision_of: chat                 # optional: a revision of the public name `chat` ...
+    traffic: 90                       # ... taking this weight of its requests (canary)
     replicas: 1                       # the starting count; within [min, max] when scaling
     scaling:                          # optional: autoscaling, KubeAI's knobs
       min_replicas: 1                 # 0: scaled to zero when idle (the gateway holds requests)
@@ -125,6 +127,8 @@ class ModelEntry:
     engine_args: list[str] = field(default_factory=list)
     scaling: Scaling | None = None
     routing: str | None = None  # None: the task's default
+    revision_of: str | None = None  # the public name this entry is a revision of
+    traffic: float | None = None  # its weight among the revisions of `revision_of`
 
     def __post_init__(self) -> None:
         if self.routing is not None and self.routing not in ROUTING_POLICIES:
@@ -132,6 +136,12 @@ class ModelEntry:
                 f"model '{self.name}': routing must be one of {', '.join(ROUTING_POLICIES)}, "
                 f"got {self.routing!r}"
             )
+        if self.traffic is not None and (not _is_number(self.traffic) or self.traffic < 0):
+            raise InvalidArgument(
+                f"model '{self.name}': traffic must be a number >= 0, got {self.traffic!r}"
+            )
+        if self.traffic is not None and self.revision_of is None:
+            raise InvalidArgument(f"model '{self.name}': traffic needs revision_of")
 
     @property
     def routing_policy(self) -> str:
@@ -200,6 +210,8 @@ def model_entry(raw: dict[str, Any], *, source: str, task: Task, backend: str) -
         engine_args=[str(a) for a in raw.get("engine_args", [])],
         scaling=scaling,
         routing=raw.get("routing"),
+        revision_of=raw.get("revision_of"),
+        traffic=raw.get("traffic"),
     )
     if entry.fallback not in (None, "huggingface"):
         raise InvalidArgument(f"model '{entry.name}': fallback can only be 'huggingface'")
@@ -213,6 +225,8 @@ def model_dicts(document: Any) -> list[dict[str, Any]]:
         raise InvalidArgument("the model list has no 'models'")
     seen: set[str] = set()
     for raw in models:
+        if not isinstance(raw, dict):
+            raise InvalidArgument(f"a model in the model list must be a mapping, got {raw!r}")
         name = raw.get("name")
         if not name:
             raise InvalidArgument("every model in the model list needs a 'name'")
@@ -262,7 +276,7 @@ def _entry_dict(entry: ModelEntry, endpoints: Endpoints | None) -> dict[str, Any
         "task": entry.task.value,
         "backend": entry.backend,
     }
-    for key in ("fallback", "max_model_len", "routing"):
+    for key in ("fallback", "max_model_len", "routing", "revision_of", "traffic"):
         if getattr(entry, key) is not None:
             out[key] = getattr(entry, key)
     out["replicas"] = entry.replicas
@@ -282,7 +296,33 @@ def parse_model_list(document: Any) -> MeshPlan:
         entry, endpoints = _planned_entry(raw)
         plan.models.append(entry)
         plan.endpoints[entry.name] = endpoints
+    revisions(plan.models)
     return plan
+
+
+def revisions(models: list[ModelEntry]) -> dict[str, dict[str, float]]:
+    """Public name → {revision entry name: traffic weight} (a revision without `traffic`
+    weighs 1). A public name must not also be an entry's name, its revisions share one task,
+    and at least one must have a weight above 0."""
+    by_public: dict[str, list[ModelEntry]] = {}
+    for entry in models:
+        if entry.revision_of is not None:
+            by_public.setdefault(entry.revision_of, []).append(entry)
+    names = {entry.name for entry in models}
+    out = {}
+    for public, entries in by_public.items():
+        if public in names:
+            raise InvalidArgument(
+                f"'{public}' is both a model's name and the revision_of of "
+                f"{', '.join(e.name for e in entries)}"
+            )
+        if len({e.task for e in entries}) > 1:
+            raise InvalidArgument(f"the revisions of '{public}' serve different tasks")
+        weights = {e.name: 1.0 if e.traffic is None else float(e.traffic) for e in entries}
+        if not any(weights.values()):
+            raise InvalidArgument(f"every revision of '{public}' has traffic 0")
+        out[public] = weights
+    return out
 
 
 def load_model_list(path: str | Path) -> MeshPlan:

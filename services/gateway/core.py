@@ -53,8 +53,8 @@ class MeshClient:
         self.routes = routes
         self.settings = settings
 
-    def route(self, model: str) -> ModelRoute:
-        return self.routes.route(model)
+    def route(self, model: str, session: str | None = None) -> ModelRoute:
+        return self.routes.route(model, session)
 
     async def engine(
         self,

@@ -5,6 +5,11 @@ Routing: `hfmesh_gateway_routing_decisions_total{model, address, reason}` counts
 pick by its reason (`affinity_hit`, `affinity_miss`, `spill`, `least_loaded`, `session`,
 `session_spill`), and `hfmesh_gateway_prefix_index_entries{model, address}` is the prefix
 index's size per replica.
+
+Canary: `hfmesh_gateway_revision_requests_total{model, revision}` counts the requests for a
+public name by the revision they went to, and `hfmesh_gateway_revision_traffic{model,
+revision}` is each revision's current weight; every other per-model metric of a revision
+carries the revision's own name as its `model` label.
 """
 
 from __future__ import annotations
@@ -50,6 +55,20 @@ class _ReplicaCollector:
             "prefix index entries (token block hashes) per model and replica",
             labels=["model", "address"],
         )
+        revision_requests = CounterMetricFamily(
+            "hfmesh_gateway_revision_requests",
+            "requests for a public model name by the revision they went to",
+            labels=["model", "revision"],
+        )
+        revision_traffic = GaugeMetricFamily(
+            "hfmesh_gateway_revision_traffic",
+            "each revision's traffic weight now",
+            labels=["model", "revision"],
+        )
+        for public, split in self.routes.splits.items():
+            for revision, weight in split.weights.items():
+                revision_requests.add_metric([public, revision], split.requests[revision])
+                revision_traffic.add_metric([public, revision], weight)
         for name, route in self.routes.by_name.items():
             for (address, reason), count in route.decisions.items():
                 decisions.add_metric([name, address, reason], count)
@@ -66,6 +85,8 @@ class _ReplicaCollector:
         yield model_requests
         yield decisions
         yield index_entries
+        yield revision_requests
+        yield revision_traffic
 
 
 class GatewayMetrics:

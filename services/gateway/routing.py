@@ -38,7 +38,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.engine import Task
 from services.common.errors import NotFound, Unavailable
-from services.common.model_list import ENGINE_BACKENDS, MeshPlan, ModelEntry
+from services.common.model_list import ENGINE_BACKENDS, MeshPlan, ModelEntry, revisions
 from services.common.pb import inference_pb2_grpc as pb_grpc
 from services.common.server import MAX_MESSAGE_BYTES
 from services.gateway.discovery import Endpoint
@@ -53,6 +53,7 @@ from services.gateway.policy import (
     pick_session,
 )
 from services.gateway.prefix_index import PrefixIndex
+from services.gateway.revisions import RevisionSplit
 
 logger = logging.getLogger(__name__)
 
@@ -248,6 +249,11 @@ class ReplicaRouter:
         self.options = options or RoutingOptions()
         self.replicas: dict[str, Replica] = {}
         self.by_name: dict[str, ModelRoute] = {}
+        #: public name → its revisions' split (canary)
+        self.splits = {
+            public: RevisionSplit(public, weights)
+            for public, weights in revisions(self.plan.models).items()
+        }
         self._leaving: dict[Replica, asyncio.Task[None]] = {}
         self._replicas_changed = asyncio.Event()
 
@@ -326,12 +332,32 @@ class ReplicaRouter:
         await asyncio.gather(*self._leaving.values(), return_exceptions=True)
         await asyncio.gather(*(r.close() for r in replicas), return_exceptions=True)
 
-    def route(self, name: str) -> ModelRoute:
+    def route(self, name: str, session: str | None = None) -> ModelRoute:
+        """The route of a model name; for a public name with revisions, the revision this
+        request goes to (`RevisionSplit.pick`)."""
+        if name in self.splits:
+            name = self.splits[name].pick(session)
         try:
             return self.by_name[name]
         except KeyError:
-            known = ", ".join(self.by_name) or "none"
+            known = ", ".join([*self.by_name, *self.splits]) or "none"
             raise NotFound(f"The model '{name}' does not exist (served models: {known})") from None
+
+    def apply_model_list(self, plan: MeshPlan) -> None:
+        """Take a re-read model list's traffic weights and routing policies for the models
+        and public names already routed; anything else in it needs a restart (logged)."""
+        entries = {entry.name: entry for entry in plan.models}
+        for name, route in self.by_name.items():
+            if name in entries:
+                route.entry.routing = entries[name].routing
+        for public, weights in revisions(plan.models).items():
+            split = self.splits.get(public)
+            if split is None or set(weights) != set(split.weights):
+                logger.warning("revisions of %s changed: a restart applies that", public)
+                continue
+            split.set_weights(weights)
+        if added := set(entries) - set(self.by_name):
+            logger.warning("models %s are new: a restart serves them", ", ".join(sorted(added)))
 
     @property
     def ready(self) -> bool:

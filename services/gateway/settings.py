@@ -81,6 +81,12 @@ class GatewaySettings(BaseModel):
         description="session routing: a replica takes at most this factor times the mean "
         "requests in flight before a session spills to the next on the ring",
     )
+    model_list_reload: float = Field(
+        2.0,
+        ge=0,
+        description="seconds between checks of the model list file for changed traffic "
+        "weights and routing policies (0: never re-read)",
+    )
     served_by: str = Field("hfmesh", description="owned_by in /v1/models")
     log_level: str = Field("INFO", description="logging level")
 

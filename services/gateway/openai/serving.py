@@ -87,9 +87,9 @@ class GenerationServing:
     async def completions(
         self, request: CompletionRequest, call: CallContext
     ) -> CompletionResponse | AsyncIterator[bytes]:
-        route = self.mesh.route(request.model)
-        check_task(route, GENERATIVE, "/v1/completions")
         call.session = call.session or request.user
+        route = self.mesh.route(request.model, call.session)
+        check_task(route, GENERATIVE, "/v1/completions")
         sampling = gen.sampling_params(
             request, max_tokens=request.max_tokens, logprobs=request.logprobs
         )
@@ -195,9 +195,9 @@ class GenerationServing:
     async def chat(
         self, request: ChatCompletionRequest, call: CallContext
     ) -> ChatCompletionResponse | AsyncIterator[bytes]:
-        route = self.mesh.route(request.model)
-        check_task(route, GENERATIVE, "/v1/chat/completions")
         call.session = call.session or request.user
+        route = self.mesh.route(request.model, call.session)
+        check_task(route, GENERATIVE, "/v1/chat/completions")
         max_tokens = request.max_completion_tokens
         if max_tokens is None:
             max_tokens = request.max_tokens
