@@ -343,6 +343,13 @@ class ReplicaRouter:
             known = ", ".join([*self.by_name, *self.splits]) or "none"
             raise NotFound(f"The model '{name}' does not exist (served models: {known})") from None
 
+    def model_ready(self, name: str) -> bool:
+        """A model name's readiness; a public name's is that of any revision with weight."""
+        split = self.splits.get(name)
+        if split is None:
+            return self.route(name).ready
+        return any(self.by_name[r].ready for r, weight in split.weights.items() if weight > 0)
+
     def apply_model_list(self, plan: MeshPlan) -> None:
         """Take a re-read model list's traffic weights and routing policies for the models
         and public names already routed; anything else in it needs a restart (logged)."""

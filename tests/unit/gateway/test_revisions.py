@@ -8,9 +8,10 @@ from collections import Counter
 import pytest
 import yaml
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, NotFound
 from services.common.model_list import parse_model_list
 from services.gateway.revisions import RevisionSplit, watch_model_list
+from services.gateway.routing import ReplicaRouter
 from tests.helpers.metrics import poll
 
 
@@ -80,3 +81,23 @@ async def test_a_changed_model_list_file_is_applied(tmp_path):
         assert [m.traffic for m in seen[0].models] == [0, 10]
     finally:
         watcher.cancel()
+
+
+async def test_the_router_splits_a_public_name_and_takes_new_weights():
+    def plan(a: float, b: float):
+        models = [_entry("a", revision_of="p", traffic=a), _entry("b", revision_of="p", traffic=b)]
+        return parse_model_list({"models": models})
+
+    router = ReplicaRouter(plan(3, 1))
+    await router.start()
+    try:
+        assert Counter(router.route("p").name for _ in range(8)) == {"a": 6, "b": 2}
+        assert router.route("a").name == "a"  # a revision is still addressable
+        assert router.splits["p"].requests == {"a": 6, "b": 2}
+        assert not router.model_ready("p")  # no replica serves yet
+        with pytest.raises(NotFound, match=r"served models: a, b, p\)"):
+            router.route("x")
+        router.apply_model_list(plan(0, 1))
+        assert {router.route("p").name for _ in range(5)} == {"b"}
+    finally:
+        await router.close()
