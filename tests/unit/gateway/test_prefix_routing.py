@@ -180,3 +180,32 @@ def test_an_unknown_routing_policy_is_refused_by_name():
         ModelEntry(name="m", source="", task=Task.TEXT_GENERATION, routing="random")
     with pytest.raises(InvalidArgument, match="model 'm': routing"):
         parse_model_list({"models": [_planned(task="text_generation", routing="hash")]})
+
+
+async def test_a_replica_that_stops_serving_or_leaves_is_forgotten():
+    from services.gateway.discovery import Endpoint
+    from services.gateway.policy import RouteRequest
+    from services.gateway.routing import ReplicaRouter
+
+    endpoints = {"tokenizer": ["127.0.0.1:1"], "huggingface": ["127.0.0.1:2", "127.0.0.1:3"]}
+    plan = parse_model_list({"models": [_planned(task="text_generation", endpoints=endpoints)]})
+    router = ReplicaRouter(plan, RoutingOptions(block_tokens=4))
+    await router.start()
+    try:
+        route = router.route("m")
+        for replica in router.replicas.values():
+            replica._set_serving(True)
+        first = route.pick(request=RouteRequest(input_ids=list(range(40)))).replica
+        second = route.pick(request=RouteRequest(input_ids=list(range(100, 140)))).replica
+        assert first is not second  # a new prefix goes to the least recently picked
+        assert route.index.entries() == {first.address: 10, second.address: 10}
+        again = route.pick(request=RouteRequest(input_ids=list(range(40))))
+        assert (again.replica, again.reason, again.matched_blocks) == (first, AFFINITY_HIT, 10)
+        first._set_serving(False)  # e.g. killed: its engine's cache is gone
+        assert route.index.entries() == {second.address: 10}
+        first._set_serving(True)
+        assert route.pick(request=RouteRequest(input_ids=list(range(40)))).reason == AFFINITY_MISS
+        router.apply_endpoints({"m.huggingface": [Endpoint(first.address)]})  # second left
+        assert second.address not in route.index.entries()
+    finally:
+        await router.close()
