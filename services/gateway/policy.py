@@ -12,9 +12,10 @@
   exceed `ceil(session_load_factor * (total + 1) / replicas)`. A request without a session key
   is routed by prefix.
 
-A replica's load is what the gateway sees: its requests in flight plus the uncached prompt
-tokens it has been sent and not yet answered (prefill still queued), `token_unit` of them
-weighing as one request.
+A replica's load is its requests in flight — this gateway's, plus those of other clients as
+the engine reported them on its last call — and the uncached prompt tokens this gateway sent
+it that are not yet answered (prefill still queued), `token_unit` of them weighing as one
+request.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class Pick:
 
 
 def load(replica: Replica, token_unit: int) -> float:
-    return replica.in_flight + replica.pending_tokens / token_unit
+    return replica.in_flight + replica.others_in_flight + replica.pending_tokens / token_unit
 
 
 def least_loaded(replicas: Sequence[Replica], token_unit: int | None = None) -> Replica:

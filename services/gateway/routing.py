@@ -59,6 +59,8 @@ logger = logging.getLogger(__name__)
 
 WATCH_SECONDS = 300.0  # each Watch call's deadline; it is renewed right away
 FAILURE_COOLDOWN = 2.0  # seconds a replica is skipped after an UNAVAILABLE call
+#: How long an engine's report of its requests in flight counts (it comes with each call).
+REPORT_SECONDS = 5.0
 #: How long calls in flight on a replica that left the mesh may still run (the request budget).
 LEAVING_GRACE_SECONDS = 600.0
 TOKENIZER = "tokenizer"
@@ -83,6 +85,8 @@ class Replica:
         self.draining = False
         self.in_flight = 0
         self.pending_tokens = 0  # uncached prompt tokens sent, not yet answered (prefill queue)
+        self._others = 0  # requests in flight from other clients, as the engine last reported
+        self._reported_at = -REPORT_SECONDS
         self.last_pick = 0  # when a policy last chose it (a tie-breaker)
         self.failed_until = 0.0
         self._watch: asyncio.Task | None = None
@@ -91,6 +95,19 @@ class Replica:
     @property
     def available(self) -> bool:
         return self.serving and not self.draining and time.monotonic() >= self.failed_until
+
+    @property
+    def others_in_flight(self) -> int:
+        """Requests in flight at the engine that this gateway did not send, as of the
+        engine's last report (a report older than `REPORT_SECONDS` counts for nothing)."""
+        fresh = time.monotonic() - self._reported_at < REPORT_SECONDS
+        return self._others if fresh else 0
+
+    def engine_report(self, in_flight: int) -> None:
+        """The engine had `in_flight` requests when one of this gateway's calls opened; this
+        gateway's own other calls there are not counted twice."""
+        self._others = max(0, in_flight - (self.in_flight - 1))
+        self._reported_at = time.monotonic()
 
     def mark_failed(self) -> None:
         self.failed_until = time.monotonic() + FAILURE_COOLDOWN

@@ -36,6 +36,7 @@ class FakeReplica:
     in_flight: int = 0
     pending_tokens: int = 0
     last_pick: int = 0
+    others_in_flight: int = 0  # what the engine reported of other clients
 
 
 def replicas(count: int) -> list[FakeReplica]:
@@ -130,6 +131,9 @@ def test_a_saturated_holder_spills_to_the_least_loaded():
     a.in_flight = c.in_flight = 0
     a.pending_tokens = 1000  # ten requests' worth of prefill queued on a
     assert pick_prefix("m", [a, b, c], prompt, index, OPTIONS).replica is c
+    a.pending_tokens = 0
+    c.others_in_flight = 9  # another gateway keeps c busy
+    assert pick_prefix("m", [a, b, c], prompt, index, OPTIONS).replica is a
 
 
 def test_sessions_stay_put_while_not_overloaded_and_move_little():
