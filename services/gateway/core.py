@@ -23,7 +23,8 @@ from services.common.errors import InvalidArgument, Unavailable
 from services.gateway import grpc_clients as rpc
 from services.gateway.grpc_clients import CallContext, Rendered
 from services.gateway.policy import Pick, RouteRequest
-from services.gateway.routing import ModelRoute, Replica, ReplicaRouter
+from services.gateway.replica import Replica
+from services.gateway.routing import ModelRoute, ReplicaRouter
 from services.gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from services.common.load_metrics import ENGINE_IN_FLIGHT
 from services.common.logs import REQUEST_ID_HEADER
 from services.common.pb import inference_pb2 as pb
 from services.common.tokenizer_tensors import Rendered
-from services.gateway.routing import Replica
+from services.gateway.replica import Replica
 
 
 @dataclass

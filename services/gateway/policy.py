@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from services.gateway.prefix_index import PrefixIndex, block_hashes
 
 if TYPE_CHECKING:
-    from services.gateway.routing import Replica
+    from services.gateway.replica import Replica
 
 LEAST_LOADED, PREFIX, SESSION = "least_loaded", "prefix", "session"
 #: Decision reasons, as counted in the metrics and written in the debug log.

@@ -13,7 +13,8 @@ from services.common.model_list import Endpoints, MeshPlan, ModelEntry
 from services.gateway import grpc_clients as rpc
 from services.gateway.core import MeshClient
 from services.gateway.grpc_clients import CallContext
-from services.gateway.routing import Replica, ReplicaRouter
+from services.gateway.replica import Replica
+from services.gateway.routing import ReplicaRouter
 from services.gateway.settings import GatewaySettings
 from tests.fakes import FakeEngine, ready
 from tests.helpers.metrics import poll
