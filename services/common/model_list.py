@@ -15,6 +15,10 @@ models:
     backend: vllm                     # vllm | huggingface: the engine tried first
     fallback: huggingface             # optional: serve from HF too, used while vLLM is not ready
     max_model_len: 2048               # optional
+    routing: prefix                   # least_loaded | prefix | session (default: prefix for
+                                      # generative models, least_loaded for encoders)
+    revision_of: chat                 # optional: a revision of the public name `chat` ...
+    traffic: 90                       # ... taking this weight of its requests (canary)
     replicas: 1                       # the starting count; within [min, max] when scaling
     scaling:                          # optional: autoscaling, KubeAI's knobs
       min_replicas: 1                 # 0: scaled to zero when idle (the gateway holds requests)
@@ -46,6 +50,8 @@ from services.common.errors import InvalidArgument
 
 #: The engines an entry can be served by.
 ENGINE_BACKENDS = ("vllm", "huggingface")
+#: How the gateway picks among a model's replicas (docs/routing.md).
+ROUTING_POLICIES = ("least_loaded", "prefix", "session")
 _PLANNED_KEYS = ("source", "task", "backend", "endpoints")
 SCALING_KEYS = (
     "min_replicas",
@@ -157,6 +163,30 @@ class ModelEntry:
     scaling: Scaling | None = None
     storage_uri: str | None = None
     adapters: list[Adapter] = field(default_factory=list)
+    routing: str | None = None  # None: the task's default
+    revision_of: str | None = None  # the public name this entry is a revision of
+    traffic: float | None = None  # its weight among the revisions of `revision_of`
+
+    def __post_init__(self) -> None:
+        if self.routing is not None and self.routing not in ROUTING_POLICIES:
+            raise InvalidArgument(
+                f"model '{self.name}': routing must be one of {', '.join(ROUTING_POLICIES)}, "
+                f"got {self.routing!r}"
+            )
+        if self.traffic is not None and (not _is_number(self.traffic) or self.traffic < 0):
+            raise InvalidArgument(
+                f"model '{self.name}': traffic must be a number >= 0, got {self.traffic!r}"
+            )
+        if self.traffic is not None and self.revision_of is None:
+            raise InvalidArgument(f"model '{self.name}': traffic needs revision_of")
+
+    @property
+    def routing_policy(self) -> str:
+        """The routing policy in force: as written, else prefix for generative models (their
+        replicas cache prompt prefixes) and least_loaded for encoders."""
+        if self.routing is not None:
+            return self.routing
+        return "prefix" if self.task.is_generative else "least_loaded"
 
     @property
     def backends(self) -> list[str]:
@@ -224,6 +254,9 @@ def model_entry(
         engine_args=[str(a) for a in raw.get("engine_args", [])],
         scaling=scaling,
         adapters=adapters or [],
+        routing=raw.get("routing"),
+        revision_of=raw.get("revision_of"),
+        traffic=raw.get("traffic"),
     )
     if entry.fallback not in (None, "huggingface"):
         raise InvalidArgument(f"model '{entry.name}': fallback can only be 'huggingface'")
@@ -237,6 +270,8 @@ def model_dicts(document: Any) -> list[dict[str, Any]]:
         raise InvalidArgument("the model list has no 'models'")
     seen: set[str] = set()
     for raw in models:
+        if not isinstance(raw, dict):
+            raise InvalidArgument(f"a model in the model list must be a mapping, got {raw!r}")
         name = raw.get("name")
         if not name:
             raise InvalidArgument("every model in the model list needs a 'name'")
@@ -292,7 +327,7 @@ def _entry_dict(entry: ModelEntry, endpoints: Endpoints | None) -> dict[str, Any
         "task": entry.task.value,
         "backend": entry.backend,
     }
-    for key in ("fallback", "max_model_len"):
+    for key in ("fallback", "max_model_len", "routing", "revision_of", "traffic"):
         if getattr(entry, key) is not None:
             out[key] = getattr(entry, key)
     out["replicas"] = entry.replicas
@@ -318,7 +353,33 @@ def parse_model_list(document: Any) -> MeshPlan:
         entry, endpoints = _planned_entry(raw)
         plan.models.append(entry)
         plan.endpoints[entry.name] = endpoints
+    revisions(plan.models)
     return plan
+
+
+def revisions(models: list[ModelEntry]) -> dict[str, dict[str, float]]:
+    """Public name → {revision entry name: traffic weight} (a revision without `traffic`
+    weighs 1). A public name must not also be an entry's name, its revisions share one task,
+    and at least one must have a weight above 0."""
+    by_public: dict[str, list[ModelEntry]] = {}
+    for entry in models:
+        if entry.revision_of is not None:
+            by_public.setdefault(entry.revision_of, []).append(entry)
+    names = {entry.name for entry in models}
+    out = {}
+    for public, entries in by_public.items():
+        if public in names:
+            raise InvalidArgument(
+                f"'{public}' is both a model's name and the revision_of of "
+                f"{', '.join(e.name for e in entries)}"
+            )
+        if len({e.task for e in entries}) > 1:
+            raise InvalidArgument(f"the revisions of '{public}' serve different tasks")
+        weights = {e.name: 1.0 if e.traffic is None else float(e.traffic) for e in entries}
+        if not any(weights.values()):
+            raise InvalidArgument(f"every revision of '{public}' has traffic 0")
+        out[public] = weights
+    return out
 
 
 def load_model_list(path: str | Path) -> MeshPlan:

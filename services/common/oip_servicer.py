@@ -9,7 +9,9 @@ stream handling below.
 `ModelStreamInfer` is decoupled, as in Triton: several requests may share one
 stream and run concurrently; a request's failure is sent as that response's
 `error_message` and the stream stays open. When the call is cancelled, every
-generation it started is aborted in the engine.
+generation it started is aborted in the engine. Its initial metadata reports the
+requests in flight on this server (`load_metrics.ENGINE_IN_FLIGHT`), which the
+gateway's routing adds to the load it sees itself.
 
 A streamed generation sends one response per engine delta, as Triton does. A
 request with the `coalesce_deltas` parameter set allows fewer, larger responses
@@ -47,6 +49,7 @@ from services.common.errors import (
     NotFound,
     Unavailable,
 )
+from services.common.load_metrics import ENGINE_IN_FLIGHT
 from services.common.logs import request_id_var
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import inference_pb2_grpc as pb_grpc
@@ -66,6 +69,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, engine: Engine, *, server_name: str) -> None:
         self.engine = engine
         self.server_name = server_name
+        self.in_flight = 0  # stream requests running, from every client
 
     # -- health and metadata -------------------------------------------------
 
@@ -170,6 +174,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         tasks: set[asyncio.Task] = set()
 
         async def run_one(message: pb.ModelInferRequest) -> None:
+            self.in_flight += 1
             try:
                 async for response in self._stream_one(message):
                     if isinstance(response, pb.ModelInferResponse):
@@ -181,6 +186,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             except Exception:  # noqa: BLE001 - one request's bug must not end the stream
                 logger.exception("stream request failed")
                 await queue.put(stream_error(message, InternalError()))
+            finally:
+                self.in_flight -= 1
 
         async def read_requests() -> None:
             async for message in request_iterator:
@@ -191,6 +198,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 await asyncio.gather(*list(tasks), return_exceptions=True)
             await queue.put(None)
 
+        await context.send_initial_metadata(((ENGINE_IN_FLIGHT, str(self.in_flight)),))
         reader = asyncio.ensure_future(read_requests())
         try:
             ended = False

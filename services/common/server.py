@@ -163,6 +163,10 @@ class GrpcServiceRunner:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
+                # Clients keep long streams (health Watch) alive with pings every 30 s; gRPC's
+                # default answers the third such ping after an idle spell with GOAWAY
+                # "too_many_pings", failing the calls on that connection.
+                ("grpc.http2.max_ping_strikes", 0),
             ],
         )
         self.health = _HealthServicer()

@@ -5,11 +5,13 @@ and closes them on shutdown; everything long-lived sits on `app.state.gateway`.
 With `--control_plane` it also subscribes to the control plane (`Discovery`) and
 hands every change to the router, so replicas come and go without a restart; a
 control plane unreachable at start fails the start, one that goes away later
-leaves the last known replicas in place.
+leaves the last known replicas in place. The model list file is watched for
+changed traffic weights (canary revisions) and routing policies.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -28,6 +30,7 @@ from services.gateway.middleware import (
     RequestIdMiddleware,
 )
 from services.gateway.openai.router import build_router as build_openai_router
+from services.gateway.revisions import watch_model_list
 from services.gateway.routing import ReplicaRouter
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import build_state
@@ -38,7 +41,7 @@ logger = logging.getLogger(__name__)
 def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAPI:
     if plan is None and settings.model_list:
         plan = load_model_list(settings.model_list)
-    routes = ReplicaRouter(plan)
+    routes = ReplicaRouter(plan, settings.routing_options)
     metrics = GatewayMetrics(routes)
     state = build_state(settings, routes, metrics)
 
@@ -48,6 +51,13 @@ def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAP
         names = ", ".join(routes.by_name) or "none"
         logger.info("routing %d model(s): %s", len(routes.by_name), names)
         discovery = None
+        watcher = None
+        if settings.model_list and settings.model_list_reload > 0:
+            watcher = asyncio.ensure_future(
+                watch_model_list(
+                    settings.model_list, settings.model_list_reload, routes.apply_model_list
+                )
+            )
         try:
             if settings.control_plane:
                 discovery = Discovery(
@@ -58,6 +68,9 @@ def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAP
                 await discovery.start()
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
             if discovery is not None:
                 await discovery.close()
             await routes.close()

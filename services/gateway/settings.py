@@ -7,6 +7,7 @@ import os
 from pydantic import BaseModel, Field, field_validator
 
 from services.common.settings import parse_settings
+from services.gateway.policy import RoutingOptions
 
 ROUTE_PREFIX_ENV = "KSERVE_OPENAI_ROUTE_PREFIX"
 
@@ -45,6 +46,47 @@ class GatewaySettings(BaseModel):
         ge=0,
         description="seconds a request to a model scaled to zero waits for a replica (then 503)",
     )
+    prefix_block_tokens: int = Field(
+        16,
+        ge=1,
+        description="tokens per hashed block of prefix routing (match the engines' KV block "
+        "size: vLLM's default is 16)",
+    )
+    prefix_index_blocks: int = Field(
+        65536,
+        ge=1,
+        description="prefix index cap: block hashes kept per model and replica (LRU; about "
+        "200 bytes each)",
+    )
+    routing_load_margin: float = Field(
+        4.0,
+        ge=0,
+        description="prefix routing stays on the replica holding the prompt unless its load "
+        "exceeds the least loaded other's by more than this many requests",
+    )
+    routing_token_unit: int = Field(
+        1024,
+        ge=1,
+        description="uncached prompt tokens awaiting prefill that weigh as much as one "
+        "request in flight in a replica's load",
+    )
+    session_header: str = Field(
+        "x-session-id",
+        description="request header with the session key of the session routing policy "
+        "(the OpenAI 'user' field when absent)",
+    )
+    session_load_factor: float = Field(
+        1.25,
+        ge=1,
+        description="session routing: a replica takes at most this factor times the mean "
+        "requests in flight before a session spills to the next on the ring",
+    )
+    model_list_reload: float = Field(
+        2.0,
+        ge=0,
+        description="seconds between checks of the model list file for changed traffic "
+        "weights and routing policies (0: never re-read)",
+    )
     served_by: str = Field("hfmesh", description="owned_by in /v1/models")
     log_level: str = Field("INFO", description="logging level")
 
@@ -52,6 +94,16 @@ class GatewaySettings(BaseModel):
     @classmethod
     def _strip_slashes(cls, value: str) -> str:
         return value.strip().strip("/")
+
+    @property
+    def routing_options(self) -> RoutingOptions:
+        return RoutingOptions(
+            block_tokens=self.prefix_block_tokens,
+            index_blocks=self.prefix_index_blocks,
+            load_margin=self.routing_load_margin,
+            token_unit=self.routing_token_unit,
+            session_load_factor=self.session_load_factor,
+        )
 
     @property
     def openai_prefix_path(self) -> str:

@@ -31,7 +31,9 @@ class GatewayState:
     def call(self, request: Request) -> CallContext:
         request_id = request.scope.get("state", {}).get("request_id") or new_request_id()
         return CallContext(
-            request_id=request_id, deadline=time.monotonic() + self.settings.request_timeout
+            request_id=request_id,
+            deadline=time.monotonic() + self.settings.request_timeout,
+            session=request.headers.get(self.settings.session_header) or None,
         )
 
 

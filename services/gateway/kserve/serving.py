@@ -85,7 +85,7 @@ class KServeServing:
         return list(self.mesh.routes.by_name)
 
     def ready(self, name: str) -> bool:
-        return self.mesh.route(name).ready
+        return self.mesh.routes.model_ready(name)
 
     async def v1_predict(
         self, name: str, body: V1PredictRequest, call: CallContext

@@ -87,7 +87,8 @@ class GenerationServing:
     async def completions(
         self, request: CompletionRequest, call: CallContext
     ) -> CompletionResponse | AsyncIterator[bytes]:
-        route = self.mesh.route(request.model)
+        call.session = call.session or request.user
+        route = self.mesh.route(request.model, call.session)
         check_task(route, GENERATIVE, "/v1/completions")
         sampling = gen.sampling_params(
             request, max_tokens=request.max_tokens, logprobs=request.logprobs
@@ -194,7 +195,8 @@ class GenerationServing:
     async def chat(
         self, request: ChatCompletionRequest, call: CallContext
     ) -> ChatCompletionResponse | AsyncIterator[bytes]:
-        route = self.mesh.route(request.model)
+        call.session = call.session or request.user
+        route = self.mesh.route(request.model, call.session)
         check_task(route, GENERATIVE, "/v1/chat/completions")
         max_tokens = request.max_completion_tokens
         if max_tokens is None:

@@ -44,6 +44,17 @@ class PoolingServing:
             )
             for name, route in self.mesh.routes.by_name.items()
         ]
+        for public, split in self.mesh.routes.splits.items():
+            entry = self.mesh.routes.by_name[next(iter(split.weights))].entry
+            cards.append(
+                ModelCard(
+                    id=public,
+                    created=self.created,
+                    owned_by=self.owned_by,
+                    max_model_len=entry.max_model_len,
+                    task=entry.task.value,
+                )
+            )
         return ModelList(data=cards)
 
     async def embeddings(self, request: EmbeddingRequest, call: CallContext) -> EmbeddingResponse:
