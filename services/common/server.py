@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: Default largest gRPC message of every hop (servers and the gateway's channels), as KServe.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 #: How often `serve_engine` asks a serving engine whether it is still healthy.
 ENGINE_HEALTH_POLL_SECONDS = 0.5
 OIP_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -153,6 +154,7 @@ class GrpcServiceRunner:
         port: int = 0,
         grace_seconds: float = 30.0,
         extra_service_names: Iterable[str] = (),
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.host = host
         self.port = port
@@ -160,8 +162,8 @@ class GrpcServiceRunner:
         self.server = grpc.aio.server(
             interceptors=[ErrorInterceptor()],
             options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
         )

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from services.common.engine import Task
 from services.common.registration import Registration
+from services.common.server import MAX_MESSAGE_BYTES
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -128,6 +129,18 @@ class ReplicaFlags(BaseModel):
         "wildcard this machine's address on the route to the control plane)",
     )
     log_level: str = Field("INFO", description="logging level")
+    max_message_bytes: int = Field(
+        MAX_MESSAGE_BYTES,
+        ge=1024,
+        description="largest gRPC message received or sent (RESOURCE_EXHAUSTED above; KServe's "
+        "gRPC cap is also 8 MiB)",
+    )
+    drain_grace: float = Field(
+        30.0,
+        ge=0,
+        description="on SIGTERM: seconds calls in flight may take to finish after health turns "
+        "NOT_SERVING and new calls are refused",
+    )
 
     def registration(
         self, *, service: str, models: list[str], backend: str = ""
@@ -193,4 +206,11 @@ class KServeRuntimeFlags(TokenizerFlags):
     disable_log_requests: bool = Field(False, description="do not log each request")
     metrics_port: int | None = Field(
         None, description="HTTP port of Prometheus /metrics (off when absent or 0)"
+    )
+    max_pending_requests: int = Field(
+        256,
+        ge=1,
+        description="requests (each 'n' sequence counted) this engine holds at once, running or "
+        "queued; more are refused with UNAVAILABLE (the backstop behind the gateway's admission "
+        "control)",
     )

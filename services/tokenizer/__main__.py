@@ -72,7 +72,12 @@ async def main(argv: list[str] | None = None) -> None:
         else None
     )
     servicer = TokenizerServicer(predictor=predictor)
-    runner = GrpcServiceRunner(host=settings.host, port=settings.port)
+    runner = GrpcServiceRunner(
+        host=settings.host,
+        port=settings.port,
+        grace_seconds=settings.drain_grace,
+        max_message_bytes=settings.max_message_bytes,
+    )
     runner.add(lambda server: pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server))
     core: list[TokenizerCore] = []
 

@@ -130,6 +130,7 @@ class KServeServing:
 
     async def v2_infer(self, name: str, body: V2InferRequest, call: CallContext) -> V2InferResponse:
         route = self.mesh.route(name)
+        self.mesh.limits.requested_outputs(len(body.outputs or []))
         infer = request_from_json(name, body)
         if not infer.id:
             infer.id = call.request_id
