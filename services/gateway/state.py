@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from services.common.logs import new_request_id
+from services.gateway.admission import Admission
 from services.gateway.core import MeshClient
 from services.gateway.grpc_clients import CallContext
 from services.gateway.kserve.serving import KServeServing
@@ -27,6 +28,7 @@ class GatewayState:
     generation: GenerationServing
     pooling: PoolingServing
     kserve: KServeServing
+    admission: Admission
 
     def call(self, request: Request) -> CallContext:
         request_id = request.scope.get("state", {}).get("request_id") or new_request_id()
@@ -48,6 +50,7 @@ def build_state(
         generation=generation,
         pooling=PoolingServing(mesh, owned_by=settings.served_by, created=int(time.time())),
         kserve=KServeServing(mesh, generation),
+        admission=Admission(settings, routes),
     )
 
 

@@ -55,10 +55,12 @@ def build_v1_router() -> APIRouter:
     async def predict(name: str, request: Request) -> Response:
         body = await _body(request, V1PredictRequest)
         state = gateway(request)
-        result = await cancel_on_disconnect(
-            request, state.kserve.v1_predict(name, body, state.call(request))
+        call = state.call(request)
+        slots = len(body.instances) if state.kserve.generative(name) else 1
+        work = state.admission.run(
+            name, slots, call, lambda: state.kserve.v1_predict(name, body, call)
         )
-        return json_response(result)
+        return json_response(await cancel_on_disconnect(request, work))
 
     return router
 
@@ -93,9 +95,9 @@ def build_v2_router() -> APIRouter:
     async def infer(name: str, request: Request) -> Response:
         body = await _body(request, V2InferRequest)
         state = gateway(request)
-        result = await cancel_on_disconnect(
-            request, state.kserve.v2_infer(name, body, state.call(request))
-        )
+        call = state.call(request)
+        work = state.admission.run(name, 1, call, lambda: state.kserve.v2_infer(name, body, call))
+        result = await cancel_on_disconnect(request, work)
         return Response(result.model_dump_json(exclude_none=True), media_type="application/json")
 
     @router.get("/metrics")

@@ -87,6 +87,10 @@ class KServeServing:
     def ready(self, name: str) -> bool:
         return self.mesh.route(name).ready
 
+    def generative(self, name: str) -> bool:
+        route = self.mesh.routes.by_name.get(name)
+        return route is not None and route.task.is_generative
+
     async def v1_predict(
         self, name: str, body: V1PredictRequest, call: CallContext
     ) -> V1PredictResponse:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from services.gateway.admission import generation_slots
 from services.gateway.errors import OPENAI_TAG, json_response
 from services.gateway.openai.protocol import (
     ChatCompletionRequest,
@@ -30,29 +31,36 @@ def build_router(prefix: str) -> APIRouter:
     async def completions(body: CompletionRequest, request: Request) -> Response:
         state = gateway(request)
         call = state.call(request)
-        return _answer(
-            await cancel_on_disconnect(request, state.generation.completions(body, call))
+        slots = generation_slots(body.n, body.best_of, body.prompt)
+        work = state.admission.run(
+            body.model, slots, call, lambda: state.generation.completions(body, call)
         )
+        return _answer(await cancel_on_disconnect(request, work))
 
     @router.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         state = gateway(request)
         call = state.call(request)
-        return _answer(await cancel_on_disconnect(request, state.generation.chat(body, call)))
+        work = state.admission.run(
+            body.model, body.n, call, lambda: state.generation.chat(body, call)
+        )
+        return _answer(await cancel_on_disconnect(request, work))
 
     @router.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
         state = gateway(request)
-        return json_response(
-            await cancel_on_disconnect(request, state.pooling.embeddings(body, state.call(request)))
+        call = state.call(request)
+        work = state.admission.run(
+            body.model, 1, call, lambda: state.pooling.embeddings(body, call)
         )
+        return json_response(await cancel_on_disconnect(request, work))
 
     @router.post("/v1/rerank")
     async def rerank(body: RerankRequest, request: Request) -> Response:
         state = gateway(request)
-        return json_response(
-            await cancel_on_disconnect(request, state.pooling.rerank(body, state.call(request)))
-        )
+        call = state.call(request)
+        work = state.admission.run(body.model, 1, call, lambda: state.pooling.rerank(body, call))
+        return json_response(await cancel_on_disconnect(request, work))
 
     @router.get("/v1/models")
     async def models(request: Request) -> Response:
