@@ -13,7 +13,8 @@ SERVING and withdraws it on SIGTERM before the server stops (`services.common.re
 longer `healthy()` turns health NOT_SERVING, drains the server and makes the
 process exit non-zero, so an orchestrator restarts it.
 
-`ErrorInterceptor` is the one place where exceptions become gRPC statuses
+`ErrorInterceptor` also binds each call's request id and deadline (`time_left` gives
+an outgoing call what is left of it), and is the one place where exceptions become gRPC statuses
 (DESIGN.md §3): `HfmeshError` → its status and message; anything else →
 INTERNAL with a generic message, the traceback only in the log.
 """
@@ -24,7 +25,9 @@ import asyncio
 import inspect
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -46,6 +49,25 @@ MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 #: How often `serve_engine` asks a serving engine whether it is still healthy.
 ENGINE_HEALTH_POLL_SECONDS = 0.5
 OIP_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+#: The monotonic deadline of the call being served (None: the caller set none).
+call_deadline_var: ContextVar[float | None] = ContextVar("call_deadline", default=None)
+
+
+def time_left(cap: float) -> float:
+    """Seconds an outgoing call made while serving a call may take: what is left of the
+    caller's deadline (so deadlines shrink hop by hop), at most `cap`."""
+    deadline = call_deadline_var.get()
+    if deadline is None:
+        return cap
+    return max(0.001, min(cap, deadline - time.monotonic()))
+
+
+def _bind_call(context: grpc.aio.ServicerContext) -> None:
+    request_id_var.set(request_id_from(context))
+    remaining = context.time_remaining()
+    call_deadline_var.set(None if remaining is None else time.monotonic() + remaining)
 
 
 def request_id_from(context: grpc.aio.ServicerContext) -> str:
@@ -76,7 +98,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary
 
             async def unary_unary(request, context):
-                request_id_var.set(request_id_from(context))
+                _bind_call(context)
                 try:
                     return await inner(request, context)
                 except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -91,7 +113,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             streaming = handler.stream_stream or handler.unary_stream
 
             async def stream(request, context):
-                request_id_var.set(request_id_from(context))
+                _bind_call(context)
                 try:
                     result = streaming(request, context)
                     if inspect.isawaitable(result):  # handlers that answer with context.write()

@@ -79,6 +79,26 @@ def error_response(
     return Response(body, status_code=status, media_type="application/json", headers=all_headers)
 
 
+def public_message(error: HfmeshError) -> str:
+    """What a client may read of an error: 5xx other than 503/504 only say "internal"."""
+    status = error.http_status
+    return error.message if status < 500 or status in (503, 504) else GENERIC_INTERNAL_MESSAGE
+
+
+def stream_error_event(error: BaseException) -> bytes:
+    """The closing SSE write of a stream that failed after its 200 was sent: an OpenAI
+    error event (`data: {"error": {...}}`, as vLLM sends) and `data: [DONE]`, so a client
+    sees an explicit failure rather than a truncated stream."""
+    if isinstance(error, HfmeshError):
+        status, message = error.http_status, public_message(error)
+        logger.warning("stream ended with %d: %s", status, error.message)
+    else:
+        status, message = 500, GENERIC_INTERNAL_MESSAGE
+        logger.error("stream failed [%s]", request_id_var.get(), exc_info=error)
+    body = json.dumps(error_body(status, message, openai=True), separators=(",", ":"))
+    return b"data: " + body.encode() + b"\n\ndata: [DONE]\n\n"
+
+
 def validation_message(error: RequestValidationError) -> tuple[str, str | None]:
     problems, first = [], None
     for item in error.errors():
@@ -101,9 +121,7 @@ def install_error_handlers(app: FastAPI, *, openai_prefix: str, retry_after: int
     @app.exception_handler(HfmeshError)
     async def _hfmesh(request: Request, error: HfmeshError) -> Response:
         status = error.http_status
-        message = (
-            error.message if status < 500 or status in (503, 504) else GENERIC_INTERNAL_MESSAGE
-        )
+        message = public_message(error)
         if status >= 500:
             logger.warning(
                 "%s %s → %d: %s", request.method, request.url.path, status, error.message

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from services.common.errors import InvalidArgument
 from services.common.logs import new_request_id
 from services.gateway.admission import Admission
 from services.gateway.core import MeshClient
@@ -17,6 +19,8 @@ from services.gateway.openai.serving import GenerationServing
 from services.gateway.openai.serving_pooling import PoolingServing
 from services.gateway.routing import ReplicaRouter
 from services.gateway.settings import GatewaySettings
+
+TIMEOUT_HEADER = "X-Request-Timeout"
 
 
 @dataclass
@@ -32,9 +36,24 @@ class GatewayState:
 
     def call(self, request: Request) -> CallContext:
         request_id = request.scope.get("state", {}).get("request_id") or new_request_id()
-        return CallContext(
-            request_id=request_id, deadline=time.monotonic() + self.settings.request_timeout
+        budget = request_budget(request.headers.get(TIMEOUT_HEADER), self.settings)
+        return CallContext(request_id=request_id, deadline=time.monotonic() + budget)
+
+
+def request_budget(header: str | None, settings: GatewaySettings) -> float:
+    """A request's deadline budget, seconds: `X-Request-Timeout` when given (capped by
+    `--max_request_timeout`), else `--request_timeout`. Every gRPC hop gets what is left."""
+    if header is None:
+        return settings.request_timeout
+    try:
+        asked = float(header)
+    except ValueError:
+        asked = float("nan")
+    if not math.isfinite(asked) or asked <= 0:
+        raise InvalidArgument(
+            f"{TIMEOUT_HEADER} must be a positive number of seconds, not {header[:40]!r}"
         )
+    return min(asked, settings.max_request_timeout)
 
 
 def build_state(

@@ -2,7 +2,7 @@
 
 Any OIP v2 gRPC server works (the HF engine's tensor path, Triton, MLServer):
 one `ModelInfer` per request, raw tensors, the request id as metadata, and a
-deadline on every call.
+deadline on every call: what is left of the caller's, at most `--predictor_timeout`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from services.common.converters import infer_request_to_pb, infer_response_from_
 from services.common.errors import from_rpc_error
 from services.common.logs import REQUEST_ID_HEADER
 from services.common.pb import inference_pb2_grpc as pb_grpc
-from services.common.server import MAX_MESSAGE_BYTES
+from services.common.server import MAX_MESSAGE_BYTES, time_left
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class PredictorClient:
         try:
             reply = await self._stub.ModelInfer(
                 infer_request_to_pb(request, raw=True),
-                timeout=timeout or self.timeout,
+                timeout=time_left(timeout or self.timeout),
                 metadata=((REQUEST_ID_HEADER, request_id),),
             )
         except grpc.aio.AioRpcError as error:
