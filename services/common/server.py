@@ -3,8 +3,9 @@
 `GrpcServiceRunner.start()` binds (port 0 picks a free port) and returns the
 bound port. Health (`grpc.health.v1`) answers NOT_SERVING until `set_serving(True)`
 — engines call it once their model is loaded — and NOT_SERVING again while
-draining. Reflection is on. SIGTERM/SIGINT → NOT_SERVING → `server.stop(grace)`, which
-waits for calls in flight, not for health watches (they end when draining starts).
+draining. Reflection is on. SIGTERM/SIGINT → NOT_SERVING and new inference calls refused
+with UNAVAILABLE at once → `server.stop(grace)`, which waits for calls in flight (at most
+`--drain_grace`), not for health watches (they end when draining starts).
 
 `serve(..., registration=...)` registers the replica with the control plane once it is
 SERVING and withdraws it on SIGTERM before the server stops (`services.common.registration`).
@@ -22,11 +23,13 @@ INTERNAL with a generic message, the traceback only in the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +37,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common.errors import GENERIC_INTERNAL_MESSAGE, HfmeshError
+from services.common.errors import GENERIC_INTERNAL_MESSAGE, HfmeshError, Unavailable
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.common.pb import inference_pb2, pool
 from services.common.registration import Registrar, Registration, RegistrationError
@@ -86,8 +89,36 @@ async def _translate(error: BaseException, context: grpc.aio.ServicerContext, me
     await context.abort(grpc.StatusCode.INTERNAL, GENERIC_INTERNAL_MESSAGE)
 
 
+#: Calls refused once a server drains (health, metadata and reflection still answer).
+WORK_METHODS = (f"/{OIP_SERVICE}/ModelInfer", f"/{OIP_SERVICE}/ModelStreamInfer")
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps errors to statuses and binds the request id for logging."""
+    """Maps errors to statuses and binds the request id for logging. Once `draining()` is
+    true, new inference calls are refused with UNAVAILABLE (+ `retry-after`); calls already
+    running go on."""
+
+    def __init__(self, draining: Callable[[], bool] = lambda: False) -> None:
+        self.draining = draining
+        self.active = 0  # inference calls running
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    @contextmanager
+    def _work(self, method: str) -> Iterator[None]:
+        if method not in WORK_METHODS:
+            yield
+            return
+        if self.draining():
+            raise Unavailable("the server is draining (shutting down); send this elsewhere")
+        self.active += 1
+        self.idle.clear()
+        try:
+            yield
+        finally:
+            self.active -= 1
+            if not self.active:
+                self.idle.set()
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -100,7 +131,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             async def unary_unary(request, context):
                 _bind_call(context)
                 try:
-                    return await inner(request, context)
+                    with self._work(method):
+                        return await inner(request, context)
                 except (asyncio.CancelledError, grpc.aio.AbortError):
                     raise
                 except Exception as error:  # noqa: BLE001 - the translation point
@@ -115,12 +147,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             async def stream(request, context):
                 _bind_call(context)
                 try:
-                    result = streaming(request, context)
-                    if inspect.isawaitable(result):  # handlers that answer with context.write()
-                        await result
-                        return
-                    async for response in result:
-                        yield response
+                    with self._work(method):
+                        result = streaming(request, context)
+                        if inspect.isawaitable(result):  # handlers answering by context.write()
+                            await result
+                            return
+                        async for response in result:
+                            yield response
                 except (asyncio.CancelledError, grpc.aio.AbortError):
                     raise
                 except Exception as error:  # noqa: BLE001
@@ -181,8 +214,10 @@ class GrpcServiceRunner:
         self.host = host
         self.port = port
         self.grace_seconds = grace_seconds
+        self.draining = False
+        self.interceptor = ErrorInterceptor(lambda: self.draining)
         self.server = grpc.aio.server(
-            interceptors=[ErrorInterceptor()],
+            interceptors=[self.interceptor],
             options=[
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
@@ -238,11 +273,24 @@ class GrpcServiceRunner:
     async def wait_for_stop_signal(self) -> None:
         await self._stopping.wait()
 
-    async def drain_and_stop(self) -> None:
-        logger.info("draining: health NOT_SERVING, stopping with %.0fs grace", self.grace_seconds)
+    async def start_draining(self) -> None:
+        """Health NOT_SERVING and new inference calls refused; calls in flight go on."""
+        self.draining = True
         await self.set_serving(False)
-        self.health.closing.set()
-        await self.server.stop(self.grace_seconds)
+
+    async def drain_and_stop(self) -> None:
+        """Refuse new work (UNAVAILABLE, health NOT_SERVING) while the inference calls in
+        flight finish, for at most the grace; then stop the server (cancelling what is
+        left). The server keeps answering health and refusals meanwhile, so a caller sees
+        NOT_SERVING / UNAVAILABLE rather than a closed port."""
+        logger.info("draining: health NOT_SERVING, stopping with %.0fs grace", self.grace_seconds)
+        started = time.monotonic()
+        await self.start_draining()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.interceptor.idle.wait(), self.grace_seconds)
+        left = max(0.0, self.grace_seconds - (time.monotonic() - started))
+        self.health.closing.set()  # watches (which saw NOT_SERVING) end only now
+        await self.server.stop(left)
 
 
 async def _unless_stopped(runner: GrpcServiceRunner, work: Awaitable[None]) -> bool:
@@ -288,6 +336,7 @@ async def serve(
             registrar = registration.registrar(runner.host, port) if registration else None
             if registrar is None or await _unless_stopped(runner, registrar.register()):
                 await runner.wait_for_stop_signal()
+                await runner.start_draining()  # before any control-plane call: health first
                 if registrar is not None:
                     await registrar.drain()
         finally:

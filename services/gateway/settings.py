@@ -86,6 +86,12 @@ class GatewaySettings(BaseModel):
         "tokenizer while none is up (one restarting), seconds",
     )
     retry_after: int = Field(1, description="Retry-After seconds on 503/429 answers")
+    drain_grace: float = Field(
+        30.0,
+        ge=0,
+        description="on SIGTERM: seconds requests in flight (streams included) may take to "
+        "finish; readiness answers 503 and no new connection is accepted meanwhile",
+    )
     scale_from_zero_wait: float = Field(
         60.0,
         ge=0,

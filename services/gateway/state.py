@@ -33,6 +33,8 @@ class GatewayState:
     pooling: PoolingServing
     kserve: KServeServing
     admission: Admission
+    #: Set on SIGTERM: readiness answers 503 while requests in flight finish.
+    draining: bool = False
 
     def call(self, request: Request) -> CallContext:
         request_id = request.scope.get("state", {}).get("request_id") or new_request_id()

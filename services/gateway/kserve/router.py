@@ -78,7 +78,8 @@ def build_v2_router() -> APIRouter:
 
     @router.get("/v2/health/ready")
     async def ready(request: Request) -> Response:
-        is_ready = gateway(request).routes.ready
+        state = gateway(request)
+        is_ready = state.routes.ready and not state.draining
         return _json({"ready": is_ready}, 200 if is_ready else 503)
 
     @router.get("/v2/models/{name}")
