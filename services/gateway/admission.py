@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
 from services.common.errors import Unavailable
 from services.gateway.grpc_clients import CallContext
 from services.gateway.routing import ReplicaRouter
@@ -117,6 +119,8 @@ class ModelGate:
             head.future.set_result(None)
 
     def _refusal(self, why: str) -> Unavailable:
+        refused = self.admission.refused
+        refused[self.name] = refused.get(self.name, 0) + 1
         return Unavailable(
             f"model '{self.name}' is at capacity ({self.in_use} of {self.capacity} slots in "
             f"use; {why}); retry later",
@@ -129,6 +133,30 @@ class Admission:
         self.settings = settings
         self.routes = routes
         self.gates: dict[str, ModelGate] = {}
+        self.refused: dict[str, int] = {}
+
+    def collect(self):
+        """Prometheus: slots in use, requests waiting and requests refused, per model."""
+        in_use = GaugeMetricFamily(
+            "hfmesh_gateway_admission_slots_in_use", "admitted slots per model", labels=["model"]
+        )
+        queued = GaugeMetricFamily(
+            "hfmesh_gateway_admission_queued",
+            "requests waiting for an admission slot per model",
+            labels=["model"],
+        )
+        refused = CounterMetricFamily(
+            "hfmesh_gateway_admission_refused",
+            "requests refused by admission control (503) per model",
+            labels=["model"],
+        )
+        for name, gate in self.gates.items():
+            in_use.add_metric([name], gate.in_use)
+            queued.add_metric([name], len(gate.queue))
+            refused.add_metric([name], self.refused.get(name, 0))
+        yield in_use
+        yield queued
+        yield refused
 
     @property
     def enabled(self) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -39,6 +40,41 @@ _OPENAI_TYPES = {
     503: "service_unavailable_error",
     504: "timeout_error",
 }
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+
+class OpenAIError(BaseModel):
+    """The OpenAI error envelope (OpenAI routes)."""
+
+    error: OpenAIErrorDetail
+
+
+class KServeError(BaseModel):
+    """KServe's error body (V1/V2 routes)."""
+
+    error: str
+
+
+_DOCUMENTED = {
+    400: "invalid request: body, parameter, tensor, or a limit (docs/protocol.md §4)",
+    401: "missing or wrong API key",
+    404: "unknown model",
+    413: "request body, or a message between services, over its size limit",
+    431: "request headers over their size limit",
+    503: "model not ready, or over capacity (Retry-After)",
+    504: "the request's deadline passed",
+}
+
+
+def error_responses(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """The error answers a route family may give, for its OpenAPI document."""
+    return {status: {"model": model, "description": text} for status, text in _DOCUMENTED.items()}
 
 
 def is_openai(scope: Mapping[str, Any], openai_prefix: str) -> bool:

@@ -63,6 +63,8 @@ def build_state(
 ) -> GatewayState:
     mesh = MeshClient(routes, settings)
     generation = GenerationServing(mesh, metrics)
+    admission = Admission(settings, routes)
+    metrics.registry.register(admission)
     return GatewayState(
         settings=settings,
         routes=routes,
@@ -71,7 +73,7 @@ def build_state(
         generation=generation,
         pooling=PoolingServing(mesh, owned_by=settings.served_by, created=int(time.time())),
         kserve=KServeServing(mesh, generation),
-        admission=Admission(settings, routes),
+        admission=admission,
     )
 
 

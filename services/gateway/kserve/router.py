@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from services.common.errors import InvalidArgument
 from services.common.version import VERSION
-from services.gateway.errors import json_response
+from services.gateway.errors import KServeError, error_responses, json_response
 from services.gateway.kserve.protocol import V1PredictRequest, V2InferRequest
 from services.gateway.state import gateway
 from services.gateway.streaming import cancel_on_disconnect
@@ -41,7 +41,7 @@ async def _body(request: Request, model: type[M]) -> M:
 
 
 def build_v1_router() -> APIRouter:
-    router = APIRouter(tags=["kserve-v1"])
+    router = APIRouter(tags=["kserve-v1"], responses=error_responses(KServeError))
 
     @router.get("/v1/models")
     async def list_models(request: Request) -> Response:
@@ -66,7 +66,7 @@ def build_v1_router() -> APIRouter:
 
 
 def build_v2_router() -> APIRouter:
-    router = APIRouter(tags=["kserve-v2"])
+    router = APIRouter(tags=["kserve-v2"], responses=error_responses(KServeError))
 
     @router.get("/v2")
     async def server_metadata() -> Response:
@@ -101,7 +101,10 @@ def build_v2_router() -> APIRouter:
         result = await cancel_on_disconnect(request, work)
         return Response(result.model_dump_json(exclude_none=True), media_type="application/json")
 
-    @router.get("/metrics")
+    @router.get(
+        "/metrics",
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics(request: Request) -> Response:
         return Response(gateway(request).metrics.render(), media_type="text/plain; version=0.0.4")
 

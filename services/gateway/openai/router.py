@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from services.gateway.admission import generation_slots
-from services.gateway.errors import OPENAI_TAG, json_response
+from services.gateway.errors import OPENAI_TAG, OpenAIError, error_responses, json_response
 from services.gateway.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -17,6 +19,11 @@ from services.gateway.openai.protocol import (
 from services.gateway.state import gateway
 from services.gateway.streaming import EventStreamResponse, cancel_on_disconnect
 
+#: With `"stream": true` the answer is Server-Sent Events.
+STREAMED: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}
+}
+
 
 def _answer(result) -> Response:
     if hasattr(result, "model_dump_json"):
@@ -25,9 +32,9 @@ def _answer(result) -> Response:
 
 
 def build_router(prefix: str) -> APIRouter:
-    router = APIRouter(prefix=prefix, tags=[OPENAI_TAG])
+    router = APIRouter(prefix=prefix, tags=[OPENAI_TAG], responses=error_responses(OpenAIError))
 
-    @router.post("/v1/completions")
+    @router.post("/v1/completions", responses=STREAMED)
     async def completions(body: CompletionRequest, request: Request) -> Response:
         state = gateway(request)
         call = state.call(request)
@@ -37,7 +44,7 @@ def build_router(prefix: str) -> APIRouter:
         )
         return _answer(await cancel_on_disconnect(request, work))
 
-    @router.post("/v1/chat/completions")
+    @router.post("/v1/chat/completions", responses=STREAMED)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         state = gateway(request)
         call = state.call(request)

@@ -58,6 +58,9 @@ async def test_over_capacity_is_503_with_retry_after_and_the_queue_drains(slow):
             assert error["type"] == "service_unavailable_error" and "capacity" in error["message"]
             v1 = await client.post("/v1/models/llm:predict", json={"instances": ["a"]})
             assert v1.status_code == 503 and isinstance(v1.json()["error"], str)
+            metrics = (await client.get("/metrics")).text
+            assert 'hfmesh_gateway_admission_refused_total{model="llm"} 2.0' in metrics
+            assert 'hfmesh_gateway_admission_queued{model="llm"} 1.0' in metrics
             assert (await first).status_code == 200
             assert (await queued).status_code == 200
         assert gate.in_use == 0 and not gate.queue
