@@ -144,3 +144,11 @@ async def test_content_limits_are_400_naming_the_setting(mesh, path, body, needl
     error = reply.json()["error"]
     assert needle in (error["message"] if path.startswith("/openai") else error)
     assert len(mesh.engine.requests) == before
+
+
+async def test_a_message_over_the_grpc_limit_is_413(http):
+    big = "x" * (9 * 1024 * 1024)
+    body = {"inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": [big]}]}
+    reply = await http.post("/v2/models/llm/infer", json=body)
+    assert reply.status_code == 413, reply.text[:300]
+    assert "gRPC size limit" in reply.json()["error"]
