@@ -28,15 +28,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx  # noqa: E402
 
+from bench.soak import quantile  # noqa: E402
 from services.models.cache import ensure_model  # noqa: E402
 from tests.helpers.mesh import model_entry, running_mesh  # noqa: E402
-
-
-def _quantile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 async def _phase(url: str, clients: int, seconds: float, max_tokens: int) -> dict:
@@ -109,15 +103,15 @@ def main() -> int:
     for name, clients in phases.items():
         ttft, refused = results[name]["ttft"], results[name]["refused"]
         print(
-            f"{name:<18}{clients:>8}{len(ttft):>9}{_quantile(ttft, 0.5) * 1000:>8.0f}ms"
-            f"{_quantile(ttft, 0.99) * 1000:>8.0f}ms{len(refused):>9}"
-            f"{_quantile(refused, 0.5) * 1000:>7.1f}ms{_quantile(refused, 0.99) * 1000:>7.1f}ms"
+            f"{name:<18}{clients:>8}{len(ttft):>9}{quantile(ttft, 0.5) * 1000:>8.0f}ms"
+            f"{quantile(ttft, 0.99) * 1000:>8.0f}ms{len(refused):>9}"
+            f"{quantile(refused, 0.5) * 1000:>7.1f}ms{quantile(refused, 0.99) * 1000:>7.1f}ms"
         )
-    over = _quantile(results["2x capacity"]["ttft"], 0.99)
+    over = quantile(results["2x capacity"]["ttft"], 0.99)
     print(
         f"\n2x capacity TTFT p99 / unloaded p99: "
-        f"{over / _quantile(results['unloaded (c=1)']['ttft'], 0.99):.2f} (target <= 2); "
-        f"/ at-capacity p99: {over / _quantile(results['at capacity']['ttft'], 0.99):.2f}"
+        f"{over / quantile(results['unloaded (c=1)']['ttft'], 0.99):.2f} (target <= 2); "
+        f"/ at-capacity p99: {over / quantile(results['at capacity']['ttft'], 0.99):.2f}"
     )
     return 0
 

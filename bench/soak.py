@@ -220,7 +220,7 @@ def main() -> int:
     return report(args, tally, wall, before, after, settled)
 
 
-def _quantile(values: list[float], q: float) -> float:
+def quantile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
@@ -246,8 +246,8 @@ def report(
     print(f"{'total':<22}{requests:>10}   ({requests / wall:.1f} req/s)")
     print("HTTP statuses: " + ", ".join(f"{k}: {v}" for k, v in sorted(tally.statuses.items())))
     print(
-        f"stream TTFT p50 {_quantile(tally.ttfts, 0.5) * 1000:.0f} ms, "
-        f"p99 {_quantile(tally.ttfts, 0.99) * 1000:.0f} ms"
+        f"stream TTFT p50 {quantile(tally.ttfts, 0.5) * 1000:.0f} ms, "
+        f"p99 {quantile(tally.ttfts, 0.99) * 1000:.0f} ms"
     )
     print(f"\n{'process':<28}{'RSS after warm-up':>18}{'RSS at end':>12}{'drift':>8}")
     drifts = {}

@@ -4,12 +4,12 @@ maximum wait, 503 + Retry-After when over, and a cancelled waiter leaves the que
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 import pytest
 
 from services.gateway.settings import load_settings
+from tests.helpers.metrics import poll
 from tests.unit.gateway.conftest import serve_gateway
 
 
@@ -29,13 +29,6 @@ async def slow(mesh):
     mesh.engine.token_delay = 0.0
 
 
-async def _wait_for(predicate, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
-
-
 async def test_over_capacity_is_503_with_retry_after_and_the_queue_drains(slow):
     settings = load_settings(
         ["--max_in_flight_per_replica=2", "--max_queued_per_replica=1", "--max_queue_wait=30"],
@@ -48,9 +41,9 @@ async def test_over_capacity_is_503_with_retry_after_and_the_queue_drains(slow):
             first = asyncio.ensure_future(
                 client.post("/openai/v1/chat/completions", json=_chat(n=2))
             )
-            await _wait_for(lambda: gate.in_use == 2)
+            assert await poll(lambda: gate.in_use == 2)
             queued = asyncio.ensure_future(client.post("/openai/v1/chat/completions", json=_chat()))
-            await _wait_for(lambda: len(gate.queue) == 1)
+            assert await poll(lambda: len(gate.queue) == 1)
             refused = await client.post("/openai/v1/chat/completions", json=_chat())
             assert refused.status_code == 503
             assert refused.headers["retry-after"] == "1"
@@ -79,7 +72,7 @@ async def test_a_wait_past_max_queue_wait_is_503(slow):
                     "/openai/v1/completions", json={"model": "llm", "prompt": "x", "max_tokens": 20}
                 )
             )
-            await _wait_for(lambda: gate.in_use == 1)
+            assert await poll(lambda: gate.in_use == 1)
             late = await client.post("/openai/v1/chat/completions", json=_chat(stream=True))
             assert late.status_code == 503 and "within 0.2 s" in late.json()["error"]["message"]
             assert (await running).status_code == 200
@@ -99,13 +92,13 @@ async def test_a_cancelled_waiter_leaves_the_queue_and_a_stream_holds_its_slot(s
                 waiting = asyncio.ensure_future(
                     client.post("/openai/v1/chat/completions", json=_chat())
                 )
-                await _wait_for(lambda: len(gate.queue) == 1)
+                assert await poll(lambda: len(gate.queue) == 1)
                 waiting.cancel()
                 await asyncio.gather(waiting, return_exceptions=True)
-                await _wait_for(lambda: not gate.queue, 2.0)
+                assert await poll(lambda: not gate.queue, 3.0)
                 body = b"".join([chunk async for chunk in stream.aiter_bytes()])
                 assert body.endswith(b"data: [DONE]\n\n")
-            await _wait_for(lambda: gate.in_use == 0, 2.0)
+            assert await poll(lambda: gate.in_use == 0, 3.0)
             # the freed slot serves the next request at once
             assert (
                 await client.post("/openai/v1/chat/completions", json=_chat())

@@ -3,7 +3,6 @@ that fail after their 200: an explicit error event, never a silent truncation.""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
@@ -14,6 +13,7 @@ from services.common.engine import Task
 from services.gateway.settings import GatewaySettings, load_settings
 from services.gateway.state import request_budget
 from tests.fakes import FakeEngine, ready
+from tests.helpers.metrics import poll
 from tests.unit.gateway.conftest import MODELS, serve_gateway, start_engine
 
 CHAT = {"model": "llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40}
@@ -24,13 +24,6 @@ async def slow(mesh):
     mesh.engine.token_delay = 0.08  # 40 tokens ≈ 3 s
     yield mesh
     mesh.engine.token_delay = 0.0
-
-
-async def _until(predicate, seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 def test_budget_from_the_header_is_capped():
@@ -56,7 +49,7 @@ async def test_deadline_mid_generation_is_504_and_the_engine_aborts(slow, http):
     )
     assert reply.status_code == 504, reply.text
     assert reply.json()["error"]["type"] == "timeout_error"
-    await _until(lambda: not slow.engine.running, 0.5 + 1.0)
+    assert await poll(lambda: not slow.engine.running, 3.0)
     assert slow.engine.aborted
     v2 = await http.post(
         "/v2/models/llm/infer",
@@ -74,7 +67,7 @@ async def test_deadline_mid_generation_is_504_and_the_engine_aborts(slow, http):
         headers={"X-Request-Timeout": "0.5"},
     )
     assert v2.status_code == 504 and isinstance(v2.json()["error"], str)
-    await _until(lambda: not slow.engine.running, 1.5)
+    assert await poll(lambda: not slow.engine.running, 3.0)
 
 
 async def test_deadline_mid_stream_ends_with_an_error_event(slow, http):
@@ -90,7 +83,7 @@ async def test_deadline_mid_stream_ends_with_an_error_event(slow, http):
     error = json.loads(events[-2][len("data: ") :])["error"]
     assert error["code"] == 504 and error["type"] == "timeout_error"
     assert any('"content"' in e for e in events[:-2])  # some tokens came before
-    await _until(lambda: not slow.engine.running, 1.5)
+    assert await poll(lambda: not slow.engine.running, 3.0)
 
 
 async def test_engine_lost_mid_stream_ends_with_an_error_event(mesh):
