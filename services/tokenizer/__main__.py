@@ -67,7 +67,11 @@ async def main(argv: list[str] | None = None) -> None:
     except HfmeshError as error:
         raise SystemExit(f"python -m services.tokenizer: {error.message}") from None
     predictor = (
-        PredictorClient(settings.predictor_host, timeout=settings.predictor_timeout)
+        PredictorClient(
+            settings.predictor_host,
+            timeout=settings.predictor_timeout,
+            max_message_bytes=settings.max_message_bytes,
+        )
         if settings.predictor_host
         else None
     )

@@ -25,14 +25,16 @@ logger = logging.getLogger(__name__)
 class PredictorClient:
     """A long-lived channel to one OIP v2 predictor."""
 
-    def __init__(self, address: str, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self, address: str, *, timeout: float = 60.0, max_message_bytes: int = MAX_MESSAGE_BYTES
+    ) -> None:
         self.address = address
         self.timeout = timeout
         self._channel = grpc.aio.insecure_channel(
             address,
             options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
             ],
         )
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
