@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 #: Default largest gRPC message of every hop (servers and the gateway's channels), as KServe.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+#: The shortest keepalive ping interval a server accepts from its clients.
+MIN_CLIENT_PING_MS = 10_000
 #: How often `serve_engine` asks a serving engine whether it is still healthy.
 ENGINE_HEALTH_POLL_SECONDS = 0.5
 OIP_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -210,6 +212,7 @@ class GrpcServiceRunner:
         grace_seconds: float = 30.0,
         extra_service_names: Iterable[str] = (),
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        min_client_ping_ms: int = MIN_CLIENT_PING_MS,
     ) -> None:
         self.host = host
         self.port = port
@@ -222,6 +225,11 @@ class GrpcServiceRunner:
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                # Callers keep health watches open and send keepalive pings (the gateway
+                # every 30 s); gRPC's default (one ping per 5 min without data) answers them
+                # with a GOAWAY "too_many_pings" that fails every call on the connection.
+                ("grpc.http2.min_ping_interval_without_data_ms", min_client_ping_ms),
+                ("grpc.keepalive_permit_without_calls", 1),
             ],
         )
         self.health = _HealthServicer()

@@ -66,3 +66,23 @@ async def test_stop_flips_health_refuses_new_work_and_lets_streams_finish():
         assert all(count >= 1 for count in await asyncio.gather(*streams))
     assert await asyncio.wait_for(served, 15) == 0
     assert not engine.aborted
+
+
+async def test_keepalive_pings_over_an_idle_watch_do_not_get_the_connection_closed():
+    """A caller pinging while its health watch is idle (as the gateway does) keeps working;
+    gRPC's default server answers such pings with GOAWAY "too_many_pings"."""
+    runner = GrpcServiceRunner(host="127.0.0.1", port=0, min_client_ping_ms=500)
+    port = await runner.start()
+    await runner.set_serving(True)
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.keepalive_time_ms", 1000)]
+    )
+    health = health_pb2_grpc.HealthStub(channel)
+    request = health_pb2.HealthCheckRequest(service="")
+    watch = health.Watch(request)
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+    await asyncio.sleep(5)  # five pings with no data on the connection
+    assert (await health.Check(request, timeout=5)).status == 1
+    watch.cancel()
+    await channel.close()
+    await runner.server.stop(0)
