@@ -26,7 +26,8 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
@@ -41,7 +42,13 @@ from services.common.converters import (
     stream_error,
 )
 from services.common.encoder_tensors import encoder_inputs_from
-from services.common.engine import EncodeRequest, Engine, GenerateDelta, GenerateRequest, ModelInfo
+from services.common.engine import (
+    EncodeRequest,
+    Engine,
+    GenerateDelta,
+    GenerateRequest,
+    ModelInfo,
+)
 from services.common.errors import (
     HfmeshError,
     InternalError,
@@ -66,10 +73,29 @@ EXTENSIONS = [
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, engine: Engine, *, server_name: str) -> None:
+    """`max_pending` caps the requests held at once (a generation counts its `n` sequences):
+    the engine's own backstop behind the gateway's admission control. Over it a request is
+    refused at once with UNAVAILABLE (+ `retry-after`), before the engine sees it."""
+
+    def __init__(self, engine: Engine, *, server_name: str, max_pending: int | None = None) -> None:
         self.engine = engine
         self.server_name = server_name
         self.in_flight = 0  # stream requests running, from every client
+        self.max_pending = max_pending
+        self.pending = 0
+
+    @contextmanager
+    def _admitted(self, slots: int) -> Iterator[None]:
+        if self.max_pending is not None and self.pending + slots > self.max_pending:
+            raise Unavailable(
+                f"the engine is at capacity ({self.pending} of {self.max_pending} requests held; "
+                "--max_pending_requests)"
+            )
+        self.pending += slots
+        try:
+            yield
+        finally:
+            self.pending -= slots
 
     # -- health and metadata -------------------------------------------------
 
@@ -251,14 +277,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _deltas(self, generate: GenerateRequest) -> AsyncIterator[GenerateDelta]:
         """Engine deltas; a cancelled caller aborts the engine request."""
-        finished = False
-        try:
-            async for delta in self.engine.generate(generate):
-                yield delta
-            finished = True
-        finally:
-            if not finished:
-                await asyncio.shield(self.engine.abort(generate.request_id))
+        with self._admitted(generate.sampling.n):
+            finished = False
+            try:
+                async for delta in self.engine.generate(generate):
+                    yield delta
+                finished = True
+            finally:
+                if not finished:
+                    await asyncio.shield(self.engine.abort(generate.request_id))
 
     async def _generate_whole(self, infer: InferRequest) -> InferResponse:
         generate, options = llm_tensors.parse_generate_request(
@@ -292,7 +319,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             tensors=inputs.tensors,
             options=dict(infer.parameters),
         )
-        result = await self.engine.encode(request)
+        with self._admitted(1):
+            result = await self.engine.encode(request)
         outputs = [
             Tensor(name, datatype_of(array), array) for name, array in result.outputs.items()
         ]

@@ -27,6 +27,7 @@ from services.common.engine import Task
 from services.common.errors import InvalidArgument
 from services.common.model_source import parse_source
 from services.common.registration import Registration
+from services.common.server import MAX_MESSAGE_BYTES
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -130,6 +131,18 @@ class ReplicaFlags(BaseModel):
         "wildcard this machine's address on the route to the control plane)",
     )
     log_level: str = Field("INFO", description="logging level")
+    max_message_bytes: int = Field(
+        MAX_MESSAGE_BYTES,
+        ge=1024,
+        description="largest gRPC message received or sent (RESOURCE_EXHAUSTED above; KServe's "
+        "gRPC cap is also 8 MiB)",
+    )
+    drain_grace: float = Field(
+        30.0,
+        ge=0,
+        description="on SIGTERM: seconds calls in flight may take to finish after health turns "
+        "NOT_SERVING and new calls are refused",
+    )
 
     def registration(
         self, *, service: str, models: list[str], backend: str = ""
@@ -220,3 +233,11 @@ class KServeRuntimeFlags(TokenizerFlags):
                 "SOURCE prints its folder) and give that folder as --model_dir"
             )
         return self
+
+    max_pending_requests: int = Field(
+        256,
+        ge=1,
+        description="requests (each 'n' sequence counted) this engine holds at once, running or "
+        "queued; more are refused with UNAVAILABLE (the backstop behind the gateway's admission "
+        "control)",
+    )

@@ -25,8 +25,15 @@ SERVER_NAME = "hfmesh-engine-hf"
 async def run(settings: HFEngineSettings) -> int:
     """Serve until SIGTERM (0), or exit 1 when the model fails to load or the engine dies."""
     engine = HFEngine(settings)
-    servicer = InferenceServicer(engine, server_name=SERVER_NAME)
-    runner = GrpcServiceRunner(host=settings.host, port=settings.port)
+    servicer = InferenceServicer(
+        engine, server_name=SERVER_NAME, max_pending=settings.max_pending_requests
+    )
+    runner = GrpcServiceRunner(
+        host=settings.host,
+        port=settings.port,
+        grace_seconds=settings.drain_grace,
+        max_message_bytes=settings.max_message_bytes,
+    )
     runner.add(lambda server: add_GRPCInferenceServiceServicer_to_server(servicer, server))
     if settings.metrics_port:
         engine.metrics.serve(settings.metrics_port)

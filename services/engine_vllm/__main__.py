@@ -28,8 +28,15 @@ SERVER_NAME = "hfmesh-engine-vllm"
 
 async def run(engine: VLLMEngine, settings: VLLMEngineSettings) -> int:
     """Serve until SIGTERM (0), or exit 1 when the model fails to load or the engine dies."""
-    runner = GrpcServiceRunner(host=settings.host, port=settings.port)
-    servicer = InferenceServicer(engine, server_name=SERVER_NAME)
+    runner = GrpcServiceRunner(
+        host=settings.host,
+        port=settings.port,
+        grace_seconds=settings.drain_grace,
+        max_message_bytes=settings.max_message_bytes,
+    )
+    servicer = InferenceServicer(
+        engine, server_name=SERVER_NAME, max_pending=settings.max_pending_requests
+    )
     runner.add(lambda server: pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server))
     registration = settings.registration(
         service="engine", models=[settings.model_name], backend="vllm"

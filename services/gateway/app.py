@@ -26,7 +26,7 @@ from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import (
     AccessMiddleware,
     ApiKeyMiddleware,
-    BodyLimitMiddleware,
+    RequestGuardMiddleware,
     RequestIdMiddleware,
 )
 from services.gateway.openai.router import build_router as build_openai_router
@@ -85,10 +85,17 @@ def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAP
     app.include_router(build_openai_router(prefix))
     app.include_router(build_v1_router())
     app.include_router(build_v2_router())
-    # Added innermost first: the request id wraps everything.
+    # Added innermost first: the request id wraps everything; the key is checked before a
+    # body is read.
+    app.add_middleware(
+        RequestGuardMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_header_bytes=settings.max_header_bytes,
+        max_json_depth=settings.max_json_depth,
+        openai_prefix=prefix,
+    )
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key, openai_prefix=prefix)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, openai_prefix=prefix)
     app.add_middleware(AccessMiddleware, metrics=metrics, openai_prefix=prefix)
     app.add_middleware(RequestIdMiddleware)
     return app

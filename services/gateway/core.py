@@ -22,6 +22,7 @@ from services.common.engine import GenerateDelta, SamplingParams, Task
 from services.common.errors import InvalidArgument, Unavailable
 from services.gateway import grpc_clients as rpc
 from services.gateway.grpc_clients import CallContext, Rendered
+from services.gateway.limits import RequestLimits
 from services.gateway.policy import Pick, RouteRequest
 from services.gateway.replica import Replica
 from services.gateway.routing import ModelRoute, ReplicaRouter
@@ -53,6 +54,7 @@ class MeshClient:
     def __init__(self, routes: ReplicaRouter, settings: GatewaySettings) -> None:
         self.routes = routes
         self.settings = settings
+        self.limits = RequestLimits.from_settings(settings)
 
     def route(self, model: str, session: str | None = None) -> ModelRoute:
         return self.routes.route(model, session)
@@ -217,6 +219,7 @@ class MeshClient:
         parameters: dict[str, Any] | None = None,
     ) -> Encoded:
         cap = self.settings.tokenizer_timeout
+        self.limits.inputs(len(token_ids) if token_ids is not None else len(texts or []))
         if token_ids is not None:
             encoded = _pad(token_ids)
         else:

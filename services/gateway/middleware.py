@@ -4,8 +4,9 @@
   logging and the gRPC hops, echoes it on the response.
 - `AccessMiddleware`: request counts and in-flight gauge; 499 logged for
   clients that went away.
-- `BodyLimitMiddleware`: bodies over the limit → 413 (by Content-Length up
-  front, or while reading a chunked body).
+- `RequestGuardMiddleware`: headers over their limit → 431, bodies over theirs → 413
+  (by Content-Length up front, or while reading a chunked body), a body that is not
+  UTF-8 or nests too deep → 400, on every route family.
 - `ApiKeyMiddleware`: `Authorization: Bearer <key>` on every route except
   health and metrics, compared in constant time.
 """
@@ -17,18 +18,26 @@ import logging
 import re
 import time
 
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common.errors import PayloadTooLarge
+from services.common.errors import Cancelled, HfmeshError, InvalidArgument, PayloadTooLarge
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.gateway.errors import error_response, is_openai
+from services.gateway.limits import check_json_body
 from services.gateway.metrics import GatewayMetrics
 
 logger = logging.getLogger(__name__)
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 OPEN_PATHS = ("/metrics", "/v2/health/live", "/v2/health/ready", "/health")
+#: V2 REST's binary tensor extension: the body's JSON part is this many leading bytes.
+BINARY_HEADER_LENGTH = b"inference-header-content-length"
+
+
+class HeadersTooLarge(InvalidArgument):
+    """Request headers over the limit."""
+
+    http_status = 431
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -107,41 +116,101 @@ class AccessMiddleware:
                 )
 
 
-class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, *, max_bytes: int, openai_prefix: str) -> None:
+class RequestGuardMiddleware:
+    """The limits a request meets before any route sees it: header size (431), body size
+    (413, by Content-Length before reading, else while reading), and a body a JSON parser
+    may be given (`limits.check_json_body`: UTF-8, nesting depth; 400). The body is read
+    here once and handed on; later `receive()` calls (disconnect watches) reach the client.
+    With V2's binary tensor extension only the JSON header part is checked."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        max_header_bytes: int,
+        max_json_depth: int,
+        openai_prefix: str,
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.max_body_bytes = max_body_bytes
+        self.max_header_bytes = max_header_bytes
+        self.max_json_depth = max_json_depth
         self.openai_prefix = openai_prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            error = PayloadTooLarge(
-                f"request body of {declared} bytes exceeds the limit of {self.max_bytes} bytes"
-            )
+        try:
+            header_bytes = sum(len(k) + len(v) for k, v in scope.get("headers", ()))
+            if header_bytes > self.max_header_bytes:
+                raise HeadersTooLarge(
+                    f"request headers of {header_bytes} bytes exceed the limit of "
+                    f"{self.max_header_bytes} bytes (--max_header_bytes)"
+                )
+            body = await self._read_body(scope, receive)
+        except HfmeshError as error:
             openai = is_openai(scope, self.openai_prefix)
             response = error_response(error.http_status, error.message, openai=openai)
             await response(scope, receive, send)
             return
+        if body is None:
+            await self.app(scope, receive, send)
+            return
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        """The whole body of a request that has one (None: none to check), within limits."""
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return None
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise PayloadTooLarge(
+                f"request body of {declared} bytes exceeds the limit of {self.max_body_bytes} "
+                "bytes (--max_body_bytes)"
+            )
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    # FastAPI re-raises only HTTPException from body reading (any other error
-                    # becomes a 400); the error handler renders it.
-                    limit = self.max_bytes
-                    error = PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-                    raise HTTPException(error.http_status, error.message)
-            return message
+            if message["type"] != "http.request":
+                raise Cancelled("the client closed the request")
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_body_bytes:
+                raise PayloadTooLarge(
+                    f"request body exceeds the limit of {self.max_body_bytes} bytes "
+                    "(--max_body_bytes)"
+                )
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if body:
+            check_json_body(self._json_part(scope, body), max_depth=self.max_json_depth)
+        return body
 
-        await self.app(scope, limited, send)
+    @staticmethod
+    def _json_part(scope: Scope, body: bytes) -> bytes:
+        given = _header(scope, BINARY_HEADER_LENGTH)
+        if given is None:
+            return body
+        if not given.isdigit() or int(given) > len(body):
+            raise InvalidArgument(
+                f"Inference-Header-Content-Length {given!r} is not a length within the body "
+                f"({len(body)} bytes)"
+            )
+        return body[: int(given)]
 
 
 class ApiKeyMiddleware:

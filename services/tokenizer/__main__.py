@@ -67,12 +67,21 @@ async def main(argv: list[str] | None = None) -> None:
     except HfmeshError as error:
         raise SystemExit(f"python -m services.tokenizer: {error.message}") from None
     predictor = (
-        PredictorClient(settings.predictor_host, timeout=settings.predictor_timeout)
+        PredictorClient(
+            settings.predictor_host,
+            timeout=settings.predictor_timeout,
+            max_message_bytes=settings.max_message_bytes,
+        )
         if settings.predictor_host
         else None
     )
     servicer = TokenizerServicer(predictor=predictor)
-    runner = GrpcServiceRunner(host=settings.host, port=settings.port)
+    runner = GrpcServiceRunner(
+        host=settings.host,
+        port=settings.port,
+        grace_seconds=settings.drain_grace,
+        max_message_bytes=settings.max_message_bytes,
+    )
     runner.add(lambda server: pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server))
     core: list[TokenizerCore] = []
 

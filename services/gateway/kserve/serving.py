@@ -87,6 +87,10 @@ class KServeServing:
     def ready(self, name: str) -> bool:
         return self.mesh.routes.model_ready(name)
 
+    def generative(self, name: str) -> bool:
+        route = self.mesh.routes.by_name.get(name)
+        return route is not None and route.task.is_generative
+
     async def v1_predict(
         self, name: str, body: V1PredictRequest, call: CallContext
     ) -> V1PredictResponse:
@@ -130,6 +134,7 @@ class KServeServing:
 
     async def v2_infer(self, name: str, body: V2InferRequest, call: CallContext) -> V2InferResponse:
         route = self.mesh.route(name)
+        self.mesh.limits.requested_outputs(len(body.outputs or []))
         infer = request_from_json(name, body)
         if not infer.id:
             infer.id = call.request_id

@@ -90,6 +90,7 @@ class GenerationServing:
         call.session = call.session or request.user
         route = self.mesh.route(request.model, call.session)
         check_task(route, GENERATIVE, "/v1/completions")
+        self.mesh.limits.sampling(n=request.n, best_of=request.best_of, stop=request.stop)
         sampling = gen.sampling_params(
             request, max_tokens=request.max_tokens, logprobs=request.logprobs
         )
@@ -102,6 +103,9 @@ class GenerationServing:
                 "'echo' together with 'logprobs' needs prompt logprobs, which are not supported"
             )
         prompts = _prompts(request.prompt)
+        self.mesh.limits.inputs(len(prompts))
+        for prompt in prompts:
+            self.mesh.limits.prompt(len(prompt))
         rendered = await asyncio.gather(*(self._prompt(route, call, p, request) for p in prompts))
         limit = self.mesh.max_model_len(route, rendered[0])
         for item in rendered:
@@ -198,6 +202,8 @@ class GenerationServing:
         call.session = call.session or request.user
         route = self.mesh.route(request.model, call.session)
         check_task(route, GENERATIVE, "/v1/chat/completions")
+        self.mesh.limits.sampling(n=request.n, best_of=None, stop=request.stop)
+        self.mesh.limits.chat_prompt(request.messages)
         max_tokens = request.max_completion_tokens
         if max_tokens is None:
             max_tokens = request.max_tokens
