@@ -31,6 +31,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common import tracing
 from services.common.errors import GENERIC_INTERNAL_MESSAGE, HfmeshError
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.common.pb import inference_pb2, pool
@@ -158,7 +159,7 @@ class GrpcServiceRunner:
         self.port = port
         self.grace_seconds = grace_seconds
         self.server = grpc.aio.server(
-            interceptors=[ErrorInterceptor()],
+            interceptors=[*tracing.server_interceptors(), ErrorInterceptor()],
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

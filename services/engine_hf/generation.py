@@ -191,6 +191,8 @@ class GenerationScheduler:
             ):
                 break  # this cache layout cannot take rows mid-flight: wait for the lane to drain
             active = self._pending.popleft()
+            if active.trace is not None:
+                active.trace.scheduled()
             room -= len(active.sequences)
             taken.append(active)
         return taken

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from services.common.engine import GenerateDelta, GenerateRequest
+from services.common.tracing import EngineRequestTrace
 from services.engine_hf.detok import TextTracker
 from services.engine_hf.sampling import SamplingState
 
@@ -87,6 +88,8 @@ class ActiveRequest:
     sequences: list[Sequence] = field(default_factory=list)
     first_token_seen: bool = False
     aborted: bool = False
+    # The request's trace (its queue time ends when admitted), when tracing is on.
+    trace: EngineRequestTrace | None = None
 
     def send(self, item: GenerateDelta | BaseException) -> None:
         """Thread-safe: hand a delta (or the request's failure) to the event loop."""

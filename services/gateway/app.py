@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.common import tracing
 from services.common.model_list import MeshPlan, load_model_list
 from services.common.version import VERSION
 from services.gateway.discovery import Discovery, subscriptions
@@ -31,6 +32,7 @@ from services.gateway.openai.router import build_router as build_openai_router
 from services.gateway.routing import ReplicaRouter
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import build_state
+from services.gateway.tracing import TracingMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -77,5 +79,7 @@ def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAP
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key, openai_prefix=prefix)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, openai_prefix=prefix)
     app.add_middleware(AccessMiddleware, metrics=metrics, openai_prefix=prefix)
+    if tracing.enabled():
+        app.add_middleware(TracingMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 
 from services.common import tokenizer_tensors as tt
+from services.common import tracing
 from services.common.codec import InferRequest, InferResponse, Tensor, datatype_of
 from services.common.converters import (
     infer_request_from_pb,
@@ -160,7 +161,8 @@ class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):
             tt.DETOKENIZE: self._detokenize,
             None: self._transform,
         }[operation]
-        response = await handler(self.core, model, infer)
+        with tracing.span(_span_name(operation, infer), {"gen_ai.request.model": base}):
+            response = await handler(self.core, model, infer)
         if infer.requested_outputs:
             wanted = set(infer.requested_outputs)
             response.outputs = [o for o in response.outputs if o.name in wanted]
@@ -215,6 +217,14 @@ class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
         result = await core.run(model.postprocess, raw, encoded, infer.parameters)
         return _response(infer, {RESULT_OUTPUT: result})
+
+
+def _span_name(operation: str | None, infer: InferRequest) -> str:
+    """The operation's span: `render` (a chat template) or `tokenize` (plain text) for
+    `M.render`, the operation otherwise, `transform` for the KServe transformer path."""
+    if operation == tt.RENDER:
+        return "tokenize" if any(t.name == "text_input" for t in infer.inputs) else "render"
+    return operation or "transform"
 
 
 def _response(infer: InferRequest, arrays: dict[str, np.ndarray]) -> InferResponse:

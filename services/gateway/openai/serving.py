@@ -38,6 +38,7 @@ from services.gateway.openai.protocol import (
 )
 from services.gateway.routing import ModelRoute
 from services.gateway.streaming import LastChunk
+from services.gateway.tracing import genai_request, genai_response
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,12 @@ class GenerationServing:
     async def completions(
         self, request: CompletionRequest, call: CallContext
     ) -> CompletionResponse | AsyncIterator[bytes]:
+        genai_request(
+            "text_completion",
+            request.model,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+        )
         route = self.mesh.route(request.model)
         check_task(route, GENERATIVE, "/v1/completions")
         sampling = gen.sampling_params(
@@ -194,11 +201,12 @@ class GenerationServing:
     async def chat(
         self, request: ChatCompletionRequest, call: CallContext
     ) -> ChatCompletionResponse | AsyncIterator[bytes]:
-        route = self.mesh.route(request.model)
-        check_task(route, GENERATIVE, "/v1/chat/completions")
         max_tokens = request.max_completion_tokens
         if max_tokens is None:
             max_tokens = request.max_tokens
+        genai_request("chat", request.model, max_tokens=max_tokens, temperature=request.temperature)
+        route = self.mesh.route(request.model)
+        check_task(route, GENERATIVE, "/v1/chat/completions")
         top = request.top_logprobs or 0
         sampling = gen.sampling_params(
             request, max_tokens=max_tokens, logprobs=top if request.logprobs else None
@@ -401,8 +409,12 @@ class ChoiceStreams:
                 unfinished,
             )
             raise InternalError()
-        self.serving.metrics.generated_tokens.labels(self.route.name).inc(
-            sum(c.num_output_tokens for c in self.choices)
+        usage = self.usage(self.choices)
+        self.serving.metrics.generated_tokens.labels(self.route.name).inc(usage.completion_tokens)
+        genai_response(
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            [c.finish_reason for c in self.choices if c.finish_reason],
         )
 
     async def start_stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

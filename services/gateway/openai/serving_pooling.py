@@ -25,6 +25,7 @@ from services.gateway.openai.protocol import (
     Usage,
     new_id,
 )
+from services.gateway.tracing import genai_request, genai_response
 
 
 class PoolingServing:
@@ -47,6 +48,7 @@ class PoolingServing:
         return ModelList(data=cards)
 
     async def embeddings(self, request: EmbeddingRequest, call: CallContext) -> EmbeddingResponse:
+        genai_request("embeddings", request.model)
         route = self.mesh.route(request.model)
         check_task(route, (Task.TEXT_EMBEDDING,), "/v1/embeddings")
         if request.dimensions is not None:
@@ -67,6 +69,7 @@ class PoolingServing:
                 value = vector.tolist()
             data.append(EmbeddingData(index=index, embedding=value))
         usage = Usage(prompt_tokens=encoded.num_tokens, total_tokens=encoded.num_tokens)
+        genai_response(encoded.num_tokens)
         return EmbeddingResponse(data=data, model=request.model, usage=usage)
 
     async def rerank(self, request: RerankRequest, call: CallContext) -> RerankResponse:

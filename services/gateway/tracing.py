@@ -1,0 +1,107 @@
+"""The gateway's request span (`services.common.tracing` holds the setup and propagation).
+
+`TracingMiddleware` (pure ASGI, installed only when tracing is on) opens one SERVER span per
+HTTP request, the child of the request's `traceparent` when it has one, and current for the whole
+request, so every gRPC hop carries it on. Health and `/metrics` get no span, and the ASGI
+send/receive events none either. The request id is the `hfmesh.request_id` attribute.
+
+The inference routes name and attribute the span per the OpenTelemetry GenAI conventions:
+`genai_request` at the start (`chat smollm`, `gen_ai.operation.name`, `gen_ai.request.model`,
+`gen_ai.request.max_tokens`, `gen_ai.request.temperature`) and `genai_response` once the answer
+is complete (`gen_ai.usage.input_tokens`/`output_tokens`, `gen_ai.response.finish_reasons`).
+
+Status: an answer of 400 or more is an error (`error.type` = the status code; a rejected request
+is one); a client that went away, before the response started or in the middle of a stream, is
+an error with `error.type` = `cancelled`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.common import tracing
+
+UNTRACED_PATHS = frozenset(("/metrics", "/v2/health/live", "/v2/health/ready", "/health"))
+_PROPAGATED = (b"traceparent", b"tracestate")
+
+
+class TracingMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in UNTRACED_PATHS or not tracing.enabled():
+            await self.app(scope, receive, send)
+            return
+        headers = {
+            key.decode("latin-1"): value.decode("latin-1")
+            for key, value in scope.get("headers", ())
+            if key in _PROPAGATED
+        }
+        method = scope.get("method", "")
+        attributes = {"http.request.method": method, "url.path": path}
+        request_id = scope.get("state", {}).get("request_id")
+        if request_id:
+            attributes[tracing.REQUEST_ID_ATTRIBUTE] = request_id
+        status: dict[str, int | bool] = {"complete": False}
+
+        async def traced_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                status["complete"] = True
+            await send(message)
+
+        with tracing.span(
+            f"{method} {path}", attributes, kind=SpanKind.SERVER, parent=tracing.extract(headers)
+        ) as span:
+            assert span is not None
+            await self.app(scope, receive, traced_send)
+            code = status.get("code")
+            if code is not None:
+                span.set_attribute("http.response.status_code", code)
+            if code is None or code == 499 or not status["complete"]:
+                span.set_attribute("error.type", "cancelled")
+                span.set_status(Status(StatusCode.ERROR, "the client went away"))
+            elif int(code) >= 400:
+                span.set_attribute("error.type", str(code))
+                span.set_status(Status(StatusCode.ERROR, f"HTTP {code}"))
+
+
+def genai_request(
+    operation: str,
+    model: str,
+    *,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+) -> None:
+    """Name the request span `<operation> <model>` and attribute it (no-op when off)."""
+    if not tracing.enabled():
+        return
+    span = trace.get_current_span()
+    span.update_name(f"{operation} {model}")
+    span.set_attribute("gen_ai.operation.name", operation)
+    span.set_attribute("gen_ai.request.model", model)
+    if max_tokens is not None:
+        span.set_attribute("gen_ai.request.max_tokens", max_tokens)
+    if temperature is not None:
+        span.set_attribute("gen_ai.request.temperature", temperature)
+
+
+def genai_response(
+    input_tokens: int, output_tokens: int | None = None, finish_reasons: Sequence[str] = ()
+) -> None:
+    """The answer's usage and finish reasons on the request span (no-op when off)."""
+    if not tracing.enabled():
+        return
+    span = trace.get_current_span()
+    span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
+    if output_tokens is not None:
+        span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+    if finish_reasons:
+        span.set_attribute("gen_ai.response.finish_reasons", list(finish_reasons))
