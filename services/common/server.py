@@ -154,12 +154,13 @@ class GrpcServiceRunner:
         port: int = 0,
         grace_seconds: float = 30.0,
         extra_service_names: Iterable[str] = (),
+        interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
     ) -> None:
         self.host = host
         self.port = port
         self.grace_seconds = grace_seconds
         self.server = grpc.aio.server(
-            interceptors=[*tracing.server_interceptors(), ErrorInterceptor()],
+            interceptors=[*tracing.server_interceptors(), *interceptors, ErrorInterceptor()],
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -140,6 +140,11 @@ class ReplicaFlags(BaseModel):
         )
 
 
+def metrics_port_field() -> Any:
+    """Every service's `--metrics_port` (the gateway serves `/metrics` on its HTTP port)."""
+    return Field(None, description="HTTP port of Prometheus /metrics (off when absent or 0)")
+
+
 class TokenizerFlags(ReplicaFlags):
     """The KServe runtime flags about tokenizing and post-processing."""
 
@@ -191,6 +196,4 @@ class KServeRuntimeFlags(TokenizerFlags):
     )
     trust_remote_code: bool = Field(False, description="allow model code from the model repository")
     disable_log_requests: bool = Field(False, description="do not log each request")
-    metrics_port: int | None = Field(
-        None, description="HTTP port of Prometheus /metrics (off when absent or 0)"
-    )
+    metrics_port: int | None = metrics_port_field()

@@ -46,13 +46,12 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from services.common.engine import GenerateDelta
 from services.common.errors import HfmeshError
+from services.common.interceptors import UNOBSERVED, aborted_code, observed
 from services.common.logs import REQUEST_ID_HEADER
 
 logger = logging.getLogger(__name__)
 
 ENDPOINT_ENVS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-#: gRPC services whose calls get no span: probes and tooling, not requests.
-UNTRACED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 REQUEST_ID_ATTRIBUTE = "hfmesh.request_id"
 
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -260,14 +259,17 @@ def _server_span(method: str, context: grpc.aio.ServicerContext) -> Span:
     attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
     if REQUEST_ID_HEADER in headers:
         attributes[REQUEST_ID_ATTRIBUTE] = headers[REQUEST_ID_HEADER]
-    return _tracer.start_span(
+    current = _tracer.start_span(
         method.lstrip("/"), context=extract(headers), kind=SpanKind.SERVER, attributes=attributes
     )
+    # grpc.aio runs each RPC in its own task: the span stays current for the rest of it.
+    otel_context.attach(trace.set_span_in_context(current))
+    return current
 
 
 def _end(span: Span, context: grpc.aio.ServicerContext, error: BaseException | None) -> None:
-    code = context.code() if isinstance(error, grpc.aio.AbortError) else None
-    if isinstance(code, grpc.StatusCode):
+    code = aborted_code(context, error)
+    if code is not None:
         span.set_attribute("rpc.grpc.status_code", code.value[0])
         span.set_attribute("error.type", code.name)
         span.set_status(Status(StatusCode.ERROR, context.details() or code.name))
@@ -279,49 +281,12 @@ def _end(span: Span, context: grpc.aio.ServicerContext, error: BaseException | N
 
 
 class TracingInterceptor(grpc.aio.ServerInterceptor):
-    """One server span per RPC, the child of the caller's `traceparent`, current while the
-    handler runs (grpc.aio runs each RPC in its own task, so it is never detached)."""
+    """One server span per RPC (health and reflection aside), the child of the caller's
+    `traceparent`, current while the handler runs."""
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(UNTRACED):
+        if handler is None or method.startswith(UNOBSERVED):
             return handler
-        if handler.unary_unary:
-            inner = handler.unary_unary
-
-            async def unary_unary(request, context):
-                current = _server_span(method, context)
-                otel_context.attach(trace.set_span_in_context(current))
-                try:
-                    reply = await inner(request, context)
-                except BaseException as error:
-                    _end(current, context, error)
-                    raise
-                _end(current, context, None)
-                return reply
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.stream_stream or handler.unary_stream:
-            streaming = handler.stream_stream or handler.unary_stream
-
-            async def stream(request, context):
-                current = _server_span(method, context)
-                otel_context.attach(trace.set_span_in_context(current))
-                try:
-                    async for response in streaming(request, context):
-                        yield response
-                except BaseException as error:
-                    _end(current, context, error)
-                    raise
-                _end(current, context, None)
-
-            factory = (
-                grpc.stream_stream_rpc_method_handler
-                if handler.stream_stream
-                else grpc.unary_stream_rpc_method_handler
-            )
-            return factory(stream, handler.request_deserializer, handler.response_serializer)
-        return handler
+        return observed(handler, lambda context: _server_span(method, context), _end)

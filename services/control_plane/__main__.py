@@ -21,6 +21,8 @@ async def main(argv: list[str] | None = None) -> None:
         control_plane = ControlPlane(settings)
     except HfmeshError as error:
         raise SystemExit(f"python -m services.control_plane: {error.message}") from None
+    if settings.metrics_port:
+        control_plane.metrics.serve(settings.metrics_port, settings.host)
     await serve(
         control_plane.runner,
         load=control_plane.start_sources,

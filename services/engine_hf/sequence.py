@@ -87,6 +87,7 @@ class ActiveRequest:
     submitted: float = field(default_factory=time.monotonic)
     sequences: list[Sequence] = field(default_factory=list)
     first_token_seen: bool = False
+    last_token_at: float = 0.0
     aborted: bool = False
     # The request's trace (its queue time ends when admitted), when tracing is on.
     trace: EngineRequestTrace | None = None

@@ -2,8 +2,8 @@
 
 - `RequestIdMiddleware`: accepts or generates `X-Request-Id`, binds it for
   logging and the gRPC hops, echoes it on the response.
-- `AccessMiddleware`: request counts and in-flight gauge; 499 logged for
-  clients that went away.
+- `AccessMiddleware`: request counts, outcomes and in-flight gauge, the GenAI
+  metrics of inference requests; 499 logged for clients that went away.
 - `BodyLimitMiddleware`: bodies over the limit → 413 (by Content-Length up
   front, or while reading a chunked body).
 - `ApiKeyMiddleware`: `Authorization: Bearer <key>` on every route except
@@ -22,8 +22,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.errors import PayloadTooLarge
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
+from services.gateway import genai
 from services.gateway.errors import error_response, is_openai
-from services.gateway.metrics import GatewayMetrics
+from services.gateway.metrics import GatewayMetrics, outcome_of
 
 logger = logging.getLogger(__name__)
 
@@ -83,21 +84,34 @@ class AccessMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = {"code": 499}
+        status = {"code": 499, "complete": False}
         started = time.monotonic()
 
         async def record(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                status["complete"] = True
             await send(message)
 
+        family = _family(scope.get("path", ""), self.openai_prefix)
         self.metrics.in_flight.inc()
+        # Probes and scrapes are no route family's requests (a scrape would see itself in flight).
+        counted = scope.get("path") not in OPEN_PATHS
+        if counted:
+            self.metrics.received.labels(family).inc()
+        genai_record, genai_token = genai.begin()
         try:
             await self.app(scope, receive, record)
         finally:
+            genai.end(genai_token)
             self.metrics.in_flight.dec()
-            family = _family(scope.get("path", ""), self.openai_prefix)
             self.metrics.requests.labels(family, str(status["code"])).inc()
+            outcome = outcome_of(int(status["code"]), bool(status["complete"]))
+            if counted:
+                self.metrics.outcomes.labels(family, outcome).inc()
+            error_type = {"success": "", "cancelled": "cancelled"}.get(outcome, str(status["code"]))
+            self.metrics.observe_genai(genai_record, error_type)
             if status["code"] == 499:
                 logger.info(
                     "%s %s → 499 client closed the request after %.3fs",

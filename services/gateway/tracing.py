@@ -5,10 +5,8 @@ HTTP request, the child of the request's `traceparent` when it has one, and curr
 request, so every gRPC hop carries it on. Health and `/metrics` get no span, and the ASGI
 send/receive events none either. The request id is the `hfmesh.request_id` attribute.
 
-The inference routes name and attribute the span per the OpenTelemetry GenAI conventions:
-`genai_request` at the start (`chat smollm`, `gen_ai.operation.name`, `gen_ai.request.model`,
-`gen_ai.request.max_tokens`, `gen_ai.request.temperature`) and `genai_response` once the answer
-is complete (`gen_ai.usage.input_tokens`/`output_tokens`, `gen_ai.response.finish_reasons`).
+The inference routes name and attribute the span per the OpenTelemetry GenAI conventions
+(`services.gateway.genai`).
 
 Status: an answer of 400 or more is an error (`error.type` = the status code; a rejected request
 is one); a client that went away, before the response started or in the middle of a stream, is
@@ -17,9 +15,6 @@ an error with `error.type` = `cancelled`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -71,37 +66,3 @@ class TracingMiddleware:
             elif int(code) >= 400:
                 span.set_attribute("error.type", str(code))
                 span.set_status(Status(StatusCode.ERROR, f"HTTP {code}"))
-
-
-def genai_request(
-    operation: str,
-    model: str,
-    *,
-    max_tokens: int | None = None,
-    temperature: float | None = None,
-) -> None:
-    """Name the request span `<operation> <model>` and attribute it (no-op when off)."""
-    if not tracing.enabled():
-        return
-    span = trace.get_current_span()
-    span.update_name(f"{operation} {model}")
-    span.set_attribute("gen_ai.operation.name", operation)
-    span.set_attribute("gen_ai.request.model", model)
-    if max_tokens is not None:
-        span.set_attribute("gen_ai.request.max_tokens", max_tokens)
-    if temperature is not None:
-        span.set_attribute("gen_ai.request.temperature", temperature)
-
-
-def genai_response(
-    input_tokens: int, output_tokens: int | None = None, finish_reasons: Sequence[str] = ()
-) -> None:
-    """The answer's usage and finish reasons on the request span (no-op when off)."""
-    if not tracing.enabled():
-        return
-    span = trace.get_current_span()
-    span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
-    if output_tokens is not None:
-        span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
-    if finish_reasons:
-        span.set_attribute("gen_ai.response.finish_reasons", list(finish_reasons))

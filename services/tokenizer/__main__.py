@@ -74,6 +74,9 @@ async def main(argv: list[str] | None = None) -> None:
         else None
     )
     servicer = TokenizerServicer(predictor=predictor)
+    if settings.metrics_port:
+        servicer.metrics.serve(settings.metrics_port, settings.host)
+        logger.info("metrics on :%d/metrics", settings.metrics_port)
     runner = GrpcServiceRunner(host=settings.host, port=settings.port)
     runner.add(lambda server: pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server))
     core: list[TokenizerCore] = []

@@ -30,6 +30,7 @@ from services.common.errors import HfmeshError, InternalError, NotFound, Unavail
 from services.common.logs import request_id_var
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import inference_pb2_grpc as pb_grpc
+from services.common.service_metrics import ServiceMetrics
 from services.common.version import VERSION
 from services.tokenizer.core import TokenizerCore, TokenizerModel
 from services.tokenizer.predictor import PredictorClient
@@ -40,10 +41,15 @@ logger = logging.getLogger(__name__)
 
 class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
-        self, *, server_name: str = "hfmesh-tokenizer", predictor: PredictorClient | None = None
+        self,
+        *,
+        server_name: str = "hfmesh-tokenizer",
+        predictor: PredictorClient | None = None,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self.server_name = server_name
         self.predictor = predictor
+        self.metrics = metrics or ServiceMetrics("tokenizer")
         self.core: TokenizerCore | None = None  # set once the tokenizers are loaded
 
     def attach(self, core: TokenizerCore) -> None:
@@ -161,7 +167,8 @@ class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):
             tt.DETOKENIZE: self._detokenize,
             None: self._transform,
         }[operation]
-        with tracing.span(_span_name(operation, infer), {"gen_ai.request.model": base}):
+        name = _span_name(operation, infer)
+        with self.metrics.track(name), tracing.span(name, {"gen_ai.request.model": base}):
             response = await handler(self.core, model, infer)
         if infer.requested_outputs:
             wanted = set(infer.requested_outputs)

@@ -19,6 +19,7 @@ from services.common.engine import GenerateDelta, Task
 from services.common.errors import InternalError, InvalidArgument
 from services.common.llm_tensors import check_context_length
 from services.gateway.core import MeshClient, check_task
+from services.gateway.genai import first_token, genai_request, genai_response
 from services.gateway.grpc_clients import CallContext, Rendered
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openai import generation as gen
@@ -38,7 +39,6 @@ from services.gateway.openai.protocol import (
 )
 from services.gateway.routing import ModelRoute
 from services.gateway.streaming import LastChunk
-from services.gateway.tracing import genai_request, genai_response
 
 logger = logging.getLogger(__name__)
 
@@ -383,6 +383,7 @@ class ChoiceStreams:
         async for batch in self._batches:
             if not self._first_seen:
                 self._first_seen = True
+                first_token()
                 self.serving.metrics.ttft.labels(self.route.name).observe(
                     time.monotonic() - self.arrival
                 )

@@ -10,6 +10,7 @@ from services.common import task_results
 from services.common.engine import Task
 from services.common.errors import InvalidArgument
 from services.gateway.core import MeshClient, check_task
+from services.gateway.genai import genai_request, genai_response
 from services.gateway.grpc_clients import CallContext
 from services.gateway.openai.protocol import (
     EmbeddingData,
@@ -25,7 +26,6 @@ from services.gateway.openai.protocol import (
     Usage,
     new_id,
 )
-from services.gateway.tracing import genai_request, genai_response
 
 
 class PoolingServing:
