@@ -53,13 +53,18 @@ def observed(
                 raise
             end(state, context, None)
 
-        factory = (
-            grpc.stream_stream_rpc_method_handler
-            if handler.stream_stream
-            else grpc.unary_stream_rpc_method_handler
-        )
-        return factory(stream, handler.request_deserializer, handler.response_serializer)
+        return streaming_handler(handler, stream)
     return handler
+
+
+def streaming_handler(handler: Any, behaviour: Callable) -> Any:
+    """A stream-stream or unary-stream handler like `handler`, answering with `behaviour`."""
+    factory = (
+        grpc.stream_stream_rpc_method_handler
+        if handler.stream_stream
+        else grpc.unary_stream_rpc_method_handler
+    )
+    return factory(behaviour, handler.request_deserializer, handler.response_serializer)
 
 
 def aborted_code(

@@ -33,6 +33,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common import tracing
 from services.common.errors import GENERIC_INTERNAL_MESSAGE, HfmeshError
+from services.common.interceptors import streaming_handler
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.common.pb import inference_pb2, pool
 from services.common.registration import Registrar, Registration, RegistrationError
@@ -104,12 +105,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 except Exception as error:  # noqa: BLE001
                     await _translate(error, context, method)
 
-            factory = (
-                grpc.stream_stream_rpc_method_handler
-                if handler.stream_stream
-                else grpc.unary_stream_rpc_method_handler
-            )
-            return factory(stream, handler.request_deserializer, handler.response_serializer)
+            return streaming_handler(handler, stream)
         return handler
 
 

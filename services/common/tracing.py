@@ -34,7 +34,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import grpc
@@ -141,19 +141,31 @@ def fail(span: Span, error: BaseException) -> None:
         span.set_status(Status(StatusCode.ERROR, type(error).__qualname__))
 
 
-@contextmanager
+_OFF: AbstractContextManager[Any] = nullcontext()
+
+
 def span(
     name: str,
     attributes: Mapping[str, Any] | None = None,
     *,
     kind: SpanKind = SpanKind.INTERNAL,
     parent: otel_context.Context | None = None,
-) -> Iterator[Span | None]:
+) -> AbstractContextManager[Span | None]:
     """A span current for the block (None when tracing is off); error status if it raises."""
     if _tracer is None:
-        yield None
-        return
-    with _tracer.start_as_current_span(
+        return _OFF
+    return _span(_tracer, name, attributes, kind, parent)
+
+
+@contextmanager
+def _span(
+    tracer: trace.Tracer,
+    name: str,
+    attributes: Mapping[str, Any] | None,
+    kind: SpanKind,
+    parent: otel_context.Context | None,
+) -> Iterator[Span]:
+    with tracer.start_as_current_span(
         name,
         context=parent,
         kind=kind,
@@ -219,12 +231,17 @@ def current_request() -> EngineRequestTrace | None:
     return _engine_request.get()
 
 
-@contextmanager
-def engine_request(model: str, *, generative: bool, request_id: str = "") -> Iterator[None]:
+def engine_request(
+    model: str, *, generative: bool, request_id: str = ""
+) -> AbstractContextManager[Any]:
     """An engine's one span per request: `generate <model>` or `encode <model>`."""
     if _tracer is None:
-        yield
-        return
+        return _OFF
+    return _engine_request_span(model, generative, request_id)
+
+
+@contextmanager
+def _engine_request_span(model: str, generative: bool, request_id: str) -> Iterator[None]:
     operation = "generate" if generative else "encode"
     attributes = {"gen_ai.operation.name": operation, "gen_ai.request.model": model}
     if request_id:

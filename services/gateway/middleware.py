@@ -64,6 +64,23 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
 
 
+class ResponseWatch:
+    """Wraps `send`: the response's status once started, and whether its body was finished
+    (a streamed body cut short by a client that went away is not)."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status: int | None = None
+        self.complete = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        elif message["type"] == "http.response.body" and not message.get("more_body"):
+            self.complete = True
+        await self._send(message)
+
+
 def _family(path: str, openai_prefix: str) -> str:
     if is_openai({"path": path}, openai_prefix):
         return "openai"
@@ -84,15 +101,8 @@ class AccessMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = {"code": 499, "complete": False}
+        response = ResponseWatch(send)
         started = time.monotonic()
-
-        async def record(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            elif message["type"] == "http.response.body" and not message.get("more_body"):
-                status["complete"] = True
-            await send(message)
 
         family = _family(scope.get("path", ""), self.openai_prefix)
         self.metrics.in_flight.inc()
@@ -102,17 +112,18 @@ class AccessMiddleware:
             self.metrics.received.labels(family).inc()
         genai_record, genai_token = genai.begin()
         try:
-            await self.app(scope, receive, record)
+            await self.app(scope, receive, response.send)
         finally:
             genai.end(genai_token)
             self.metrics.in_flight.dec()
-            self.metrics.requests.labels(family, str(status["code"])).inc()
-            outcome = outcome_of(int(status["code"]), bool(status["complete"]))
+            code = response.status or 499
+            self.metrics.requests.labels(family, str(code)).inc()
+            outcome = outcome_of(code, response.complete)
             if counted:
                 self.metrics.outcomes.labels(family, outcome).inc()
-            error_type = {"success": "", "cancelled": "cancelled"}.get(outcome, str(status["code"]))
+            error_type = {"success": "", "cancelled": "cancelled"}.get(outcome, str(code))
             self.metrics.observe_genai(genai_record, error_type)
-            if status["code"] == 499:
+            if code == 499:
                 logger.info(
                     "%s %s → 499 client closed the request after %.3fs",
                     scope.get("method"),

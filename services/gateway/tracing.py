@@ -16,9 +16,10 @@ an error with `error.type` = `cancelled`.
 from __future__ import annotations
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.common import tracing
+from services.gateway.middleware import ResponseWatch
 
 UNTRACED_PATHS = frozenset(("/metrics", "/v2/health/live", "/v2/health/ready", "/health"))
 _PROPAGATED = (b"traceparent", b"tracestate")
@@ -43,26 +44,18 @@ class TracingMiddleware:
         request_id = scope.get("state", {}).get("request_id")
         if request_id:
             attributes[tracing.REQUEST_ID_ATTRIBUTE] = request_id
-        status: dict[str, int | bool] = {"complete": False}
-
-        async def traced_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            elif message["type"] == "http.response.body" and not message.get("more_body"):
-                status["complete"] = True
-            await send(message)
-
+        response = ResponseWatch(send)
         with tracing.span(
             f"{method} {path}", attributes, kind=SpanKind.SERVER, parent=tracing.extract(headers)
         ) as span:
             assert span is not None
-            await self.app(scope, receive, traced_send)
-            code = status.get("code")
+            await self.app(scope, receive, response.send)
+            code = response.status
             if code is not None:
                 span.set_attribute("http.response.status_code", code)
-            if code is None or code == 499 or not status["complete"]:
+            if code is None or code == 499 or not response.complete:
                 span.set_attribute("error.type", "cancelled")
                 span.set_status(Status(StatusCode.ERROR, "the client went away"))
-            elif int(code) >= 400:
+            elif code >= 400:
                 span.set_attribute("error.type", str(code))
                 span.set_status(Status(StatusCode.ERROR, f"HTTP {code}"))
