@@ -35,12 +35,11 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -48,6 +47,9 @@ from services.common.engine import GenerateDelta
 from services.common.errors import HfmeshError
 from services.common.interceptors import UNOBSERVED, aborted_code, observed
 from services.common.logs import REQUEST_ID_HEADER
+
+if TYPE_CHECKING:  # the SDK is imported only when tracing is turned on
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,7 @@ def configure(
 
         processor = BatchSpanProcessor(OTLPSpanExporter())
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
 
     name = env.get("OTEL_SERVICE_NAME") or f"hfmesh-{service}"
     _provider = TracerProvider(

@@ -77,6 +77,8 @@ def compose_files(plan: MeshPlan, raw: list[dict[str, Any]]) -> dict[Path, str]:
         COMPOSE_DIR / "mesh.yaml": generated + plan.to_yaml(),
         OBSERVABILITY_DIR / "prometheus.yml": generated
         + _yaml(observability.prometheus_config(containers)),
+        OBSERVABILITY_DIR / "prometheus-kubernetes.yml": generated
+        + _yaml(observability.prometheus_kubernetes_config()),
         OBSERVABILITY_DIR / "otel-collector.yaml": generated
         + _yaml(observability.collector_config()),
         OBSERVABILITY_DIR / "grafana" / "datasources.yaml": generated

@@ -4,8 +4,8 @@ Generated with the compose file (`services.launcher.manifests compose`) from the
 
 - `prometheus.yml`: one scrape target per container, `NAME:PORT` as compose names them (the
   gateway on its HTTP port, every other service on its metrics port), labelled with its role
-  and model; a `kubernetes` job that finds pods by their `prometheus.io/*` annotations (the
-  Kubernetes manifests set them), for a Prometheus running in the cluster.
+  and model; `prometheus-kubernetes.yml`: for a Prometheus running in the cluster, the pods
+  found by their `prometheus.io/*` annotations (the Kubernetes manifests set them).
 - `grafana/`: a Prometheus data source and the `hfmesh` dashboard (`dashboard`): time to first
   token, throughput, queue depth and errors per model, outcomes per route family, engine load.
 - `otel-collector.yaml`: OTLP/gRPC and HTTP in, batched, out to the collector's log (`debug`);
@@ -33,6 +33,10 @@ OTLP_GRPC_PORT = 4317
 DASHBOARD_UID = "hfmesh"
 
 
+def _global() -> dict[str, Any]:
+    return {"scrape_interval": "15s", "evaluation_interval": "15s"}
+
+
 def prometheus_config(containers: list[Container]) -> dict[str, Any]:
     targets = []
     for container in containers:
@@ -41,6 +45,13 @@ def prometheus_config(containers: list[Container]) -> dict[str, Any]:
             labels["model"] = container.model.name
         port = container.metrics_port or container.port
         targets.append({"targets": [f"{container.name}:{port}"], "labels": labels})
+    return {
+        "global": _global(),
+        "scrape_configs": [{"job_name": "hfmesh", "static_configs": targets}],
+    }
+
+
+def prometheus_kubernetes_config() -> dict[str, Any]:
     relabel = [
         {
             "source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
@@ -62,14 +73,13 @@ def prometheus_config(containers: list[Container]) -> dict[str, Any]:
         },
     ]
     return {
-        "global": {"scrape_interval": "15s", "evaluation_interval": "15s"},
+        "global": _global(),
         "scrape_configs": [
-            {"job_name": "hfmesh", "static_configs": targets},
             {
-                "job_name": "kubernetes",
+                "job_name": "hfmesh",
                 "kubernetes_sd_configs": [{"role": "pod"}],
                 "relabel_configs": relabel,
-            },
+            }
         ],
     }
 
