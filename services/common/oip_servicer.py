@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from services.common import llm_tensors
+from services.common import llm_tensors, tracing
 from services.common.codec import InferRequest, InferResponse, Tensor, as_bytes_array, datatype_of
 from services.common.converters import (
     infer_request_from_pb,
@@ -185,10 +185,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         infer = infer_request_from_pb(request)
         info = self._ready_model(infer.model_name)
-        if info.task.is_generative:
-            response = await self._generate_whole(infer)
-        else:
-            response = await self._encode(infer, info)
+        generative = info.task.is_generative
+        with tracing.engine_request(infer.model_name, generative=generative, request_id=infer.id):
+            if generative:
+                response = await self._generate_whole(infer)
+            else:
+                response = await self._encode(infer, info)
         return infer_response_to_pb(response, raw=infer.raw)
 
     async def ModelStreamInfer(
@@ -248,6 +250,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelInferResponse | PendingDeltas]:
         infer = infer_request_from_pb(message)
         info = self._ready_model(infer.model_name)
+        generative = info.task.is_generative
+        with tracing.engine_request(infer.model_name, generative=generative, request_id=infer.id):
+            async for response in self._stream_traced(infer, info):
+                yield response
+
+    async def _stream_traced(
+        self, infer: InferRequest, info: ModelInfo
+    ) -> AsyncIterator[pb.ModelInferResponse | PendingDeltas]:
         if not info.task.is_generative:
             yield infer_response_to_pb(await self._encode(infer, info), raw=infer.raw)
             return
@@ -279,8 +289,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Engine deltas; a cancelled caller aborts the engine request."""
         with self._admitted(generate.sampling.n):
             finished = False
+            traced = tracing.current_request()
             try:
                 async for delta in self.engine.generate(generate):
+                    if traced is not None:
+                        traced.delta(delta)
                     yield delta
                 finished = True
             finally:

@@ -37,7 +37,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common import tracing
 from services.common.errors import GENERIC_INTERNAL_MESSAGE, HfmeshError, Unavailable
+from services.common.interceptors import streaming_handler
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.common.pb import inference_pb2, pool
 from services.common.registration import Registrar, Registration, RegistrationError
@@ -161,12 +163,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 except Exception as error:  # noqa: BLE001
                     await _translate(error, context, method)
 
-            factory = (
-                grpc.stream_stream_rpc_method_handler
-                if handler.stream_stream
-                else grpc.unary_stream_rpc_method_handler
-            )
-            return factory(stream, handler.request_deserializer, handler.response_serializer)
+            return streaming_handler(handler, stream)
         return handler
 
 
@@ -213,6 +210,7 @@ class GrpcServiceRunner:
         extra_service_names: Iterable[str] = (),
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         min_client_ping_ms: int = MIN_CLIENT_PING_MS,
+        interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
     ) -> None:
         self.host = host
         self.port = port
@@ -220,7 +218,7 @@ class GrpcServiceRunner:
         self.draining = False
         self.interceptor = ErrorInterceptor(lambda: self.draining)
         self.server = grpc.aio.server(
-            interceptors=[self.interceptor],
+            interceptors=[*tracing.server_interceptors(), *interceptors, self.interceptor],
             options=[
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),

@@ -155,6 +155,11 @@ class ReplicaFlags(BaseModel):
         )
 
 
+def metrics_port_field() -> Any:
+    """Every service's `--metrics_port` (the gateway serves `/metrics` on its HTTP port)."""
+    return Field(None, description="HTTP port of Prometheus /metrics (off when absent or 0)")
+
+
 class TokenizerFlags(ReplicaFlags):
     """The KServe runtime flags about tokenizing and post-processing."""
 
@@ -209,8 +214,13 @@ class KServeRuntimeFlags(TokenizerFlags):
     )
     trust_remote_code: bool = Field(False, description="allow model code from the model repository")
     disable_log_requests: bool = Field(False, description="do not log each request")
-    metrics_port: int | None = Field(
-        None, description="HTTP port of Prometheus /metrics (off when absent or 0)"
+    metrics_port: int | None = metrics_port_field()
+    max_pending_requests: int = Field(
+        256,
+        ge=1,
+        description="requests (each 'n' sequence counted) this engine holds at once, running or "
+        "queued; more are refused with UNAVAILABLE (the backstop behind the gateway's admission "
+        "control)",
     )
 
     @model_validator(mode="after")
@@ -233,11 +243,3 @@ class KServeRuntimeFlags(TokenizerFlags):
                 "SOURCE prints its folder) and give that folder as --model_dir"
             )
         return self
-
-    max_pending_requests: int = Field(
-        256,
-        ge=1,
-        description="requests (each 'n' sequence counted) this engine holds at once, running or "
-        "queued; more are refused with UNAVAILABLE (the backstop behind the gateway's admission "
-        "control)",
-    )

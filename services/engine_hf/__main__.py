@@ -9,6 +9,7 @@ import asyncio
 import logging
 import sys
 
+from services.common import tracing
 from services.common.logs import configure_logging
 from services.common.oip_servicer import InferenceServicer
 from services.common.pb.inference_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         description="transformers engine: every task of a Hugging Face model over OIP v2 gRPC",
     )
     configure_logging(settings.log_level, service="engine_hf")
+    tracing.configure("engine-hf")
     return asyncio.run(run(settings))
 
 

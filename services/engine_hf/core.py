@@ -14,6 +14,7 @@ import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
+from services.common import tracing
 from services.common.engine import (
     EncodeRequest,
     EncodeResult,
@@ -211,6 +212,7 @@ class HFEngine:
         active = ActiveRequest(
             request, prompt_ids, max_tokens, asyncio.get_running_loop(), asyncio.Queue(), adapter
         )
+        active.trace = tracing.current_request()
         self._scheduler.submit(active)
         remaining = request.sampling.n
         try:

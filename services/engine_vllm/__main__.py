@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from services.common import tracing
 from services.common.logs import configure_logging
 from services.common.oip_servicer import InferenceServicer
 from services.common.pb import inference_pb2_grpc as pb_grpc
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     config = build_config(argv)
     settings = config.settings
     configure_logging(settings.log_level, service="engine_vllm")
+    tracing.configure("engine-vllm")
     engine = VLLMEngine(config)
     if settings.metrics_port:
         from prometheus_client import start_http_server

@@ -10,6 +10,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from services.common import tracing
 from services.common.errors import HfmeshError
 from services.common.logs import configure_logging
 from services.gateway.app import build_app
@@ -19,6 +20,7 @@ from services.gateway.settings import load_settings
 def main(argv: list[str] | None = None) -> None:
     settings = load_settings(argv)
     configure_logging(settings.log_level, service="gateway")
+    tracing.configure("gateway")
     try:
         app = build_app(settings)
     except HfmeshError as error:

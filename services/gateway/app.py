@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.common import tracing
 from services.common.model_list import MeshPlan, load_model_list
 from services.common.version import VERSION
 from services.gateway.discovery import Discovery, subscriptions
@@ -34,6 +35,7 @@ from services.gateway.revisions import watch_model_list
 from services.gateway.routing import ReplicaRouter
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import build_state
+from services.gateway.tracing import TracingMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -97,5 +99,7 @@ def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAP
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key, openai_prefix=prefix)
     app.add_middleware(AccessMiddleware, metrics=metrics, openai_prefix=prefix)
+    if tracing.enabled():
+        app.add_middleware(TracingMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app

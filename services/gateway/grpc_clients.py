@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 
 from services.common import tokenizer_tensors as tt
+from services.common import tracing
 from services.common.codec import InferRequest, InferResponse
 from services.common.converters import (
     error_from_stream,
@@ -50,7 +51,7 @@ class CallContext:
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((REQUEST_ID_HEADER, self.request_id),)
+        return tracing.with_trace_context(((REQUEST_ID_HEADER, self.request_id),))
 
 
 async def infer(

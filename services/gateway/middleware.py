@@ -2,8 +2,8 @@
 
 - `RequestIdMiddleware`: accepts or generates `X-Request-Id`, binds it for
   logging and the gRPC hops, echoes it on the response.
-- `AccessMiddleware`: request counts and in-flight gauge; 499 logged for
-  clients that went away.
+- `AccessMiddleware`: request counts, outcomes and in-flight gauge, the GenAI
+  metrics of inference requests; 499 logged for clients that went away.
 - `RequestGuardMiddleware`: headers over their limit → 431, bodies over theirs → 413
   (by Content-Length up front, or while reading a chunked body), a body that is not
   UTF-8 or nests too deep → 400, on every route family.
@@ -22,9 +22,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.errors import Cancelled, HfmeshError, InvalidArgument, PayloadTooLarge
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
+from services.gateway import genai
 from services.gateway.errors import error_response, is_openai
 from services.gateway.limits import check_json_body
-from services.gateway.metrics import GatewayMetrics
+from services.gateway.metrics import GatewayMetrics, outcome_of
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,23 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
 
 
+class ResponseWatch:
+    """Wraps `send`: the response's status once started, and whether its body was finished
+    (a streamed body cut short by a client that went away is not)."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status: int | None = None
+        self.complete = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        elif message["type"] == "http.response.body" and not message.get("more_body"):
+            self.complete = True
+        await self._send(message)
+
+
 def _family(path: str, openai_prefix: str) -> str:
     if is_openai({"path": path}, openai_prefix):
         return "openai"
@@ -92,22 +110,29 @@ class AccessMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = {"code": 499}
+        response = ResponseWatch(send)
         started = time.monotonic()
 
-        async def record(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
+        family = _family(scope.get("path", ""), self.openai_prefix)
         self.metrics.in_flight.inc()
+        # Probes and scrapes are no route family's requests (a scrape would see itself in flight).
+        counted = scope.get("path") not in OPEN_PATHS
+        if counted:
+            self.metrics.received.labels(family).inc()
+        genai_record, genai_token = genai.begin()
         try:
-            await self.app(scope, receive, record)
+            await self.app(scope, receive, response.send)
         finally:
+            genai.end(genai_token)
             self.metrics.in_flight.dec()
-            family = _family(scope.get("path", ""), self.openai_prefix)
-            self.metrics.requests.labels(family, str(status["code"])).inc()
-            if status["code"] == 499:
+            code = response.status or 499
+            self.metrics.requests.labels(family, str(code)).inc()
+            outcome = outcome_of(code, response.complete)
+            if counted:
+                self.metrics.outcomes.labels(family, outcome).inc()
+            error_type = {"success": "", "cancelled": "cancelled"}.get(outcome, str(code))
+            self.metrics.observe_genai(genai_record, error_type)
+            if code == 499:
                 logger.info(
                     "%s %s → 499 client closed the request after %.3fs",
                     scope.get("method"),

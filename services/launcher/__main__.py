@@ -43,8 +43,9 @@ from services.launcher.plan import (
     control_plane_process,
     gateway_process,
     plan_processes,
+    with_metrics_ports,
 )
-from services.launcher.processes import ROOT, ServiceProcess, grpc_serving, is_ready
+from services.launcher.processes import ROOT, ServiceProcess, free_port, grpc_serving, is_ready
 from services.launcher.replicas import Replicas
 from services.launcher.runstate import DEFAULT_RUN_FILE, CommandBox, RunState, RunStateError
 from services.launcher.supervisor import Supervisor
@@ -110,6 +111,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         help="port of the launcher's own /metrics: the autoscaler's replicas, load and "
         "decisions per model (0: off)",
+    )
+    parser.add_argument(
+        "--metrics_base_port",
+        type=int,
+        default=0,
+        help="first port of the services' Prometheus /metrics: control plane, tokenizer and "
+        "engines take consecutive ports (0, the default: free ports; printed when up; added "
+        "replicas take free ones; the gateway serves /metrics on its own port)",
     )
     parser.add_argument(
         "--run_file",
@@ -237,6 +246,7 @@ def serve(args: argparse.Namespace) -> int:
         gateway = gateway_process(str(mesh_file), host=args.host, port=args.port)
         for spec in [*specs, gateway]:
             spec.env = env
+        metrics = with_metrics_ports([control, *specs], args.metrics_base_port, free_port)
         replicas = Replicas(plan, supervisor, env, planned=specs)
         commands = CommandBox(log_dir / "commands")
         commands.folder.mkdir(exist_ok=True)
@@ -262,7 +272,7 @@ def serve(args: argparse.Namespace) -> int:
             gateway=gateway_url,
         )
         state.write(run_file)
-        _print_banner(args, plan, control_address, bootstrap)
+        _print_banner(args, plan, control_address, bootstrap, metrics)
         while True:
             supervisor.poll()
             commands.serve(replicas.handle)
@@ -297,7 +307,11 @@ def _warn_if_taken(run_file: Path) -> None:
 
 
 def _print_banner(
-    args: argparse.Namespace, plan: MeshPlan, control_address: str, bootstrap: Path
+    args: argparse.Namespace,
+    plan: MeshPlan,
+    control_address: str,
+    bootstrap: Path,
+    metrics: dict[str, int],
 ) -> None:
     url = f"http://{_dial_host(args.host)}:{args.port}"
     chat = next((m.name for m in plan.models if m.task.value == "text_generation"), None)
@@ -311,6 +325,9 @@ def _print_banner(
             flush=True,
         )
     print(f"  control plane (xDS): {control_address}   bootstrap: {bootstrap}", flush=True)
+    host = _dial_host(args.host)
+    ports = "  ".join(f"{name} {host}:{port}" for name, port in metrics.items())
+    print(f"  metrics: gateway {url}/metrics  {ports}", flush=True)
     print(
         f"  gRPC clients: GRPC_XDS_BOOTSTRAP={bootstrap} python your_client.py  "
         "# then dial xds:///<model>",

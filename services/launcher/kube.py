@@ -184,7 +184,11 @@ def deployment(container: Container) -> dict[str, Any]:
     annotations = {}
     if container.metrics_port or container.role == "gateway":
         port = container.metrics_port or container.port
-        annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(port)}
+        annotations = {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(port),
+            "prometheus.io/path": "/metrics",
+        }
     labels = _labels(container)
     return {
         "apiVersion": "apps/v1",

@@ -37,6 +37,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,20 @@ def plan_processes(
                 endpoints.engines.setdefault(backend, []).append(f"{host}:{spec.port}")
         plan.endpoints[entry.name] = endpoints
     return specs
+
+
+def with_metrics_ports(
+    specs: list[ProcessSpec], base_port: int, free: Callable[[], int]
+) -> dict[str, int]:
+    """Give each process `--metrics_port`: consecutive from `base_port`, or `free()` ports when
+    it is 0; name → port. The gateway is not among them: it serves `/metrics` on its HTTP port.
+    """
+    ports = {}
+    for offset, spec in enumerate(specs):
+        port = base_port + offset if base_port else free()
+        ports[spec.name] = port
+        spec.args = [*spec.args, "--metrics_port", str(port)]
+    return ports
 
 
 def gateway_process(mesh_file: str, *, host: str, port: int) -> ProcessSpec:

@@ -117,9 +117,13 @@ def engine_name(entry: ModelEntry, backend: str, replica: int | None = None) -> 
 
 
 def _mesh_service(name: str, port: int, **options: Any) -> Container:
-    """A service that reads the planned list: gateway, tokenizer, control plane."""
+    """A service that reads the planned list: gateway, tokenizer, control plane. All but the
+    gateway (`/metrics` on its HTTP port) export metrics on `METRICS_PORT`."""
     module = f"services.{name.replace('-', '_')}"
     args = ["--host", "0.0.0.0", "--port", str(port), "--model_list", MESH_FILE]
+    if name != "gateway":
+        args += ["--metrics_port", str(METRICS_PORT)]
+        options.setdefault("metrics_port", METRICS_PORT)
     return Container(name, name, name, module, args, port, **options)
 
 

@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from services.common import tracing
 from services.common.architecture import infer_task
 from services.common.errors import HfmeshError
 from services.common.logs import configure_logging
@@ -62,6 +63,7 @@ async def main(argv: list[str] | None = None) -> None:
         "(OIP v2 gRPC)",
     )
     configure_logging(settings.log_level, service="tokenizer")
+    tracing.configure("tokenizer")
     try:
         specs = model_specs(settings)
     except HfmeshError as error:
@@ -76,6 +78,9 @@ async def main(argv: list[str] | None = None) -> None:
         else None
     )
     servicer = TokenizerServicer(predictor=predictor)
+    if settings.metrics_port:
+        servicer.metrics.serve(settings.metrics_port, settings.host)
+        logger.info("metrics on :%d/metrics", settings.metrics_port)
     runner = GrpcServiceRunner(
         host=settings.host,
         port=settings.port,

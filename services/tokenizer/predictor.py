@@ -12,6 +12,7 @@ import logging
 import grpc
 import numpy as np
 
+from services.common import tracing
 from services.common.codec import InferRequest, Tensor
 from services.common.converters import infer_request_to_pb, infer_response_from_pb
 from services.common.errors import from_rpc_error
@@ -58,7 +59,7 @@ class PredictorClient:
             reply = await self._stub.ModelInfer(
                 infer_request_to_pb(request, raw=True),
                 timeout=time_left(timeout or self.timeout),
-                metadata=((REQUEST_ID_HEADER, request_id),),
+                metadata=tracing.with_trace_context(((REQUEST_ID_HEADER, request_id),)),
             )
         except grpc.aio.AioRpcError as error:
             logger.info(

@@ -5,7 +5,13 @@ import pytest
 from services.common.engine import Task
 from services.common.errors import InvalidArgument
 from services.common.model_list import load_model_list, model_dicts
-from services.launcher.plan import plan_model_list, plan_models, plan_processes, resolve_backend
+from services.launcher.plan import (
+    plan_model_list,
+    plan_models,
+    plan_processes,
+    resolve_backend,
+    with_metrics_ports,
+)
 
 
 def test_backend_resolution_without_vllm():
@@ -52,6 +58,14 @@ def test_plan_assigns_ports_and_round_trips_for_the_gateway(tmp_path):
     assert planned.model("emb").task is Task.TEXT_EMBEDDING
     assert planned.endpoints["chat"].tokenizer == ["127.0.0.1:6000"]
     assert plan_model_list(path, vllm_available=False).models == planned.models
+    # every planned process exports /metrics on its own port, after its other flags
+    assert with_metrics_ports(specs, 9100, free=lambda: 0) == {
+        "tokenizer": 9100,
+        "huggingface-chat": 9101,
+        "huggingface-emb-0": 9102,
+        "huggingface-emb-1": 9103,
+    }
+    assert specs[3].args[-2:] == ["--metrics_port", "9103"]
 
 
 def test_bad_lists(tmp_path):
