@@ -38,3 +38,4 @@ bench: setup
 	$(PY) bench/engine_hf.py
 	$(PY) bench/gateway.py
 	$(PY) bench/vllm_mesh.py
+	$(PY) bench/overload.py

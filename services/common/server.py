@@ -3,8 +3,9 @@
 `GrpcServiceRunner.start()` binds (port 0 picks a free port) and returns the
 bound port. Health (`grpc.health.v1`) answers NOT_SERVING until `set_serving(True)`
 — engines call it once their model is loaded — and NOT_SERVING again while
-draining. Reflection is on. SIGTERM/SIGINT → NOT_SERVING → `server.stop(grace)`, which
-waits for calls in flight, not for health watches (they end when draining starts).
+draining. Reflection is on. SIGTERM/SIGINT → NOT_SERVING and new inference calls refused
+with UNAVAILABLE at once → `server.stop(grace)`, which waits for calls in flight (at most
+`--drain_grace`), not for health watches (they end when draining starts).
 
 `serve(..., registration=...)` registers the replica with the control plane once it is
 SERVING and withdraws it on SIGTERM before the server stops (`services.common.registration`).
@@ -13,7 +14,8 @@ SERVING and withdraws it on SIGTERM before the server stops (`services.common.re
 longer `healthy()` turns health NOT_SERVING, drains the server and makes the
 process exit non-zero, so an orchestrator restarts it.
 
-`ErrorInterceptor` is the one place where exceptions become gRPC statuses
+`ErrorInterceptor` also binds each call's request id and deadline (`time_left` gives
+an outgoing call what is left of it), and is the one place where exceptions become gRPC statuses
 (DESIGN.md §3): `HfmeshError` → its status and message; anything else →
 INTERNAL with a generic message, the traceback only in the log.
 """
@@ -21,17 +23,23 @@ INTERNAL with a generic message, the traceback only in the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common.errors import GENERIC_INTERNAL_MESSAGE, HfmeshError
+from services.common import tracing
+from services.common.errors import GENERIC_INTERNAL_MESSAGE, HfmeshError, Unavailable
+from services.common.interceptors import streaming_handler
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.common.pb import inference_pb2, pool
 from services.common.registration import Registrar, Registration, RegistrationError
@@ -41,10 +49,32 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: Default largest gRPC message of every hop (servers and the gateway's channels), as KServe.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+#: The shortest keepalive ping interval a server accepts from its clients.
+MIN_CLIENT_PING_MS = 10_000
 #: How often `serve_engine` asks a serving engine whether it is still healthy.
 ENGINE_HEALTH_POLL_SECONDS = 0.5
 OIP_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+#: The monotonic deadline of the call being served (None: the caller set none).
+call_deadline_var: ContextVar[float | None] = ContextVar("call_deadline", default=None)
+
+
+def time_left(cap: float) -> float:
+    """Seconds an outgoing call made while serving a call may take: what is left of the
+    caller's deadline (so deadlines shrink hop by hop), at most `cap`."""
+    deadline = call_deadline_var.get()
+    if deadline is None:
+        return cap
+    return max(0.001, min(cap, deadline - time.monotonic()))
+
+
+def _bind_call(context: grpc.aio.ServicerContext) -> None:
+    request_id_var.set(request_id_from(context))
+    remaining = context.time_remaining()
+    call_deadline_var.set(None if remaining is None else time.monotonic() + remaining)
 
 
 def request_id_from(context: grpc.aio.ServicerContext) -> str:
@@ -63,8 +93,36 @@ async def _translate(error: BaseException, context: grpc.aio.ServicerContext, me
     await context.abort(grpc.StatusCode.INTERNAL, GENERIC_INTERNAL_MESSAGE)
 
 
+#: Calls refused once a server drains (health, metadata and reflection still answer).
+WORK_METHODS = (f"/{OIP_SERVICE}/ModelInfer", f"/{OIP_SERVICE}/ModelStreamInfer")
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps errors to statuses and binds the request id for logging."""
+    """Maps errors to statuses and binds the request id for logging. Once `draining()` is
+    true, new inference calls are refused with UNAVAILABLE (+ `retry-after`); calls already
+    running go on."""
+
+    def __init__(self, draining: Callable[[], bool] = lambda: False) -> None:
+        self.draining = draining
+        self.active = 0  # inference calls running
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    @contextmanager
+    def _work(self, method: str) -> Iterator[None]:
+        if method not in WORK_METHODS:
+            yield
+            return
+        if self.draining():
+            raise Unavailable("the server is draining (shutting down); send this elsewhere")
+        self.active += 1
+        self.idle.clear()
+        try:
+            yield
+        finally:
+            self.active -= 1
+            if not self.active:
+                self.idle.set()
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -75,9 +133,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary
 
             async def unary_unary(request, context):
-                request_id_var.set(request_id_from(context))
+                _bind_call(context)
                 try:
-                    return await inner(request, context)
+                    with self._work(method):
+                        return await inner(request, context)
                 except (asyncio.CancelledError, grpc.aio.AbortError):
                     raise
                 except Exception as error:  # noqa: BLE001 - the translation point
@@ -90,25 +149,21 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             streaming = handler.stream_stream or handler.unary_stream
 
             async def stream(request, context):
-                request_id_var.set(request_id_from(context))
+                _bind_call(context)
                 try:
-                    result = streaming(request, context)
-                    if inspect.isawaitable(result):  # handlers that answer with context.write()
-                        await result
-                        return
-                    async for response in result:
-                        yield response
+                    with self._work(method):
+                        result = streaming(request, context)
+                        if inspect.isawaitable(result):  # handlers answering by context.write()
+                            await result
+                            return
+                        async for response in result:
+                            yield response
                 except (asyncio.CancelledError, grpc.aio.AbortError):
                     raise
                 except Exception as error:  # noqa: BLE001
                     await _translate(error, context, method)
 
-            factory = (
-                grpc.stream_stream_rpc_method_handler
-                if handler.stream_stream
-                else grpc.unary_stream_rpc_method_handler
-            )
-            return factory(stream, handler.request_deserializer, handler.response_serializer)
+            return streaming_handler(handler, stream)
         return handler
 
 
@@ -153,16 +208,28 @@ class GrpcServiceRunner:
         port: int = 0,
         grace_seconds: float = 30.0,
         extra_service_names: Iterable[str] = (),
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        min_client_ping_ms: int = MIN_CLIENT_PING_MS,
+        interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
     ) -> None:
         self.host = host
         self.port = port
         self.grace_seconds = grace_seconds
+        self.draining = False
+        self.interceptor = ErrorInterceptor(lambda: self.draining)
         self.server = grpc.aio.server(
-            interceptors=[ErrorInterceptor()],
+            interceptors=[*tracing.server_interceptors(), *interceptors, self.interceptor],
             options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                # Callers keep health watches open and send keepalive pings (the gateway
+                # every 30 s); gRPC's default (one ping per 5 min without data) answers them
+                # with a GOAWAY "too_many_pings" that fails every call on the connection.
+                ("grpc.http2.min_ping_interval_without_data_ms", min_client_ping_ms),
+                ("grpc.keepalive_permit_without_calls", 1),
+                # ... and a client pinging more often than that is not sent away for it either.
+                ("grpc.http2.max_ping_strikes", 0),
             ],
         )
         self.health = _HealthServicer()
@@ -214,11 +281,24 @@ class GrpcServiceRunner:
     async def wait_for_stop_signal(self) -> None:
         await self._stopping.wait()
 
-    async def drain_and_stop(self) -> None:
-        logger.info("draining: health NOT_SERVING, stopping with %.0fs grace", self.grace_seconds)
+    async def start_draining(self) -> None:
+        """Health NOT_SERVING and new inference calls refused; calls in flight go on."""
+        self.draining = True
         await self.set_serving(False)
-        self.health.closing.set()
-        await self.server.stop(self.grace_seconds)
+
+    async def drain_and_stop(self) -> None:
+        """Refuse new work (UNAVAILABLE, health NOT_SERVING) while the inference calls in
+        flight finish, for at most the grace; then stop the server (cancelling what is
+        left). The server keeps answering health and refusals meanwhile, so a caller sees
+        NOT_SERVING / UNAVAILABLE rather than a closed port."""
+        logger.info("draining: health NOT_SERVING, stopping with %.0fs grace", self.grace_seconds)
+        started = time.monotonic()
+        await self.start_draining()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.interceptor.idle.wait(), self.grace_seconds)
+        left = max(0.0, self.grace_seconds - (time.monotonic() - started))
+        self.health.closing.set()  # watches (which saw NOT_SERVING) end only now
+        await self.server.stop(left)
 
 
 async def _unless_stopped(runner: GrpcServiceRunner, work: Awaitable[None]) -> bool:
@@ -264,6 +344,7 @@ async def serve(
             registrar = registration.registrar(runner.host, port) if registration else None
             if registrar is None or await _unless_stopped(runner, registrar.register()):
                 await runner.wait_for_stop_signal()
+                await runner.start_draining()  # before any control-plane call: health first
                 if registrar is not None:
                     await registrar.drain()
         finally:

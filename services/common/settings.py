@@ -21,10 +21,13 @@ import types
 import typing
 from typing import Any, TypeVar, Union
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from services.common.engine import Task
+from services.common.errors import InvalidArgument
+from services.common.model_source import parse_source
 from services.common.registration import Registration
+from services.common.server import MAX_MESSAGE_BYTES
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -128,6 +131,18 @@ class ReplicaFlags(BaseModel):
         "wildcard this machine's address on the route to the control plane)",
     )
     log_level: str = Field("INFO", description="logging level")
+    max_message_bytes: int = Field(
+        MAX_MESSAGE_BYTES,
+        ge=1024,
+        description="largest gRPC message received or sent (RESOURCE_EXHAUSTED above; KServe's "
+        "gRPC cap is also 8 MiB)",
+    )
+    drain_grace: float = Field(
+        30.0,
+        ge=0,
+        description="on SIGTERM: seconds calls in flight may take to finish after health turns "
+        "NOT_SERVING and new calls are refused",
+    )
 
     def registration(
         self, *, service: str, models: list[str], backend: str = ""
@@ -138,6 +153,11 @@ class ReplicaFlags(BaseModel):
         return Registration(
             self.control_plane, service, tuple(models), backend, self.advertise_host
         )
+
+
+def metrics_port_field() -> Any:
+    """Every service's `--metrics_port` (the gateway serves `/metrics` on its HTTP port)."""
+    return Field(None, description="HTTP port of Prometheus /metrics (off when absent or 0)")
 
 
 class TokenizerFlags(ReplicaFlags):
@@ -177,7 +197,10 @@ class KServeRuntimeFlags(TokenizerFlags):
     port: int = Field(8081, description="gRPC port (0 picks a free one)")
     model_name: str = Field("model", description="name the model is served under")
     model_id: str | None = Field(
-        None, description="Hugging Face hub id (without a reachable hub: from the local HF cache)"
+        None,
+        description="Hugging Face hub id, org/name or hf://org/name[@revision] (without a "
+        "reachable hub: from the local HF cache); other sources are fetched first "
+        "(python -m services.models fetch) and given as --model_dir",
     )
     model_dir: str | None = Field(None, description="local model folder (wins over --model_id)")
     model_revision: str | None = Field(None, description="hub revision of the model")
@@ -191,6 +214,32 @@ class KServeRuntimeFlags(TokenizerFlags):
     )
     trust_remote_code: bool = Field(False, description="allow model code from the model repository")
     disable_log_requests: bool = Field(False, description="do not log each request")
-    metrics_port: int | None = Field(
-        None, description="HTTP port of Prometheus /metrics (off when absent or 0)"
+    metrics_port: int | None = metrics_port_field()
+    max_pending_requests: int = Field(
+        256,
+        ge=1,
+        description="requests (each 'n' sequence counted) this engine holds at once, running or "
+        "queued; more are refused with UNAVAILABLE (the backstop behind the gateway's admission "
+        "control)",
     )
+
+    @model_validator(mode="after")
+    def _hub_model_id(self) -> KServeRuntimeFlags:
+        """`--model_id` in the model source syntax: `hf://org/name@rev` is the hub id `org/name`
+        at revision `rev` (an explicit --model_revision wins); a source that needs fetching is
+        refused with how to fetch it, not handed to transformers as a path."""
+        if not self.model_id:
+            return self
+        try:
+            source = parse_source(self.model_id)
+        except InvalidArgument as error:
+            raise ValueError(f"--model_id: {error.message}") from None
+        if source.kind == "hf":
+            self.model_id = source.location
+            self.model_revision = self.model_revision or source.revision
+        elif source.remote:
+            raise ValueError(
+                f"--model_id {source.display}: fetch it first (python -m services.models fetch "
+                "SOURCE prints its folder) and give that folder as --model_dir"
+            )
+        return self

@@ -16,6 +16,7 @@ from google.protobuf import descriptor
 
 from services.common.pb import pool, registration_pb2, registration_pb2_grpc
 from services.common.server import GrpcServiceRunner
+from services.common.service_metrics import MetricsInterceptor, ServiceMetrics
 from services.control_plane import kubernetes as k8s
 from services.control_plane.ads import AdsServicer
 from services.control_plane.bootstrap import write_bootstrap
@@ -70,11 +71,13 @@ class ControlPlane:
                 namespace=settings.kubernetes_namespace,
             )
         _add_to_reflection_pool(ads_pb2.DESCRIPTOR)
+        self.metrics = ServiceMetrics("control_plane")
         self.runner = GrpcServiceRunner(
             host=settings.host,
             port=settings.port,
             grace_seconds=settings.grace_seconds,
             extra_service_names=[ADS_SERVICE, REGISTRATION_SERVICE],
+            interceptors=[MetricsInterceptor(self.metrics)],
         )
         self.runner.add(
             lambda s: ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, s)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from services.common.settings import parse_settings
+from services.common.settings import metrics_port_field, parse_settings
 
 
 class ControlPlaneSettings(BaseModel):
@@ -33,6 +33,7 @@ class ControlPlaneSettings(BaseModel):
         None, description="write an xDS bootstrap for clients here once listening"
     )
     bootstrap_node_id: str = Field("hfmesh", description="node id in the written bootstrap")
+    metrics_port: int | None = metrics_port_field()
     grace_seconds: float = Field(5.0, ge=0, description="drain time on SIGTERM, seconds")
     log_level: str = Field("INFO", description="logging level")
 

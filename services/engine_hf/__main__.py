@@ -9,6 +9,7 @@ import asyncio
 import logging
 import sys
 
+from services.common import tracing
 from services.common.logs import configure_logging
 from services.common.oip_servicer import InferenceServicer
 from services.common.pb.inference_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
@@ -25,8 +26,15 @@ SERVER_NAME = "hfmesh-engine-hf"
 async def run(settings: HFEngineSettings) -> int:
     """Serve until SIGTERM (0), or exit 1 when the model fails to load or the engine dies."""
     engine = HFEngine(settings)
-    servicer = InferenceServicer(engine, server_name=SERVER_NAME)
-    runner = GrpcServiceRunner(host=settings.host, port=settings.port)
+    servicer = InferenceServicer(
+        engine, server_name=SERVER_NAME, max_pending=settings.max_pending_requests
+    )
+    runner = GrpcServiceRunner(
+        host=settings.host,
+        port=settings.port,
+        grace_seconds=settings.drain_grace,
+        max_message_bytes=settings.max_message_bytes,
+    )
     runner.add(lambda server: add_GRPCInferenceServiceServicer_to_server(servicer, server))
     if settings.metrics_port:
         engine.metrics.serve(settings.metrics_port)
@@ -45,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         description="transformers engine: every task of a Hugging Face model over OIP v2 gRPC",
     )
     configure_logging(settings.log_level, service="engine_hf")
+    tracing.configure("engine-hf")
     return asyncio.run(run(settings))
 
 

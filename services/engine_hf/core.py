@@ -14,6 +14,7 @@ import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
+from services.common import tracing
 from services.common.engine import (
     EncodeRequest,
     EncodeResult,
@@ -220,6 +221,7 @@ class HFEngine:
             adapter,
             grammar=compiled,
         )
+        active.trace = tracing.current_request()
         self._scheduler.submit(active)
         remaining = request.sampling.n
         try:

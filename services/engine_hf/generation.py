@@ -170,6 +170,7 @@ class GenerationScheduler:
         self.metrics.running.set(
             len({id(s.request) for lane in self._lanes.values() for s in lane.rows})
         )
+        self.metrics.kv_cache_usage.set(self._active_rows() / self.max_sequences)
         return True
 
     def _waiting_rows(self) -> int:
@@ -193,6 +194,9 @@ class GenerationScheduler:
             ):
                 break  # this cache layout cannot take rows mid-flight: wait for the lane to drain
             active = self._pending.popleft()
+            self.metrics.queue_time.observe(time.monotonic() - active.submitted)
+            if active.trace is not None:
+                active.trace.scheduled()
             room -= len(active.sequences)
             taken.append(active)
         return taken
@@ -287,11 +291,16 @@ class GenerationScheduler:
             if not active.first_token_seen:
                 active.first_token_seen = True
                 self.metrics.ttft.observe(now - active.submitted)
+            elif seq.index == 0:
+                self.metrics.inter_token.observe(now - active.last_token_at)
+            active.last_token_at = now
             limit = None if self.seq2seq else self.max_model_len
             reason = seq.append(choice.token_id, eos_ids=self.eos_ids, context_limit=limit)
             logprobs = [choice.logprob] if choice.logprob is not None else None
             tops = [choice.top_logprobs] if choice.top_logprobs is not None else None
             active.send(seq.delta([choice.token_id], reason, logprobs, tops))
+            if reason is not None and active.done:
+                self.metrics.e2e.observe(now - active.submitted)
 
     def _fail_all(self, error: BaseException) -> None:
         with self._cond:

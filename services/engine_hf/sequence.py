@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.engine import GenerateDelta, GenerateRequest
+from services.common.tracing import EngineRequestTrace
 from services.engine_hf.detok import TextTracker
 from services.engine_hf.sampling import SamplingState
 
@@ -88,7 +89,10 @@ class ActiveRequest:
     submitted: float = field(default_factory=time.monotonic)
     sequences: list[Sequence] = field(default_factory=list)
     first_token_seen: bool = False
+    last_token_at: float = 0.0
     aborted: bool = False
+    # The request's trace (its queue time ends when admitted), when tracing is on.
+    trace: EngineRequestTrace | None = None
 
     def send(self, item: GenerateDelta | BaseException) -> None:
         """Thread-safe: hand a delta (or the request's failure) to the event loop."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from services.common import tracing
 from services.common.logs import configure_logging
 from services.common.oip_servicer import InferenceServicer
 from services.common.pb import inference_pb2_grpc as pb_grpc
@@ -28,8 +29,15 @@ SERVER_NAME = "hfmesh-engine-vllm"
 
 async def run(engine: VLLMEngine, settings: VLLMEngineSettings) -> int:
     """Serve until SIGTERM (0), or exit 1 when the model fails to load or the engine dies."""
-    runner = GrpcServiceRunner(host=settings.host, port=settings.port)
-    servicer = InferenceServicer(engine, server_name=SERVER_NAME)
+    runner = GrpcServiceRunner(
+        host=settings.host,
+        port=settings.port,
+        grace_seconds=settings.drain_grace,
+        max_message_bytes=settings.max_message_bytes,
+    )
+    servicer = InferenceServicer(
+        engine, server_name=SERVER_NAME, max_pending=settings.max_pending_requests
+    )
     runner.add(lambda server: pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server))
     registration = settings.registration(
         service="engine", models=[settings.model_name], backend="vllm"
@@ -41,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     config = build_config(argv)
     settings = config.settings
     configure_logging(settings.log_level, service="engine_vllm")
+    tracing.configure("engine-vllm")
     engine = VLLMEngine(config)
     if settings.metrics_port:
         from prometheus_client import start_http_server

@@ -5,16 +5,19 @@ and closes them on shutdown; everything long-lived sits on `app.state.gateway`.
 With `--control_plane` it also subscribes to the control plane (`Discovery`) and
 hands every change to the router, so replicas come and go without a restart; a
 control plane unreachable at start fails the start, one that goes away later
-leaves the last known replicas in place.
+leaves the last known replicas in place. The model list file is watched for
+changed traffic weights (canary revisions) and routing policies.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.common import tracing
 from services.common.model_list import MeshPlan, load_model_list
 from services.common.version import VERSION
 from services.gateway.discovery import Discovery, subscriptions
@@ -24,14 +27,16 @@ from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import (
     AccessMiddleware,
     ApiKeyMiddleware,
-    BodyLimitMiddleware,
+    RequestGuardMiddleware,
     RequestIdMiddleware,
 )
 from services.gateway.openai.router import build_router as build_openai_router
 from services.gateway.openai.router_vllm import build_vllm_router
+from services.gateway.revisions import watch_model_list
 from services.gateway.routing import ReplicaRouter
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import build_state
+from services.gateway.tracing import TracingMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +44,7 @@ logger = logging.getLogger(__name__)
 def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAPI:
     if plan is None and settings.model_list:
         plan = load_model_list(settings.model_list)
-    routes = ReplicaRouter(plan)
+    routes = ReplicaRouter(plan, settings.routing_options)
     metrics = GatewayMetrics(routes)
     state = build_state(settings, routes, metrics)
 
@@ -49,6 +54,13 @@ def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAP
         names = ", ".join(routes.by_name) or "none"
         logger.info("routing %d model(s): %s", len(routes.by_name), names)
         discovery = None
+        watcher = None
+        if settings.model_list and settings.model_list_reload > 0:
+            watcher = asyncio.ensure_future(
+                watch_model_list(
+                    settings.model_list, settings.model_list_reload, routes.apply_model_list
+                )
+            )
         try:
             if settings.control_plane:
                 discovery = Discovery(
@@ -59,6 +71,9 @@ def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAP
                 await discovery.start()
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
             if discovery is not None:
                 await discovery.close()
             await routes.close()
@@ -74,10 +89,19 @@ def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAP
     app.include_router(build_vllm_router(prefix))
     app.include_router(build_v1_router())
     app.include_router(build_v2_router())
-    # Added innermost first: the request id wraps everything.
+    # Added innermost first: the request id wraps everything; the key is checked before a
+    # body is read.
+    app.add_middleware(
+        RequestGuardMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_header_bytes=settings.max_header_bytes,
+        max_json_depth=settings.max_json_depth,
+        openai_prefix=prefix,
+    )
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key, openai_prefix=prefix)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, openai_prefix=prefix)
     app.add_middleware(AccessMiddleware, metrics=metrics, openai_prefix=prefix)
+    if tracing.enabled():
+        app.add_middleware(TracingMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app

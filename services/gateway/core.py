@@ -22,7 +22,10 @@ from services.common.engine import GenerateDelta, SamplingParams, Task
 from services.common.errors import InvalidArgument, Unavailable
 from services.gateway import grpc_clients as rpc
 from services.gateway.grpc_clients import CallContext, Rendered
-from services.gateway.routing import ModelRoute, Replica, ReplicaRouter
+from services.gateway.limits import RequestLimits
+from services.gateway.policy import Pick, RouteRequest
+from services.gateway.replica import Replica
+from services.gateway.routing import ModelRoute, ReplicaRouter
 from services.gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
@@ -52,16 +55,22 @@ class MeshClient:
     def __init__(self, routes: ReplicaRouter, settings: GatewaySettings) -> None:
         self.routes = routes
         self.settings = settings
+        self.limits = RequestLimits.from_settings(settings)
 
-    def route(self, model: str) -> ModelRoute:
-        return self.routes.route(model)
+    def route(self, model: str, session: str | None = None) -> ModelRoute:
+        return self.routes.route(model, session)
 
     async def engine(
-        self, route: ModelRoute, call: CallContext, exclude: set[Replica] | frozenset = frozenset()
-    ) -> Replica:
-        """The engine replica for the next call. A model scaled to zero gets a bounded wait
-        for its first replica (`scale_from_zero_wait`, within the request's deadline), then
-        UNAVAILABLE (503 + Retry-After); a retry after a failed replica never waits."""
+        self,
+        route: ModelRoute,
+        call: CallContext,
+        exclude: set[Replica] | frozenset = frozenset(),
+        request: RouteRequest | None = None,
+    ) -> Pick:
+        """The engine replica for the next call, by the model's routing policy. A model
+        scaled to zero gets a bounded wait for its first replica (`scale_from_zero_wait`,
+        within the request's deadline), then UNAVAILABLE (503 + Retry-After); a retry after
+        a failed replica never waits."""
         wait = self.settings.scale_from_zero_wait
         if not exclude and wait > 0 and route.scales_to_zero and route.backend is None:
             if not await self.routes.wait_for_replica(route.name, call.timeout(wait)):
@@ -69,7 +78,7 @@ class MeshClient:
                     f"no engine is ready for model '{route.name}' (scaled to zero; "
                     f"none became ready within {wait:g} s)"
                 )
-        return route.engine(exclude=exclude)
+        return route.pick(exclude, request)
 
     async def tokenizer(self, route: ModelRoute, call: CallContext) -> Replica:
         """The tokenizer replica for the next call. When every configured tokenizer is down
@@ -162,18 +171,28 @@ class MeshClient:
         skipped and the next replica (or the fallback backend) is tried. With `whole` (the
         client waits for the complete answer, nothing is streamed to it) a replica's deltas
         are held until its stream ends, so a replica lost mid-generation is replaced too:
-        the answer is generated again on the next one."""
+        the answer is generated again on the next one.
+
+        The replica is picked on the exact `input_ids` (and the call's session key); until
+        its first output arrives, the prompt tokens it does not hold yet count as its pending
+        prefill load."""
         request = llm_tensors.generate_request(
             route.name, input_ids, sampling, logprobs=logprobs, request_id=call.request_id
         )
+        wanted = RouteRequest(input_ids=input_ids, session=call.session)
         tried: set = set()
         while True:
-            replica = await self.engine(route, call, tried)
+            pick = await self.engine(route, call, tried, wanted)
+            replica = pick.replica
             started = False
             held: list[GenerateDelta] = []
+            pending = max(0, len(input_ids) - pick.matched_blocks * route.options.block_tokens)
             replica.in_flight += 1
+            replica.pending_tokens += pending
             try:
                 async for delta in rpc.stream_generate(replica, request, call):
+                    replica.pending_tokens -= pending
+                    pending = 0
                     if whole:
                         held.append(delta)
                         continue
@@ -193,6 +212,7 @@ class MeshClient:
                 continue
             finally:
                 replica.in_flight -= 1
+                replica.pending_tokens -= pending
             for delta in held:
                 yield delta
             return
@@ -211,6 +231,7 @@ class MeshClient:
         label: bool = False,
     ) -> Encoded:
         cap = self.settings.tokenizer_timeout
+        self.limits.inputs(len(token_ids) if token_ids is not None else len(texts or []))
         if token_ids is not None:
             encoded = _pad(token_ids)
         else:
@@ -246,7 +267,7 @@ class MeshClient:
         """One unary engine call, skipping replicas that answer UNAVAILABLE."""
         tried: set = set()
         while True:
-            replica = await self.engine(route, call, tried)
+            replica = (await self.engine(route, call, tried)).replica
             replica.in_flight += 1
             try:
                 return await rpc.infer(replica, request, call)
@@ -257,7 +278,8 @@ class MeshClient:
                 replica.in_flight -= 1
 
     async def engine_metadata(self, route: ModelRoute, call: CallContext) -> dict[str, Any]:
-        return await rpc.model_metadata(await self.engine(route, call), route.name, call)
+        replica = (await self.engine(route, call)).replica
+        return await rpc.model_metadata(replica, route.name, call)
 
 
 def _pad(rows: list[list[int]]) -> dict[str, np.ndarray]:

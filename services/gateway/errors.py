@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -39,6 +40,41 @@ _OPENAI_TYPES = {
     503: "service_unavailable_error",
     504: "timeout_error",
 }
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+
+class OpenAIError(BaseModel):
+    """The OpenAI error envelope (OpenAI routes)."""
+
+    error: OpenAIErrorDetail
+
+
+class KServeError(BaseModel):
+    """KServe's error body (V1/V2 routes)."""
+
+    error: str
+
+
+_DOCUMENTED = {
+    400: "invalid request: body, parameter, tensor, or a limit (docs/protocol.md §4)",
+    401: "missing or wrong API key",
+    404: "unknown model",
+    413: "request body, or a message between services, over its size limit",
+    431: "request headers over their size limit",
+    503: "model not ready, or over capacity (Retry-After)",
+    504: "the request's deadline passed",
+}
+
+
+def error_responses(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """The error answers a route family may give, for its OpenAPI document."""
+    return {status: {"model": model, "description": text} for status, text in _DOCUMENTED.items()}
 
 
 def is_openai(scope: Mapping[str, Any], openai_prefix: str) -> bool:
@@ -79,6 +115,26 @@ def error_response(
     return Response(body, status_code=status, media_type="application/json", headers=all_headers)
 
 
+def public_message(error: HfmeshError) -> str:
+    """What a client may read of an error: 5xx other than 503/504 only say "internal"."""
+    status = error.http_status
+    return error.message if status < 500 or status in (503, 504) else GENERIC_INTERNAL_MESSAGE
+
+
+def stream_error_event(error: BaseException) -> bytes:
+    """The closing SSE write of a stream that failed after its 200 was sent: an OpenAI
+    error event (`data: {"error": {...}}`, as vLLM sends) and `data: [DONE]`, so a client
+    sees an explicit failure rather than a truncated stream."""
+    if isinstance(error, HfmeshError):
+        status, message = error.http_status, public_message(error)
+        logger.warning("stream ended with %d: %s", status, error.message)
+    else:
+        status, message = 500, GENERIC_INTERNAL_MESSAGE
+        logger.error("stream failed [%s]", request_id_var.get(), exc_info=error)
+    body = json.dumps(error_body(status, message, openai=True), separators=(",", ":"))
+    return b"data: " + body.encode() + b"\n\ndata: [DONE]\n\n"
+
+
 def validation_message(error: RequestValidationError) -> tuple[str, str | None]:
     problems, first = [], None
     for item in error.errors():
@@ -101,9 +157,7 @@ def install_error_handlers(app: FastAPI, *, openai_prefix: str, retry_after: int
     @app.exception_handler(HfmeshError)
     async def _hfmesh(request: Request, error: HfmeshError) -> Response:
         status = error.http_status
-        message = (
-            error.message if status < 500 or status in (503, 504) else GENERIC_INTERNAL_MESSAGE
-        )
+        message = public_message(error)
         if status >= 500:
             logger.warning(
                 "%s %s → %d: %s", request.method, request.url.path, status, error.message

@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 
 from services.common import tokenizer_tensors as tt
+from services.common import tracing
 from services.common.codec import InferRequest, InferResponse
 from services.common.converters import (
     error_from_stream,
@@ -27,10 +28,11 @@ from services.common.converters import (
 from services.common.engine import GenerateDelta
 from services.common.errors import DeadlineExceeded, from_rpc_error
 from services.common.llm_tensors import delta_from_response
+from services.common.load_metrics import ENGINE_IN_FLIGHT
 from services.common.logs import REQUEST_ID_HEADER
 from services.common.pb import inference_pb2 as pb
 from services.common.tokenizer_tensors import Rendered
-from services.gateway.routing import Replica
+from services.gateway.replica import Replica
 
 
 @dataclass
@@ -39,6 +41,7 @@ class CallContext:
 
     request_id: str
     deadline: float  # time.monotonic() seconds
+    session: str | None = None  # the session key a `session` routing policy hashes
 
     def timeout(self, cap: float | None = None) -> float:
         left = self.deadline - time.monotonic()
@@ -48,7 +51,7 @@ class CallContext:
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((REQUEST_ID_HEADER, self.request_id),)
+        return tracing.with_trace_context(((REQUEST_ID_HEADER, self.request_id),))
 
 
 async def infer(
@@ -143,7 +146,8 @@ async def detokenize(
 async def stream_generate(
     replica: Replica, request: InferRequest, call: CallContext
 ) -> AsyncIterator[GenerateDelta]:
-    """`ModelStreamInfer` with one request; closing the iterator cancels the call."""
+    """`ModelStreamInfer` with one request; closing the iterator cancels the call. The
+    engine's report of its requests in flight (initial metadata) goes to the replica."""
     message = infer_request_to_pb(request, raw=True)
 
     async def requests():
@@ -152,8 +156,12 @@ async def stream_generate(
     stream = replica.stub.ModelStreamInfer(
         requests(), timeout=call.timeout(), metadata=call.metadata
     )
+    reported = False
     try:
         async for reply in stream:
+            if not reported:
+                reported = True
+                _engine_report(replica, await stream.initial_metadata())
             if reply.error_message:
                 raise error_from_stream(reply)
             if not reply.infer_response.outputs:
@@ -164,6 +172,12 @@ async def stream_generate(
     finally:
         if not stream.done():
             stream.cancel()
+
+
+def _engine_report(replica: Replica, metadata: grpc.aio.Metadata | None) -> None:
+    value = dict(metadata or ()).get(ENGINE_IN_FLIGHT)
+    if isinstance(value, str) and value.isdigit():
+        replica.engine_report(int(value))
 
 
 async def model_metadata(replica: Replica, name: str, call: CallContext) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 
 - `RequestIdMiddleware`: accepts or generates `X-Request-Id`, binds it for
   logging and the gRPC hops, echoes it on the response.
-- `AccessMiddleware`: request counts and in-flight gauge; 499 logged for
-  clients that went away.
-- `BodyLimitMiddleware`: bodies over the limit → 413 (by Content-Length up
-  front, or while reading a chunked body).
+- `AccessMiddleware`: request counts, outcomes and in-flight gauge, the GenAI
+  metrics of inference requests; 499 logged for clients that went away.
+- `RequestGuardMiddleware`: headers over their limit → 431, bodies over theirs → 413
+  (by Content-Length up front, or while reading a chunked body), a body that is not
+  UTF-8 or nests too deep → 400, on every route family.
 - `ApiKeyMiddleware`: `Authorization: Bearer <key>` on every route except
   health and metrics, compared in constant time.
 """
@@ -17,18 +18,27 @@ import logging
 import re
 import time
 
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common.errors import PayloadTooLarge
+from services.common.errors import Cancelled, HfmeshError, InvalidArgument, PayloadTooLarge
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
+from services.gateway import genai
 from services.gateway.errors import error_response, is_openai
-from services.gateway.metrics import GatewayMetrics
+from services.gateway.limits import check_json_body
+from services.gateway.metrics import GatewayMetrics, outcome_of
 
 logger = logging.getLogger(__name__)
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 OPEN_PATHS = ("/metrics", "/v2/health/live", "/v2/health/ready", "/health")
+#: V2 REST's binary tensor extension: the body's JSON part is this many leading bytes.
+BINARY_HEADER_LENGTH = b"inference-header-content-length"
+
+
+class HeadersTooLarge(InvalidArgument):
+    """Request headers over the limit."""
+
+    http_status = 431
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -63,6 +73,23 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
 
 
+class ResponseWatch:
+    """Wraps `send`: the response's status once started, and whether its body was finished
+    (a streamed body cut short by a client that went away is not)."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status: int | None = None
+        self.complete = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        elif message["type"] == "http.response.body" and not message.get("more_body"):
+            self.complete = True
+        await self._send(message)
+
+
 def _family(path: str, openai_prefix: str) -> str:
     if is_openai({"path": path}, openai_prefix):
         return "openai"
@@ -83,22 +110,29 @@ class AccessMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = {"code": 499}
+        response = ResponseWatch(send)
         started = time.monotonic()
 
-        async def record(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
+        family = _family(scope.get("path", ""), self.openai_prefix)
         self.metrics.in_flight.inc()
+        # Probes and scrapes are no route family's requests (a scrape would see itself in flight).
+        counted = scope.get("path") not in OPEN_PATHS
+        if counted:
+            self.metrics.received.labels(family).inc()
+        genai_record, genai_token = genai.begin()
         try:
-            await self.app(scope, receive, record)
+            await self.app(scope, receive, response.send)
         finally:
+            genai.end(genai_token)
             self.metrics.in_flight.dec()
-            family = _family(scope.get("path", ""), self.openai_prefix)
-            self.metrics.requests.labels(family, str(status["code"])).inc()
-            if status["code"] == 499:
+            code = response.status or 499
+            self.metrics.requests.labels(family, str(code)).inc()
+            outcome = outcome_of(code, response.complete)
+            if counted:
+                self.metrics.outcomes.labels(family, outcome).inc()
+            error_type = {"success": "", "cancelled": "cancelled"}.get(outcome, str(code))
+            self.metrics.observe_genai(genai_record, error_type)
+            if code == 499:
                 logger.info(
                     "%s %s → 499 client closed the request after %.3fs",
                     scope.get("method"),
@@ -107,41 +141,101 @@ class AccessMiddleware:
                 )
 
 
-class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, *, max_bytes: int, openai_prefix: str) -> None:
+class RequestGuardMiddleware:
+    """The limits a request meets before any route sees it: header size (431), body size
+    (413, by Content-Length before reading, else while reading), and a body a JSON parser
+    may be given (`limits.check_json_body`: UTF-8, nesting depth; 400). The body is read
+    here once and handed on; later `receive()` calls (disconnect watches) reach the client.
+    With V2's binary tensor extension only the JSON header part is checked."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        max_header_bytes: int,
+        max_json_depth: int,
+        openai_prefix: str,
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.max_body_bytes = max_body_bytes
+        self.max_header_bytes = max_header_bytes
+        self.max_json_depth = max_json_depth
         self.openai_prefix = openai_prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            error = PayloadTooLarge(
-                f"request body of {declared} bytes exceeds the limit of {self.max_bytes} bytes"
-            )
+        try:
+            header_bytes = sum(len(k) + len(v) for k, v in scope.get("headers", ()))
+            if header_bytes > self.max_header_bytes:
+                raise HeadersTooLarge(
+                    f"request headers of {header_bytes} bytes exceed the limit of "
+                    f"{self.max_header_bytes} bytes (--max_header_bytes)"
+                )
+            body = await self._read_body(scope, receive)
+        except HfmeshError as error:
             openai = is_openai(scope, self.openai_prefix)
             response = error_response(error.http_status, error.message, openai=openai)
             await response(scope, receive, send)
             return
+        if body is None:
+            await self.app(scope, receive, send)
+            return
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        """The whole body of a request that has one (None: none to check), within limits."""
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return None
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise PayloadTooLarge(
+                f"request body of {declared} bytes exceeds the limit of {self.max_body_bytes} "
+                "bytes (--max_body_bytes)"
+            )
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    # FastAPI re-raises only HTTPException from body reading (any other error
-                    # becomes a 400); the error handler renders it.
-                    limit = self.max_bytes
-                    error = PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-                    raise HTTPException(error.http_status, error.message)
-            return message
+            if message["type"] != "http.request":
+                raise Cancelled("the client closed the request")
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_body_bytes:
+                raise PayloadTooLarge(
+                    f"request body exceeds the limit of {self.max_body_bytes} bytes "
+                    "(--max_body_bytes)"
+                )
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if body:
+            check_json_body(self._json_part(scope, body), max_depth=self.max_json_depth)
+        return body
 
-        await self.app(scope, limited, send)
+    @staticmethod
+    def _json_part(scope: Scope, body: bytes) -> bytes:
+        given = _header(scope, BINARY_HEADER_LENGTH)
+        if given is None:
+            return body
+        if not given.isdigit() or int(given) > len(body):
+            raise InvalidArgument(
+                f"Inference-Header-Content-Length {given!r} is not a length within the body "
+                f"({len(body)} bytes)"
+            )
+        return body[: int(given)]
 
 
 class ApiKeyMiddleware:

@@ -1,11 +1,15 @@
 """Routing by model name over the mesh model list.
 
-One gRPC channel per service address, shared by every model it serves, each
-with a background `grpc.health.v1.Health/Watch`. A model's engines are kept as
+One `Replica` (gRPC channel, health watch, load) per service address, shared by
+every model it serves. A model's engines are kept as
 an ordered list of backends (the resolved one first, then the fallback): the
-first backend with an available replica wins, and within it the replica with
-the fewest requests in flight. A replica whose health is not SERVING, that is
-draining, or whose call just failed with UNAVAILABLE before any output, is skipped.
+first backend with an available replica wins, and within it the model's routing
+policy (`policy`: least loaded, prefix affinity, sessions) picks the replica. A
+replica whose health is not SERVING, that is draining, or whose call just failed
+with UNAVAILABLE before any output, is skipped. Each route counts its decisions
+per replica and reason (exported as metrics) and keeps its own prefix index,
+whose entries for a replica go when the replica leaves or stops serving (a
+restart loses the engine's cache).
 
 The model list's endpoints are the starting set. A gateway that follows the
 control plane hands each change to `apply_endpoints`, and the control plane's
@@ -23,106 +27,35 @@ the gateway's metrics export so the launcher's autoscaler starts a replica.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from services.common.engine import Task
 from services.common.errors import NotFound, Unavailable
-from services.common.model_list import ENGINE_BACKENDS, MeshPlan, ModelEntry
-from services.common.pb import inference_pb2_grpc as pb_grpc
-from services.common.server import MAX_MESSAGE_BYTES
+from services.common.model_list import ENGINE_BACKENDS, MeshPlan, ModelEntry, revisions
 from services.gateway.discovery import Endpoint
+from services.gateway.policy import (
+    LEAST_LOADED,
+    SESSION,
+    Pick,
+    RouteRequest,
+    RoutingOptions,
+    least_loaded,
+    pick_prefix,
+    pick_session,
+)
+from services.gateway.prefix_index import PrefixIndex
+from services.gateway.replica import FAILURE_COOLDOWN, Replica
+from services.gateway.revisions import RevisionSplit
 
 logger = logging.getLogger(__name__)
 
-WATCH_SECONDS = 300.0  # each Watch call's deadline; it is renewed right away
-FAILURE_COOLDOWN = 2.0  # seconds a replica is skipped after an UNAVAILABLE call
 #: How long calls in flight on a replica that left the mesh may still run (the request budget).
 LEAVING_GRACE_SECONDS = 600.0
 TOKENIZER = "tokenizer"
-_ticket = itertools.count(1)
-
-
-class Replica:
-    """One service instance: its channel, health, and load."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.channel = grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.keepalive_time_ms", 30_000),
-            ],
-        )
-        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
-        self.serving = False
-        self.draining = False
-        self.in_flight = 0
-        self.last_pick = 0  # when `_least_loaded` last chose it (a tie-breaker)
-        self.failed_until = 0.0
-        self._watch: asyncio.Task | None = None
-        self.changed = asyncio.Event()
-
-    @property
-    def available(self) -> bool:
-        return self.serving and not self.draining and time.monotonic() >= self.failed_until
-
-    def mark_failed(self) -> None:
-        self.failed_until = time.monotonic() + FAILURE_COOLDOWN
-
-    def start(self) -> None:
-        self._watch = asyncio.ensure_future(self._watch_health())
-
-    async def _watch_health(self) -> None:
-        stub = health_pb2_grpc.HealthStub(self.channel)
-        backoff = 0.1
-        while True:
-            try:
-                # types-grpcio-health-checking declares HealthStub without its methods.
-                watch = stub.Watch  # type: ignore[attr-defined]
-                call = watch(health_pb2.HealthCheckRequest(service=""), timeout=WATCH_SECONDS)
-                async for reply in call:
-                    self._set_serving(reply.status == health_pb2.HealthCheckResponse.SERVING)
-                    backoff = 0.1
-            except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-                    self._set_serving(False)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
-
-    def _set_serving(self, serving: bool) -> None:
-        if serving != self.serving:
-            logger.info("%s is %s", self.address, "SERVING" if serving else "NOT_SERVING")
-        self.serving = serving
-        if serving:
-            self.failed_until = 0.0
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-    async def close(self, grace: float | None = None) -> None:
-        """Stop watching; close the channel once its calls finish (at most `grace` seconds)."""
-        if self._watch is not None:
-            self._watch.cancel()
-            await asyncio.gather(self._watch, return_exceptions=True)
-        await self.channel.close(grace)
-
-
-def _least_loaded(replicas: list[Replica]) -> Replica:
-    """Fewest requests in flight; among equals the one picked longest ago (a count shared by
-    every pool would let one pool's picks steer another's: 3 tokenizer-and-engine picks per
-    request over 3 engines sent every request to the same one)."""
-    low = min(r.in_flight for r in replicas)
-    choice = min((r for r in replicas if r.in_flight == low), key=lambda r: r.last_pick)
-    choice.last_pick = next(_ticket)
-    return choice
 
 
 @dataclass
@@ -131,6 +64,13 @@ class ModelRoute:
     tokenizers: list[Replica] = field(default_factory=list)
     engines: list[tuple[str, list[Replica]]] = field(default_factory=list)
     waiting: int = 0  # requests waiting for a replica to appear (scale from zero)
+    options: RoutingOptions = field(default_factory=RoutingOptions)
+    index: PrefixIndex = field(init=False)
+    #: (replica address, reason) → decisions
+    decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.index = PrefixIndex(self.options.index_blocks)
 
     @property
     def name(self) -> str:
@@ -141,15 +81,48 @@ class ModelRoute:
         return self.entry.task
 
     def engine(self, exclude: set[Replica] | frozenset = frozenset()) -> Replica:
+        return self.pick(exclude).replica
+
+    def pick(
+        self, exclude: set[Replica] | frozenset = frozenset(), request: RouteRequest | None = None
+    ) -> Pick:
+        """The engine replica for a request, by the model's routing policy; counted and
+        logged (debug) with its reason."""
         for _, replicas in self.engines:
             live = [r for r in replicas if r.available and r not in exclude]
             if live:
-                return _least_loaded(live)
+                pick = self._choose(live, request or RouteRequest())
+                self.decisions[pick.replica.address, pick.reason] += 1
+                logger.debug(
+                    "route %s -> %s: %s (%d/%d prefix blocks held)",
+                    self.name,
+                    pick.replica.address,
+                    pick.reason,
+                    pick.matched_blocks,
+                    pick.total_blocks,
+                )
+                return pick
         backends = ", ".join(b for b, _ in self.engines) or "none configured"
         raise Unavailable(f"no engine is ready for model '{self.name}' (backends: {backends})")
 
+    def _choose(self, live: list[Replica], request: RouteRequest) -> Pick:
+        policy = self.entry.routing_policy
+        if policy == SESSION and request.session:
+            return pick_session(request.session, live, self.options.session_load_factor)
+        if policy == LEAST_LOADED or request.input_ids is None:
+            return Pick(least_loaded(live, self.options.token_unit), LEAST_LOADED)
+        return pick_prefix(self.name, live, request.input_ids, self.index, self.options)
+
+    def forget(self, replica: Replica) -> None:
+        """Drop what the prefix index knew of `replica` (it left, or its cache is gone)."""
+        if purged := self.index.purge(replica.address):
+            logger.info("%s: forgot %d prefix blocks of %s", self.name, purged, replica.address)
+
     def set_engines(self, backend: str, replicas: list[Replica]) -> None:
-        """Replace one backend's replicas, keeping the entry's order of backends."""
+        """Replace one backend's replicas, keeping the entry's order of backends; the prefix
+        index forgets replicas that left."""
+        for gone in set(dict(self.engines).get(backend, [])) - set(replicas):
+            self.forget(gone)
         pools = {**dict(self.engines), backend: replicas}
         order = self.entry.backends + [b for b in pools if b not in self.entry.backends]
         self.engines = [(b, pools[b]) for b in order if pools.get(b)]
@@ -163,7 +136,7 @@ class ModelRoute:
         if not live:
             detail = "" if self.tokenizers else " (none configured)"
             raise Unavailable(f"no tokenizer is ready for model '{self.name}'{detail}")
-        return _least_loaded(live)
+        return least_loaded(live)
 
     @property
     def ready(self) -> bool:
@@ -195,10 +168,16 @@ class ReplicaRouter:
     """Every served model's route (by model name) to its tokenizer and engine replicas;
     owns the channels."""
 
-    def __init__(self, plan: MeshPlan | None) -> None:
+    def __init__(self, plan: MeshPlan | None, options: RoutingOptions | None = None) -> None:
         self.plan = plan or MeshPlan(models=[])
+        self.options = options or RoutingOptions()
         self.replicas: dict[str, Replica] = {}
         self.by_name: dict[str, ModelRoute] = {}
+        #: public name → its revisions' split (canary)
+        self.splits = {
+            public: RevisionSplit(public, weights)
+            for public, weights in revisions(self.plan.models).items()
+        }
         self._leaving: dict[Replica, asyncio.Task[None]] = {}
         self._replicas_changed = asyncio.Event()
 
@@ -209,13 +188,17 @@ class ReplicaRouter:
 
     def _replica(self, address: str) -> Replica:
         if address not in self.replicas:
-            self.replicas[address] = Replica(address)
+            self.replicas[address] = Replica(address, on_lost=self._forget)
         return self.replicas[address]
+
+    def _forget(self, replica: Replica) -> None:
+        for route in self.by_name.values():
+            route.forget(replica)
 
     async def start(self) -> None:
         for entry in self.plan.models:
             endpoints = self.plan.endpoints.get(entry.name)
-            route = ModelRoute(entry)
+            route = ModelRoute(entry, options=self.options)
             if endpoints is not None:
                 route.tokenizers = [self._replica(a) for a in endpoints.tokenizer]
                 backends = list(entry.backends) + [
@@ -243,7 +226,7 @@ class ReplicaRouter:
             for endpoint in endpoints:
                 replica = self.replicas.get(endpoint.address)
                 if replica is None:
-                    replica = self.replicas[endpoint.address] = Replica(endpoint.address)
+                    replica = self._replica(endpoint.address)
                     replica.start()
                 replica.draining = endpoint.draining
                 replicas.append(replica)
@@ -255,6 +238,7 @@ class ReplicaRouter:
         for address, replica in list(self.replicas.items()):
             if replica not in in_use:
                 logger.info("%s left the mesh: closing once its calls finish", address)
+                self._forget(replica)
                 del self.replicas[address]
                 self._leaving[replica] = asyncio.ensure_future(self._close_leaving(replica))
         self.notify_replicas_changed()
@@ -272,12 +256,39 @@ class ReplicaRouter:
         await asyncio.gather(*self._leaving.values(), return_exceptions=True)
         await asyncio.gather(*(r.close() for r in replicas), return_exceptions=True)
 
-    def route(self, name: str) -> ModelRoute:
+    def route(self, name: str, session: str | None = None) -> ModelRoute:
+        """The route of a model name; for a public name with revisions, the revision this
+        request goes to (`RevisionSplit.pick`)."""
+        if name in self.splits:
+            name = self.splits[name].pick(session)
         try:
             return self.by_name[name]
         except KeyError:
-            known = ", ".join(self.by_name) or "none"
+            known = ", ".join([*self.by_name, *self.splits]) or "none"
             raise NotFound(f"The model '{name}' does not exist (served models: {known})") from None
+
+    def model_ready(self, name: str) -> bool:
+        """A model name's readiness; a public name's is that of any revision with weight."""
+        split = self.splits.get(name)
+        if split is None:
+            return self.route(name).ready
+        return any(self.by_name[r].ready for r, weight in split.weights.items() if weight > 0)
+
+    def apply_model_list(self, plan: MeshPlan) -> None:
+        """Take a re-read model list's traffic weights and routing policies for the models
+        and public names already routed; anything else in it needs a restart (logged)."""
+        entries = {entry.name: entry for entry in plan.models}
+        for name, route in self.by_name.items():
+            if name in entries:
+                route.entry.routing = entries[name].routing
+        for public, weights in revisions(plan.models).items():
+            split = self.splits.get(public)
+            if split is None or set(weights) != set(split.weights):
+                logger.warning("revisions of %s changed: a restart applies that", public)
+                continue
+            split.set_weights(weights)
+        if added := set(entries) - set(self.by_name):
+            logger.warning("models %s are new: a restart serves them", ", ".join(sorted(added)))
 
     @property
     def ready(self) -> bool:

@@ -7,6 +7,7 @@ import os
 from pydantic import BaseModel, Field, field_validator
 
 from services.common.settings import parse_settings
+from services.gateway.policy import RoutingOptions
 
 ROUTE_PREFIX_ENV = "KSERVE_OPENAI_ROUTE_PREFIX"
 
@@ -31,8 +32,54 @@ class GatewaySettings(BaseModel):
     max_body_bytes: int = Field(
         16 * 1024 * 1024, description="largest request body accepted (413 above)"
     )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="largest total size of the request headers (431 above)"
+    )
+    max_json_depth: int = Field(
+        64, ge=2, description="deepest nesting of arrays/objects in a JSON body (400 above)"
+    )
+    max_inputs: int = Field(
+        2048,
+        ge=1,
+        description="most inputs in one embeddings / rerank (documents) / KServe V1 "
+        "(instances) / V2 encoder request (400 above)",
+    )
+    max_prompt_chars: int = Field(
+        1024 * 1024,
+        ge=1,
+        description="longest prompt, in characters, of one completion prompt or one chat's "
+        "messages together, checked before tokenizing (400 above)",
+    )
+    max_n: int = Field(16, ge=1, le=128, description="largest 'n' / 'best_of' (400 above)")
+    max_stop_sequences: int = Field(
+        16, ge=0, description="most stop strings in one request (400 above)"
+    )
+    max_requested_outputs: int = Field(
+        32, ge=1, description="most requested outputs in one V2 infer request (400 above)"
+    )
     request_timeout: float = Field(
-        600.0, description="deadline budget of one request across every gRPC hop, seconds"
+        600.0,
+        gt=0,
+        description="default deadline budget of one request across every gRPC hop, seconds "
+        "(a request may ask for another with the X-Request-Timeout header)",
+    )
+    max_request_timeout: float = Field(
+        3600.0, gt=0, description="largest budget X-Request-Timeout may ask for, seconds"
+    )
+    max_in_flight_per_replica: int = Field(
+        32,
+        ge=0,
+        description="admission control: generation sequences / encoder requests admitted at "
+        "once per ready engine replica of a model ('n' counts n times); 0 turns admission off",
+    )
+    max_queued_per_replica: int = Field(
+        32,
+        ge=0,
+        description="admission control: requests that may wait for a slot per ready engine "
+        "replica (more → 503 + Retry-After at once)",
+    )
+    max_queue_wait: float = Field(
+        10.0, ge=0, description="longest a request waits for an admission slot, seconds (then 503)"
     )
     tokenizer_timeout: float = Field(
         30.0,
@@ -40,10 +87,57 @@ class GatewaySettings(BaseModel):
         "tokenizer while none is up (one restarting), seconds",
     )
     retry_after: int = Field(1, description="Retry-After seconds on 503/429 answers")
+    drain_grace: float = Field(
+        30.0,
+        ge=0,
+        description="on SIGTERM: seconds requests in flight (streams included) may take to "
+        "finish; readiness answers 503 and no new connection is accepted meanwhile",
+    )
     scale_from_zero_wait: float = Field(
         60.0,
         ge=0,
         description="seconds a request to a model scaled to zero waits for a replica (then 503)",
+    )
+    prefix_block_tokens: int = Field(
+        16,
+        ge=1,
+        description="tokens per hashed block of prefix routing (match the engines' KV block "
+        "size: vLLM's default is 16)",
+    )
+    prefix_index_blocks: int = Field(
+        65536,
+        ge=1,
+        description="prefix index cap: block hashes kept per model and replica (LRU; about "
+        "200 bytes each)",
+    )
+    routing_load_margin: float = Field(
+        4.0,
+        ge=0,
+        description="prefix routing stays on the replica holding the prompt unless its load "
+        "exceeds the least loaded other's by more than this many requests",
+    )
+    routing_token_unit: int = Field(
+        1024,
+        ge=1,
+        description="uncached prompt tokens awaiting prefill that weigh as much as one "
+        "request in flight in a replica's load",
+    )
+    session_header: str = Field(
+        "x-session-id",
+        description="request header with the session key of the session routing policy "
+        "(the OpenAI 'user' field when absent)",
+    )
+    session_load_factor: float = Field(
+        1.25,
+        ge=1,
+        description="session routing: a replica takes at most this factor times the mean "
+        "requests in flight before a session spills to the next on the ring",
+    )
+    model_list_reload: float = Field(
+        2.0,
+        ge=0,
+        description="seconds between checks of the model list file for changed traffic "
+        "weights and routing policies (0: never re-read)",
     )
     served_by: str = Field("hfmesh", description="owned_by in /v1/models")
     log_level: str = Field("INFO", description="logging level")
@@ -52,6 +146,16 @@ class GatewaySettings(BaseModel):
     @classmethod
     def _strip_slashes(cls, value: str) -> str:
         return value.strip().strip("/")
+
+    @property
+    def routing_options(self) -> RoutingOptions:
+        return RoutingOptions(
+            block_tokens=self.prefix_block_tokens,
+            index_blocks=self.prefix_index_blocks,
+            load_margin=self.routing_load_margin,
+            token_unit=self.routing_token_unit,
+            session_load_factor=self.session_load_factor,
+        )
 
     @property
     def openai_prefix_path(self) -> str:

@@ -7,6 +7,9 @@ explicitly; `cancel_on_disconnect` does the same for a non-streamed answer.
 Both do the work in the request's own task, which a listener task cancels on
 a disconnect.
 
+A stream that fails after its 200 was sent (an engine lost mid-generation, the
+deadline passing) ends with an OpenAI error event and `[DONE]`, never silently.
+
 A body iterator may mark its closing write as a `LastChunk`: it is sent as the
 end of the response body (one write instead of two), and the iterator is then
 run to its end without writing, so its bookkeeping after the last event still
@@ -25,6 +28,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from services.common.errors import Cancelled
+from services.gateway.errors import stream_error_event
 
 logger = logging.getLogger(__name__)
 
@@ -94,16 +98,29 @@ class EventStreamResponse(StreamingResponse):
                     "headers": self.raw_headers,
                 }
             )
-            async for chunk in self.body_iterator:
+            try:
+                async for chunk in self.body_iterator:
+                    if ended:
+                        continue  # the iterator's own ending (bookkeeping after its last event)
+                    last = isinstance(chunk, LastChunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+                    if last:
+                        ended = True
+                        # the response is complete: a disconnect now is the normal end
+                        await watch.close()
+            except (asyncio.CancelledError, OSError):
+                raise
+            except Exception as error:  # noqa: BLE001 - a failed stream ends with an error event
                 if ended:
-                    continue  # the iterator's own ending (bookkeeping after its last event)
-                last = isinstance(chunk, LastChunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": not last})
-                if last:
-                    ended = True
-                    await (
-                        watch.close()
-                    )  # the response is complete: a disconnect now is the normal end
+                    raise
+                ended = True
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": stream_error_event(error),
+                        "more_body": False,
+                    }
+                )
             if not ended:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:

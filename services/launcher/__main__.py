@@ -1,12 +1,13 @@
 """`python -m services.launcher`: the whole mesh as local processes, no Docker.
 
 Plans the model list in a child process (`python -m services.launcher.plan`: it builds the
-default models if needed, with progress, and imports torch and vLLM to do so; the launcher never
-does, and stays a light supervisor), then starts the control plane, the tokenizer and one engine
-process per model, backend and replica, then the gateway; shows each as it becomes ready and
-prints the URL to call. Every service but the control plane gets its address in
-`HFMESH_CONTROL_PLANE` (the `control_plane` setting), and an xDS bootstrap for `xds:///` clients
-is written into the log folder.
+default models and fetches remote `source:`s (hf://, s3://, gs://, https://; the storage
+initializer of `services.models.fetch`) if needed, with progress, and imports torch and vLLM to
+do so; the launcher never does, and stays a light supervisor), then starts the control plane,
+the tokenizer and one engine process per model, backend and replica, then the gateway; shows
+each as it becomes ready and prints the URL to call. Every service but the control plane gets
+its address in `HFMESH_CONTROL_PLANE` (the `control_plane` setting), and an xDS bootstrap for
+`xds:///` clients is written into the log folder.
 
 Then it supervises (`services.launcher.supervisor`): a service that dies is printed and
 restarted with backoff on its port while the others keep serving. A service that fails before
@@ -42,8 +43,9 @@ from services.launcher.plan import (
     control_plane_process,
     gateway_process,
     plan_processes,
+    with_metrics_ports,
 )
-from services.launcher.processes import ROOT, ServiceProcess, grpc_serving, is_ready
+from services.launcher.processes import ROOT, ServiceProcess, free_port, grpc_serving, is_ready
 from services.launcher.replicas import Replicas
 from services.launcher.runstate import DEFAULT_RUN_FILE, CommandBox, RunState, RunStateError
 from services.launcher.supervisor import Supervisor
@@ -109,6 +111,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         help="port of the launcher's own /metrics: the autoscaler's replicas, load and "
         "decisions per model (0: off)",
+    )
+    parser.add_argument(
+        "--metrics_base_port",
+        type=int,
+        default=0,
+        help="first port of the services' Prometheus /metrics: control plane, tokenizer and "
+        "engines take consecutive ports (0, the default: free ports; printed when up; added "
+        "replicas take free ones; the gateway serves /metrics on its own port)",
     )
     parser.add_argument(
         "--run_file",
@@ -184,7 +194,7 @@ def _plan(args: argparse.Namespace, mesh_file: Path) -> MeshPlan | None:
     ]
     if args.no_vllm:
         command.append("--no_vllm")
-    code = subprocess.call(command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    code = subprocess.call(command, cwd=ROOT)
     if code != 0:
         print(f"hfmesh: planning {args.model_list} failed (exit {code})", file=sys.stderr)
         return None
@@ -211,7 +221,7 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         print(f"hfmesh: model list {args.model_list}; logs in {log_dir}", flush=True)
-        print("==> models (built once per machine)", flush=True)
+        print("==> models (built or fetched once per machine)", flush=True)
         mesh_file = log_dir / "mesh.yaml"
         plan = _plan(args, mesh_file)
         if plan is None:
@@ -236,6 +246,7 @@ def serve(args: argparse.Namespace) -> int:
         gateway = gateway_process(str(mesh_file), host=args.host, port=args.port)
         for spec in [*specs, gateway]:
             spec.env = env
+        metrics = with_metrics_ports([control, *specs], args.metrics_base_port, free_port)
         replicas = Replicas(plan, supervisor, env, planned=specs)
         commands = CommandBox(log_dir / "commands")
         commands.folder.mkdir(exist_ok=True)
@@ -261,7 +272,7 @@ def serve(args: argparse.Namespace) -> int:
             gateway=gateway_url,
         )
         state.write(run_file)
-        _print_banner(args, plan, control_address, bootstrap)
+        _print_banner(args, plan, control_address, bootstrap, metrics)
         while True:
             supervisor.poll()
             commands.serve(replicas.handle)
@@ -296,7 +307,11 @@ def _warn_if_taken(run_file: Path) -> None:
 
 
 def _print_banner(
-    args: argparse.Namespace, plan: MeshPlan, control_address: str, bootstrap: Path
+    args: argparse.Namespace,
+    plan: MeshPlan,
+    control_address: str,
+    bootstrap: Path,
+    metrics: dict[str, int],
 ) -> None:
     url = f"http://{_dial_host(args.host)}:{args.port}"
     chat = next((m.name for m in plan.models if m.task.value == "text_generation"), None)
@@ -310,6 +325,9 @@ def _print_banner(
             flush=True,
         )
     print(f"  control plane (xDS): {control_address}   bootstrap: {bootstrap}", flush=True)
+    host = _dial_host(args.host)
+    ports = "  ".join(f"{name} {host}:{port}" for name, port in metrics.items())
+    print(f"  metrics: gateway {url}/metrics  {ports}", flush=True)
     print(
         f"  gRPC clients: GRPC_XDS_BOOTSTRAP={bootstrap} python your_client.py  "
         "# then dial xds:///<model>",

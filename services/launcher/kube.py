@@ -2,7 +2,11 @@
 
 One Deployment and Service per container of the topology (engines scaled by their entry's
 `replicas`), the planned model list as a ConfigMap (kustomize's generator, so a new list rolls
-the pods), the model cache on a PVC filled by a `models` Job, and per engine a
+the pods), the model cache on a PVC filled by a `models` Job (built-in models) and by init
+containers that run the storage initializer (`python -m services.models fetch SOURCE DEST`) for
+remote model sources before an engine or the tokenizer starts (credentials from the optional
+Secret `hfmesh-model-credentials`; one fetch per destination at a time, idempotent), `pvc://`
+sources' claims mounted read-only at `/mnt/pvc/<claim>`, and per engine a
 PodDisruptionBudget and a HorizontalPodAutoscaler. Probes are native gRPC on numeric ports
 (the gateway: HTTP); engines get a 10-minute startup budget for loading, a preStop pause so
 endpoints are withdrawn before SIGTERM, and a grace period longer than the server's 30 s drain.
@@ -16,11 +20,15 @@ from dataclasses import replace
 from typing import Any
 
 from services.common.model_list import Scaling
+from services.common.model_source import DEFAULT_PVC_ROOT
 from services.launcher.hpa import hpa_for
-from services.launcher.topology import MESH_FILE, MODELS_DIR, Container
+from services.launcher.topology import MESH_FILE, MODELS_DIR, SOURCES_DIR, Container
 
 CONFIGMAP = "hfmesh-models"
 PVC = "hfmesh-models"
+#: The Secret whose keys (HF_TOKEN, AWS_ACCESS_KEY_ID, ...) the fetch init containers get.
+CREDENTIALS_SECRET = "hfmesh-model-credentials"
+FETCH_RESOURCES = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
 PART_OF = {"app.kubernetes.io/part-of": "hfmesh"}
 #: Engines: startup probe every 10 s, 60 failures = a 10-minute loading budget.
 STARTUP_PERIOD, STARTUP_FAILURES = 10, 60
@@ -80,6 +88,12 @@ def _volumes(container: Container) -> tuple[list[dict[str, Any]], list[dict[str,
     if container.mounts_models:
         volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": PVC}})
         mounts.append({"name": "models", "mountPath": MODELS_DIR, "readOnly": True})
+    for claim in container.claims:
+        claim_source = {"claimName": claim, "readOnly": True}
+        volumes.append({"name": f"pvc-{claim}", "persistentVolumeClaim": claim_source})
+        mounts.append(
+            {"name": f"pvc-{claim}", "mountPath": f"{DEFAULT_PVC_ROOT}/{claim}", "readOnly": True}
+        )
     if container.role == "vllm":
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}})
         mounts.append({"name": "shm", "mountPath": "/dev/shm"})
@@ -99,8 +113,8 @@ def _ports(container: Container) -> list[dict[str, Any]]:
 def _wait_for_model(container: Container) -> list[dict[str, Any]]:
     """An engine waits for the `models` Job's build marker instead of crash-looping."""
     model_dir = container.args[container.args.index("--model_dir") + 1]
-    if not model_dir.startswith(MODELS_DIR + "/"):
-        return []
+    if not model_dir.startswith(MODELS_DIR + "/") or model_dir.startswith(SOURCES_DIR + "/"):
+        return []  # not a built-in model (a fetched one has its fetch init container)
     marker = f"{model_dir}/.hfmesh_build.json"
     return [
         {
@@ -109,6 +123,24 @@ def _wait_for_model(container: Container) -> list[dict[str, Any]]:
             "command": ["sh", "-c", f"until [ -f {marker} ]; do sleep 5; done"],
             "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR, "readOnly": True}],
         }
+    ]
+
+
+def _fetch_models(container: Container) -> list[dict[str, Any]]:
+    """One init container per remote source: the storage initializer writes it to the model
+    volume (nothing when it is there already), so the main container finds a complete folder."""
+    return [
+        {
+            "name": f"fetch-{index}",
+            "image": "hfmesh/models:latest",
+            "args": ["fetch", uri, folder],
+            "env": [{"name": "HFMESH_CACHE_DIR", "value": MODELS_DIR}],
+            "envFrom": [{"secretRef": {"name": CREDENTIALS_SECRET, "optional": True}}],
+            "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}],
+            "resources": FETCH_RESOURCES,
+            "securityContext": {"allowPrivilegeEscalation": False},
+        }
+        for index, (uri, folder) in enumerate(container.fetches)
     ]
 
 
@@ -144,14 +176,19 @@ def deployment(container: Container) -> dict[str, Any]:
         "containers": [main],
         "volumes": volumes,
     }
-    if engine and (wait := _wait_for_model(container)):
-        pod["initContainers"] = wait
+    init = [*(_wait_for_model(container) if engine else []), *_fetch_models(container)]
+    if init:
+        pod["initContainers"] = init
     if container.role == "control-plane":
         pod["serviceAccountName"] = "control-plane"
     annotations = {}
     if container.metrics_port or container.role == "gateway":
         port = container.metrics_port or container.port
-        annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(port)}
+        annotations = {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(port),
+            "prometheus.io/path": "/metrics",
+        }
     labels = _labels(container)
     return {
         "apiVersion": "apps/v1",

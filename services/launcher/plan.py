@@ -9,7 +9,8 @@ decides; the planned list it writes for the services
 models:
   - name: smollm2                     # the name clients use
     model: smollm2-135m-instruct      # a model of services.models (built once), or
-    # source: /path/to/hf/folder      # any local Hugging Face folder
+    # source: /path/to/hf/folder      # a folder, hf://org/name[@rev], s3://, gs://, https://
+                                      # (fetched once: docs/model-sources.md) or pvc://
     task: text_generation             # optional: inferred from the architecture (KServe rules)
     backend: auto                     # auto | vllm | huggingface
     fallback: huggingface             # optional: serve from HF too, used while vLLM is not ready
@@ -17,9 +18,11 @@ models:
     replicas: 1
     scaling: {min_replicas: 0, max_replicas: 3, target_requests: 8}  # optional: autoscaling
     engine_args: []                   # optional: extra flags for the vLLM engine
+    adapters: [{name: my-lora, source: s3://bucket/lora}]  # optional: LoRA adapters (vLLM)
 ```
 
-Planning builds `model:` names (torch, once per machine), reads each folder's
+Planning builds `model:` names (torch, once per machine), fetches remote sources
+(`services.models.fetch`, once per machine), reads each folder's
 architecture and resolves `auto` with vLLM's own model registry (DESIGN.md §5). Those import
 torch and vLLM, so the launcher runs planning as a child process,
 `python -m services.launcher.plan --model_list RAW --out MESH`, and reads back the planned
@@ -31,8 +34,10 @@ itself stays a light supervisor. This module imports nothing heavy at module lev
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,14 +46,18 @@ from services.common.architecture import infer_task, read_architecture
 from services.common.engine import Task
 from services.common.errors import InvalidArgument
 from services.common.model_list import (
+    Adapter,
     Endpoints,
     MeshPlan,
     ModelEntry,
     model_entry,
+    parse_adapters,
     read_model_list,
 )
+from services.common.model_source import parse_source
 from services.engine_vllm.registry import unsupported_reason
 from services.models.cache import ensure_model
+from services.models.fetch import FetchError, fetch_source
 
 BACKENDS = ("auto", "vllm", "huggingface")
 ENGINE_MODULES = {"vllm": "services.engine_vllm", "huggingface": "services.engine_hf"}
@@ -80,28 +89,85 @@ def resolve_backend(
     return "huggingface"
 
 
-def plan_entry(raw: dict[str, Any], *, vllm_available: bool | None = None) -> ModelEntry:
-    """One hand-written entry, planned: its folder (built if named by `model:`), task, backend."""
+def _resolve_source(name: str, written: str, *, fetch: bool) -> tuple[str, str | None]:
+    """A `source:` as a local path, fetched first when remote (`services.models.fetch`) and
+    `fetch` is on, and the remote source itself (the entry's `storage_uri`; None if local)."""
+    try:
+        parsed = parse_source(written)
+    except InvalidArgument as error:
+        raise InvalidArgument(f"model '{name}': {error.message}") from None
+    if not parsed.remote:
+        return parsed.location, None
+    if not fetch:
+        return parsed.uri, parsed.uri
+    try:
+        return str(fetch_source(parsed)), parsed.uri
+    except FetchError as error:
+        raise InvalidArgument(f"model '{name}': {error}") from None
+
+
+def plan_entry(
+    raw: dict[str, Any], *, vllm_available: bool | None = None, fetch: bool = True
+) -> ModelEntry:
+    """One hand-written entry, planned: its folder (built if named by `model:`, fetched if its
+    `source:` is remote), task and backend.
+
+    `fetch=False` (manifests, whose containers fetch for themselves): a `source:` that is not
+    a local folder, with its `task` and a concrete `backend` written, is planned without
+    reading it; one that leaves either to inference is fetched to read its architecture.
+    """
     name = raw["name"]
     source = raw.get("source")
     if source is None and raw.get("model"):
         source = str(ensure_model(raw["model"]))
     if not source:
         raise InvalidArgument(
-            f"model '{name}': give 'model' (a built-in model) or 'source' (a folder)"
+            f"model '{name}': give 'model' (a built-in model) or 'source' (a folder, "
+            "hf://, s3://, gs://, https:// or pvc:// source)"
         )
-    source = os.path.expanduser(str(source))
-    architecture = read_architecture(source)
-    task = infer_task([architecture], Task(raw["task"]) if raw.get("task") else None)
-    backend = resolve_backend(
-        raw.get("backend", "auto"), task, architecture, vllm_available=vllm_available
-    )
-    return model_entry(raw, source=source, task=task, backend=backend)
+    backend = raw.get("backend", "auto")
+    unread = not fetch and bool(raw.get("task")) and backend in ENGINE_MODULES
+    unread = unread and raw.get("source") is not None
+    if unread:
+        try:
+            unread = parse_source(str(source)).kind != "local"
+        except InvalidArgument as error:
+            raise InvalidArgument(f"model '{name}': {error.message}") from None
+    source, storage_uri = _resolve_source(name, str(source), fetch=not unread)
+    adapters = plan_adapters(name, raw.get("adapters"), fetch=fetch)
+    if unread:
+        task = Task(raw["task"])
+    else:
+        architecture = read_architecture(source)
+        task = infer_task([architecture], Task(raw["task"]) if raw.get("task") else None)
+        backend = resolve_backend(backend, task, architecture, vllm_available=vllm_available)
+    entry = model_entry(raw, source=source, task=task, backend=backend, adapters=adapters)
+    entry.storage_uri = storage_uri
+    if adapters and "vllm" not in entry.backends:
+        raise InvalidArgument(
+            f"model '{name}': adapters are served by the vLLM engine, and this model is planned "
+            f"on {entry.backend}"
+        )
+    return entry
 
 
-def plan_models(entries: list[dict[str, Any]], *, vllm_available: bool | None = None) -> MeshPlan:
+def plan_adapters(name: str, written: Any, *, fetch: bool) -> list[Adapter]:
+    """A model's `adapters:` (LoRA: `{name, source}` each), their sources resolved as the
+    model's own are."""
+    adapters = []
+    for raw in parse_adapters(name, written):
+        path, uri = _resolve_source(f"{name}' adapter '{raw['name']}", raw["source"], fetch=fetch)
+        adapters.append(Adapter(name=raw["name"], source=path, storage_uri=uri))
+    return adapters
+
+
+def plan_models(
+    entries: list[dict[str, Any]], *, vllm_available: bool | None = None, fetch: bool = True
+) -> MeshPlan:
     """Entries as `model_dicts` returns them, planned (`plan_processes` assigns endpoints)."""
-    return MeshPlan(models=[plan_entry(raw, vllm_available=vllm_available) for raw in entries])
+    return MeshPlan(
+        models=[plan_entry(raw, vllm_available=vllm_available, fetch=fetch) for raw in entries]
+    )
 
 
 def plan_model_list(path: str | Path, *, vllm_available: bool | None = None) -> MeshPlan:
@@ -138,6 +204,8 @@ def engine_args(entry: ModelEntry, backend: str) -> list[str]:
         args += ["--max_model_len", str(entry.max_model_len)]
     if backend == "vllm":
         args += ["--dtype", "auto", *entry.engine_args]
+        for adapter in entry.adapters:
+            args += ["--lora-modules", f"{adapter.name}={adapter.source}"]
     return args
 
 
@@ -173,6 +241,20 @@ def plan_processes(
     return specs
 
 
+def with_metrics_ports(
+    specs: list[ProcessSpec], base_port: int, free: Callable[[], int]
+) -> dict[str, int]:
+    """Give each process `--metrics_port`: consecutive from `base_port`, or `free()` ports when
+    it is 0; name → port. The gateway is not among them: it serves `/metrics` on its HTTP port.
+    """
+    ports = {}
+    for offset, spec in enumerate(specs):
+        port = base_port + offset if base_port else free()
+        ports[spec.name] = port
+        spec.args = [*spec.args, "--metrics_port", str(port)]
+    return ports
+
+
 def gateway_process(mesh_file: str, *, host: str, port: int) -> ProcessSpec:
     args = ["--model_list", mesh_file, "--host", host]
     return ProcessSpec("gateway", "services.gateway", args, port, ready="http")
@@ -201,6 +283,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Fetch progress (services.models.fetch) reaches the launcher's terminal through stderr.
+    logging.basicConfig(level=logging.WARNING, format="  %(message)s")
+    logging.getLogger("services.models").setLevel(logging.INFO)
     names = [name.strip() for name in args.models.split(",") if name.strip()]
     try:
         entries = select_models(read_model_list(args.model_list), names)

@@ -70,10 +70,11 @@ class Replicas:
             for index in itertools.count(entry.replicas)
             if (name := f"{backend}-{model}-{index}") not in self.supervisor.entries
         )
+        metrics_port = free_port()
         spec = ProcessSpec(
             name,
             ENGINE_MODULES[backend],
-            engine_args(entry, backend),
+            [*engine_args(entry, backend), "--metrics_port", str(metrics_port)],
             free_port(),
             env=self.env,
             model=model,
@@ -82,7 +83,8 @@ class Replicas:
         process = self.supervisor.add(spec)
         self.running.setdefault(key, []).append(name)
         self.supervisor.report(
-            f"hfmesh: {name} added (pid {process.process.pid}, port {spec.port})"
+            f"hfmesh: {name} added (pid {process.process.pid}, port {spec.port}); "
+            f"metrics on port {metrics_port}"
         )
         return spec
 

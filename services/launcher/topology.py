@@ -9,9 +9,13 @@ network namespace), so a service is reached at `NAME:PORT` in both: compose's
 service-name DNS and a Kubernetes Service of the same name in the namespace.
 
 The planned model list the services read (`services.common.model_list`) is
-written with container paths (`/models/<model>` on the model volume) and
-those `NAME:PORT` endpoints; the same file is mounted in compose and becomes
-the Kubernetes ConfigMap.
+written with container paths and those `NAME:PORT` endpoints; the same file is
+mounted in compose and becomes the Kubernetes ConfigMap. Container paths: a
+built-in model at `/models/<model>` on the model volume; a remote source
+(`hf://`, `s3://`, `gs://`, `https://`) at `/models/sources/<cache name>`, where
+the storage initializer (`python -m services.models fetch`) writes it — compose's
+`models` service, a Kubernetes init container; a `pvc://claim/path` at
+`/mnt/pvc/claim/path`, the claim mounted read-only.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.model_list import Endpoints, MeshPlan, ModelEntry
+from services.common.model_source import DEFAULT_PVC_ROOT, parse_source
 from services.launcher.plan import ENGINE_MODULES, engine_args
 
 #: Where the model volume is mounted, and where the planned list is mounted.
 MODELS_DIR = "/models"
+SOURCES_DIR = f"{MODELS_DIR}/sources"
 MESH_FILE = "/etc/hfmesh/models.yaml"
 
 GATEWAY_PORT = 8080
@@ -60,6 +66,10 @@ class Container:
     model: ModelEntry | None = None
     mounts_models: bool = True
     environment: dict[str, str] = field(default_factory=dict)
+    #: (remote source, container folder) pairs to fetch before this container starts.
+    fetches: list[tuple[str, str]] = field(default_factory=list)
+    #: `pvc://` volume claims this container reads models from.
+    claims: list[str] = field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -76,9 +86,29 @@ class Container:
         return ["python", "-m", "services.common.healthcheck", self.probe, str(self.port)]
 
 
-def container_source(entry: ModelEntry, model_name: str | None) -> str:
-    """A built-in model lives on the model volume; a `source:` folder is used as written."""
-    return f"{MODELS_DIR}/{model_name}" if model_name else entry.source
+def container_source(written: str | None, model_name: str | None) -> str:
+    """Where a model (or adapter) written as `model:` or `source:` is inside a container."""
+    if model_name:
+        return f"{MODELS_DIR}/{model_name}"
+    source = parse_source(str(written))
+    if source.remote:
+        return f"{SOURCES_DIR}/{source.cache_name()}"
+    if source.kind == "pvc":
+        return f"{DEFAULT_PVC_ROOT}/{source.key}".rstrip("/")
+    return source.location
+
+
+def _fetches(entry: ModelEntry, *, adapters: bool) -> list[tuple[str, str]]:
+    pairs = [(entry.storage_uri, entry.source)]
+    if adapters:
+        pairs += [(a.storage_uri, a.source) for a in entry.adapters]
+    return [(uri, folder) for uri, folder in pairs if uri]
+
+
+def _claims(entry: ModelEntry, *, adapters: bool) -> list[str]:
+    folders = [entry.source, *(a.source for a in entry.adapters if adapters)]
+    prefix = f"{DEFAULT_PVC_ROOT}/"
+    return [f.removeprefix(prefix).split("/")[0] for f in folders if f.startswith(prefix)]
 
 
 def engine_name(entry: ModelEntry, backend: str, replica: int | None = None) -> str:
@@ -87,9 +117,13 @@ def engine_name(entry: ModelEntry, backend: str, replica: int | None = None) -> 
 
 
 def _mesh_service(name: str, port: int, **options: Any) -> Container:
-    """A service that reads the planned list: gateway, tokenizer, control plane."""
+    """A service that reads the planned list: gateway, tokenizer, control plane. All but the
+    gateway (`/metrics` on its HTTP port) export metrics on `METRICS_PORT`."""
     module = f"services.{name.replace('-', '_')}"
     args = ["--host", "0.0.0.0", "--port", str(port), "--model_list", MESH_FILE]
+    if name != "gateway":
+        args += ["--metrics_port", str(METRICS_PORT)]
+        options.setdefault("metrics_port", METRICS_PORT)
     return Container(name, name, name, module, args, port, **options)
 
 
@@ -125,10 +159,16 @@ def mesh_containers(plan: MeshPlan, *, per_replica: bool) -> list[Container]:
                     metrics_port=METRICS_PORT,
                     model=entry,
                     environment=environment,
+                    fetches=_fetches(entry, adapters=backend == "vllm"),
+                    claims=_claims(entry, adapters=backend == "vllm"),
                 )
                 engines.append(engine)
                 endpoints.engines.setdefault(backend, []).append(engine.address)
         plan.endpoints[entry.name] = endpoints
+        # The tokenizer reads every model's tokenizer files (not the adapters').
+        tokenizer.fetches += _fetches(entry, adapters=False)
+        tokenizer.claims += _claims(entry, adapters=False)
+    tokenizer.claims = list(dict.fromkeys(tokenizer.claims))
     gateway = _mesh_service(
         "gateway", GATEWAY_PORT, probe="http", mounts_models=False, environment=environment
     )

@@ -1,4 +1,5 @@
-"""`python -m services.models build`: build (or list) the model cache."""
+"""`python -m services.models build|path|list|fetch`: build the model cache, or fetch a model
+source into it (the storage initializer, `services.models.fetch`)."""
 
 import sys
 

@@ -4,6 +4,10 @@ Each model is built into a temporary folder beside its target and renamed into p
 complete, under a per-model file lock, so concurrent builders (pytest workers, the launcher)
 never build twice and a crash never leaves half a model. A folder counts as built when it holds
 a marker whose recipe version matches; bumping a recipe's version rebuilds that model.
+
+Models from elsewhere (`hf://`, `s3://`, `gs://`, `https://`) are fetched into the same cache,
+under `sources/`, by `services.models.fetch` (`python -m services.models fetch SOURCE`, or
+`build --fetch SOURCE` beside the built models), under the same kind of lock.
 """
 
 from __future__ import annotations
@@ -138,7 +142,7 @@ def is_model_ready(name: str, cache_dir: Path | None = None) -> bool:
 
 
 @contextmanager
-def _model_lock(cache_dir: Path, name: str) -> Iterator[None]:
+def model_lock(cache_dir: Path, name: str) -> Iterator[None]:
     lock_dir = cache_dir / ".locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     with open(lock_dir / f"{name}.lock", "w") as lock_file:
@@ -197,7 +201,7 @@ def ensure_model(name: str, cache_dir: Path | None = None) -> Path:
         return target
     dependencies = [ensure_model(needed, cache_dir) for needed in recipe.needs]
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _model_lock(cache_dir, name):
+    with model_lock(cache_dir, name):
         if is_model_ready(name, cache_dir):
             logger.info("%s: ready, built by another process", name)
         else:
@@ -236,6 +240,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     path.add_argument("name", choices=MODEL_NAMES, metavar="NAME")
     commands.add_parser("list", parents=[common], help="list the models and whether each is built")
+    build.add_argument(
+        "--fetch",
+        action="append",
+        default=[],
+        metavar="SOURCE",
+        help="also fetch this model source into the cache's sources/ (repeatable; as `fetch`)",
+    )
+    fetch = commands.add_parser(
+        "fetch",
+        parents=[common],
+        help="fetch a model source (hf://, s3://, gs://, https://) and print its folder",
+        description="Fetch SOURCE (hf://org/name[@revision], org/name, s3://bucket/prefix, "
+        "gs://bucket/prefix, https://host/file-or-archive) into DEST, by default the cache's "
+        "sources/ folder, with progress; resumes an interrupted fetch and does nothing when "
+        "DEST already holds it. Local and pvc:// sources are only checked and printed. "
+        "Credentials come from the environment (HF_TOKEN; AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3; GOOGLE_APPLICATION_CREDENTIALS).",
+    )
+    fetch.add_argument("source", metavar="SOURCE")
+    fetch.add_argument("dest", nargs="?", type=Path, metavar="DEST")
     return parser
 
 
@@ -245,14 +269,38 @@ def _ensure_with_progress(name: str, cache_dir: Path) -> Path:
     return ensure_model(name, cache_dir)
 
 
+def _fetch(sources: list[str], dest: Path | None, cache_dir: Path) -> list[Path] | None:
+    """The folders of `sources`, fetched if remote; None after printing why one failed."""
+    from services.common.errors import InvalidArgument
+    from services.models.fetch import FetchError, fetch_source
+
+    if not sources:
+        return []
+    logging.getLogger("services.models").setLevel(logging.INFO)
+    try:
+        return [fetch_source(source, dest, cache_dir=cache_dir) for source in sources]
+    except (FetchError, InvalidArgument) as error:
+        print(f"hfmesh: {error}", file=sys.stderr, flush=True)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logger.setLevel(logging.INFO)  # progress lines go to stderr, paths to stdout
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    cache_dir = (args.cache_dir or default_cache_dir()).expanduser().absolute()
+    # Sources first: the hub may be reachable for them; the builders below never need it.
+    sources = [args.source] if args.command == "fetch" else getattr(args, "fetch", [])
+    fetched = _fetch(sources, getattr(args, "dest", None), cache_dir)
+    if fetched is None:
+        return 1
+    if args.command == "fetch":
+        print(fetched[0])
+        return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF converter's bar bypasses the above
-    cache_dir = (args.cache_dir or default_cache_dir()).expanduser().absolute()
     if args.command == "list":
         for name in MODEL_NAMES:
             state = "built" if is_model_ready(name, cache_dir) else "missing"
@@ -260,9 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "path":
         print(_ensure_with_progress(args.name, cache_dir))
     else:
-        names = args.only or MODEL_NAMES
+        names = args.only or ([] if args.fetch else MODEL_NAMES)
         paths = {name: _ensure_with_progress(name, cache_dir) for name in names}
-        for name, path in paths.items():
+        for name, path in [*paths.items(), *zip(args.fetch, fetched, strict=True)]:
             print(f"{name:24} {path}")
     return 0
 

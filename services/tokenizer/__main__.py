@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from services.common import tracing
 from services.common.architecture import infer_task
 from services.common.errors import HfmeshError
 from services.common.logs import configure_logging
@@ -66,17 +67,30 @@ async def main(argv: list[str] | None = None) -> None:
         "(OIP v2 gRPC)",
     )
     configure_logging(settings.log_level, service="tokenizer")
+    tracing.configure("tokenizer")
     try:
         specs = model_specs(settings)
     except HfmeshError as error:
         raise SystemExit(f"python -m services.tokenizer: {error.message}") from None
     predictor = (
-        PredictorClient(settings.predictor_host, timeout=settings.predictor_timeout)
+        PredictorClient(
+            settings.predictor_host,
+            timeout=settings.predictor_timeout,
+            max_message_bytes=settings.max_message_bytes,
+        )
         if settings.predictor_host
         else None
     )
     servicer = TokenizerServicer(predictor=predictor)
-    runner = GrpcServiceRunner(host=settings.host, port=settings.port)
+    if settings.metrics_port:
+        servicer.metrics.serve(settings.metrics_port, settings.host)
+        logger.info("metrics on :%d/metrics", settings.metrics_port)
+    runner = GrpcServiceRunner(
+        host=settings.host,
+        port=settings.port,
+        grace_seconds=settings.drain_grace,
+        max_message_bytes=settings.max_message_bytes,
+    )
     runner.add(lambda server: pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server))
     core: list[TokenizerCore] = []
 

@@ -2,7 +2,7 @@
 
 Any OIP v2 gRPC server works (the HF engine's tensor path, Triton, MLServer):
 one `ModelInfer` per request, raw tensors, the request id as metadata, and a
-deadline on every call.
+deadline on every call: what is left of the caller's, at most `--predictor_timeout`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import logging
 import grpc
 import numpy as np
 
+from services.common import tracing
 from services.common.codec import InferRequest, Tensor
 from services.common.converters import infer_request_to_pb, infer_response_from_pb
 from services.common.errors import from_rpc_error
 from services.common.logs import REQUEST_ID_HEADER
 from services.common.pb import inference_pb2_grpc as pb_grpc
-from services.common.server import MAX_MESSAGE_BYTES
+from services.common.server import MAX_MESSAGE_BYTES, time_left
 
 logger = logging.getLogger(__name__)
 
@@ -25,14 +26,16 @@ logger = logging.getLogger(__name__)
 class PredictorClient:
     """A long-lived channel to one OIP v2 predictor."""
 
-    def __init__(self, address: str, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self, address: str, *, timeout: float = 60.0, max_message_bytes: int = MAX_MESSAGE_BYTES
+    ) -> None:
         self.address = address
         self.timeout = timeout
         self._channel = grpc.aio.insecure_channel(
             address,
             options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
             ],
         )
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
@@ -55,8 +58,8 @@ class PredictorClient:
         try:
             reply = await self._stub.ModelInfer(
                 infer_request_to_pb(request, raw=True),
-                timeout=timeout or self.timeout,
-                metadata=((REQUEST_ID_HEADER, request_id),),
+                timeout=time_left(timeout or self.timeout),
+                metadata=tracing.with_trace_context(((REQUEST_ID_HEADER, request_id),)),
             )
         except grpc.aio.AioRpcError as error:
             logger.info(

@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 
 from services.common import tokenizer_tensors as tt
+from services.common import tracing
 from services.common.codec import InferRequest, InferResponse, Tensor, as_bytes_array, datatype_of
 from services.common.converters import (
     infer_request_from_pb,
@@ -29,6 +30,7 @@ from services.common.errors import HfmeshError, InternalError, NotFound, Unavail
 from services.common.logs import request_id_var
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import inference_pb2_grpc as pb_grpc
+from services.common.service_metrics import ServiceMetrics
 from services.common.version import VERSION
 from services.tokenizer.core import TokenizerCore, TokenizerModel
 from services.tokenizer.predictor import PredictorClient
@@ -39,10 +41,15 @@ logger = logging.getLogger(__name__)
 
 class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
-        self, *, server_name: str = "hfmesh-tokenizer", predictor: PredictorClient | None = None
+        self,
+        *,
+        server_name: str = "hfmesh-tokenizer",
+        predictor: PredictorClient | None = None,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self.server_name = server_name
         self.predictor = predictor
+        self.metrics = metrics or ServiceMetrics("tokenizer")
         self.core: TokenizerCore | None = None  # set once the tokenizers are loaded
 
     def attach(self, core: TokenizerCore) -> None:
@@ -160,7 +167,9 @@ class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):
             tt.DETOKENIZE: self._detokenize,
             None: self._transform,
         }[operation]
-        response = await handler(self.core, model, infer)
+        name = _span_name(operation, infer)
+        with self.metrics.track(name), tracing.span(name, {"gen_ai.request.model": base}):
+            response = await handler(self.core, model, infer)
         if infer.requested_outputs:
             wanted = set(infer.requested_outputs)
             response.outputs = [o for o in response.outputs if o.name in wanted]
@@ -220,6 +229,14 @@ class TokenizerServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
         result = await core.run(model.postprocess, raw, encoded, infer.parameters)
         return _response(infer, {RESULT_OUTPUT: result})
+
+
+def _span_name(operation: str | None, infer: InferRequest) -> str:
+    """The operation's span: `render` (a chat template) or `tokenize` (plain text) for
+    `M.render`, the operation otherwise, `transform` for the KServe transformer path."""
+    if operation == tt.RENDER:
+        return "tokenize" if any(t.name == "text_input" for t in infer.inputs) else "render"
+    return operation or "transform"
 
 
 def _response(infer: InferRequest, arrays: dict[str, np.ndarray]) -> InferResponse:

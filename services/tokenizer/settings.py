@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 from services.common.engine import Task
 from services.common.errors import InvalidArgument
 from services.common.model_list import load_model_list
-from services.common.settings import TokenizerFlags
+from services.common.settings import TokenizerFlags, metrics_port_field
 
 
 class TokenizerSettings(TokenizerFlags):
@@ -37,6 +37,7 @@ class TokenizerSettings(TokenizerFlags):
     predictor_protocol: str = Field("grpc-v2", description="protocol of the predictor (grpc-v2)")
     predictor_timeout: float = Field(60.0, description="deadline of each predictor call, seconds")
     workers: int = Field(4, description="threads running tokenizer work")
+    metrics_port: int | None = metrics_port_field()
 
     @field_validator("predictor_protocol")
     @classmethod

@@ -48,7 +48,12 @@ def settings_of(service: dict[str, Any]) -> Any:
 
 
 def mesh_services(compose_doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {name: s for name, s in compose_doc["services"].items() if name != "models"}
+    """hfmesh's own services (not the model build, not the observability profile's)."""
+    return {
+        name: s
+        for name, s in compose_doc["services"].items()
+        if name != "models" and "observability" not in s.get("profiles", [])
+    }
 
 
 def test_valid_against_the_compose_specification(compose_doc):

@@ -1,10 +1,10 @@
 """`python -m services.launcher` run as a user runs it, for integration tests.
 
-`LauncherRun(tmp, args)` starts it with its output in `tmp/launcher.out` and its own run file
-(`tmp/run/launcher.json`, passed first, so `args` may not name another); `wait_for` polls that
-output for a line, `scale` runs `--add_replica`/`--remove_replica` against it, `stop` sends
-SIGTERM. `launched(run)` is the module fixture's body: up, yielded, stopped, and any process
-the launcher failed to stop killed.
+`LauncherRun(tmp, args, env)` starts it (with `env` added to the environment) with its output
+in `tmp/launcher.out` and its own run file (`tmp/run/launcher.json`, passed first, so `args`
+may not name another); `wait_for` polls that output for a line, `scale` runs
+`--add_replica`/`--remove_replica` against it, `stop` sends SIGTERM. `launched(run)` is the
+module fixture's body: up, yielded, stopped, and any process the launcher failed to stop killed.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tests.helpers.metrics import wait_until
 
 
 class LauncherRun:
-    def __init__(self, tmp: Path, args: list[str]) -> None:
+    def __init__(self, tmp: Path, args: list[str], env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
         self.output = tmp / "launcher.out"
         self.run_file = tmp / "run" / "launcher.json"
@@ -36,7 +36,7 @@ class LauncherRun:
                 cwd=ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
             )
 
     def text(self) -> str:

@@ -137,7 +137,10 @@ def running_mesh(
     env: dict[str, str] | None = None,
     timeout: float = 300.0,
 ) -> Iterator[Mesh]:
-    """Start the planned mesh (or only its engines) in `folder`; stop it all on exit."""
+    """Start the planned mesh (or only its engines) in `folder`; stop it all on exit.
+
+    `metrics`: the models whose engines export `/metrics`, and "tokenizer" for the tokenizer's.
+    """
     plan = MeshPlan(models)
     mesh_file = folder / "mesh.yaml"
     specs = _plan(plan, mesh_file)
@@ -146,8 +149,16 @@ def running_mesh(
         specs = [spec for spec in specs if spec.module != "services.tokenizer"]
     else:
         specs.append(gateway_process(str(mesh_file), host=HOST, port=free_port()))
-    exporting = {a for m in metrics for pool in plan.endpoints[m].engines.values() for a in pool}
-    metrics_ports = {s.name: free_port() for s in specs if f"{HOST}:{s.port}" in exporting}
+    exporting = {
+        a
+        for m in metrics
+        if m in plan.endpoints
+        for pool in plan.endpoints[m].engines.values()
+        for a in pool
+    }
+    metrics_ports = {
+        s.name: free_port() for s in specs if f"{HOST}:{s.port}" in exporting or s.name in metrics
+    }
     local = {s.name: _local(s, metrics_ports.get(s.name)) for s in specs}
     mesh = Mesh(plan, local, metrics_ports, env, folder)
     try:

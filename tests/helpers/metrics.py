@@ -7,6 +7,7 @@ A sample is keyed as exposed, labels included (`vllm:num_requests_running{model_
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 
@@ -46,3 +47,16 @@ async def poll(predicate: Callable[[], bool], timeout: float = 5.0, interval: fl
             return False
         await asyncio.sleep(interval)
     return True
+
+
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def value(samples: dict[str, float], name: str, **labels: str) -> float:
+    """The sample `name` with exactly these labels, whatever order they were exposed in
+    (0.0 when absent)."""
+    for key, found in samples.items():
+        base, _, rest = key.partition("{")
+        if base == name and dict(_LABEL.findall(rest)) == labels:
+            return found
+    return 0.0

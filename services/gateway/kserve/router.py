@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from services.common.errors import InvalidArgument
 from services.common.version import VERSION
-from services.gateway.errors import json_response
+from services.gateway.errors import KServeError, error_responses, json_response
 from services.gateway.kserve.binary import HEADER_LENGTH, encode_response, raw_outputs, split_body
 from services.gateway.kserve.protocol import V1PredictRequest, V2InferRequest, response_to_json
 from services.gateway.state import gateway
@@ -46,7 +46,7 @@ def _parse(raw: bytes, model: type[M]) -> M:
 
 
 def build_v1_router() -> APIRouter:
-    router = APIRouter(tags=["kserve-v1"])
+    router = APIRouter(tags=["kserve-v1"], responses=error_responses(KServeError))
 
     @router.get("/")
     async def alive() -> Response:
@@ -65,16 +65,18 @@ def build_v1_router() -> APIRouter:
     async def predict(name: str, request: Request) -> Response:
         body = await _body(request, V1PredictRequest)
         state = gateway(request)
-        result = await cancel_on_disconnect(
-            request, state.kserve.v1_predict(name, body, state.call(request))
+        call = state.call(request)
+        slots = len(body.instances) if state.kserve.generative(name) else 1
+        work = state.admission.run(
+            name, slots, call, lambda: state.kserve.v1_predict(name, body, call)
         )
-        return json_response(result)
+        return json_response(await cancel_on_disconnect(request, work))
 
     return router
 
 
 def build_v2_router() -> APIRouter:
-    router = APIRouter(tags=["kserve-v2"])
+    router = APIRouter(tags=["kserve-v2"], responses=error_responses(KServeError))
 
     @router.get("/v2")
     async def server_metadata() -> Response:
@@ -88,7 +90,8 @@ def build_v2_router() -> APIRouter:
 
     @router.get("/v2/health/ready")
     async def ready(request: Request) -> Response:
-        is_ready = gateway(request).routes.ready
+        state = gateway(request)
+        is_ready = state.routes.ready and not state.draining
         return _json({"ready": is_ready}, 200 if is_ready else 503)
 
     @router.get("/v2/models/{name}")
@@ -107,9 +110,11 @@ def build_v2_router() -> APIRouter:
         body = _parse(header, V2InferRequest)
         raw = raw_outputs(body)
         state = gateway(request)
-        result = await cancel_on_disconnect(
-            request, state.kserve.v2_infer(name, body, tail, state.call(request))
+        call = state.call(request)
+        work = state.admission.run(
+            name, 1, call, lambda: state.kserve.v2_infer(name, body, tail, call)
         )
+        result = await cancel_on_disconnect(request, work)
         content, json_length = encode_response(response_to_json(result), result, raw)
         if json_length is None:
             return Response(content, media_type="application/json")
@@ -119,7 +124,10 @@ def build_v2_router() -> APIRouter:
             headers={HEADER_LENGTH: str(json_length)},
         )
 
-    @router.get("/metrics")
+    @router.get(
+        "/metrics",
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics(request: Request) -> Response:
         return Response(gateway(request).metrics.render(), media_type="text/plain; version=0.0.4")
 

@@ -84,7 +84,11 @@ class KServeServing:
         return list(self.mesh.routes.by_name)
 
     def ready(self, name: str) -> bool:
-        return self.mesh.route(name).ready
+        return self.mesh.routes.model_ready(name)
+
+    def generative(self, name: str) -> bool:
+        route = self.mesh.routes.by_name.get(name)
+        return route is not None and route.task.is_generative
 
     async def v1_predict(
         self, name: str, body: V1PredictRequest, call: CallContext
@@ -132,6 +136,7 @@ class KServeServing:
     ) -> InferResponse:
         """`binary_tail`: the raw input bytes after the JSON header (binary.py)."""
         route = self.mesh.route(name)
+        self.mesh.limits.requested_outputs(len(body.outputs or []))
         infer = request_from_json(name, body, binary_inputs(body, binary_tail))
         if not infer.id:
             infer.id = call.request_id

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from services.gateway.errors import OPENAI_TAG, json_response
+from services.gateway.admission import generation_slots
+from services.gateway.errors import OPENAI_TAG, OpenAIError, error_responses, json_response
 from services.gateway.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -16,6 +19,11 @@ from services.gateway.openai.protocol import (
 from services.gateway.state import gateway
 from services.gateway.streaming import EventStreamResponse, cancel_on_disconnect
 
+#: With `"stream": true` the answer is Server-Sent Events.
+STREAMED: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}
+}
+
 
 def _answer(result) -> Response:
     if hasattr(result, "model_dump_json"):
@@ -24,35 +32,42 @@ def _answer(result) -> Response:
 
 
 def build_router(prefix: str) -> APIRouter:
-    router = APIRouter(prefix=prefix, tags=[OPENAI_TAG])
+    router = APIRouter(prefix=prefix, tags=[OPENAI_TAG], responses=error_responses(OpenAIError))
 
-    @router.post("/v1/completions")
+    @router.post("/v1/completions", responses=STREAMED)
     async def completions(body: CompletionRequest, request: Request) -> Response:
         state = gateway(request)
         call = state.call(request)
-        return _answer(
-            await cancel_on_disconnect(request, state.generation.completions(body, call))
+        slots = generation_slots(body.n, body.best_of, body.prompt)
+        work = state.admission.run(
+            body.model, slots, call, lambda: state.generation.completions(body, call)
         )
+        return _answer(await cancel_on_disconnect(request, work))
 
-    @router.post("/v1/chat/completions")
+    @router.post("/v1/chat/completions", responses=STREAMED)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         state = gateway(request)
         call = state.call(request)
-        return _answer(await cancel_on_disconnect(request, state.generation.chat(body, call)))
+        work = state.admission.run(
+            body.model, body.n, call, lambda: state.generation.chat(body, call)
+        )
+        return _answer(await cancel_on_disconnect(request, work))
 
     @router.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
         state = gateway(request)
-        return json_response(
-            await cancel_on_disconnect(request, state.pooling.embeddings(body, state.call(request)))
+        call = state.call(request)
+        work = state.admission.run(
+            body.model, 1, call, lambda: state.pooling.embeddings(body, call)
         )
+        return json_response(await cancel_on_disconnect(request, work))
 
     @router.post("/v1/rerank")
     async def rerank(body: RerankRequest, request: Request) -> Response:
         state = gateway(request)
-        return json_response(
-            await cancel_on_disconnect(request, state.pooling.rerank(body, state.call(request)))
-        )
+        call = state.call(request)
+        work = state.admission.run(body.model, 1, call, lambda: state.pooling.rerank(body, call))
+        return json_response(await cancel_on_disconnect(request, work))
 
     @router.get("/v1/models")
     async def models(request: Request) -> Response:

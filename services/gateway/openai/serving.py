@@ -19,6 +19,7 @@ from services.common.engine import GenerateDelta, Task
 from services.common.errors import InternalError, InvalidArgument
 from services.common.llm_tensors import check_context_length
 from services.gateway.core import MeshClient, check_task
+from services.gateway.genai import first_token, genai_request, genai_response
 from services.gateway.grpc_clients import CallContext, Rendered
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openai import generation as gen
@@ -88,8 +89,16 @@ class GenerationServing:
     async def completions(
         self, request: CompletionRequest, call: CallContext
     ) -> CompletionResponse | AsyncIterator[bytes]:
-        route = self.mesh.route(request.model)
+        genai_request(
+            "text_completion",
+            request.model,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+        )
+        call.session = call.session or request.user
+        route = self.mesh.route(request.model, call.session)
         check_task(route, GENERATIVE, "/v1/completions")
+        self.mesh.limits.sampling(n=request.n, best_of=request.best_of, stop=request.stop)
         structured, source = structured_outputs(request)
         sampling = gen.sampling_params(
             request, max_tokens=request.max_tokens, logprobs=request.logprobs, structured=structured
@@ -103,6 +112,9 @@ class GenerationServing:
                 "'echo' together with 'logprobs' needs prompt logprobs, which are not supported"
             )
         prompts = _prompts(request.prompt)
+        self.mesh.limits.inputs(len(prompts))
+        for prompt in prompts:
+            self.mesh.limits.prompt(len(prompt))
         rendered = await asyncio.gather(*(self._prompt(route, call, p, request) for p in prompts))
         limit = self.mesh.max_model_len(route, rendered[0])
         for item in rendered:
@@ -197,11 +209,15 @@ class GenerationServing:
     async def chat(
         self, request: ChatCompletionRequest, call: CallContext
     ) -> ChatCompletionResponse | AsyncIterator[bytes]:
-        route = self.mesh.route(request.model)
-        check_task(route, GENERATIVE, "/v1/chat/completions")
         max_tokens = request.max_completion_tokens
         if max_tokens is None:
             max_tokens = request.max_tokens
+        genai_request("chat", request.model, max_tokens=max_tokens, temperature=request.temperature)
+        call.session = call.session or request.user
+        route = self.mesh.route(request.model, call.session)
+        check_task(route, GENERATIVE, "/v1/chat/completions")
+        self.mesh.limits.sampling(n=request.n, best_of=None, stop=request.stop)
+        self.mesh.limits.chat_prompt(request.messages)
         top = request.top_logprobs or 0
         structured, source = structured_outputs(request)
         sampling = gen.sampling_params(
@@ -379,6 +395,7 @@ class ChoiceStreams:
         async for batch in self._batches:
             if not self._first_seen:
                 self._first_seen = True
+                first_token()
                 self.serving.metrics.ttft.labels(self.route.name).observe(
                     time.monotonic() - self.arrival
                 )
@@ -405,8 +422,12 @@ class ChoiceStreams:
                 unfinished,
             )
             raise InternalError()
-        self.serving.metrics.generated_tokens.labels(self.route.name).inc(
-            sum(c.num_output_tokens for c in self.choices)
+        usage = self.usage(self.choices)
+        self.serving.metrics.generated_tokens.labels(self.route.name).inc(usage.completion_tokens)
+        genai_response(
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            [c.finish_reason for c in self.choices if c.finish_reason],
         )
 
     async def start_stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

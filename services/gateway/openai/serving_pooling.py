@@ -10,6 +10,7 @@ from services.common import task_results
 from services.common.engine import Task
 from services.common.errors import InvalidArgument
 from services.gateway.core import MeshClient, check_task
+from services.gateway.genai import genai_request, genai_response
 from services.gateway.grpc_clients import CallContext
 from services.gateway.openai.protocol import (
     EmbeddingData,
@@ -44,9 +45,21 @@ class PoolingServing:
             )
             for name, route in self.mesh.routes.by_name.items()
         ]
+        for public, split in self.mesh.routes.splits.items():
+            entry = self.mesh.routes.by_name[next(iter(split.weights))].entry
+            cards.append(
+                ModelCard(
+                    id=public,
+                    created=self.created,
+                    owned_by=self.owned_by,
+                    max_model_len=entry.max_model_len,
+                    task=entry.task.value,
+                )
+            )
         return ModelList(data=cards)
 
     async def embeddings(self, request: EmbeddingRequest, call: CallContext) -> EmbeddingResponse:
+        genai_request("embeddings", request.model)
         route = self.mesh.route(request.model)
         check_task(route, (Task.TEXT_EMBEDDING,), "/v1/embeddings")
         if request.dimensions is not None:
@@ -67,6 +80,7 @@ class PoolingServing:
                 value = vector.tolist()
             data.append(EmbeddingData(index=index, embedding=value))
         usage = Usage(prompt_tokens=encoded.num_tokens, total_tokens=encoded.num_tokens)
+        genai_response(encoded.num_tokens)
         return EmbeddingResponse(data=data, model=request.model, usage=usage)
 
     async def rerank(self, request: RerankRequest, call: CallContext) -> RerankResponse:

@@ -75,3 +75,20 @@ def test_replicas_register_only_with_a_control_plane():
     registration = tokenizer.registration(service="tokenizer", models=["a", "b"])
     assert registration == Registration("cp:1", "tokenizer", ("a", "b"), "", "tok.svc")
     assert registration.registrar("0.0.0.0", 50051).address == "tok.svc:50051"
+
+
+def test_engines_take_model_id_in_the_model_source_syntax(capsys):
+    from services.engine_hf.settings import HFEngineSettings
+    from services.engine_vllm.settings import VLLMEngineSettings
+
+    for engine in (HFEngineSettings, VLLMEngineSettings):
+        argv = ["--model_id", "hf://org/name@v1", "--task", "text_generation"]
+        settings, _ = parse_settings(engine, argv, prog="x", description="d", env={})
+        assert (settings.model_id, settings.model_revision) == ("org/name", "v1")
+        argv += ["--model_revision", "main"]
+        settings, _ = parse_settings(engine, argv, prog="x", description="d", env={})
+        assert (settings.model_id, settings.model_revision) == ("org/name", "main")
+    with pytest.raises(SystemExit):
+        argv = ["--model_id", "s3://models/tiny", "--task", "text_generation"]
+        parse_settings(HFEngineSettings, argv, prog="x", description="d", env={})
+    assert "python -m services.models fetch" in capsys.readouterr().err

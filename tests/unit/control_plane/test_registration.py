@@ -129,3 +129,22 @@ def _rendered(plane):
     from services.control_plane.resources import render
 
     return render(plane.store)
+
+
+async def test_calls_are_counted_per_method_and_status(tmp_path, control_plane, stub_of):
+    plane = await control_plane(model_list=mesh_file(tmp_path))
+    stub = stub_of(plane)
+    await stub.Register(_engine("127.0.0.1:5000"), timeout=3)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.Register(_engine("127.0.0.1:5000", model="nope"), timeout=3)
+    registry = plane.metrics.registry
+    method = "hfmesh.registration.v1.Registration/Register"
+    counted = {
+        code: registry.get_sample_value(
+            "hfmesh_control_plane_requests_total", {"operation": method, "code": code}
+        )
+        for code in ("OK", "INVALID_ARGUMENT")
+    }
+    assert counted == {"OK": 1.0, "INVALID_ARGUMENT": 1.0}
+    latency = "hfmesh_control_plane_request_duration_seconds_count"
+    assert registry.get_sample_value(latency, {"operation": method}) == 2.0
