@@ -24,6 +24,7 @@ from services.common.errors import Cancelled, HfmeshError, InvalidArgument, Payl
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.gateway import genai
 from services.gateway.errors import error_response, is_openai
+from services.gateway.kserve.binary import HEADER_LENGTH, split_body
 from services.gateway.limits import check_json_body
 from services.gateway.metrics import GatewayMetrics, outcome_of
 
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 OPEN_PATHS = ("/metrics", "/v2/health/live", "/v2/health/ready", "/health")
 #: V2 REST's binary tensor extension: the body's JSON part is this many leading bytes.
-BINARY_HEADER_LENGTH = b"inference-header-content-length"
+BINARY_HEADER_LENGTH = HEADER_LENGTH.lower().encode()
 
 
 class HeadersTooLarge(InvalidArgument):
@@ -227,15 +228,7 @@ class RequestGuardMiddleware:
 
     @staticmethod
     def _json_part(scope: Scope, body: bytes) -> bytes:
-        given = _header(scope, BINARY_HEADER_LENGTH)
-        if given is None:
-            return body
-        if not given.isdigit() or int(given) > len(body):
-            raise InvalidArgument(
-                f"Inference-Header-Content-Length {given!r} is not a length within the body "
-                f"({len(body)} bytes)"
-            )
-        return body[: int(given)]
+        return split_body(body, _header(scope, BINARY_HEADER_LENGTH))[0]
 
 
 class ApiKeyMiddleware:
