@@ -4,7 +4,7 @@ collide).
 Routing: `hfmesh_gateway_routing_decisions_total{model, address, reason}` counts each engine
 pick by its reason (`affinity_hit`, `affinity_miss`, `spill`, `least_loaded`, `session`,
 `session_spill`), and `hfmesh_gateway_prefix_index_entries{model, address}` is the prefix
-index's size per replica.
+index's size per replica; a replica's series end when it leaves the model.
 
 Canary: `hfmesh_gateway_revision_requests_total{model, revision}` counts the requests for a
 public name by the revision they went to, and `hfmesh_gateway_revision_traffic{model,

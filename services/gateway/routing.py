@@ -113,6 +113,13 @@ class ModelRoute:
             return Pick(least_loaded(live, self.options.token_unit), LEAST_LOADED)
         return pick_prefix(self.name, live, request.input_ids, self.index, self.options)
 
+    def drop(self, replica: Replica) -> None:
+        """`replica` left the model: forget it, its decision counts included (a mesh that
+        scales adds and removes addresses all day; their series end with them)."""
+        self.forget(replica)
+        for key in [k for k in self.decisions if k[0] == replica.address]:
+            del self.decisions[key]
+
     def forget(self, replica: Replica) -> None:
         """Drop what the prefix index knew of `replica` (it left, or its cache is gone)."""
         if purged := self.index.purge(replica.address):
@@ -120,9 +127,9 @@ class ModelRoute:
 
     def set_engines(self, backend: str, replicas: list[Replica]) -> None:
         """Replace one backend's replicas, keeping the entry's order of backends; the prefix
-        index forgets replicas that left."""
+        index and the decision counts forget replicas that left."""
         for gone in set(dict(self.engines).get(backend, [])) - set(replicas):
-            self.forget(gone)
+            self.drop(gone)
         pools = {**dict(self.engines), backend: replicas}
         order = self.entry.backends + [b for b in pools if b not in self.entry.backends]
         self.engines = [(b, pools[b]) for b in order if pools.get(b)]
@@ -238,7 +245,8 @@ class ReplicaRouter:
         for address, replica in list(self.replicas.items()):
             if replica not in in_use:
                 logger.info("%s left the mesh: closing once its calls finish", address)
-                self._forget(replica)
+                for route in self.by_name.values():
+                    route.drop(replica)
                 del self.replicas[address]
                 self._leaving[replica] = asyncio.ensure_future(self._close_leaving(replica))
         self.notify_replicas_changed()

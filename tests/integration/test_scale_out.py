@@ -41,6 +41,10 @@ STATIC, AUTO, ZERO = "tiny-llama", "auto", "zero"
 ENGINE = f"huggingface-{STATIC}"
 MESSAGES = [{"role": "user", "content": "Say something."}]
 WORKERS = 4  # client threads on tiny-llama
+# Every request sends the same prompt: under the default `prefix` policy it would stay on the
+# replica holding it until that one is saturated (docs/routing.md), and an added replica would
+# wait for a spill. These tests are about failover and scaling, so requests spread by load.
+ROUTING = "least_loaded"
 
 
 class Launcher(LauncherRun):
@@ -51,10 +55,11 @@ class Launcher(LauncherRun):
         self.port, self.control_port, self.metrics_port = free_port(), free_port(), free_port()
         self.base_port = free_port_run(4)  # tokenizer, two tiny-llama replicas, one of `auto`
         models = [
-            {"name": STATIC, "model": "tiny-llama", "replicas": 2},
+            {"name": STATIC, "model": "tiny-llama", "replicas": 2, "routing": ROUTING},
             {
                 "name": AUTO,
                 "model": "tiny-llama",
+                "routing": ROUTING,
                 "scaling": {
                     "min_replicas": 1,
                     "max_replicas": 3,

@@ -211,5 +211,6 @@ async def test_a_replica_that_stops_serving_or_leaves_is_forgotten():
         assert route.pick(request=RouteRequest(input_ids=list(range(40)))).reason == AFFINITY_MISS
         router.apply_endpoints({"m.huggingface": [Endpoint(first.address)]})  # second left
         assert second.address not in route.index.entries()
+        assert {address for address, _ in route.decisions} == {first.address}
     finally:
         await router.close()
