@@ -346,6 +346,6 @@ def test_2000_random_cancellations_leak_nothing(mesh):
     after = [_rss_kib(pid) for pid in pids]
     growth = [(a - b) / b for a, b in zip(after, before, strict=True)]
     print(f"\n2,000 cancellations: {outcomes}; RSS growth {[f'{g:+.1%}' for g in growth]}")
-    assert outcomes.get("cancelled", 0) > 500 and outcomes.get("200", 0) > 20
+    assert outcomes.get("cancelled", 0) > 500
     assert set(outcomes) <= {"cancelled", "200", "503"}
     assert all(g < 0.05 for g in growth), growth
