@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup run check test test-quick test-deploy proto bench
+.PHONY: setup run check test test-quick test-clients test-deploy proto bench
 
 LINT_PATHS := services tests bench scripts
 
@@ -19,8 +19,12 @@ check: setup
 	$(PY) -m ruff check $(LINT_PATHS)
 	$(PY) -m mypy
 
+## The third-party clients some slow tests run from their own venvs (the kserve SDK).
+test-clients:
+	scripts/setup_test_clients.sh
+
 ## The full test suite (what CI runs), after the checks.
-test: setup check
+test: setup check test-clients
 	HF_HUB_OFFLINE=1 $(PYTEST) tests
 
 ## The quick tier: no real model loads, no multi-process meshes.
