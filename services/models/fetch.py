@@ -133,15 +133,15 @@ def _download_one(store: Store, file: RemoteFile, folder: Path, bar: Any, label:
 
 def _download(store: Store, files: list[RemoteFile], folder: Path, label: str) -> None:
     """Each file into `folder`; a file already complete there (an earlier run) is kept."""
-    todo = [f for f in files if not _complete(folder / f.name, f)]
-    have = sum((folder / f"{f.name}.part").stat().st_size for f in todo if _has_part(folder, f))
-    total = sum(f.size or 0 for f in todo)
+    missing = [f for f in files if not _complete(folder / f.name, f)]
+    have = sum((folder / f"{f.name}.part").stat().st_size for f in missing if _has_part(folder, f))
+    total = sum(f.size or 0 for f in missing)
     size = sum(f.size or 0 for f in files)
     logger.info(
-        "%s: %d file(s), %.1f MB (%d to download)", label, len(files), size / 1e6, len(todo)
+        "%s: %d file(s), %.1f MB (%d to download)", label, len(files), size / 1e6, len(missing)
     )
     with _bar(total, have, label) as bar:
-        for file in todo:
+        for file in missing:
             _download_one(store, file, folder, bar, label)
 
 
