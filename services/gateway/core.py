@@ -9,9 +9,9 @@ No FastAPI here; protobuf stays inside `grpc_clients`.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from services.gateway.routing import ModelRoute, ReplicaRouter
 from services.gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -90,18 +91,41 @@ class MeshClient:
             await self.routes.wait_for_tokenizer(route.name, timeout)
         return route.tokenizer()
 
+    async def _on_tokenizer(
+        self, route: ModelRoute, call: CallContext, hop: Callable[[Replica], Awaitable[T]]
+    ) -> T:
+        """One tokenizer hop. A hop that fails UNAVAILABLE (its tokenizer died or stopped
+        mid-call) is made once more on a tokenizer that is up, waiting for a restarting one
+        as `tokenizer` does: tokenizer work has no side effects, so repeating it is safe."""
+        replica = await self.tokenizer(route, call)
+        try:
+            return await hop(replica)
+        except Unavailable as error:
+            logger.warning(
+                "tokenizer %s unavailable for %s (%s); trying again",
+                replica.address,
+                route.name,
+                error.message,
+            )
+            replica.mark_failed()
+            return await hop(await self.tokenizer(route, call))
+
     def max_model_len(self, route: ModelRoute, rendered: Rendered | None = None) -> int | None:
         return route.entry.max_model_len or (rendered.max_model_len if rendered else None)
 
     # -- tokenizer hops ------------------------------------------------------
 
     async def render_chat(self, route: ModelRoute, call: CallContext, **fields: Any) -> Rendered:
-        return await rpc.render(
-            await self.tokenizer(route, call),
-            route.name,
+        return await self._on_tokenizer(
+            route,
             call,
-            cap=self.settings.tokenizer_timeout,
-            **fields,
+            lambda tokenizer: rpc.render(
+                tokenizer,
+                route.name,
+                call,
+                cap=self.settings.tokenizer_timeout,
+                **fields,
+            ),
         )
 
     async def tokenize(
@@ -114,13 +138,17 @@ class MeshClient:
     ) -> Rendered:
         if not text:
             raise InvalidArgument("the prompt is empty")
-        return await rpc.render(
-            await self.tokenizer(route, call),
-            route.name,
+        return await self._on_tokenizer(
+            route,
             call,
-            cap=self.settings.tokenizer_timeout,
-            text_input=text,
-            add_special_tokens=add_special_tokens,
+            lambda tokenizer: rpc.render(
+                tokenizer,
+                route.name,
+                call,
+                cap=self.settings.tokenizer_timeout,
+                text_input=text,
+                add_special_tokens=add_special_tokens,
+            ),
         )
 
     async def detokenize(
@@ -131,13 +159,17 @@ class MeshClient:
         *,
         skip_special_tokens: bool = True,
     ) -> str:
-        return await rpc.detokenize(
-            await self.tokenizer(route, call),
-            route.name,
-            ids,
+        return await self._on_tokenizer(
+            route,
             call,
-            cap=self.settings.tokenizer_timeout,
-            skip_special_tokens=skip_special_tokens,
+            lambda tokenizer: rpc.detokenize(
+                tokenizer,
+                route.name,
+                ids,
+                call,
+                cap=self.settings.tokenizer_timeout,
+                skip_special_tokens=skip_special_tokens,
+            ),
         )
 
     async def token_strings(
@@ -146,13 +178,17 @@ class MeshClient:
         """Each id decoded on its own, or with `vocabulary` its vocabulary string."""
         if not ids:
             return []
-        return await rpc.token_strings(
-            await self.tokenizer(route, call),
-            route.name,
-            ids,
+        return await self._on_tokenizer(
+            route,
             call,
-            cap=self.settings.tokenizer_timeout,
-            output="token_strs" if vocabulary else "tokens",
+            lambda tokenizer: rpc.token_strings(
+                tokenizer,
+                route.name,
+                ids,
+                call,
+                cap=self.settings.tokenizer_timeout,
+                output="token_strs" if vocabulary else "tokens",
+            ),
         )
 
     # -- generation ----------------------------------------------------------
@@ -235,8 +271,12 @@ class MeshClient:
         if token_ids is not None:
             encoded = _pad(token_ids)
         else:
-            encoded = await rpc.preprocess(
-                await self.tokenizer(route, call), route.name, texts or [], pairs, call, cap=cap
+            encoded = await self._on_tokenizer(
+                route,
+                call,
+                lambda tokenizer: rpc.preprocess(
+                    tokenizer, route.name, texts or [], pairs, call, cap=cap
+                ),
             )
         counts = [int(c) for c in encoded["attention_mask"].sum(axis=1)]
         limit = self.max_model_len(route)
@@ -249,15 +289,19 @@ class MeshClient:
             route, InferRequest(route.name, sent, id=call.request_id), call
         )
         outputs = {t.name: t.data for t in raw.outputs}
-        result, labels = await rpc.postprocess(
-            await self.tokenizer(route, call),
-            route.name,
-            outputs,
-            encoded,
+        result, labels = await self._on_tokenizer(
+            route,
             call,
-            cap=cap,
-            parameters=parameters,
-            label=label,
+            lambda tokenizer: rpc.postprocess(
+                tokenizer,
+                route.name,
+                outputs,
+                encoded,
+                call,
+                cap=cap,
+                parameters=parameters,
+                label=label,
+            ),
         )
         return Encoded(output=result, num_tokens=sum(counts), token_counts=counts, labels=labels)
 

@@ -181,11 +181,14 @@ def test_a_deadline_mid_generation_is_504_and_stops_the_engines(mesh):
     _wait_ready(mesh)
     url = f"{mesh['gateway'].url}/openai/v1/chat/completions"
     body = {**CHAT, "max_tokens": 450}
-    # The budget is a third of what the whole answer takes on this machine now, so that it
-    # expires mid-generation however fast or loaded the machine is.
-    started = time.monotonic()
-    assert httpx.post(url, json=body, timeout=120).status_code == 200
-    budget = max(0.2, (time.monotonic() - started) / 3)
+    # The budget is a quarter of the fastest of two whole answers on this machine now, so
+    # that it expires mid-generation however fast or loaded the machine is.
+    took = []
+    for _ in range(2):
+        started = time.monotonic()
+        assert httpx.post(url, json=body, timeout=120).status_code == 200
+        took.append(time.monotonic() - started)
+    budget = max(0.15, min(took) / 4)
     started = time.monotonic()
     reply = httpx.post(url, json=body, headers={"X-Request-Timeout": f"{budget:.3f}"}, timeout=60)
     answered = time.monotonic()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from services.gateway.errors import OPENAI_TAG, json_response
+from services.gateway.errors import OPENAI_TAG, OpenAIError, error_responses, json_response
 from services.gateway.openai.vllm_protocol import (
     ClassificationRequest,
     DetokenizeRequest,
@@ -20,7 +20,7 @@ from services.gateway.streaming import cancel_on_disconnect
 
 
 def build_vllm_router(prefix: str) -> APIRouter:
-    router = APIRouter(prefix=prefix, tags=[OPENAI_TAG])
+    router = APIRouter(prefix=prefix, tags=[OPENAI_TAG], responses=error_responses(OpenAIError))
 
     @router.post("/tokenize")
     async def tokenize(body: TokenizeRequest, request: Request) -> Response:

@@ -57,7 +57,7 @@ def test_both_engines_take_the_same_kserve_flags():
     assert set(TokenizerFlags.model_fields) <= set(TokenizerSettings.model_fields)
 
 
-def test_replicas_register_only_with_a_control_plane():
+async def test_replicas_register_only_with_a_control_plane():  # registrars make aio channels
     from services.common.registration import Registration
     from services.engine_hf.settings import HFEngineSettings
     from services.tokenizer.settings import TokenizerSettings
