@@ -106,7 +106,7 @@ class S3Store:
             for page in pages:
                 for item in page.get("Contents", []):
                     if item["Key"].endswith("/"):
-                        continue  # a "folder" placeholder object
+                        continue  # a zero-byte "folder" marker, not a file
                     etag = item.get("ETag", "").strip('"')
                     files.append(
                         RemoteFile(
