@@ -258,11 +258,15 @@ def test_sigterm_to_the_gateway_with_20_streams_in_flight(mesh):
 
     async def run():
         async with httpx.AsyncClient(base_url=gateway.url, timeout=120) as client:
-            tasks = [asyncio.ensure_future(_stream(client, 96)) for _ in range(20)]
+            # Long enough that the first streams are still running when the twentieth starts,
+            # on a loaded 2-core machine too.
+            tasks = [asyncio.ensure_future(_stream(client, 300)) for _ in range(20)]
             engines = _engines(mesh)
-            assert await asyncio.to_thread(
+            running = await asyncio.to_thread(
                 wait_until, lambda: sum(_running(e) for e in engines) >= 20, 30, 0.02
             )
+            ended = [t.result() for t in tasks if t.done()]
+            assert running, f"never 20 running; ended early: {ended}"
             stopped = time.monotonic()
             gateway.process.send_signal(signal.SIGTERM)
             not_ready = await asyncio.to_thread(wait_until, lambda: not ready(), 5, 0.02)
