@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -246,6 +247,8 @@ def print_table(rows: list[Row]) -> None:
 
 
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so that the services this bench started are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per comparison")
     parser.add_argument("--embed-requests", type=int, default=256, help="per mode and round")

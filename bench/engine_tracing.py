@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from pathlib import Path
 
@@ -48,6 +49,8 @@ async def measure(stacks, requests: int, rounds: int) -> dict[str, float]:
 
 
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so that the services this bench started are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

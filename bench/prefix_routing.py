@@ -28,6 +28,7 @@ import asyncio
 import math
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -276,6 +277,8 @@ def report(phases: list[Phase], mesh: Mesh, args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM unwinds like Ctrl-C, so that the services this bench started are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

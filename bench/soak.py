@@ -30,6 +30,7 @@ import dataclasses
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -177,6 +178,8 @@ async def _run(url: str, args: argparse.Namespace, seconds: float, tally: Tally)
 
 
 def main() -> int:
+    # SIGTERM unwinds like Ctrl-C, so that the services this bench started are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -191,6 +191,7 @@ class EngineRequestTrace:
         self.span = span
         self.started = time.monotonic()
         self.scheduled_at: float | None = None
+        self.queue_time: float | None = None
         self.first_token_at: float | None = None
         self.input_tokens = 0
         self.output_tokens: dict[int, int] = {}
@@ -199,6 +200,11 @@ class EngineRequestTrace:
         """The engine admitted the request to a batch (ends its queue time)."""
         if self.scheduled_at is None:
             self.scheduled_at = time.monotonic()
+
+    def queued(self, seconds: float) -> None:
+        """The queue time as an engine measured it on its own clock (vLLM's core does)."""
+        if self.queue_time is None and seconds >= 0:
+            self.queue_time = seconds
 
     def delta(self, delta: GenerateDelta) -> None:
         if self.first_token_at is None and delta.token_ids:
@@ -214,7 +220,9 @@ class EngineRequestTrace:
 
     def close(self) -> None:
         attributes: dict[str, Any] = {}
-        if self.scheduled_at is not None:
+        if self.queue_time is not None:
+            attributes["hfmesh.queue_time_s"] = self.queue_time
+        elif self.scheduled_at is not None:
             attributes["hfmesh.queue_time_s"] = self.scheduled_at - self.started
         if self.first_token_at is not None:
             attributes["gen_ai.server.time_to_first_token"] = self.first_token_at - self.started

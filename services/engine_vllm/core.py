@@ -16,6 +16,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from services.common import tracing
 from services.common.engine import (
     EncodeRequest,
     EncodeResult,
@@ -235,7 +236,10 @@ class VLLMEngine:
         produced: dict[int, int] = {}
         top_k = params.logprobs
         try:
+            trace = tracing.current_request()
             async for out in llm.generate(prompt, params, request.request_id, lora_request=lora):
+                if trace is not None and out.metrics is not None and out.metrics.scheduled_ts:
+                    trace.queued(out.metrics.scheduled_ts - out.metrics.queued_ts)
                 num_input = len(out.prompt_token_ids or ids)
                 for output in out.outputs:
                     if not output.token_ids and output.finish_reason is None:

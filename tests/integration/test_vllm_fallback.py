@@ -3,12 +3,20 @@
 One model ("llm", tiny-llama, float32) is planned on vLLM with the HF engine as
 its fallback. Through the gateway with the `openai` SDK: completions, chat,
 streaming, n=2, stop strings and logprobs on vLLM; greedy output identical on
-both engines; killing the vLLM engine moves traffic to the HF engine with no
-client-visible error, and restarting it brings traffic back. Which engine
-served is read from each engine's `vllm:generation_tokens` counter.
+both engines; killing the vLLM engine mid-stream ends its open streams with an error
+event within 2 s and moves the next requests to the HF engine with no client-visible
+error, and restarting it brings traffic back. Which engine served is read from each
+engine's `vllm:generation_tokens` counter. The vLLM engine exports its request spans
+(with vLLM's own queue time) to a real OTLP receiver.
 """
 
 from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -16,15 +24,23 @@ import pytest
 
 from tests.helpers.mesh import model_entry, running_mesh
 from tests.helpers.metrics import scrape, total, wait_until
+from tests.helpers.otlp import OtlpReceiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 PROMPT = "The quick brown fox"
+MID_STREAM_TOKENS = 200
 
 
 @pytest.fixture(scope="module")
-def mesh(model_path, tmp_path_factory):
+def receiver():
+    with OtlpReceiver() as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def mesh(model_path, tmp_path_factory, receiver):
     llm = model_entry(
         "llm",
         model_path("tiny-llama"),
@@ -35,7 +51,12 @@ def mesh(model_path, tmp_path_factory):
         engine_args=["--dtype", "float32"],
     )
     folder = tmp_path_factory.mktemp("mesh")
-    with running_mesh([llm], folder, metrics=["llm"], env=VLLM_ENV, timeout=400) as started:
+    env = {
+        **VLLM_ENV,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    with running_mesh([llm], folder, metrics=["llm"], env=env, timeout=400) as started:
         yield started
 
 
@@ -57,6 +78,37 @@ def served_by(mesh, call):
         if before[name] is not None and after[name] is not None and after[name] > before[name]
     ]
     return result, grew
+
+
+def _stream_to_end(gateway: str, started: threading.Event) -> dict:
+    """A long streamed completion read to its end: its error event, whether [DONE] came, the
+    tokens it reported, and when it ended. `started` is set at its first token."""
+    body = {
+        "model": "llm",
+        "prompt": PROMPT,
+        "max_tokens": MID_STREAM_TOKENS,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    out: dict = {"error": None, "done": False, "tokens": 0}
+    with httpx.stream("POST", f"{gateway}/openai/v1/completions", json=body, timeout=120) as reply:
+        assert reply.status_code == 200
+        for line in reply.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            if line == "data: [DONE]":
+                out["done"] = True
+                continue
+            event = json.loads(line[len("data: ") :])
+            if "error" in event:
+                out["error"] = event["error"]
+            elif event.get("usage"):
+                out["tokens"] = event["usage"]["completion_tokens"]
+            else:
+                started.set()
+    out["ended"] = time.monotonic()
+    return out
 
 
 def _tokens_or_none(engine) -> float | None:
@@ -114,6 +166,32 @@ def test_openai_sdk_on_vllm(mesh, sdk):
     assert all(lp <= 0 for lp in with_logprobs.choices[0].logprobs.token_logprobs)
 
 
+def test_the_vllm_engine_traces_each_request_with_its_queue_time(mesh, receiver):
+    trace_id = secrets.token_hex(16)
+    traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
+    body = {"model": "llm", "prompt": PROMPT, "max_tokens": 5, "temperature": 0}
+    reply = httpx.post(
+        f"{mesh['gateway'].url}/openai/v1/completions",
+        json=body,
+        headers={"traceparent": traceparent},
+        timeout=120,
+    )
+    assert reply.status_code == 200, reply.text
+
+    def engine_span(spans) -> bool:
+        return any(s.service == "hfmesh-engine-vllm" and s.name == "generate llm" for s in spans)
+
+    spans = receiver.wait_for(engine_span, trace_id)
+    (generate,) = [
+        s for s in spans if s.service == "hfmesh-engine-vllm" and s.name == "generate llm"
+    ]
+    assert not generate.error
+    assert generate.events[0] == "first_token" and generate.events[-1] == "finish"
+    assert generate.attributes["gen_ai.usage.output_tokens"] == 5
+    queued = generate.attributes["hfmesh.queue_time_s"]
+    assert 0 <= queued <= generate.attributes["gen_ai.server.time_to_first_token"]
+
+
 def test_fallback_parity_and_recovery(mesh, sdk):
     def complete():
         return (
@@ -126,8 +204,23 @@ def test_fallback_parity_and_recovery(mesh, sdk):
     assert engines == ["vllm"]
 
     vllm = mesh.engine("llm", "vllm")
-    vllm.kill()  # SIGKILL the engine's whole process group
+    # Killed mid-stream: a stream cut by the kill ends with an explicit error event (and
+    # [DONE]) within 2 s, never silently short; one that had not started may be retried on
+    # the fallback and complete; then the fallback serves the next requests.
+    started = threading.Event()
+    with ThreadPoolExecutor(4) as pool:
+        streams = [pool.submit(_stream_to_end, mesh["gateway"].url, started) for _ in range(4)]
+        assert started.wait(60), "no stream started"
+        killed = time.monotonic()
+        vllm.kill()  # SIGKILL the engine's whole process group
+        ends = [s.result(timeout=180) for s in streams]
     vllm.process.wait(10)
+    print(f"\nstreams ended {[round(end['ended'] - killed, 2) for end in ends]} s after the kill")
+    assert all(end["done"] for end in ends), ends
+    cut = [end for end in ends if end["error"] is not None]
+    assert cut, "the kill cut no stream"
+    assert all(end["ended"] - killed < 2.0 for end in cut), [e["ended"] - killed for e in cut]
+    assert all(end["tokens"] == MID_STREAM_TOKENS for end in ends if end["error"] is None)
     for _ in range(3):
         on_hf, engines = served_by(mesh, complete)
         assert engines == ["hf"]
