@@ -7,8 +7,9 @@ reservation takes what a request may use at once; settling gives back what it di
 (or takes what it used beyond the reservation: a bucket may go below zero, and the next
 requests wait for the debt to refill). Limits of 0 are no limit.
 
-`reserve` is all or nothing: a request that does not fit takes nothing and learns how long
-until it would fit (`retry_after`). A request needing more tokens than the whole budget never
+`reserve` is all or nothing (its tokens, and `requests`: 1 for a request's first
+reservation, 0 for a further one of the same request): a request that does not fit takes
+nothing and learns how long until it would fit (`retry_after`). A request needing more tokens than the whole budget never
 fits (`fits` False). `adjust` gives tokens back (positive) or charges them (negative).
 
 Both stores run the same arithmetic. `MemoryBudgetStore` is one gateway's own; with
@@ -60,7 +61,9 @@ class BudgetStoreUnavailable(Exception):
 
 
 class BudgetStore(Protocol):
-    async def reserve(self, tenant: str, limits: Limits, tokens: int) -> Snapshot: ...
+    async def reserve(
+        self, tenant: str, limits: Limits, tokens: int, requests: int = 1
+    ) -> Snapshot: ...
 
     async def adjust(self, tenant: str, limits: Limits, tokens: int) -> Snapshot: ...
 
@@ -113,11 +116,13 @@ class MemoryBudgetStore:
             **refusal,  # type: ignore[arg-type]
         )
 
-    async def reserve(self, tenant: str, limits: Limits, tokens: int) -> Snapshot:
+    async def reserve(
+        self, tenant: str, limits: Limits, tokens: int, requests: int = 1
+    ) -> Snapshot:
         state = self._current(tenant, limits)
         rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
-        if rpm > 0 and state.requests < 1:
-            wait = (1 - state.requests) * WINDOW / rpm
+        if rpm > 0 and state.requests < requests:
+            wait = (requests - state.requests) * WINDOW / rpm
             return self._snapshot(state, limits, reason="requests", retry_after=wait)
         if tpm > 0 and tokens > tpm:
             return self._snapshot(state, limits, reason="tokens", retry_after=WINDOW, fits=False)
@@ -125,7 +130,7 @@ class MemoryBudgetStore:
             wait = (tokens - state.tokens) * WINDOW / tpm
             return self._snapshot(state, limits, reason="tokens", retry_after=wait)
         if rpm > 0:
-            state.requests -= 1
+            state.requests -= requests
         if tpm > 0:
             state.tokens -= tokens
         return self._snapshot(state, limits)
@@ -141,12 +146,13 @@ class MemoryBudgetStore:
 
 
 # KEYS[1]: the tenant's hash. ARGV: requests per minute, tokens per minute, tokens, mode
-# ("reserve" or "adjust"). Returns {admitted, requests, tokens, reason, retry_after, fits} with
-# the levels as strings (Redis turns Lua numbers into integers).
+# ("reserve" or "adjust"), requests. Returns {admitted, requests, tokens, reason, retry_after,
+# fits} with the levels as strings (Redis turns Lua numbers into integers).
 _SCRIPT = """
 local rpm = tonumber(ARGV[1])
 local tpm = tonumber(ARGV[2])
 local tokens = tonumber(ARGV[3])
+local requests = tonumber(ARGV[5])
 local window = 60.0
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -158,14 +164,14 @@ req = math.min(rpm, req + elapsed * rpm / window)
 tok = math.min(tpm, tok + elapsed * tpm / window)
 local admitted, reason, wait, fits = 1, '', 0, 1
 if ARGV[4] == 'reserve' then
-  if rpm > 0 and req < 1 then
-    admitted, reason, wait = 0, 'requests', (1 - req) * window / rpm
+  if rpm > 0 and req < requests then
+    admitted, reason, wait = 0, 'requests', (requests - req) * window / rpm
   elseif tpm > 0 and tokens > tpm then
     admitted, reason, wait, fits = 0, 'tokens', window, 0
   elseif tpm > 0 and tok < tokens then
     admitted, reason, wait = 0, 'tokens', (tokens - tok) * window / tpm
   else
-    if rpm > 0 then req = req - 1 end
+    if rpm > 0 then req = req - requests end
     if tpm > 0 then tok = tok - tokens end
   end
 elseif tpm > 0 then
@@ -197,28 +203,38 @@ class RedisBudgetStore:
         self.script = self.client.register_script(_SCRIPT)
         self.prefix = prefix
 
-    async def _run(self, tenant: str, limits: Limits, tokens: int, mode: str) -> Snapshot:
-        args: list[int | str] = [limits.requests_per_minute, limits.tokens_per_minute, tokens, mode]
+    async def _run(
+        self, tenant: str, limits: Limits, tokens: int, mode: str, requests: int = 0
+    ) -> Snapshot:
+        args: list[int | str] = [
+            limits.requests_per_minute,
+            limits.tokens_per_minute,
+            tokens,
+            mode,
+            requests,
+        ]
         try:
             reply = await self.script(keys=[f"{self.prefix}:{tenant}"], args=args)
         except self._errors as error:
             raise BudgetStoreUnavailable(f"{type(error).__name__}: {error}") from None
-        admitted, requests, level, reason, wait, fits = reply
-        requests, level = float(requests), float(level)
+        admitted, requests_left, tokens_left, reason, wait, fits = reply
+        requests_level, level = float(requests_left), float(tokens_left)
         refusal: dict[str, object] = {}
         if not int(admitted):
             refusal = {"reason": _text(reason), "retry_after": float(wait), "fits": bool(fits)}
         return Snapshot(
             admitted=bool(int(admitted)),
-            remaining_requests=requests,
+            remaining_requests=requests_level,
             remaining_tokens=level,
-            reset_requests=_reset(requests, limits.requests_per_minute),
+            reset_requests=_reset(requests_level, limits.requests_per_minute),
             reset_tokens=_reset(level, limits.tokens_per_minute),
             **refusal,  # type: ignore[arg-type]
         )
 
-    async def reserve(self, tenant: str, limits: Limits, tokens: int) -> Snapshot:
-        return await self._run(tenant, limits, tokens, "reserve")
+    async def reserve(
+        self, tenant: str, limits: Limits, tokens: int, requests: int = 1
+    ) -> Snapshot:
+        return await self._run(tenant, limits, tokens, "reserve", requests)
 
     async def adjust(self, tenant: str, limits: Limits, tokens: int) -> Snapshot:
         return await self._run(tenant, limits, tokens, "adjust")

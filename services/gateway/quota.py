@@ -127,11 +127,12 @@ class Quota:
         if not self.tenant.limited:
             return
         tokens = prompt_tokens + output_tokens
+        # a further reservation of one request (/score on two embeddings) takes no request
+        requests = 1 if self.snapshot is None else 0
         try:
-            if self.snapshot is None:
-                snapshot = await self.budgets.store.reserve(self.tenant.name, self.limits, tokens)
-            else:  # a second reservation of one request (/score on two embeddings)
-                snapshot = await self.budgets.store.adjust(self.tenant.name, self.limits, -tokens)
+            snapshot = await self.budgets.store.reserve(
+                self.tenant.name, self.limits, tokens, requests
+            )
         except BudgetStoreUnavailable as error:
             self.budgets.unavailable(self.tenant, str(error))
             return
