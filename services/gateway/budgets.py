@@ -9,8 +9,9 @@ requests wait for the debt to refill). Limits of 0 are no limit.
 
 `reserve` is all or nothing (its tokens, and `requests`: 1 for a request's first
 reservation, 0 for a further one of the same request): a request that does not fit takes
-nothing and learns how long until it would fit (`retry_after`). A request needing more tokens than the whole budget never
-fits (`fits` False). `adjust` gives tokens back (positive) or charges them (negative).
+nothing and learns how long until it would fit (`retry_after`). A request needing more tokens
+than the whole budget never fits (`fits` False). `adjust` gives tokens back (positive) or
+charges them (negative).
 
 Both stores run the same arithmetic. `MemoryBudgetStore` is one gateway's own; with
 `RedisBudgetStore` every gateway replica shares the buckets: each reserve or adjust is one Lua
