@@ -16,7 +16,8 @@ The flow (docs/tenants.md):
 
 Every answer of a tenant with a budget carries OpenAI's `x-ratelimit-{limit,remaining,reset}-
 {requests,tokens}` headers (reset as OpenAI writes it: "1s", "6m0s", "250ms"): the state of
-the buckets after the request's last budget operation.
+the buckets after the request's last budget operation. A request larger than the whole token
+budget also gets `x-should-retry: false` (the header OpenAI's SDKs obey): waiting cannot help.
 
 A shared store (Redis) that does not answer is `--redis_failure_mode`: `open` admits the
 request unbudgeted (logged; counted as `store_unavailable`), `closed` refuses it with 503 +
@@ -217,6 +218,8 @@ class Quota:
                 ),
                 (f"x-ratelimit-reset-{kind}".encode(), duration(reset).encode()),
             ]
+        if not snapshot.fits:  # no wait makes it fit: OpenAI's SDKs then do not retry
+            out.append((b"x-should-retry", b"false"))
         return out
 
 
