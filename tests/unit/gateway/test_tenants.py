@@ -195,3 +195,32 @@ def test_the_tenants_file_is_checked(tmp_path):
     assert directory.identify("Bearer K") is None and directory.identify("k") is None
     with pytest.raises(InvalidArgument):
         TenantDirectory(str(tmp_path / "missing.yaml"))
+
+
+async def test_kserve_v2_generation_counts_its_tokens(served):
+    """A V2 generation goes to the engine as it is: its prompt is counted by the tokenizer and
+    the engine's reported counts settle it."""
+    client, _, app = served
+    body = {
+        "inputs": [
+            {"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["hello there"]},
+            {
+                "name": "sampling_parameters",
+                "shape": [1],
+                "datatype": "BYTES",
+                "data": [json.dumps({"max_tokens": 5})],
+            },
+        ]
+    }
+    before = await client.post("/v2/models/llm/infer", json=body, headers=auth(KEY_A))
+    assert before.status_code == 200, before.text
+    outputs = {o["name"]: o["data"] for o in before.json()["outputs"]}
+    used = outputs["num_input_tokens"][0] + outputs["num_output_tokens"][0]
+    registry = app.state.gateway.metrics.registry
+    team = {"tenant": "team-a"}
+    prompt = registry.get_sample_value("hfmesh_gateway_tenant_prompt_tokens_total", team)
+    completion = registry.get_sample_value("hfmesh_gateway_tenant_completion_tokens_total", team)
+    assert (
+        prompt == outputs["num_input_tokens"][0] and completion == outputs["num_output_tokens"][0]
+    )
+    assert int(before.headers["x-ratelimit-remaining-tokens"]) <= 100 - used + 1
