@@ -164,7 +164,9 @@ class TenantDirectory:
         scheme, _, key = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not key:
             return None
-        given = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest().encode()
+        # the header's own bytes (ASGI headers are read as latin-1): a UTF-8 key hashes as
+        # `hash_key` hashes it
+        given = hashlib.sha256(key.encode("latin-1")).hexdigest().encode()
         found = None
         for digest, tenant in self._entries:
             if hmac.compare_digest(digest, given) and found is None:

@@ -193,6 +193,10 @@ def test_the_tenants_file_is_checked(tmp_path):
     found = directory.identify("Bearer k")
     assert found is not None and found.name == "x" and found.allows("anything")
     assert directory.identify("Bearer K") is None and directory.identify("k") is None
+    path.write_text(json.dumps({"tenants": [{"name": "u", "keys": [hash_key("clé")]}]}))
+    assert directory.reload()
+    sent = "Bearer " + "clé".encode().decode("latin-1")  # UTF-8 bytes, as ASGI reads them
+    assert directory.identify(sent) is not None
     with pytest.raises(InvalidArgument):
         TenantDirectory(str(tmp_path / "missing.yaml"))
 
