@@ -55,6 +55,10 @@ INFERENCE_ROUTES = [
     ("GET", "/openai/v1/models", None),
     ("POST", "/openai/tokenize", {"model": "llm", "prompt": "hi"}),
     ("POST", "/openai/score", {"model": "embed", "text_1": "a", "text_2": "b"}),
+    ("POST", "/openai/detokenize", {"model": "llm", "tokens": [1, 2]}),
+    ("POST", "/openai/classify", {"model": "sentiment", "input": "good"}),
+    ("GET", "/", None),
+    ("GET", "/v2", None),
     ("GET", "/v1/models", None),
     ("GET", "/v1/models/llm", None),
     ("POST", "/v1/models/sentiment:predict", {"instances": ["good"]}),
@@ -106,7 +110,7 @@ async def test_a_tenant_sees_and_uses_only_its_models(served):
     )
     assert "served models: sentiment)" in hidden.json()["error"]["message"]
     for method, path, body in INFERENCE_ROUTES:
-        if "sentiment" in path or (body and body.get("model") in ("rerank",)):
+        if "sentiment" in path or (body and body.get("model") in ("rerank", "sentiment")):
             reply = await client.request(method, path, json=body, headers=a)
             assert reply.status_code == 404, (path, reply.text)
     assert (
