@@ -1,8 +1,14 @@
-"""`python -m services.gateway --model_list mesh.yaml --port 8080`."""
+"""`python -m services.gateway --model_list mesh.yaml --port 8080`.
+
+`python -m services.gateway hash-key` reads an API key from stdin (or, with `--new`, makes a
+random one and prints it first) and prints its tenants-file form, `sha256:<hex>`.
+"""
 
 from __future__ import annotations
 
+import argparse
 import math
+import secrets
 import signal
 import sys
 from types import FrameType
@@ -15,9 +21,33 @@ from services.common.errors import HfmeshError
 from services.common.logs import configure_logging
 from services.gateway.app import build_app
 from services.gateway.settings import load_settings
+from services.gateway.tenants import hash_key
+
+
+def hash_key_command(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.gateway hash-key",
+        description="print the tenants-file form (sha256:<hex>) of an API key read from stdin",
+    )
+    parser.add_argument(
+        "--new", action="store_true", help="make a random key, print it, then its hash"
+    )
+    args = parser.parse_args(argv)
+    if args.new:
+        key = "sk-" + secrets.token_urlsafe(32)
+        print(key)
+    else:
+        key = sys.stdin.readline().rstrip("\r\n")
+        if not key:
+            raise SystemExit("hash-key: no key on stdin")
+    print(hash_key(key))
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["hash-key"]:
+        hash_key_command(argv[1:])
+        return
     settings = load_settings(argv)
     configure_logging(settings.log_level, service="gateway")
     tracing.configure("gateway")

@@ -182,7 +182,8 @@ class Admission:
     ) -> T:
         """`work()` once admitted. A streamed answer (an async iterator) keeps its slots
         until it ends; any other answer releases them when it returns."""
-        if not self.enabled or not isinstance(model, str) or not self._known(model):
+        hidden = call.quota is not None and not call.quota.tenant.allows(model)
+        if not self.enabled or not isinstance(model, str) or not self._known(model) or hidden:
             return await work()  # unknown models get their 404 from the work itself
         gate = self.gate(model)
         held = await gate.acquire(max(1, slots), call)

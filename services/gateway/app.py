@@ -6,7 +6,8 @@ With `--control_plane` it also subscribes to the control plane (`Discovery`) and
 hands every change to the router, so replicas come and go without a restart; a
 control plane unreachable at start fails the start, one that goes away later
 leaves the last known replicas in place. The model list file is watched for
-changed traffic weights (canary revisions) and routing policies.
+changed traffic weights (canary revisions) and routing policies, the tenants
+file for changed tenants (keys, models, budgets).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from services.gateway.kserve.router import build_v1_router, build_v2_router
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import (
     AccessMiddleware,
-    ApiKeyMiddleware,
     RequestGuardMiddleware,
     RequestIdMiddleware,
+    TenantMiddleware,
 )
 from services.gateway.openai.router import build_router as build_openai_router
 from services.gateway.openai.router_vllm import build_vllm_router
@@ -36,6 +37,7 @@ from services.gateway.revisions import watch_model_list
 from services.gateway.routing import ReplicaRouter
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import build_state
+from services.gateway.tenants import TenantDirectory
 from services.gateway.tracing import TracingMiddleware
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAP
     routes = ReplicaRouter(plan, settings.routing_options)
     metrics = GatewayMetrics(routes)
     state = build_state(settings, routes, metrics)
+    tenants = TenantDirectory(settings.tenants_file, settings.api_key)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -54,11 +57,15 @@ def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAP
         names = ", ".join(routes.by_name) or "none"
         logger.info("routing %d model(s): %s", len(routes.by_name), names)
         discovery = None
-        watcher = None
+        watchers: list[asyncio.Future] = []
+        if tenants.path is not None and settings.tenants_reload > 0:
+            watchers.append(asyncio.ensure_future(tenants.watch(settings.tenants_reload)))
         if settings.model_list and settings.model_list_reload > 0:
-            watcher = asyncio.ensure_future(
-                watch_model_list(
-                    settings.model_list, settings.model_list_reload, routes.apply_model_list
+            watchers.append(
+                asyncio.ensure_future(
+                    watch_model_list(
+                        settings.model_list, settings.model_list_reload, routes.apply_model_list
+                    )
                 )
             )
         try:
@@ -71,11 +78,12 @@ def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAP
                 await discovery.start()
             yield
         finally:
-            if watcher is not None:
+            for watcher in watchers:
                 watcher.cancel()
-                await asyncio.gather(watcher, return_exceptions=True)
+            await asyncio.gather(*watchers, return_exceptions=True)
             if discovery is not None:
                 await discovery.close()
+            await state.budgets.close()
             await routes.close()
 
     app = FastAPI(
@@ -98,8 +106,10 @@ def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAP
         max_json_depth=settings.max_json_depth,
         openai_prefix=prefix,
     )
-    if settings.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key, openai_prefix=prefix)
+    if settings.api_key or settings.tenants_file:
+        app.add_middleware(
+            TenantMiddleware, tenants=tenants, budgets=state.budgets, openai_prefix=prefix
+        )
     app.add_middleware(AccessMiddleware, metrics=metrics, openai_prefix=prefix)
     if tracing.enabled():
         app.add_middleware(TracingMiddleware)

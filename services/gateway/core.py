@@ -58,8 +58,32 @@ class MeshClient:
         self.settings = settings
         self.limits = RequestLimits.from_settings(settings)
 
-    def route(self, model: str, session: str | None = None) -> ModelRoute:
-        return self.routes.route(model, session)
+    def route(self, model: str, call: CallContext) -> ModelRoute:
+        """The model's route; a model the caller's tenant may not use is unknown (404)."""
+        visible = call.quota.tenant.allows if call.quota is not None else None
+        return self.routes.route(model, call.session, visible)
+
+    def names(self, call: CallContext | None) -> list[str]:
+        """The model names the caller may use."""
+        quota = call.quota if call is not None else None
+        return self.routes.names(quota.tenant.allows if quota is not None else None)
+
+    async def reserve(
+        self,
+        call: CallContext,
+        prompt_tokens: int,
+        *,
+        sequences: int = 0,
+        max_tokens: int | None = None,
+    ) -> None:
+        """Take the request's share of its tenant's token budget, once its prompt's tokens
+        are known exactly: the prompt plus `min(max_tokens, --output_token_estimate)` per
+        generated sequence (429 over budget)."""
+        if call.quota is None:
+            return
+        estimate = self.settings.output_token_estimate
+        per_sequence = estimate if max_tokens is None else min(max_tokens, estimate)
+        await call.quota.reserve(prompt_tokens, per_sequence * sequences)
 
     async def engine(
         self,
@@ -284,10 +308,13 @@ class MeshClient:
             raise InvalidArgument(
                 f"an input has {max(counts)} tokens; the model's limit is {limit}"
             )
+        await self.reserve(call, sum(counts))
         sent = [Tensor(n, "INT64", encoded[n]) for n in TOKEN_INPUTS if n in encoded]
         raw = await self.infer_engine(
             route, InferRequest(route.name, sent, id=call.request_id), call
         )
+        if call.quota is not None:
+            await call.quota.settle(sum(counts), 0)
         outputs = {t.name: t.data for t in raw.outputs}
         result, labels = await self._on_tokenizer(
             route,

@@ -66,6 +66,7 @@ _DOCUMENTED = {
     401: "missing or wrong API key",
     404: "unknown model",
     413: "request body, or a message between services, over its size limit",
+    429: "the tenant is over its request or token budget (Retry-After, x-ratelimit-* headers)",
     431: "request headers over their size limit",
     503: "model not ready, or over capacity (Retry-After)",
     504: "the request's deadline passed",

@@ -32,6 +32,7 @@ from services.common.load_metrics import ENGINE_IN_FLIGHT
 from services.common.logs import REQUEST_ID_HEADER
 from services.common.pb import inference_pb2 as pb
 from services.common.tokenizer_tensors import Rendered
+from services.gateway.quota import Quota
 from services.gateway.replica import Replica
 
 
@@ -42,6 +43,8 @@ class CallContext:
     request_id: str
     deadline: float  # time.monotonic() seconds
     session: str | None = None  # the session key a `session` routing policy hashes
+    #: The caller's tenant and budget share (None: the gateway has no tenants).
+    quota: Quota | None = None
 
     def timeout(self, cap: float | None = None) -> float:
         left = self.deadline - time.monotonic()

@@ -7,13 +7,14 @@
 - `RequestGuardMiddleware`: headers over their limit → 431, bodies over theirs → 413
   (by Content-Length up front, or while reading a chunked body), a body that is not
   UTF-8 or nests too deep → 400, on every route family.
-- `ApiKeyMiddleware`: `Authorization: Bearer <key>` on every route except
-  health and metrics, compared in constant time.
+- `TenantMiddleware`: `Authorization: Bearer <key>` on every route except
+  health and metrics, naming the request's tenant (services/gateway/tenants.py); the
+  tenant's budget headers on every answer (services/gateway/quota.py).
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import logging
 import re
 import time
@@ -27,6 +28,8 @@ from services.gateway.errors import error_response, is_openai
 from services.gateway.kserve.binary import HEADER_LENGTH, split_body
 from services.gateway.limits import check_json_body
 from services.gateway.metrics import GatewayMetrics, outcome_of
+from services.gateway.quota import Budgets, Quota
+from services.gateway.tenants import TenantDirectory
 
 logger = logging.getLogger(__name__)
 
@@ -231,18 +234,25 @@ class RequestGuardMiddleware:
         return split_body(body, _header(scope, BINARY_HEADER_LENGTH))[0]
 
 
-class ApiKeyMiddleware:
-    def __init__(self, app: ASGIApp, *, api_key: str, openai_prefix: str) -> None:
+class TenantMiddleware:
+    """The API key names the request's tenant (401 without a known key); the tenant's `Quota`
+    rides in the scope's state, its rate-limit headers on the answer, and whatever it still
+    holds reserved when the request ends goes back to the budget."""
+
+    def __init__(
+        self, app: ASGIApp, *, tenants: TenantDirectory, budgets: Budgets, openai_prefix: str
+    ) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.tenants = tenants
+        self.budgets = budgets
         self.openai_prefix = openai_prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        given = (_header(scope, b"authorization") or "").encode("latin-1")
-        if not hmac.compare_digest(given, self.expected):
+        tenant = self.tenants.identify(_header(scope, b"authorization"))
+        if tenant is None:
             response = error_response(
                 401,
                 "missing or invalid API key (send 'Authorization: Bearer <key>')",
@@ -251,4 +261,17 @@ class ApiKeyMiddleware:
             )
             await response(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        quota = Quota(tenant, self.budgets)
+        scope.setdefault("state", {})["quota"] = quota
+
+        async def send_with_limits(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *quota.headers()]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_limits)
+        finally:
+            if quota.reserved:
+                # shielded: a cancelled request still gives its reservation back
+                await asyncio.shield(asyncio.ensure_future(quota.release()))

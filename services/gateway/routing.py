@@ -264,16 +264,31 @@ class ReplicaRouter:
         await asyncio.gather(*self._leaving.values(), return_exceptions=True)
         await asyncio.gather(*(r.close() for r in replicas), return_exceptions=True)
 
-    def route(self, name: str, session: str | None = None) -> ModelRoute:
+    def route(
+        self,
+        name: str,
+        session: str | None = None,
+        visible: Callable[[str], bool] | None = None,
+    ) -> ModelRoute:
         """The route of a model name; for a public name with revisions, the revision this
-        request goes to (`RevisionSplit.pick`)."""
+        request goes to (`RevisionSplit.pick`). `visible`: the names the caller may use (a
+        tenant's); any other is unknown to it."""
+        if visible is not None and not visible(name):
+            raise self.unknown(name, visible)
         if name in self.splits:
             name = self.splits[name].pick(session)
         try:
             return self.by_name[name]
         except KeyError:
-            known = ", ".join([*self.by_name, *self.splits]) or "none"
-            raise NotFound(f"The model '{name}' does not exist (served models: {known})") from None
+            raise self.unknown(name, visible) from None
+
+    def names(self, visible: Callable[[str], bool] | None = None) -> list[str]:
+        """Every model name and public name served (those `visible`, when given)."""
+        return [n for n in [*self.by_name, *self.splits] if visible is None or visible(n)]
+
+    def unknown(self, name: str, visible: Callable[[str], bool] | None = None) -> NotFound:
+        known = ", ".join(self.names(visible)) or "none"
+        return NotFound(f"The model '{name}' does not exist (served models: {known})")
 
     def model_ready(self, name: str) -> bool:
         """A model name's readiness; a public name's is that of any revision with weight."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -27,7 +28,39 @@ class GatewaySettings(BaseModel):
         "openai", description=f"prefix of the OpenAI routes (env {ROUTE_PREFIX_ENV}; empty: none)"
     )
     api_key: str | None = Field(
-        None, description="require 'Authorization: Bearer <key>' on inference routes"
+        None,
+        description="require 'Authorization: Bearer <key>' on inference routes (the key is "
+        "one more tenant, 'default': every model, no budget)",
+    )
+    tenants_file: str | None = Field(
+        None,
+        description="tenants file (YAML or JSON): each tenant's hashed API keys, models and "
+        "requests/tokens per minute (docs/tenants.md); keys are then required",
+    )
+    tenants_reload: float = Field(
+        2.0, ge=0, description="seconds between checks of the tenants file for changes (0: never)"
+    )
+    output_token_estimate: int = Field(
+        256,
+        ge=0,
+        description="tokens a generation reserves per sequence from its tenant's token budget "
+        "until it settles: min(max_tokens, this)",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis holding the tenants' budgets, shared by every gateway replica "
+        "(redis://host:6379/0); none: each gateway keeps its own in memory",
+    )
+    redis_failure_mode: Literal["open", "closed"] = Field(
+        "open",
+        description="when Redis does not answer: open admits requests without a budget check "
+        "(logged, counted), closed refuses them with 503 + Retry-After",
+    )
+    redis_timeout: float = Field(
+        0.5, gt=0, description="seconds a budget operation waits for Redis (then the failure mode)"
+    )
+    redis_key_prefix: str = Field(
+        "hfmesh:budget", description="prefix of the budgets' Redis keys (one per tenant)"
     )
     max_body_bytes: int = Field(
         16 * 1024 * 1024, description="largest request body accepted (413 above)"

@@ -18,6 +18,7 @@ from services.gateway.metrics import GatewayMetrics
 from services.gateway.openai.serving import GenerationServing
 from services.gateway.openai.serving_pooling import PoolingServing
 from services.gateway.openai.serving_vllm import VllmExtrasServing
+from services.gateway.quota import Budgets, TenantMetrics
 from services.gateway.routing import ReplicaRouter
 from services.gateway.settings import GatewaySettings
 
@@ -35,6 +36,7 @@ class GatewayState:
     kserve: KServeServing
     extras: VllmExtrasServing  # /tokenize, /detokenize, /score, /classify
     admission: Admission
+    budgets: Budgets
     #: Set on SIGTERM: readiness answers 503 while requests in flight finish.
     draining: bool = False
 
@@ -45,7 +47,15 @@ class GatewayState:
             request_id=request_id,
             deadline=time.monotonic() + budget,
             session=request.headers.get(self.settings.session_header) or None,
+            quota=request.scope.get("state", {}).get("quota"),
         )
+
+    def check_visible(self, request: Request, model: str) -> None:
+        """NotFound, exactly as for a model the mesh does not serve, when the request's
+        tenant may not use `model`."""
+        quota = request.scope.get("state", {}).get("quota")
+        if quota is not None and not quota.tenant.allows(model):
+            raise self.routes.unknown(model, quota.tenant.allows)
 
 
 def request_budget(header: str | None, settings: GatewaySettings) -> float:
@@ -71,6 +81,7 @@ def build_state(
     generation = GenerationServing(mesh, metrics)
     admission = Admission(settings, routes)
     metrics.registry.register(admission)
+    budgets = Budgets(settings, TenantMetrics(metrics.registry))
     return GatewayState(
         settings=settings,
         routes=routes,
@@ -81,6 +92,7 @@ def build_state(
         kserve=KServeServing(mesh, generation),
         extras=VllmExtrasServing(mesh),
         admission=admission,
+        budgets=budgets,
     )
 
 

@@ -20,7 +20,7 @@ from services.engine_hf.settings import HFEngineSettings
 from services.engine_vllm.settings import VLLMEngineSettings, split_argv
 from services.gateway.settings import GatewaySettings
 from services.tokenizer.settings import TokenizerSettings
-from tests.deploy.conftest import dockerfile
+from tests.deploy.conftest import ROOT, dockerfile
 
 SCHEMA = Path(__file__).with_name("compose-spec.json")
 #: image (without registry, tag and -cpu/-cuda) → the settings its entry point parses
@@ -48,11 +48,27 @@ def settings_of(service: dict[str, Any]) -> Any:
 
 
 def mesh_services(compose_doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """hfmesh's own services (not the model build, not the observability profile's)."""
+    """hfmesh's own services (not the model build, not the observability or redis profiles')."""
     return {
         name: s
         for name, s in compose_doc["services"].items()
-        if name != "models" and "observability" not in s.get("profiles", [])
+        if name != "models" and not {"observability", "redis"} & set(s.get("profiles", []))
+    }
+
+
+def test_tenants_file_and_redis_are_optional(compose_doc):
+    from services.gateway.tenants import parse_tenants
+
+    gateway = compose_doc["services"]["gateway"]
+    assert gateway["environment"]["HFMESH_TENANTS_FILE"] == "${HFMESH_TENANTS_FILE:-}"
+    assert gateway["environment"]["HFMESH_REDIS_URL"] == "${HFMESH_REDIS_URL:-}"
+    mount = next(v for v in gateway["volumes"] if str(v).startswith("./tenants:"))
+    assert mount.endswith(":ro")
+    assert compose_doc["services"]["redis"]["profiles"] == ["redis"]
+    example = ROOT / "deploy" / "compose" / "tenants" / "example.yaml"
+    assert {t.name for _, t in parse_tenants(example.read_text(), "example")} == {
+        "team-a",
+        "team-b",
     }
 
 

@@ -3,6 +3,7 @@ schemas (`kubernetes-validate`, strict); probes, ports and the ConfigMap agree w
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
 from pathlib import Path
@@ -38,7 +39,16 @@ def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any
 
 
 def test_overlays():
-    assert OVERLAYS == ["cpu", "gpu"]
+    assert OVERLAYS == ["cpu", "gpu", "tenants"]
+
+
+def mesh_deployments(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The Deployments of hfmesh's own images (not the tenants component's Redis)."""
+    return {
+        name: d
+        for name, d in by_kind(objects, "Deployment").items()
+        if d["spec"]["template"]["spec"]["containers"][0]["image"].startswith("hfmesh/")
+    }
 
 
 def test_valid_against_the_kubernetes_schemas(rendered):
@@ -59,7 +69,7 @@ def test_probes_ports_and_config(rendered):
     services = by_kind(objects, "Service")
     config = next(iter(by_kind(objects, "ConfigMap").values()))
     mesh = yaml.safe_load(config["data"]["mesh.yaml"])
-    for name, deployment in by_kind(objects, "Deployment").items():
+    for name, deployment in mesh_deployments(objects).items():
         pod = deployment["spec"]["template"]["spec"]
         container = pod["containers"][0]
         args = container["args"]
@@ -85,9 +95,10 @@ def test_probes_ports_and_config(rendered):
             assert gpus == (1 if overlay == "gpu" else None)
             assert ("cuda" in container["image"]) == (overlay == "gpu")
         if "--model_list" in args:
-            mount = container["volumeMounts"][0]
+            mount = next(m for m in container["volumeMounts"] if m["name"] == "mesh")
             assert mount["mountPath"] == args[args.index("--model_list") + 1]
-            assert pod["volumes"][0]["configMap"]["name"] == config["metadata"]["name"]
+            volume = next(v for v in pod["volumes"] if v["name"] == "mesh")
+            assert volume["configMap"]["name"] == config["metadata"]["name"]
         for address in _addresses_of(mesh):
             host, _, target = address.partition(":")
             assert services[host]["spec"]["ports"][0]["port"] == int(target)
@@ -138,7 +149,7 @@ def test_every_container_args_parse(rendered):
     from services.engine_vllm.settings import split_argv
 
     _, objects = rendered
-    for name, deployment in by_kind(objects, "Deployment").items():
+    for name, deployment in mesh_deployments(objects).items():
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         image = container["image"].split("/")[1].split(":")[0]
         image = image.removesuffix("-cpu").removesuffix("-cuda")
@@ -147,6 +158,26 @@ def test_every_container_args_parse(rendered):
             argv, rest = split_argv(argv)
             assert rest == []
         parse_settings(SETTINGS[image], argv, prog=name, description="", env={})
+
+
+def test_tenants_overlay_wires_the_secret_and_redis(rendered):
+    overlay, objects = rendered
+    gateway = by_kind(objects, "Deployment")["gateway"]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in gateway["containers"][0].get("env", [])}
+    if overlay != "tenants":
+        assert "HFMESH_TENANTS_FILE" not in env and "redis" not in by_kind(objects, "Service")
+        return
+    from services.gateway.tenants import parse_tenants
+
+    secret = by_kind(objects, "Secret")["hfmesh-tenants"]
+    mount = next(m for m in gateway["containers"][0]["volumeMounts"] if m["name"] == "tenants")
+    assert env["HFMESH_TENANTS_FILE"] == f"{mount['mountPath']}/tenants.yaml"
+    volume = next(v for v in gateway["volumes"] if v["name"] == "tenants")
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    text = base64.b64decode(secret["data"]["tenants.yaml"]).decode()
+    assert {t.name for _, t in parse_tenants(text, "secret")} == {"team-a", "team-b"}
+    redis = by_kind(objects, "Service")["redis"]["spec"]["ports"][0]["port"]
+    assert env["HFMESH_REDIS_URL"] == f"redis://redis:{redis}/0"
 
 
 def test_keda_example_scales_an_engine_of_the_base():

@@ -55,11 +55,14 @@ def build_v1_router() -> APIRouter:
 
     @router.get("/v1/models")
     async def list_models(request: Request) -> Response:
-        return _json({"models": gateway(request).kserve.model_names()})
+        state = gateway(request)
+        return _json({"models": state.kserve.model_names(state.call(request))})
 
     @router.get("/v1/models/{name}")
     async def model_status(name: str, request: Request) -> Response:
-        return _json({"name": name, "ready": gateway(request).kserve.ready(name)})
+        state = gateway(request)
+        state.check_visible(request, name)
+        return _json({"name": name, "ready": state.kserve.ready(name)})
 
     @router.post("/v1/models/{name}:predict")
     async def predict(name: str, request: Request) -> Response:
@@ -101,7 +104,9 @@ def build_v2_router() -> APIRouter:
 
     @router.get("/v2/models/{name}/ready")
     async def model_ready(name: str, request: Request) -> Response:
-        is_ready = gateway(request).kserve.ready(name)
+        state = gateway(request)
+        state.check_visible(request, name)
+        is_ready = state.kserve.ready(name)
         return _json({"name": name, "ready": is_ready}, 200 if is_ready else 503)
 
     @router.post("/v2/models/{name}/infer")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from services.common import llm_tensors
 from services.common.codec import InferRequest, InferResponse, Tensor, datatype_of, parse_bool
 from services.common.encoder_tensors import RESULT_OPTIONS, RESULT_OUTPUT, encoder_inputs_from
 from services.common.engine import Task
@@ -80,8 +81,9 @@ class KServeServing:
         self.mesh = mesh
         self.generation = generation
 
-    def model_names(self) -> list[str]:
-        return list(self.mesh.routes.by_name)
+    def model_names(self, call: CallContext) -> list[str]:
+        """The models the caller may use (KServe's V1 list names models, not public names)."""
+        return [n for n in self.mesh.names(call) if n in self.mesh.routes.by_name]
 
     def ready(self, name: str) -> bool:
         return self.mesh.routes.model_ready(name)
@@ -93,7 +95,7 @@ class KServeServing:
     async def v1_predict(
         self, name: str, body: V1PredictRequest, call: CallContext
     ) -> V1PredictResponse:
-        route = self.mesh.route(name)
+        route = self.mesh.route(name, call)
         if route.task.is_generative:
             return await self._v1_generate(route, body, call)
         options = _options(body.parameters)
@@ -135,20 +137,55 @@ class KServeServing:
         self, name: str, body: V2InferRequest, binary_tail: bytes, call: CallContext
     ) -> InferResponse:
         """`binary_tail`: the raw input bytes after the JSON header (binary.py)."""
-        route = self.mesh.route(name)
+        route = self.mesh.route(name, call)
         self.mesh.limits.requested_outputs(len(body.outputs or []))
         infer = request_from_json(name, body, binary_inputs(body, binary_tail))
         if not infer.id:
             infer.id = call.request_id
         text_inputs = all(t.datatype == "BYTES" for t in infer.inputs)
         if route.task.is_generative or not text_inputs:
+            prompt_tokens, output_tokens = await self._reserve_direct(route, infer, call)
             response = await self.mesh.infer_engine(route, infer, call)
+            if call.quota is not None:
+                counted = _reported_tokens(response)
+                await call.quota.settle(
+                    *(counted if counted is not None else (prompt_tokens, output_tokens))
+                )
         else:
             response = await self._v2_encode(route, infer, call)
         response.model_name = name
         if body.id:
             response.id = body.id
         return response
+
+    async def _reserve_direct(
+        self, route: ModelRoute, infer: InferRequest, call: CallContext
+    ) -> tuple[int, int]:
+        """Reserve a request the engine takes as it is: a generation's prompt tokens (the
+        tokenizer counts a text prompt) plus its output estimate, or an encoder tensor
+        request's tokens (its attention mask, else its input_ids). (prompt, output) reserved."""
+        if call.quota is None:
+            return 0, 0
+        if route.task.is_generative:
+            generate, _ = llm_tensors.parse_generate_request(infer, call.request_id)
+            if generate.prompt_token_ids is not None:
+                prompt = len(generate.prompt_token_ids)
+            else:
+                assert generate.prompt is not None, "a generation has text or ids"
+                prompt = len((await self.mesh.tokenize(route, call, generate.prompt)).input_ids)
+            max_tokens = generate.sampling.max_tokens
+            estimate = self.mesh.settings.output_token_estimate
+            output = estimate if max_tokens is None else min(max_tokens, estimate)
+            output *= max(1, generate.sampling.n)
+        else:
+            tensor = infer.input("attention_mask") or infer.input("input_ids")
+            prompt = 0
+            if tensor is not None:
+                data = np.asarray(tensor.data)
+                prompt = int(data.sum()) if tensor.name == "attention_mask" else int(data.size)
+            output = 0
+        await call.quota.reserve(prompt, output)
+        return prompt, output
 
     async def _v2_encode(
         self, route: ModelRoute, infer: InferRequest, call: CallContext
@@ -161,4 +198,13 @@ class KServeServing:
         return InferResponse(model_name=route.name, id=infer.id, outputs=[output])
 
     async def v2_metadata(self, name: str, call: CallContext) -> dict[str, Any]:
-        return await self.mesh.engine_metadata(self.mesh.route(name), call)
+        return await self.mesh.engine_metadata(self.mesh.route(name, call), call)
+
+
+def _reported_tokens(response: InferResponse) -> tuple[int, int] | None:
+    """(prompt, output) tokens an engine's generation answer reports, when it does."""
+    outputs = {t.name: t.data for t in response.outputs}
+    if "num_input_tokens" in outputs and "num_output_tokens" in outputs:
+        prompt = int(np.asarray(outputs["num_input_tokens"]).ravel()[0])
+        return prompt, int(np.asarray(outputs["num_output_tokens"]).sum())
+    return None

@@ -71,6 +71,7 @@ def build_router(prefix: str) -> APIRouter:
 
     @router.get("/v1/models")
     async def models(request: Request) -> Response:
-        return json_response(gateway(request).pooling.models())
+        state = gateway(request)
+        return json_response(state.pooling.models(state.call(request)))
 
     return router

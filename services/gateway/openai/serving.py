@@ -96,7 +96,7 @@ class GenerationServing:
             temperature=request.temperature,
         )
         call.session = call.session or request.user
-        route = self.mesh.route(request.model, call.session)
+        route = self.mesh.route(request.model, call)
         check_task(route, GENERATIVE, "/v1/completions")
         self.mesh.limits.sampling(n=request.n, best_of=request.best_of, stop=request.stop)
         structured, source = structured_outputs(request)
@@ -119,6 +119,12 @@ class GenerationServing:
         limit = self.mesh.max_model_len(route, rendered[0])
         for item in rendered:
             check_context_length(len(item.input_ids), request.max_tokens, limit, model=route.name)
+        await self.mesh.reserve(
+            call,
+            sum(len(r.input_ids) for r in rendered),
+            sequences=len(rendered) * max(request.n, request.best_of or 1),
+            max_tokens=request.max_tokens,
+        )
         streams = [
             self.mesh.generate(
                 route,
@@ -214,7 +220,7 @@ class GenerationServing:
             max_tokens = request.max_tokens
         genai_request("chat", request.model, max_tokens=max_tokens, temperature=request.temperature)
         call.session = call.session or request.user
-        route = self.mesh.route(request.model, call.session)
+        route = self.mesh.route(request.model, call)
         check_task(route, GENERATIVE, "/v1/chat/completions")
         self.mesh.limits.sampling(n=request.n, best_of=None, stop=request.stop)
         self.mesh.limits.chat_prompt(request.messages)
@@ -248,6 +254,9 @@ class GenerationServing:
         check_context_length(len(rendered.input_ids), max_tokens, limit, model=route.name)
         if max_tokens is None and limit is not None:
             sampling.max_tokens = limit - len(rendered.input_ids)
+        await self.mesh.reserve(
+            call, len(rendered.input_ids), sequences=request.n, max_tokens=sampling.max_tokens
+        )
         streams = [
             self.mesh.generate(
                 route,
@@ -424,6 +433,8 @@ class ChoiceStreams:
             raise InternalError()
         usage = self.usage(self.choices)
         self.serving.metrics.generated_tokens.labels(self.route.name).inc(usage.completion_tokens)
+        if self.call.quota is not None:
+            await self.call.quota.settle(usage.prompt_tokens, usage.completion_tokens)
         genai_response(
             usage.prompt_tokens,
             usage.completion_tokens,

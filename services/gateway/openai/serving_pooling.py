@@ -34,7 +34,9 @@ class PoolingServing:
         self.owned_by = owned_by
         self.created = created
 
-    def models(self) -> ModelList:
+    def models(self, call: CallContext) -> ModelList:
+        """The models the caller may use."""
+        visible = set(self.mesh.names(call))
         cards = [
             ModelCard(
                 id=name,
@@ -44,8 +46,11 @@ class PoolingServing:
                 task=route.task.value,
             )
             for name, route in self.mesh.routes.by_name.items()
+            if name in visible
         ]
         for public, split in self.mesh.routes.splits.items():
+            if public not in visible:
+                continue
             entry = self.mesh.routes.by_name[next(iter(split.weights))].entry
             cards.append(
                 ModelCard(
@@ -60,7 +65,7 @@ class PoolingServing:
 
     async def embeddings(self, request: EmbeddingRequest, call: CallContext) -> EmbeddingResponse:
         genai_request("embeddings", request.model)
-        route = self.mesh.route(request.model)
+        route = self.mesh.route(request.model, call)
         check_task(route, (Task.TEXT_EMBEDDING,), "/v1/embeddings")
         if request.dimensions is not None:
             raise InvalidArgument(
@@ -84,7 +89,7 @@ class PoolingServing:
         return EmbeddingResponse(data=data, model=request.model, usage=usage)
 
     async def rerank(self, request: RerankRequest, call: CallContext) -> RerankResponse:
-        route = self.mesh.route(request.model)
+        route = self.mesh.route(request.model, call)
         check_task(route, (Task.RERANK,), "/v1/rerank")
         documents = [d.text if isinstance(d, RerankDocument) else d for d in request.documents]
         if not request.query:

@@ -42,20 +42,21 @@ class VllmExtrasServing:
     def __init__(self, mesh: MeshClient) -> None:
         self.mesh = mesh
 
-    def _route(self, model: str | None) -> ModelRoute:
-        """The named model, or the only one served when `model` is left out (as vLLM)."""
+    def _route(self, model: str | None, call: CallContext) -> ModelRoute:
+        """The named model, or the only one served (to the caller) when `model` is left out
+        (as vLLM)."""
         if model is not None:
-            return self.mesh.route(model)
-        served = list(self.mesh.routes.by_name)
+            return self.mesh.route(model, call)
+        served = [n for n in self.mesh.names(call) if n in self.mesh.routes.by_name]
         if len(served) != 1:
             raise InvalidArgument(
                 f"'model' is required: this server serves {len(served)} models "
                 f"({', '.join(served)})"
             )
-        return self.mesh.route(served[0])
+        return self.mesh.route(served[0], call)
 
     async def tokenize(self, request: TokenizeRequest, call: CallContext) -> TokenizeResponse:
-        route = self._route(request.model)
+        route = self._route(request.model, call)
         if request.messages is not None:
             rendered = await self.mesh.render_chat(
                 route,
@@ -88,7 +89,7 @@ class VllmExtrasServing:
         )
 
     async def detokenize(self, request: DetokenizeRequest, call: CallContext) -> DetokenizeResponse:
-        route = self._route(request.model)
+        route = self._route(request.model, call)
         if not request.tokens:
             return DetokenizeResponse(prompt="")
         text = await self.mesh.detokenize(
@@ -97,7 +98,7 @@ class VllmExtrasServing:
         return DetokenizeResponse(prompt=text)
 
     async def score(self, request: ScoreRequest, call: CallContext) -> ScoreResponse:
-        route = self._route(request.model)
+        route = self._route(request.model, call)
         check_task(route, (Task.RERANK, Task.TEXT_EMBEDDING), "/score")
         first, second = request.sides()
         if not second:
@@ -133,7 +134,7 @@ class VllmExtrasServing:
     async def classify(
         self, request: ClassificationRequest, call: CallContext
     ) -> ClassificationResponse:
-        route = self._route(request.model)
+        route = self._route(request.model, call)
         check_task(route, (Task.SEQUENCE_CLASSIFICATION,), "/classify")
         texts = [request.input] if isinstance(request.input, str) else list(request.input)
         if not texts or any(not text for text in texts):
