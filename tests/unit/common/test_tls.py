@@ -4,7 +4,9 @@ and certificate files replaced under a running server."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from services.common.settings import parse_settings
 from services.common.tls import TlsConfig
 from services.control_plane.settings import ControlPlaneSettings
 from services.gateway.settings import GatewaySettings
+from services.launcher.processes import tls_env, tls_from_dir
 from services.tokenizer.settings import TokenizerSettings
 from tests.helpers.tls import health_answer, make_certs, strangers
 
@@ -153,3 +156,35 @@ def test_every_tls_flag_has_a_help_line(capsys):
     for flag in ("--tls_cert", "--tls_key", "--tls_ca", "--tls_server_name"):
         assert flag in out
     assert "REQUIRES client certificates" in " ".join(out.split())
+
+
+async def _probe(port: int, env: dict[str, str]) -> int:
+    probe = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.common.healthcheck",
+        "grpc",
+        str(port),
+        "--timeout",
+        "5",
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    return await asyncio.wait_for(probe.wait(), 60)
+
+
+async def test_the_probe_reads_the_services_tls_variables(certs):
+    mesh = certs["mesh"]
+    runner, _ = await _serving(mesh)
+    try:
+        assert runner.bound_port is not None
+        assert await _probe(runner.bound_port, tls_env(mesh)) == 0
+        assert await _probe(runner.bound_port, {}) == 1  # a plain probe is refused
+    finally:
+        await runner.server.stop(0)
+
+
+def test_a_tls_folder_without_its_files_is_refused_saying_how_to_make_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make_dev_certs.sh"):
+        tls_from_dir(tmp_path)
