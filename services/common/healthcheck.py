@@ -74,10 +74,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     address = f"{args.host}:{args.port}"
     if args.kind == "grpc":
-        tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_ca, args.tls_server_name)
+        try:
+            tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_ca, args.tls_server_name)
+        except ValueError as error:
+            parser.error(str(error))
         ready = grpc_serving(address, args.timeout, service=args.service, tls=tls)
     else:
         ready = http_ok(f"http://{address}{args.path}", args.timeout)

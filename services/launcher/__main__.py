@@ -236,6 +236,7 @@ def serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     try:
+        tls = tls_from_dir(args.tls_dir) if args.tls_dir else None  # before the long planning
         print(f"hfmesh: model list {args.model_list}; logs in {log_dir}", flush=True)
         print("==> models (built or fetched once per machine)", flush=True)
         mesh_file = log_dir / "mesh.yaml"
@@ -257,7 +258,6 @@ def serve(args: argparse.Namespace) -> int:
             str(mesh_file), host=args.host, port=args.control_plane_port
         )
         control_address = f"{_dial_host(args.host)}:{control.port}"
-        tls = tls_from_dir(args.tls_dir) if args.tls_dir else None
         bootstrap = write_bootstrap(
             log_dir / "xds-bootstrap.json", control_address, "hfmesh", tls=tls
         )
