@@ -37,6 +37,7 @@ import grpc
 
 from services.common.pb import registration_pb2 as pb
 from services.common.pb import registration_pb2_grpc as pb_grpc
+from services.common.tls import TlsConfig, aio_channel
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Registration:
     backend: str = ""  # "vllm" | "huggingface" for an engine
     advertise_host: str | None = None
     connect_timeout: float = 30.0
+    tls: TlsConfig | None = None  # of the channel to the control plane (None: plain)
 
     def registrar(self, bind_host: str, port: int) -> Registrar:
         try:
@@ -95,6 +97,7 @@ class Registration:
             backend=self.backend,
             address=address,
             connect_timeout=self.connect_timeout,
+            tls=self.tls,
         )
 
 
@@ -110,6 +113,7 @@ class Registrar:
         call_timeout: float = 3.0,
         connect_timeout: float = 30.0,
         renew_fraction: float = 1 / 3,
+        tls: TlsConfig | None = None,
     ) -> None:
         self.control_plane = control_plane
         self.models = (model,) if isinstance(model, str) else tuple(model)
@@ -120,7 +124,7 @@ class Registrar:
         self.draining = False
         self.leases: dict[str, str] = {}  # model → lease id
         self.ttl_seconds = 0.0
-        self._channel = grpc.aio.insecure_channel(control_plane, options=CHANNEL_OPTIONS)
+        self._channel = aio_channel(control_plane, tls, CHANNEL_OPTIONS)
         self._stub = pb_grpc.RegistrationStub(self._channel)
         self._renewer: asyncio.Task[None] | None = None
         #: One call sequence at a time; the renewer is cancelled only between them, so no

@@ -7,6 +7,9 @@ draining. Reflection is on. SIGTERM/SIGINT → NOT_SERVING and new inference cal
 with UNAVAILABLE at once → `server.stop(grace)`, which waits for calls in flight (at most
 `--drain_grace`), not for health watches (they end when draining starts).
 
+With a `tls` configuration the port speaks TLS, mutual TLS when it names a CA
+(`services.common.tls`: certificate files re-read when they change); without one it is plain.
+
 `serve(..., registration=...)` registers the replica with the control plane once it is
 SERVING and withdraws it on SIGTERM before the server stops (`services.common.registration`).
 
@@ -43,6 +46,7 @@ from services.common.interceptors import streaming_handler
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.common.pb import inference_pb2, pool
 from services.common.registration import Registrar, Registration, RegistrationError
+from services.common.tls import CertificateFiles, TlsConfig
 
 if TYPE_CHECKING:
     from services.common.engine import Engine
@@ -211,8 +215,11 @@ class GrpcServiceRunner:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         min_client_ping_ms: int = MIN_CLIENT_PING_MS,
         interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+        tls: TlsConfig | None = None,
     ) -> None:
         self.host = host
+        #: TLS (mutual with a CA) on the port, the files re-read when they change; None: plain.
+        self.certificates = CertificateFiles(tls) if tls is not None and tls.enabled else None
         self.port = port
         self.grace_seconds = grace_seconds
         self.draining = False
@@ -249,12 +256,25 @@ class GrpcServiceRunner:
 
     async def start(self) -> int:
         address = f"{self.host}:{self.port}"
-        self.bound_port = self.server.add_insecure_port(address)
+        if self.certificates is None:
+            self.bound_port = self.server.add_insecure_port(address)
+        else:
+            credentials = self.certificates.credentials()
+            self.bound_port = self.server.add_secure_port(address, credentials)
         if not self.bound_port:
             raise OSError(f"cannot bind {address}")
         await self.server.start()
         await self.set_serving(False)
-        logger.info("gRPC listening on %s:%d", self.host, self.bound_port)
+        logger.info(
+            "gRPC listening on %s:%d (%s)",
+            self.host,
+            self.bound_port,
+            "plain"
+            if self.certificates is None
+            else "mutual TLS"
+            if self.certificates.config.mutual
+            else "TLS",
+        )
         return self.bound_port
 
     async def set_serving(self, serving: bool) -> None:

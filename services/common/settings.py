@@ -19,7 +19,7 @@ import argparse
 import os
 import types
 import typing
-from typing import Any, TypeVar, Union
+from typing import Any, ClassVar, TypeVar, Union
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
@@ -28,6 +28,7 @@ from services.common.errors import InvalidArgument
 from services.common.model_source import parse_source
 from services.common.registration import Registration
 from services.common.server import MAX_MESSAGE_BYTES
+from services.common.tls import TlsConfig
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -116,7 +117,51 @@ def parse_settings(
         raise  # unreachable: parser.error exits
 
 
-class ReplicaFlags(BaseModel):
+class TlsFlags(BaseModel):
+    """TLS of this process's gRPC port and of its gRPC channels in the mesh (docs/tls.md)."""
+
+    tls_cert: str | None = Field(
+        None,
+        description="PEM certificate (chain) this process presents on its gRPC port and to "
+        "the gRPC services it calls; with --tls_key (none: plain gRPC). Reloaded when the file "
+        "changes",
+    )
+    tls_key: str | None = Field(None, description="PEM private key of --tls_cert")
+    tls_ca: str | None = Field(
+        None,
+        description="PEM CA bundle peers are verified against: a gRPC port given one REQUIRES "
+        "client certificates signed by it (mutual TLS); a client checks servers with it "
+        "(without it: the system's roots)",
+    )
+    tls_server_name: str | None = Field(
+        None,
+        description="name checked in the certificates of the servers this process calls, "
+        "instead of the host it dials (replicas dialled by address under one mesh certificate)",
+    )
+
+    #: Whether this process serves gRPC (a CA alone then makes no sense: no certificate to show).
+    tls_serves: ClassVar[bool] = True
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> TlsFlags:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls_cert and --tls_key go together: give both or neither")
+        if self.tls_serves and self.tls_ca and not self.tls_cert:
+            raise ValueError("--tls_ca on a gRPC server needs --tls_cert and --tls_key")
+        for flag in ("tls_cert", "tls_key", "tls_ca"):
+            path = getattr(self, flag)
+            if path and not os.path.isfile(path):
+                raise ValueError(f"--{flag} {path}: no such file")
+        return self
+
+    @property
+    def tls(self) -> TlsConfig | None:
+        """The TLS configuration, or None for plain gRPC."""
+        config = TlsConfig(self.tls_cert, self.tls_key, self.tls_ca, self.tls_server_name)
+        return config if config.enabled else None
+
+
+class ReplicaFlags(TlsFlags):
     """Where a replica (an engine or a tokenizer) listens, and whom it tells (DESIGN.md §6)."""
 
     host: str = Field("0.0.0.0", description="gRPC listen address")
@@ -151,7 +196,7 @@ class ReplicaFlags(BaseModel):
         if not self.control_plane:
             return None
         return Registration(
-            self.control_plane, service, tuple(models), backend, self.advertise_host
+            self.control_plane, service, tuple(models), backend, self.advertise_host, tls=self.tls
         )
 
 

@@ -2,7 +2,8 @@
 
 `ControlPlane(settings).start()` binds (port 0 picks one) and returns the port; `stop()` ends
 the background sources and the server. The gRPC server is a plain one: `grpc.aio.server`
-cannot itself be xDS-managed, and the control plane is what the others discover through.
+cannot itself be xDS-managed, and the control plane is what the others discover through. With
+`--tls_*` its port, its health checks of the endpoints and the bootstrap it writes speak TLS.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class ControlPlane:
                 interval=settings.health_interval,
                 timeout=settings.health_timeout,
                 failures=settings.health_failures,
+                tls=settings.tls,
             )
         self.kubernetes: k8s.EndpointSliceSource | None = None
         if settings.kubernetes:
@@ -78,6 +80,7 @@ class ControlPlane:
             grace_seconds=settings.grace_seconds,
             extra_service_names=[ADS_SERVICE, REGISTRATION_SERVICE],
             interceptors=[MetricsInterceptor(self.metrics)],
+            tls=settings.tls,
         )
         self.runner.add(
             lambda s: ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, s)
@@ -105,6 +108,7 @@ class ControlPlane:
                 self.settings.bootstrap_file,
                 f"{host}:{self.runner.bound_port}",
                 self.settings.bootstrap_node_id,
+                tls=self.settings.tls,
             )
             logger.info("xDS bootstrap written to %s", path)
 

@@ -3,7 +3,8 @@
 An endpoint that answers NOT_SERVING is withdrawn at once (a draining runner says so before it
 stops); one that does not answer is withdrawn after `failures` consecutive failed checks, so one
 slow answer on a busy machine does not move traffic. Either comes back at its first SERVING
-answer. Draining is not decided here: it is what the source published.
+answer. Draining is not decided here: it is what the source published. The checks speak the
+control plane's TLS settings: in a mutual-TLS mesh they present its certificate.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.tls import TlsConfig, aio_channel
 from services.control_plane.store import EndpointStore
 
 logger = logging.getLogger(__name__)
@@ -29,7 +31,9 @@ class HealthChecker:
         interval: float = 1.0,
         timeout: float = 3.0,
         failures: int = 3,
+        tls: TlsConfig | None = None,
     ) -> None:
+        self.tls = tls
         self._store = store
         self.interval = interval
         self.timeout = timeout
@@ -71,7 +75,7 @@ class HealthChecker:
         """The health status the endpoint answers, or None when it does not answer."""
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+            channel = self._channels[address] = aio_channel(address, self.tls)
         try:
             # types-grpcio-health-checking declares HealthStub without its methods.
             check = health_pb2_grpc.HealthStub(channel).Check  # type: ignore[attr-defined]

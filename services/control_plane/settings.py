@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from services.common.settings import metrics_port_field, parse_settings
+from services.common.settings import TlsFlags, metrics_port_field, parse_settings
 
 
-class ControlPlaneSettings(BaseModel):
+class ControlPlaneSettings(TlsFlags):
     host: str = Field("0.0.0.0", description="gRPC listen address (ADS and Registration)")
     port: int = Field(18000, ge=0, le=65535, description="gRPC port (0 picks a free one)")
     model_list: str | None = Field(

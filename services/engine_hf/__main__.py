@@ -34,6 +34,7 @@ async def run(settings: HFEngineSettings) -> int:
         port=settings.port,
         grace_seconds=settings.drain_grace,
         max_message_bytes=settings.max_message_bytes,
+        tls=settings.tls,
     )
     runner.add(lambda server: add_GRPCInferenceServiceServicer_to_server(servicer, server))
     if settings.metrics_port:

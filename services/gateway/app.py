@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAPI:
     if plan is None and settings.model_list:
         plan = load_model_list(settings.model_list)
-    routes = ReplicaRouter(plan, settings.routing_options)
+    routes = ReplicaRouter(plan, settings.routing_options, tls=settings.tls)
     metrics = GatewayMetrics(routes)
     state = build_state(settings, routes, metrics)
     tenants = TenantDirectory(settings.tenants_file, settings.api_key)
@@ -74,6 +74,7 @@ def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAP
                     settings.control_plane,
                     subscriptions(routes.plan),
                     on_change=routes.apply_endpoints,
+                    tls=settings.tls,
                 )
                 await discovery.start()
             yield

@@ -29,6 +29,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import code_pb2, status_pb2
 
 from services.common.model_list import MeshPlan
+from services.common.tls import TlsConfig, aio_channel
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ class Discovery:
         node_id: str = "hfmesh-gateway",
         on_change: Callable[[Endpoints], None] | None = None,
         max_backoff: float = 5.0,
+        tls: TlsConfig | None = None,
     ) -> None:
         self.control_plane = control_plane
         self.services = sorted(set(services))
@@ -125,7 +127,7 @@ class Discovery:
         self.version = ""  # the version last applied (ACKed)
         self.connected = False
         self._queues: set[asyncio.Queue[Endpoints]] = set()
-        self._channel = grpc.aio.insecure_channel(control_plane, options=CHANNEL_OPTIONS)
+        self._channel = aio_channel(control_plane, tls, CHANNEL_OPTIONS)
         self._task: asyncio.Task[None] | None = None
         self._first = asyncio.Event()
 

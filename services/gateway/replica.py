@@ -5,6 +5,7 @@ not draining, and not cooling down after a call that failed with UNAVAILABLE. It
 the gateway's requests in flight there, the uncached prompt tokens awaiting prefill, and the
 requests of other clients the engine last reported (`load_metrics.ENGINE_IN_FLIGHT`, fresh
 for `REPORT_SECONDS`). When it stops serving, `on_lost` is called: its engine cache is gone.
+Its channel speaks the gateway's `--tls_*` settings (mutual TLS inside the mesh) when set.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.pb import inference_pb2_grpc as pb_grpc
 from services.common.server import MAX_MESSAGE_BYTES
+from services.common.tls import TlsConfig, aio_channel
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +33,19 @@ REPORT_SECONDS = 5.0
 class Replica:
     """One service instance: its channel, health, and load."""
 
-    def __init__(self, address: str, on_lost: Callable[[Replica], None] | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        on_lost: Callable[[Replica], None] | None = None,
+        *,
+        tls: TlsConfig | None = None,
+    ) -> None:
         self.address = address
         self.on_lost = on_lost  # called when it stops serving (its engine cache is gone)
-        self.channel = grpc.aio.insecure_channel(
+        self.channel = aio_channel(
             address,
-            options=[
+            tls,
+            [
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.keepalive_time_ms", 30_000),

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from services.common.engine import Task
 from services.common.errors import NotFound, Unavailable
 from services.common.model_list import ENGINE_BACKENDS, MeshPlan, ModelEntry, revisions
+from services.common.tls import TlsConfig
 from services.gateway.discovery import Endpoint
 from services.gateway.policy import (
     LEAST_LOADED,
@@ -175,8 +176,15 @@ class ReplicaRouter:
     """Every served model's route (by model name) to its tokenizer and engine replicas;
     owns the channels."""
 
-    def __init__(self, plan: MeshPlan | None, options: RoutingOptions | None = None) -> None:
+    def __init__(
+        self,
+        plan: MeshPlan | None,
+        options: RoutingOptions | None = None,
+        *,
+        tls: TlsConfig | None = None,
+    ) -> None:
         self.plan = plan or MeshPlan(models=[])
+        self.tls = tls  # of every replica's channel (None: plain)
         self.options = options or RoutingOptions()
         self.replicas: dict[str, Replica] = {}
         self.by_name: dict[str, ModelRoute] = {}
@@ -195,7 +203,7 @@ class ReplicaRouter:
 
     def _replica(self, address: str) -> Replica:
         if address not in self.replicas:
-            self.replicas[address] = Replica(address, on_lost=self._forget)
+            self.replicas[address] = Replica(address, on_lost=self._forget, tls=self.tls)
         return self.replicas[address]
 
     def _forget(self, replica: Replica) -> None:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
-from services.common.settings import parse_settings
+from services.common.settings import TlsFlags, parse_settings
 from services.gateway.policy import RoutingOptions
 
 ROUTE_PREFIX_ENV = "KSERVE_OPENAI_ROUTE_PREFIX"
 
 
-class GatewaySettings(BaseModel):
+class GatewaySettings(TlsFlags):
+    """`--tls_*` secure the gateway's gRPC calls into the mesh; its HTTP port is plain."""
+
+    tls_serves: ClassVar[bool] = False
+
     host: str = Field("0.0.0.0", description="HTTP listen address")
     port: int = Field(8080, description="HTTP port")
     model_list: str | None = Field(

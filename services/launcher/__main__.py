@@ -7,7 +7,9 @@ do so; the launcher never does, and stays a light supervisor), then starts the c
 the tokenizer and one engine process per model, backend and replica, then the gateway; shows
 each as it becomes ready and prints the URL to call. Every service but the control plane gets
 its address in `HFMESH_CONTROL_PLANE` (the `control_plane` setting), and an xDS bootstrap for
-`xds:///` clients is written into the log folder.
+`xds:///` clients is written into the log folder. With `--tls_dir` every service, the control
+plane included, gets the folder's certificate, key and CA as its `HFMESH_TLS_*` settings (mutual
+TLS on every gRPC port and channel), and readiness is checked over TLS.
 
 Then it supervises (`services.launcher.supervisor`): a service that dies is printed and
 restarted with backoff on its port while the others keep serving. A service that fails before
@@ -45,7 +47,14 @@ from services.launcher.plan import (
     plan_processes,
     with_metrics_ports,
 )
-from services.launcher.processes import ROOT, ServiceProcess, free_port, grpc_serving, is_ready
+from services.launcher.processes import (
+    ROOT,
+    ServiceProcess,
+    free_port,
+    grpc_serving,
+    is_ready,
+    tls_from_dir,
+)
 from services.launcher.replicas import Replicas
 from services.launcher.runstate import DEFAULT_RUN_FILE, CommandBox, RunState, RunStateError
 from services.launcher.supervisor import Supervisor
@@ -119,6 +128,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="first port of the services' Prometheus /metrics: control plane, tokenizer and "
         "engines take consecutive ports (0, the default: free ports; printed when up; added "
         "replicas take free ones; the gateway serves /metrics on its own port)",
+    )
+    parser.add_argument(
+        "--tls_dir",
+        default="",
+        help="mutual TLS on every gRPC port and channel of the mesh, with DIR/mesh.pem, "
+        "DIR/mesh-key.pem and DIR/ca.pem (scripts/make_dev_certs.sh DIR makes them; "
+        "docs/tls.md); default: plain gRPC",
     )
     parser.add_argument(
         "--run_file",
@@ -220,6 +236,7 @@ def serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     try:
+        tls = tls_from_dir(args.tls_dir) if args.tls_dir else None  # before the long planning
         print(f"hfmesh: model list {args.model_list}; logs in {log_dir}", flush=True)
         print("==> models (built or fetched once per machine)", flush=True)
         mesh_file = log_dir / "mesh.yaml"
@@ -241,13 +258,17 @@ def serve(args: argparse.Namespace) -> int:
             str(mesh_file), host=args.host, port=args.control_plane_port
         )
         control_address = f"{_dial_host(args.host)}:{control.port}"
-        bootstrap = write_bootstrap(log_dir / "xds-bootstrap.json", control_address, "hfmesh")
+        bootstrap = write_bootstrap(
+            log_dir / "xds-bootstrap.json", control_address, "hfmesh", tls=tls
+        )
         env = {CONTROL_PLANE_ENV: control_address}
         gateway = gateway_process(str(mesh_file), host=args.host, port=args.port)
         for spec in [*specs, gateway]:
             spec.env = env
+        for spec in [control, *specs, gateway]:
+            spec.tls = tls
         metrics = with_metrics_ports([control, *specs], args.metrics_base_port, free_port)
-        replicas = Replicas(plan, supervisor, env, planned=specs)
+        replicas = Replicas(plan, supervisor, env, planned=specs, tls=tls)
         commands = CommandBox(log_dir / "commands")
         commands.folder.mkdir(exist_ok=True)
 
@@ -270,6 +291,7 @@ def serve(args: argparse.Namespace) -> int:
             bootstrap=str(bootstrap),
             commands=str(commands.folder),
             gateway=gateway_url,
+            tls_dir=str(Path(args.tls_dir).resolve()) if tls else None,
         )
         state.write(run_file)
         _print_banner(args, plan, control_address, bootstrap, metrics)
@@ -281,7 +303,7 @@ def serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\nhfmesh: stopping ...", flush=True)
         return 0
-    except (RuntimeError, TimeoutError) as error:
+    except (RuntimeError, TimeoutError, FileNotFoundError) as error:
         print(f"hfmesh: {error}", file=sys.stderr, flush=True)
         return 1
     finally:
@@ -325,6 +347,12 @@ def _print_banner(
             flush=True,
         )
     print(f"  control plane (xDS): {control_address}   bootstrap: {bootstrap}", flush=True)
+    if args.tls_dir:
+        print(
+            f"  gRPC ports speak mutual TLS: clients present a certificate of {args.tls_dir}/"
+            "ca.pem's CA (docs/tls.md)",
+            flush=True,
+        )
     host = _dial_host(args.host)
     ports = "  ".join(f"{name} {host}:{port}" for name, port in metrics.items())
     print(f"  metrics: gateway {url}/metrics  {ports}", flush=True)
@@ -362,7 +390,8 @@ def scale(args: argparse.Namespace) -> int:
         flush=True,
     )
     deadline = time.monotonic() + args.ready_timeout
-    while not grpc_serving(address):
+    tls = tls_from_dir(state.tls_dir) if state.tls_dir else None
+    while not grpc_serving(address, tls=tls):
         if time.monotonic() > deadline:
             print(
                 f"hfmesh: {answer['name']} not serving after {args.ready_timeout:.0f}s "

@@ -55,6 +55,7 @@ from services.common.model_list import (
     read_model_list,
 )
 from services.common.model_source import parse_source
+from services.common.tls import TlsConfig
 from services.engine_vllm.registry import unsupported_reason
 from services.models.cache import ensure_model
 from services.models.fetch import FetchError, fetch_source
@@ -196,6 +197,7 @@ class ProcessSpec:
     env: dict[str, str] = field(default_factory=dict)  # added to the launcher's environment
     model: str | None = None  # an engine's model and backend
     backend: str | None = None
+    tls: TlsConfig | None = None  # the mesh's TLS (passed as HFMESH_TLS_*; None: plain)
 
 
 def engine_args(entry: ModelEntry, backend: str) -> list[str]:

@@ -1,6 +1,8 @@
 """Service processes: free ports, readiness polling, whole-tree kills.
 
-Used by the launcher, the tests and the benches alike.
+Used by the launcher, the tests and the benches alike. A process started with a `tls`
+configuration gets it as its `HFMESH_TLS_*` settings, and its readiness is polled over TLS
+with the same certificate.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.healthcheck import grpc_serving, http_ok
+from services.common.tls import TlsConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,6 +37,7 @@ class ServiceProcess:
     process: subprocess.Popen
     log_path: Path
     extra_ports: dict[str, int] = field(default_factory=dict)
+    tls: TlsConfig | None = None  # its gRPC port's TLS (readiness is polled with it)
 
     @property
     def address(self) -> str:
@@ -73,6 +77,31 @@ class ServiceProcess:
             pass
 
 
+#: The files of a TLS folder (`--tls_dir`), as `scripts/make_dev_certs.sh` names them.
+TLS_CERT, TLS_KEY, TLS_CA = "mesh.pem", "mesh-key.pem", "ca.pem"
+
+
+def tls_from_dir(folder: str | Path) -> TlsConfig:
+    """Mutual TLS with the certificate, key and CA of `folder`; `FileNotFoundError` naming
+    what is missing (and how to make it)."""
+    base = Path(folder).expanduser().resolve()
+    missing = [name for name in (TLS_CERT, TLS_KEY, TLS_CA) if not (base / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"--tls_dir {base}: no {', '.join(missing)} (make a development set with "
+            f"scripts/make_dev_certs.sh {base})"
+        )
+    return TlsConfig(str(base / TLS_CERT), str(base / TLS_KEY), str(base / TLS_CA))
+
+
+def tls_env(tls: TlsConfig | None) -> dict[str, str]:
+    """The `HFMESH_TLS_*` settings that give a service `tls` (none for plain gRPC)."""
+    if tls is None:
+        return {}
+    values = {"CERT": tls.cert, "KEY": tls.key, "CA": tls.ca, "SERVER_NAME": tls.server_name}
+    return {f"HFMESH_TLS_{name}": str(value) for name, value in values.items() if value}
+
+
 def start_service(
     module: str,
     args: list[str],
@@ -83,6 +112,7 @@ def start_service(
     ready: str = "grpc",
     ready_timeout: float = 300.0,
     log_dir: Path | None = None,
+    tls: TlsConfig | None = None,
 ) -> ServiceProcess:
     """Start `python -m module args --port N` and wait until it is ready.
 
@@ -96,7 +126,13 @@ def start_service(
         log = log_dir / f"{name}.log"
     else:
         log = Path(tempfile.mkstemp(prefix=f"hfmesh-{name}-", suffix=".log")[1])
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+        **tls_env(tls),
+    }
     command = [sys.executable, "-m", module, *args, "--port", str(port)]
     with open(log, "wb") as out:
         process = subprocess.Popen(
@@ -107,7 +143,7 @@ def start_service(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    service = ServiceProcess(name, command, port, process, log)
+    service = ServiceProcess(name, command, port, process, log, tls=tls)
     if ready == "none":
         return service
     wait_ready(service, ready, ready_timeout)
@@ -117,7 +153,7 @@ def start_service(
 def is_ready(service: ServiceProcess, kind: str = "grpc", path: str = "/v2/health/ready") -> bool:
     """gRPC health SERVING ("grpc") or GET `path` answering 200 ("http")."""
     if kind == "grpc":
-        return grpc_serving(service.address)
+        return grpc_serving(service.address, tls=service.tls)
     return http_ok(f"{service.url}{path}")
 
 

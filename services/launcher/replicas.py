@@ -21,6 +21,7 @@ from typing import Any
 
 from services.common.errors import InvalidArgument
 from services.common.model_list import MeshPlan
+from services.common.tls import TlsConfig
 from services.launcher.plan import ENGINE_MODULES, ProcessSpec, engine_args
 from services.launcher.processes import free_port
 from services.launcher.supervisor import Supervisor
@@ -33,10 +34,12 @@ class Replicas:
         supervisor: Supervisor,
         env: dict[str, str],
         planned: Iterable[ProcessSpec] = (),
+        tls: TlsConfig | None = None,
     ) -> None:
         self.plan = plan
         self.supervisor = supervisor
         self.env = env
+        self.tls = tls
         #: (model, backend) → its engine processes' names, oldest first.
         self.running: dict[tuple[str, str], list[str]] = {}
         for spec in planned:
@@ -79,6 +82,7 @@ class Replicas:
             env=self.env,
             model=model,
             backend=backend,
+            tls=self.tls,
         )
         process = self.supervisor.add(spec)
         self.running.setdefault(key, []).append(name)

@@ -56,6 +56,7 @@ class RunState:
     bootstrap: str
     commands: str
     gateway: str
+    tls_dir: str | None = None  # the mesh's certificates (`--tls_dir`), for readiness checks
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

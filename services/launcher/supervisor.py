@@ -172,4 +172,5 @@ class Supervisor:
             env=spec.env or None,
             ready="none",
             log_dir=self.log_dir,
+            tls=spec.tls,
         )

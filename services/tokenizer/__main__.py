@@ -77,6 +77,7 @@ async def main(argv: list[str] | None = None) -> None:
             settings.predictor_host,
             timeout=settings.predictor_timeout,
             max_message_bytes=settings.max_message_bytes,
+            tls=settings.tls,
         )
         if settings.predictor_host
         else None
@@ -90,6 +91,7 @@ async def main(argv: list[str] | None = None) -> None:
         port=settings.port,
         grace_seconds=settings.drain_grace,
         max_message_bytes=settings.max_message_bytes,
+        tls=settings.tls,
     )
     runner.add(lambda server: pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server))
     core: list[TokenizerCore] = []

@@ -2,7 +2,8 @@
 
 Any OIP v2 gRPC server works (the HF engine's tensor path, Triton, MLServer):
 one `ModelInfer` per request, raw tensors, the request id as metadata, and a
-deadline on every call: what is left of the caller's, at most `--predictor_timeout`.
+deadline on every call: what is left of the caller's, at most `--predictor_timeout`. The
+channel speaks the tokenizer's `--tls_*` (mutual TLS to a mesh engine) when they are set.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from services.common.errors import from_rpc_error
 from services.common.logs import REQUEST_ID_HEADER
 from services.common.pb import inference_pb2_grpc as pb_grpc
 from services.common.server import MAX_MESSAGE_BYTES, time_left
+from services.common.tls import TlsConfig, aio_channel
 
 logger = logging.getLogger(__name__)
 
@@ -27,13 +29,19 @@ class PredictorClient:
     """A long-lived channel to one OIP v2 predictor."""
 
     def __init__(
-        self, address: str, *, timeout: float = 60.0, max_message_bytes: int = MAX_MESSAGE_BYTES
+        self,
+        address: str,
+        *,
+        timeout: float = 60.0,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        tls: TlsConfig | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(
+        self._channel = aio_channel(
             address,
-            options=[
+            tls,
+            [
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
             ],
