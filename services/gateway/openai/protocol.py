@@ -211,6 +211,8 @@ class ModelCard(BaseModel):
     owned_by: str
     max_model_len: int | None = None
     task: str | None = None
+    root: str | None = None  # vLLM's: the model's source (an adapter's folder)
+    parent: str | None = None  # vLLM's: a LoRA adapter's base model
 
 
 class ModelList(BaseModel):

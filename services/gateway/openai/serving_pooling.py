@@ -42,8 +42,22 @@ class PoolingServing:
                 owned_by=self.owned_by,
                 max_model_len=route.entry.max_model_len,
                 task=route.task.value,
+                root=route.entry.source or None,
             )
             for name, route in self.mesh.routes.by_name.items()
+        ]
+        cards += [
+            ModelCard(
+                id=adapter.name,
+                created=self.created,
+                owned_by=self.owned_by,
+                max_model_len=route.entry.max_model_len,
+                task=route.task.value,
+                root=adapter.source,
+                parent=name,
+            )
+            for name, route in self.mesh.routes.by_name.items()
+            for adapter in route.entry.adapters
         ]
         for public, split in self.mesh.routes.splits.items():
             entry = self.mesh.routes.by_name[next(iter(split.weights))].entry

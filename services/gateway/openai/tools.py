@@ -8,7 +8,9 @@ and what forces a call (docs/protocol.md, "Tool calling").
   structured-output JSON schema to be a call of a listed function (the named one) with
   arguments valid for its `parameters`: `{"name": ..., "arguments": {...}}` for a named
   function, a list of such objects (at least one; one with `parallel_tool_calls: false`) for
-  `"required"`. That JSON is read by the `json` reader of openai/tool_parsers.py.
+  `"required"`, written without free whitespace (fewer tokens, and a model cannot pad the JSON
+  with whitespace until `max_tokens`). That JSON is read by the `json` reader of
+  openai/tool_parsers.py.
 
 Checked before any engine work, each a 400 naming the field (`param`): malformed `tools`, a
 `tool_choice` that is not one of the above or names a function not in `tools`, `tool_choice`
@@ -155,9 +157,10 @@ def plan_tools(
         items: dict[str, Any] = {"type": "array", "items": {"anyOf": calls}, "minItems": 1}
         if request.parallel_tool_calls is False:
             items["maxItems"] = 1
-        plan.structured = {"json": items}
+        plan.structured = {"json": items, "disable_any_whitespace": True}
     else:
-        plan.structured = {"json": _call_schema(choice, functions[choice])}
+        schema = _call_schema(choice, functions[choice])
+        plan.structured = {"json": schema, "disable_any_whitespace": True}
     return plan
 
 
