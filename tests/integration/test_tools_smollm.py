@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 
 import jsonschema
-import openai
 import pytest
 
-from tests.helpers.mesh import model_entry, running_mesh
+from tests.helpers.mesh import smollm_on_engines
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -42,21 +41,10 @@ NAMED = {"type": "function", "function": {"name": "get_weather"}}
 @pytest.fixture(scope="module")
 def sdk(model_path, tmp_path_factory):
     folder = model_path("smollm2-135m-instruct")
-    entries = [
-        model_entry(name, folder, "text_generation", backend, max_model_len=1024)
-        for name, backend in MODELS.items()
-    ]
-    for entry in entries:
-        entry.tool_parser = "hermes"
-    with running_mesh(
-        entries, tmp_path_factory.mktemp("mesh"), env={"VLLM_CPU_KVCACHE_SPACE": "1"}, timeout=900
-    ) as mesh:
-        yield openai.OpenAI(
-            base_url=f"{mesh['gateway'].url}/openai/v1",
-            api_key="unused",
-            max_retries=0,
-            timeout=600,
-        )
+    with smollm_on_engines(
+        folder, MODELS, tmp_path_factory.mktemp("mesh"), tool_parser="hermes"
+    ) as client:
+        yield client
 
 
 def _accumulated(stream) -> tuple[dict[int, dict], str | None, str]:

@@ -166,21 +166,18 @@ def hermes(text: str, final: bool) -> Snapshot:
 def forced_json(text: str, final: bool) -> Snapshot:
     calls: list[CallSnapshot] = []
     i = _skip(text, 0)
-    if text[i : i + 1] == "[":
+    listed = text[i : i + 1] == "["
+    if listed:
         i = _skip(text, i + 1)
-        while text[i : i + 1] == "{":
-            call, end = _call(text, i)
-            if call is not None:
-                calls.append(call)
-            if end is None:
-                break
-            i = _skip(text, end)
-            if text[i : i + 1] == ",":
-                i = _skip(text, i + 1)
-    elif text[i : i + 1] == "{":
-        call, _ = _call(text, i)
+    while text[i : i + 1] == "{":
+        call, end = _call(text, i)
         if call is not None:
             calls.append(call)
+        if end is None or not listed:
+            break
+        i = _skip(text, end)
+        if text[i : i + 1] == ",":
+            i = _skip(text, i + 1)
     return Snapshot(text.strip() if final and not calls else "", calls)
 
 
@@ -265,22 +262,31 @@ def _token(pattern: re.Pattern[str], text: str, i: int) -> str | None:
     return None if match.end() == len(text) else match.group()
 
 
+def _name_then(pattern: re.Pattern[str], text: str, i: int, follow: str) -> tuple[str, int] | None:
+    """The name at `i` (after whitespace) and the index just past the `follow` character
+    behind it; None when the text ends first; _Invalid when they are not there."""
+    i = _skip(text, i)
+    name = _token(pattern, text, i)
+    if name is None:
+        return None
+    i = _skip(text, i + len(name))
+    if i >= len(text):
+        return None
+    if text[i] != follow:
+        raise _Invalid
+    return name, i + 1
+
+
 def _pythonic_calls(text: str, i: int, calls: list[_PythonicCall]) -> int | None:
     """Read calls from `text[i]` (just after the `[`) into `calls`; the index after the
     closing `]`, or None when the text ends first. _Invalid at the first thing that is not."""
     while True:
-        i = _skip(text, i)
-        name = _token(_NAME, text, i)
-        if name is None:
+        named = _name_then(_NAME, text, i, "(")
+        if named is None:
             return None
-        i = _skip(text, i + len(name))
-        if i >= len(text):
-            return None
-        if text[i] != "(":
-            raise _Invalid
-        call = _PythonicCall(name)
+        call = _PythonicCall(named[0])
         calls.append(call)
-        i += 1
+        i = named[1]
         while not call.closed:
             i = _skip(text, i)
             if i >= len(text):
@@ -289,19 +295,15 @@ def _pythonic_calls(text: str, i: int, calls: list[_PythonicCall]) -> int | None
                 call.closed = True
                 i += 1
                 break
-            key = _token(_KEY, text, i)
-            if key is None:
+            keyed = _name_then(_KEY, text, i, "=")
+            if keyed is None:
                 return None
-            i = _skip(text, i + len(key))
-            if i >= len(text):
-                return None
-            if text[i] != "=":
-                raise _Invalid
-            end = _value_end(text, i + 1)
+            key, start = keyed
+            end = _value_end(text, start)
             if end is None:
                 return None
             try:
-                value = _literal(ast.parse(text[i + 1 : end].strip(), mode="eval").body)
+                value = _literal(ast.parse(text[start:end].strip(), mode="eval").body)
             except (SyntaxError, ValueError):
                 raise _Invalid from None
             call.pieces.append(json.dumps(key) + ": " + json.dumps(value, ensure_ascii=False))

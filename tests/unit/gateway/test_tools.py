@@ -9,19 +9,9 @@ import pytest
 
 from services.gateway.settings import GatewaySettings
 from tests.unit.gateway.conftest import MODELS, serve_gateway
+from tests.unit.tokenizer.test_chat_parity import TOOLS
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
+WEATHER = TOOLS[0]
 MESSAGES = [{"role": "user", "content": "Weather in Paris?"}]
 
 
