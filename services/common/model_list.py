@@ -30,6 +30,8 @@ models:
     storage_uri: s3://bucket/prefix   # optional: the remote source `source` was fetched from
     adapters:                         # optional: LoRA adapters served with the model (vLLM)
       - {name: my-lora, source: /path/to/adapter, storage_uri: hf://org/adapter}
+    tool_parser: hermes               # optional: how the model writes tool calls (hermes |
+                                      # pythonic); without it, chat requests with tools are 400
     endpoints:
       tokenizer: ["127.0.0.1:50051"]
       vllm: ["127.0.0.1:50052"]
@@ -47,6 +49,7 @@ import yaml
 
 from services.common.engine import Task
 from services.common.errors import InvalidArgument
+from services.common.tool_format import TOOL_PARSERS
 
 #: The engines an entry can be served by.
 ENGINE_BACKENDS = ("vllm", "huggingface")
@@ -166,8 +169,14 @@ class ModelEntry:
     routing: str | None = None  # None: the task's default
     revision_of: str | None = None  # the public name this entry is a revision of
     traffic: float | None = None  # its weight among the revisions of `revision_of`
+    tool_parser: str | None = None  # how the model writes tool calls (tool_format.py)
 
     def __post_init__(self) -> None:
+        if self.tool_parser is not None and self.tool_parser not in TOOL_PARSERS:
+            raise InvalidArgument(
+                f"model '{self.name}': tool_parser must be one of {', '.join(TOOL_PARSERS)}, "
+                f"got {self.tool_parser!r}"
+            )
         if self.routing is not None and self.routing not in ROUTING_POLICIES:
             raise InvalidArgument(
                 f"model '{self.name}': routing must be one of {', '.join(ROUTING_POLICIES)}, "
@@ -257,6 +266,7 @@ def model_entry(
         routing=raw.get("routing"),
         revision_of=raw.get("revision_of"),
         traffic=raw.get("traffic"),
+        tool_parser=raw.get("tool_parser"),
     )
     if entry.fallback not in (None, "huggingface"):
         raise InvalidArgument(f"model '{entry.name}': fallback can only be 'huggingface'")
@@ -327,7 +337,7 @@ def _entry_dict(entry: ModelEntry, endpoints: Endpoints | None) -> dict[str, Any
         "task": entry.task.value,
         "backend": entry.backend,
     }
-    for key in ("fallback", "max_model_len", "routing", "revision_of", "traffic"):
+    for key in ("fallback", "max_model_len", "routing", "revision_of", "traffic", "tool_parser"):
         if getattr(entry, key) is not None:
             out[key] = getattr(entry, key)
     out["replicas"] = entry.replicas

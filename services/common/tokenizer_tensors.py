@@ -62,7 +62,7 @@ def split_model_name(name: str, served: set[str]) -> tuple[str, str | None]:
 # -- render ------------------------------------------------------------------
 
 _JSON_INPUTS = {"messages": list, "tools": list, "documents": list, "chat_template_kwargs": dict}
-_TEXT_INPUTS = ("text_input", "chat_template")
+_TEXT_INPUTS = ("text_input", "chat_template", "tool_parser")
 _BOOL_INPUTS = ("add_generation_prompt", "continue_final_message", "add_special_tokens")
 
 
@@ -74,6 +74,8 @@ class RenderRequest:
     messages: list[dict[str, Any]] | None = None
     text_input: str | None = None
     tools: list[dict[str, Any]] | None = None
+    #: how tools and calls are written for a template that takes no tools (tool_format.py)
+    tool_parser: str | None = None
     documents: list[dict[str, Any]] | None = None
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
@@ -148,8 +150,8 @@ def render_from(infer: InferRequest) -> RenderRequest:
         raise InvalidArgument(
             f"unknown input '{unknown[0]}' for '{infer.model_name}' "
             "(inputs: messages or text_input, "
-            "tools, documents, chat_template, chat_template_kwargs, add_generation_prompt, "
-            "continue_final_message, add_special_tokens)"
+            "tools, tool_parser, documents, chat_template, chat_template_kwargs, "
+            "add_generation_prompt, continue_final_message, add_special_tokens)"
         )
     request = RenderRequest()
     for name in _BOOL_INPUTS:

@@ -237,7 +237,7 @@ class MeshClient:
         its first output arrives, the prompt tokens it does not hold yet count as its pending
         prefill load."""
         request = llm_tensors.generate_request(
-            route.name, input_ids, sampling, logprobs=logprobs, request_id=call.request_id
+            route.engine_model, input_ids, sampling, logprobs=logprobs, request_id=call.request_id
         )
         wanted = RouteRequest(input_ids=input_ids, session=call.session)
         tried: set = set()

@@ -27,6 +27,7 @@ the gateway's metrics export so the launcher's autoscaler starts a replica.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from collections import Counter
@@ -69,6 +70,8 @@ class ModelRoute:
     index: PrefixIndex = field(init=False)
     #: (replica address, reason) → decisions
     decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: the LoRA adapter a request for an adapter name selects (`ReplicaRouter.route`)
+    adapter: str | None = None
 
     def __post_init__(self) -> None:
         self.index = PrefixIndex(self.options.index_blocks)
@@ -80,6 +83,11 @@ class ModelRoute:
     @property
     def task(self) -> Task:
         return self.entry.task
+
+    @property
+    def engine_model(self) -> str:
+        """The model name engine requests carry: the adapter's, else the model's."""
+        return self.adapter or self.entry.name
 
     def engine(self, exclude: set[Replica] | frozenset = frozenset()) -> Replica:
         return self.pick(exclude).replica
@@ -112,7 +120,7 @@ class ModelRoute:
             return pick_session(request.session, live, self.options.session_load_factor)
         if policy == LEAST_LOADED or request.input_ids is None:
             return Pick(least_loaded(live, self.options.token_unit), LEAST_LOADED)
-        return pick_prefix(self.name, live, request.input_ids, self.index, self.options)
+        return pick_prefix(self.engine_model, live, request.input_ids, self.index, self.options)
 
     def drop(self, replica: Replica) -> None:
         """`replica` left the model: forget it, its decision counts included (a mesh that
@@ -193,6 +201,8 @@ class ReplicaRouter:
             public: RevisionSplit(public, weights)
             for public, weights in revisions(self.plan.models).items()
         }
+        #: LoRA adapter name → its base model's name
+        self.adapters = {a.name: m.name for m in self.plan.models for a in m.adapters}
         self._leaving: dict[Replica, asyncio.Task[None]] = {}
         self._replicas_changed = asyncio.Event()
 
@@ -279,20 +289,29 @@ class ReplicaRouter:
         visible: Callable[[str], bool] | None = None,
     ) -> ModelRoute:
         """The route of a model name; for a public name with revisions, the revision this
-        request goes to (`RevisionSplit.pick`). `visible`: the names the caller may use (a
-        tenant's); any other is unknown to it."""
+        request goes to (`RevisionSplit.pick`); for a LoRA adapter's name, its base model's
+        route with the adapter selected. `visible`: the names the caller may use (a tenant's);
+        any other is unknown to it."""
         if visible is not None and not visible(name):
             raise self.unknown(name, visible)
         if name in self.splits:
             name = self.splits[name].pick(session)
+        base = self.adapters.get(name)
+        if base is not None and base in self.by_name:
+            # the base model's route (its replicas, index and counts), selecting the adapter
+            route = copy.copy(self.by_name[base])
+            route.adapter = name
+            return route
         try:
             return self.by_name[name]
         except KeyError:
             raise self.unknown(name, visible) from None
 
     def names(self, visible: Callable[[str], bool] | None = None) -> list[str]:
-        """Every model name and public name served (those `visible`, when given)."""
-        return [n for n in [*self.by_name, *self.splits] if visible is None or visible(n)]
+        """Every model name, public name and LoRA adapter name served (those `visible`, when
+        given)."""
+        served = [*self.by_name, *self.splits, *self.adapters]
+        return [n for n in served if visible is None or visible(n)]
 
     def unknown(self, name: str, visible: Callable[[str], bool] | None = None) -> NotFound:
         known = ", ".join(self.names(visible)) or "none"

@@ -19,6 +19,7 @@ models:
     scaling: {min_replicas: 0, max_replicas: 3, target_requests: 8}  # optional: autoscaling
     engine_args: []                   # optional: extra flags for the vLLM engine
     adapters: [{name: my-lora, source: s3://bucket/lora}]  # optional: LoRA adapters (vLLM)
+    tool_parser: hermes               # optional: hermes | pythonic, lets chat requests use tools
 ```
 
 Planning builds `model:` names (torch, once per machine), fetches remote sources

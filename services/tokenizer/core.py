@@ -20,6 +20,7 @@ from services.common.encoder_tensors import ResultOptions, pick_output, task_res
 from services.common.engine import Task
 from services.common.errors import InvalidArgument, NotFound
 from services.common.tokenizer_tensors import Rendered, RenderRequest
+from services.tokenizer.tools import plain_roles, template_takes_tools
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +111,14 @@ class TokenizerModel:
             raise InvalidArgument(
                 f"model '{self.name}' has no chat template; pass 'chat_template' or use completions"
             )
+        tools = request.tools
+        source = template or self.tokenizer.chat_template
+        if isinstance(source, str) and not template_takes_tools(source):
+            messages, tools = plain_roles(messages, tools, request.tool_parser), None
         try:
             return self.tokenizer.apply_chat_template(
                 messages,
-                tools=request.tools,
+                tools=tools,
                 documents=request.documents,
                 chat_template=template,
                 add_generation_prompt=generation_prompt,

@@ -14,6 +14,9 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import openai
 
 from services.common.engine import Task
 from services.common.model_list import MeshPlan, ModelEntry
@@ -32,6 +35,7 @@ def model_entry(
     fallback: str | None = None,
     max_model_len: int | None = None,
     engine_args: list[str] | None = None,
+    tool_parser: str | None = None,
 ) -> ModelEntry:
     """A model-list entry on `backend` as given (the test decides; no vLLM registry lookup)."""
     return ModelEntry(
@@ -42,7 +46,28 @@ def model_entry(
         fallback=fallback,
         max_model_len=max_model_len,
         engine_args=engine_args or [],
+        tool_parser=tool_parser,
     )
+
+
+@contextmanager
+def smollm_on_engines(
+    folder: str, models: dict[str, str], mesh_folder: Path, **fields: Any
+) -> Iterator[openai.OpenAI]:
+    """SmolLM2 (`folder`) served under each name of `models` on its backend (context 1024,
+    entry `fields` added) by one mesh, and an `openai` client of its gateway."""
+    entries = [
+        model_entry(name, folder, "text_generation", backend, max_model_len=1024, **fields)
+        for name, backend in models.items()
+    ]
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    with running_mesh(entries, mesh_folder, env=env, timeout=900) as mesh:
+        yield openai.OpenAI(
+            base_url=f"{mesh['gateway'].url}/openai/v1",
+            api_key="unused",
+            max_retries=0,
+            timeout=600,
+        )
 
 
 @dataclass

@@ -12,7 +12,7 @@ import jsonschema
 import openai
 import pytest
 
-from tests.helpers.mesh import model_entry, running_mesh
+from tests.helpers.mesh import smollm_on_engines
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -37,19 +37,8 @@ MESSAGES = [
 @pytest.fixture(scope="module")
 def sdk(model_path, tmp_path_factory):
     folder = model_path("smollm2-135m-instruct")
-    entries = [
-        model_entry(name, folder, "text_generation", backend, max_model_len=1024)
-        for name, backend in MODELS.items()
-    ]
-    with running_mesh(
-        entries, tmp_path_factory.mktemp("mesh"), env={"VLLM_CPU_KVCACHE_SPACE": "1"}, timeout=900
-    ) as mesh:
-        yield openai.OpenAI(
-            base_url=f"{mesh['gateway'].url}/openai/v1",
-            api_key="unused",
-            max_retries=0,
-            timeout=300,
-        )
+    with smollm_on_engines(folder, MODELS, tmp_path_factory.mktemp("mesh")) as client:
+        yield client
 
 
 @pytest.mark.parametrize("model", list(MODELS))

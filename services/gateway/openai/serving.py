@@ -29,7 +29,6 @@ from services.gateway.openai.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatLogprobs,
-    ChatResponseMessage,
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
@@ -38,6 +37,8 @@ from services.gateway.openai.protocol import (
     now,
 )
 from services.gateway.openai.structured import structured_outputs, with_param
+from services.gateway.openai.tool_parsers import ToolCallDelta, ToolCallStream
+from services.gateway.openai.tools import ToolPlan, answer_message, finish_reason, plan_tools
 from services.gateway.routing import ModelRoute
 from services.gateway.streaming import LastChunk
 
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 GENERATIVE = tuple(task for task in Task if task.is_generative)
 DONE = b"data: [DONE]\n\n"
+NO_CALLS: list[ToolCallDelta] = []
 
 
 class Chunks:
@@ -226,23 +228,23 @@ class GenerationServing:
         self.mesh.limits.chat_prompt(request.messages)
         top = request.top_logprobs or 0
         structured, source = structured_outputs(request)
+        tools = plan_tools(request, route.entry.tool_parser, model=route.name, constrained=source)
+        if tools.structured is not None:
+            structured, source = tools.structured, "tool_choice"
         sampling = gen.sampling_params(
             request,
             max_tokens=max_tokens,
             logprobs=top if request.logprobs else None,
             structured=structured,
         )
-        if request.tool_choice not in (None, "none", "auto"):
-            raise InvalidArgument(
-                "'tool_choice' may be 'none' or 'auto'; forced tool calls are not supported"
-            )
         if request.top_logprobs and not request.logprobs:
             raise InvalidArgument("'top_logprobs' needs 'logprobs': true")
         rendered = await self.mesh.render_chat(
             route,
             call,
             messages=hf_messages(request.messages),
-            tools=request.tools if request.tool_choice != "none" else None,
+            tools=tools.tools,
+            tool_parser=tools.tool_parser,
             documents=request.documents,
             chat_template=request.chat_template,
             chat_template_kwargs=request.chat_template_kwargs,
@@ -270,7 +272,7 @@ class GenerationServing:
         run = ChoiceStreams(self, route, call, request.n, [rendered], streams, time.monotonic())
         with with_param(source):
             if request.stream:
-                return await run.start_stream(self._chat_chunks(run, request))
+                return await run.start_stream(self._chat_chunks(run, request, tools))
             choices = await run.collect()
         out = []
         for choice in choices:
@@ -278,13 +280,10 @@ class GenerationServing:
             if request.logprobs:
                 names = await run.names(choice)
                 logprobs = ChatLogprobs(content=gen.chat_logprobs(choice, names, top))
-            message = ChatResponseMessage(content=choice.text)
+            message, finish = answer_message(tools, choice.text, choice.finish_reason)
             out.append(
                 ChatChoice(
-                    index=choice.index,
-                    message=message,
-                    logprobs=logprobs,
-                    finish_reason=choice.finish_reason,
+                    index=choice.index, message=message, logprobs=logprobs, finish_reason=finish
                 )
             )
         return ChatCompletionResponse(
@@ -296,16 +295,21 @@ class GenerationServing:
         )
 
     async def _chat_chunks(
-        self, run: ChoiceStreams, request: ChatCompletionRequest
+        self, run: ChoiceStreams, request: ChatCompletionRequest, tools: ToolPlan
     ) -> AsyncIterator[bytes]:
         usage = request.stream_options is not None and request.stream_options.include_usage
         chunks = Chunks(
             run.id("chatcmpl"), "chat.completion.chunk", request.model, include_usage=usage
         )
         top = request.top_logprobs or 0
+        readers: dict[int, ToolCallStream] = {}
         async for batch in run.deltas():
             parts = []
             for choice, delta in batch:
+                text, calls = delta.text, NO_CALLS
+                if tools.reader is not None:
+                    reader = readers.setdefault(choice.index, ToolCallStream(tools.reader))
+                    text, calls = reader.feed(delta.text, final=delta.finish_reason is not None)
                 if not choice.started:
                     choice.started = True
                     first = {
@@ -315,21 +319,24 @@ class GenerationServing:
                         "finish_reason": None,
                     }
                     parts.append(chunks.choice(first))
-                if not delta.finish_reason and not gen.has_logprobs(delta):
-                    if delta.text:
-                        parts.append(chunks.content(choice.index, delta.text))
-                    continue  # no text: the detokenizer holds partial characters
+                if not delta.finish_reason and not gen.has_logprobs(delta) and not calls:
+                    if text:
+                        parts.append(chunks.content(choice.index, text))
+                    continue  # no text: the detokenizer (or the tool parser) holds it
                 logprobs = None
                 if request.logprobs and gen.has_logprobs(delta):
                     names = await run.names(delta)
                     entries = gen.chat_logprobs(delta, names, top)
                     logprobs = {"content": [e.model_dump() for e in entries]}
-                content = {"content": delta.text} if delta.text else {}
+                content: dict[str, Any] = {"content": text} if text else {}
+                if calls:
+                    content["tool_calls"] = [call.openai() for call in calls]
+                called = choice.index in readers and bool(readers[choice.index].calls)
                 entry = {
                     "index": choice.index,
                     "delta": content,
                     "logprobs": logprobs,
-                    "finish_reason": delta.finish_reason,
+                    "finish_reason": finish_reason(delta.finish_reason, called),
                 }
                 parts.append(chunks.choice(entry))
             if written := _batch_bytes(run, parts, chunks, usage):

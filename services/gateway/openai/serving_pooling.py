@@ -44,9 +44,24 @@ class PoolingServing:
                 owned_by=self.owned_by,
                 max_model_len=route.entry.max_model_len,
                 task=route.task.value,
+                root=route.entry.source or None,
             )
             for name, route in self.mesh.routes.by_name.items()
             if name in visible
+        ]
+        cards += [
+            ModelCard(
+                id=adapter.name,
+                created=self.created,
+                owned_by=self.owned_by,
+                max_model_len=route.entry.max_model_len,
+                task=route.task.value,
+                root=adapter.source,
+                parent=name,
+            )
+            for name, route in self.mesh.routes.by_name.items()
+            for adapter in route.entry.adapters
+            if adapter.name in visible
         ]
         for public, split in self.mesh.routes.splits.items():
             if public not in visible:

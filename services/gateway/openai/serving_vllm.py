@@ -63,6 +63,7 @@ class VllmExtrasServing:
                 call,
                 messages=hf_messages(request.messages),
                 tools=request.tools,
+                tool_parser=route.entry.tool_parser,
                 chat_template=request.chat_template,
                 chat_template_kwargs=request.chat_template_kwargs,
                 add_generation_prompt=request.add_generation_prompt

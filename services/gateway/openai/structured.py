@@ -48,7 +48,7 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _schema(value: Any, param: str) -> dict[str, Any]:
+def checked_schema(value: Any, param: str) -> dict[str, Any]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -82,7 +82,7 @@ def _from_response_format(response_format: dict[str, Any]) -> dict[str, Any] | N
                 "'response_format.json_schema' must be an object with a 'schema'",
                 param="response_format.json_schema",
             )
-        return {"json": _schema(spec["schema"], "response_format.json_schema.schema")}
+        return {"json": checked_schema(spec["schema"], "response_format.json_schema.schema")}
     raise InvalidArgument(
         f"response_format type '{kind}' is not supported (text, json_object, json_schema)",
         param="response_format.type",
@@ -99,13 +99,13 @@ def structured_outputs(request: SamplingFields) -> tuple[dict[str, Any] | None, 
     if request.structured_outputs is not None:
         spec = dict(request.structured_outputs)
         if spec.get("json") is not None:
-            spec["json"] = _schema(spec["json"], "structured_outputs.json")
+            spec["json"] = checked_schema(spec["json"], "structured_outputs.json")
         sources.append(("structured_outputs", spec))
     for name, key in GUIDED.items():
         value = getattr(request, name)
         if value is not None:
             if key == "json":
-                value = _schema(value, name)
+                value = checked_schema(value, name)
             sources.append((name, {key: value}))
     if not sources:
         return None, None

@@ -168,3 +168,15 @@ def test_replicas_must_lie_within_the_scaling_bounds():
         .replicas
         == 0
     )
+
+
+def test_tool_parser_round_trips_and_a_bad_one_is_refused(tmp_path):
+    entry = ModelEntry("chat", "/m/c", Task.TEXT_GENERATION, tool_parser="pythonic")
+    plan = MeshPlan(
+        models=[entry], endpoints={"chat": Endpoints(["h:1"], {"huggingface": ["h:2"]})}
+    )
+    path = tmp_path / "mesh.yaml"
+    path.write_text(plan.to_yaml())
+    assert load_model_list(path).model("chat").tool_parser == "pythonic"
+    with pytest.raises(InvalidArgument, match="tool_parser must be one of hermes, pythonic"):
+        ModelEntry("chat", "/m/c", Task.TEXT_GENERATION, tool_parser="xml")
