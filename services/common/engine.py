@@ -181,6 +181,16 @@ class Engine(Protocol):
         """Stop a running request; a no-op when it has already finished."""
         ...
 
+    async def load_model(self, name: str) -> None:
+        """Triton's RepositoryModelLoad of a model (not an adapter): load it if it is in this
+        engine's repository and not loaded; a no-op when it is loaded."""
+        ...
+
+    async def unload_model(self, name: str) -> None:
+        """Triton's RepositoryModelUnload of a base model: stop serving it and free its memory
+        (it stays in the repository index as UNAVAILABLE), or refuse when this engine cannot."""
+        ...
+
     async def load_adapter(self, name: str, path: str) -> None: ...
 
     async def unload_adapter(self, name: str) -> None: ...
