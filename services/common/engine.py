@@ -2,7 +2,9 @@
 
 `engine_hf` and `engine_vllm` both implement `Engine`; the shared OIP v2
 servicer (`services.common.oip_servicer`), the tests and fakes only ever see
-this protocol. Nothing here imports protobuf, torch or an engine library.
+this protocol. Nothing here imports protobuf, torch or an engine library, nor numpy at run time
+(its arrays are only named in annotations): the model list, which the launcher, the gateway and
+the control plane read, imports this module for `Task`.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class Task(str, enum.Enum):

@@ -18,18 +18,11 @@ from tritonclient.utils import InferenceServerException
 
 from tests.helpers.mesh import model_entry, running_mesh
 from tests.helpers.triton import bytes_input, clients, int_input, llm_inputs
+from tests.integration.test_engine_hf import ENGINES
 
 pytestmark = pytest.mark.slow
 
-MODELS = {
-    "llm": ("tiny-llama", "text_generation"),
-    "t5": ("tiny-t5", "text2text_generation"),
-    "fill": ("tiny-bert-fill-mask", "fill_mask"),
-    "ner": ("tiny-bert-ner", "token_classification"),
-    "sentiment": ("tiny-bert-sentiment", "sequence_classification"),
-    "reranker": ("tiny-bert-reranker", "rerank"),
-    "minilm": ("all-minilm-l6-v2", "text_embedding"),
-}
+MODELS = ENGINES  # a model of every task: the one-model engines' test suite's
 TEXTS = ["Paris is a city in France.", "Alice met Bob in [MASK] on Tuesday."]
 SOLO = "-solo"
 
