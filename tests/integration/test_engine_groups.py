@@ -23,7 +23,7 @@ from tests.integration.test_engine_hf import ENGINES
 pytestmark = pytest.mark.slow
 
 MODELS = ENGINES  # a model of every task: the one-model engines' test suite's
-TEXTS = ["Paris is a city in France.", "Alice met Bob in [MASK] on Tuesday."]
+TEXTS = ["Paris is a [MASK] in France.", "Alice met Bob in [MASK] on Tuesday."]
 SOLO = "-solo"
 
 
