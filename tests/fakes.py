@@ -149,6 +149,14 @@ class FakeEngine:
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)
 
+    async def load_model(self, name: str) -> None:
+        if not any(i.name == name for i in self.infos):
+            raise NotFound(f"unknown model '{name}'")
+
+    async def unload_model(self, name: str) -> None:
+        info = next(i for i in self.infos if i.name == name)
+        info.state, info.reason = ModelState.UNAVAILABLE, "unloaded"
+
     async def load_adapter(self, name: str, path: str) -> None:
         base = next(i.name for i in self.infos if i.task is Task.TEXT_GENERATION)
         self.infos.append(ModelInfo(name, Task.TEXT_GENERATION, ModelState.READY, base_model=base))

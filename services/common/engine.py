@@ -2,7 +2,9 @@
 
 `engine_hf` and `engine_vllm` both implement `Engine`; the shared OIP v2
 servicer (`services.common.oip_servicer`), the tests and fakes only ever see
-this protocol. Nothing here imports protobuf, torch or an engine library.
+this protocol. Nothing here imports protobuf, torch or an engine library, nor numpy at run time
+(its arrays are only named in annotations): the model list, which the launcher, the gateway and
+the control plane read, imports this module for `Task`.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class Task(str, enum.Enum):
@@ -179,6 +182,16 @@ class Engine(Protocol):
 
     async def abort(self, request_id: str) -> None:
         """Stop a running request; a no-op when it has already finished."""
+        ...
+
+    async def load_model(self, name: str) -> None:
+        """Triton's RepositoryModelLoad of a model (not an adapter): load it if it is in this
+        engine's repository and not loaded; a no-op when it is loaded."""
+        ...
+
+    async def unload_model(self, name: str) -> None:
+        """Triton's RepositoryModelUnload of a base model: stop serving it and free its memory
+        (it stays in the repository index as UNAVAILABLE), or refuse when this engine cannot."""
         ...
 
     async def load_adapter(self, name: str, path: str) -> None: ...

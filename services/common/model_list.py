@@ -27,6 +27,8 @@ models:
       scale_up_delay: 0               # seconds the higher count must hold before scaling up
       scale_down_delay: 30            # ... the lower count before scaling down
     engine_args: ["--enforce-eager"]  # optional: extra engine flags (vLLM)
+    engine_group: shared              # optional: HF engine models of one group share one
+                                      # process (the launcher's; docs/engine-groups.md)
     storage_uri: s3://bucket/prefix   # optional: the remote source `source` was fetched from
     adapters:                         # optional: LoRA adapters served with the model (vLLM)
       - {name: my-lora, source: /path/to/adapter, storage_uri: hf://org/adapter}
@@ -41,6 +43,7 @@ models:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +59,7 @@ ENGINE_BACKENDS = ("vllm", "huggingface")
 #: How the gateway picks among a model's replicas (docs/routing.md).
 ROUTING_POLICIES = ("least_loaded", "prefix", "session")
 _PLANNED_KEYS = ("source", "task", "backend", "endpoints")
+_GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SCALING_KEYS = (
     "min_replicas",
     "max_replicas",
@@ -170,6 +174,7 @@ class ModelEntry:
     revision_of: str | None = None  # the public name this entry is a revision of
     traffic: float | None = None  # its weight among the revisions of `revision_of`
     tool_parser: str | None = None  # how the model writes tool calls (tool_format.py)
+    engine_group: str | None = None  # its HF engine process is the group's (None: its own)
 
     def __post_init__(self) -> None:
         if self.tool_parser is not None and self.tool_parser not in TOOL_PARSERS:
@@ -188,6 +193,20 @@ class ModelEntry:
             )
         if self.traffic is not None and self.revision_of is None:
             raise InvalidArgument(f"model '{self.name}': traffic needs revision_of")
+        if self.engine_group is not None:
+            self._check_group()
+
+    def _check_group(self) -> None:
+        if not isinstance(self.engine_group, str) or not _GROUP_NAME.fullmatch(self.engine_group):
+            raise InvalidArgument(
+                f"model '{self.name}': engine_group must be a name of letters, digits, '_', "
+                f"'.' and '-', got {self.engine_group!r}"
+            )
+        if self.replicas != 1 or self.scaling is not None:
+            raise InvalidArgument(
+                f"model '{self.name}': a model of an engine group runs in the group's one "
+                "process, so it has one replica and no scaling; drop engine_group to scale it"
+            )
 
     @property
     def routing_policy(self) -> str:
@@ -267,6 +286,7 @@ def model_entry(
         revision_of=raw.get("revision_of"),
         traffic=raw.get("traffic"),
         tool_parser=raw.get("tool_parser"),
+        engine_group=raw.get("engine_group"),
     )
     if entry.fallback not in (None, "huggingface"):
         raise InvalidArgument(f"model '{entry.name}': fallback can only be 'huggingface'")
@@ -337,7 +357,8 @@ def _entry_dict(entry: ModelEntry, endpoints: Endpoints | None) -> dict[str, Any
         "task": entry.task.value,
         "backend": entry.backend,
     }
-    for key in ("fallback", "max_model_len", "routing", "revision_of", "traffic", "tool_parser"):
+    keys = ("fallback", "max_model_len", "routing", "revision_of", "traffic", "tool_parser")
+    for key in (*keys, "engine_group"):
         if getattr(entry, key) is not None:
             out[key] = getattr(entry, key)
     out["replicas"] = entry.replicas

@@ -3,8 +3,8 @@
 Protobuf in → `converters` → the contract modules (`llm_tensors` for generative
 models, the Triton vLLM-backend tensors; `encoder_tensors` for encoder models, text
 or token tensors) → engine call → protobuf out. What this module adds itself is the
-transport's behaviour: health, metadata and the repository (LoRA adapters), and the
-stream handling below.
+transport's behaviour: health, metadata and the repository (models and LoRA adapters: a load
+with a `lora_path` is an adapter's, any other a model's), and the stream handling below.
 
 `ModelStreamInfer` is decoupled, as in Triton: several requests may share one
 stream and run concurrently; a request's failure is sent as that response's
@@ -165,17 +165,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
         path = _lora_path(request.parameters)
-        if not path:
-            self._model(request.model_name)  # loading a served base model is a no-op
-            return pb.RepositoryModelLoadResponse()
-        await self.engine.load_adapter(request.model_name, path)
+        if path:
+            await self.engine.load_adapter(request.model_name, path)
+        else:
+            await self.engine.load_model(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
-        self._model(request.model_name)
-        await self.engine.unload_adapter(request.model_name)
+        info = self._model(request.model_name)
+        if info.base_model is not None:
+            await self.engine.unload_adapter(info.name)
+        else:
+            await self.engine.unload_model(info.name)
         return pb.RepositoryModelUnloadResponse()
 
     # -- inference -----------------------------------------------------------

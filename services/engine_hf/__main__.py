@@ -1,6 +1,8 @@
-"""`python -m services.engine_hf --model_dir DIR --model_name NAME --port N`.
+"""`python -m services.engine_hf --model_dir DIR --model_name NAME --port N`, or
+`python -m services.engine_hf --model_list mesh.yaml --models A,B --port N`.
 
-The HF engine as an OIP v2 gRPC server (`services.common.server.serve_engine`).
+The HF engine as an OIP v2 gRPC server (`services.common.server.serve_engine`): a
+`ModelRepository` of one model, or of the several a model list names (an engine group).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from services.common.oip_servicer import InferenceServicer
 from services.common.pb.inference_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
 from services.common.server import GrpcServiceRunner, serve_engine
 from services.common.settings import parse_settings
-from services.engine_hf.core import HFEngine
+from services.engine_hf.repository import ModelRepository, model_settings
 from services.engine_hf.settings import HFEngineSettings
 
 logger = logging.getLogger("services.engine_hf")
@@ -23,9 +25,10 @@ logger = logging.getLogger("services.engine_hf")
 SERVER_NAME = "hfmesh-engine-hf"
 
 
-async def run(settings: HFEngineSettings) -> int:
-    """Serve until SIGTERM (0), or exit 1 when the model fails to load or the engine dies."""
-    engine = HFEngine(settings)
+async def run(settings: HFEngineSettings, models: list[HFEngineSettings]) -> int:
+    """Serve `models` until SIGTERM (0), or exit 1 when a model fails to load or the engine
+    dies."""
+    engine = ModelRepository(models)
     servicer = InferenceServicer(
         engine, server_name=SERVER_NAME, max_pending=settings.max_pending_requests
     )
@@ -41,7 +44,7 @@ async def run(settings: HFEngineSettings) -> int:
         engine.metrics.serve(settings.metrics_port)
         logger.info("metrics on :%d/metrics", settings.metrics_port)
     registration = settings.registration(
-        service="engine", models=[settings.model_name], backend="huggingface"
+        service="engine", models=engine.names, backend="huggingface"
     )
     return await serve_engine(engine, runner, registration=registration)
 
@@ -54,8 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         description="transformers engine: every task of a Hugging Face model over OIP v2 gRPC",
     )
     configure_logging(settings.log_level, service="engine_hf")
+    try:
+        models = model_settings(settings)
+    except ValueError as error:
+        print(f"python -m services.engine_hf: error: {error}", file=sys.stderr)
+        return 2
     tracing.configure("engine-hf")
-    return asyncio.run(run(settings))
+    return asyncio.run(run(settings, models))
 
 
 if __name__ == "__main__":

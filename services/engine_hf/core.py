@@ -41,10 +41,13 @@ logger = logging.getLogger(__name__)
 
 
 class HFEngine:
-    def __init__(self, settings: HFEngineSettings) -> None:
+    """One model. `metrics`: its series in the process's registry (default: a registry of its
+    own); `services.engine_hf.repository` serves several of these in one process."""
+
+    def __init__(self, settings: HFEngineSettings, metrics: EngineMetrics | None = None) -> None:
         self.settings = settings
         self.name = settings.model_name
-        self.metrics = EngineMetrics(settings.model_name)
+        self.metrics = metrics or EngineMetrics(settings.model_name)
         self.loaded: LoadedModel | None = None
         self._state = ModelState.LOADING
         self._reason = ""

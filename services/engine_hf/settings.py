@@ -1,4 +1,9 @@
-"""Settings of the HF engine: the KServe Hugging Face runtime flags plus batching knobs."""
+"""Settings of the HF engine: the KServe Hugging Face runtime flags plus batching knobs.
+
+One process serves one model (`--model_dir` / `--model_id`, as KServe's runtime) or several
+from a planned model list (`--model_list` + `--models`: each entry brings its folder, name,
+task and context length; every other flag applies to all of them).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,17 @@ class HFEngineSettings(KServeRuntimeFlags):
     )
     max_concurrent_sequences: int = Field(32, description="generation sequences decoded together")
     num_threads: int = Field(0, description="torch intra-op threads (0: torch's default)")
+    model_list: str | None = Field(
+        None,
+        description="planned model list (YAML, as the launcher writes it): serve the models "
+        "--models names from it in this one process, each with its entry's folder, name, task "
+        "and max_model_len (instead of --model_dir/--model_id)",
+    )
+    models: str | None = Field(
+        None,
+        description="with --model_list: comma-separated model names to serve (default: every "
+        "model of the list the HF engine serves)",
+    )
 
     @field_validator("backend")
     @classmethod
@@ -34,8 +50,14 @@ class HFEngineSettings(KServeRuntimeFlags):
 
     @model_validator(mode="after")
     def _check(self) -> HFEngineSettings:
-        if not self.model_dir and not self.model_id:
-            raise ValueError("give --model_dir (a local folder) or --model_id (a hub id)")
+        if self.model_list and (self.model_dir or self.model_id):
+            raise ValueError("give either --model_list or --model_dir/--model_id, not both")
+        if self.models and not self.model_list:
+            raise ValueError("--models names models of a --model_list")
+        if not self.model_list and not self.model_dir and not self.model_id:
+            raise ValueError(
+                "give --model_dir (a local folder), --model_id (a hub id) or --model_list"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.max_batch_size < 1 or self.max_concurrent_sequences < 1:

@@ -283,6 +283,19 @@ class VLLMEngine:
         except VLLMClientError as error:
             raise InvalidArgument(str(error)) from None
 
+    # -- repository ----------------------------------------------------------
+
+    async def load_model(self, name: str) -> None:
+        """The served model (and a loaded adapter) is loaded already: a no-op."""
+        if name != self.name and name not in self._adapters.names():
+            raise NotFound(f"unknown model '{name}' (this engine serves: {self.name})")
+
+    async def unload_model(self, name: str) -> None:
+        raise InvalidArgument(
+            f"'{name}' is the base model; only LoRA adapters can be unloaded (the vLLM engine "
+            "serves its model until the process stops)"
+        )
+
     # -- LoRA adapters -------------------------------------------------------
 
     async def load_adapter(self, name: str, path: str) -> None:

@@ -47,11 +47,19 @@ class VLLMEngineSettings(KServeRuntimeFlags):
         default_factory=list,
         description="LoRA adapters served at start: name=path or JSON {name, path}",
     )
+    cpu_kv_cache_sequences: int = Field(
+        8,
+        ge=0,
+        description="on CPU, when neither --kv-cache-memory-bytes, --gpu-memory-utilization nor "
+        "VLLM_CPU_KVCACHE_SPACE is given: size the KV cache for this many sequences of the full "
+        "context length (max_model_len), at most --cpu_kv_cache_gib (0: --cpu_kv_cache_gib "
+        "itself). vLLM's own default reserves 92%% of the machine's memory and refuses to "
+        "start beside other services; on CPU the whole cache is resident from the start",
+    )
     cpu_kv_cache_gib: int = Field(
         2,
-        description="on CPU: KV cache size in GiB when neither --kv-cache-memory-bytes, "
-        "--gpu-memory-utilization nor VLLM_CPU_KVCACHE_SPACE is given (vLLM's own default "
-        "reserves 92%% of the machine's memory and refuses to start beside other services)",
+        ge=1,
+        description="on CPU: the most GiB the KV cache sized by --cpu_kv_cache_sequences takes",
     )
 
     @field_validator("backend")
@@ -200,10 +208,45 @@ def build_config(argv: list[str] | None = None, *, on_cpu: bool | None = None) -
     for name, value in overrides.items():
         if value is not None:
             setattr(namespace, name, value)
-    if on_cpu and _kv_cache_unsized(rest):
-        namespace.kv_cache_memory_bytes = settings.cpu_kv_cache_gib * 2**30
     args = AsyncEngineArgs.from_cli_args(namespace)
+    if on_cpu and _kv_cache_unsized(rest):
+        args.kv_cache_memory_bytes = cpu_kv_cache_bytes(args, settings)
     return EngineConfig(settings=settings, engine_args=args, task=task, lora_modules=lora_modules)
+
+
+#: KV cache sizes are rounded up to whole blocks of the largest block size vLLM's CPU backends
+#: use (its attention backends take 128 or 256 tokens per block).
+KV_BLOCK_TOKENS = 256
+
+
+def cpu_kv_cache_bytes(args: AsyncEngineArgs, settings: VLLMEngineSettings) -> int:
+    """The KV cache `--cpu_kv_cache_sequences` full contexts take, at most `--cpu_kv_cache_gib`.
+
+    Per token, every attention layer holds a key and a value per KV head: 2 x layers x KV heads
+    x head size x the cache dtype's bytes (for models whose layers do not all attend over the
+    whole context, an upper bound). `max_model_len` as vLLM resolves it (the flag, or the
+    model's limit)."""
+    cap = settings.cpu_kv_cache_gib * 2**30
+    if not settings.cpu_kv_cache_sequences:
+        return cap
+    model = args.create_model_config()
+    cache_dtype = str(args.kv_cache_dtype)
+    if cache_dtype.startswith("fp8"):
+        itemsize = 1
+    elif cache_dtype in ("bfloat16", "float16"):
+        itemsize = 2
+    else:
+        itemsize = getattr(model.dtype, "itemsize", 4)  # resolved to a torch dtype by now
+    per_token = (
+        2
+        * model.get_total_num_hidden_layers()
+        * model.get_total_num_kv_heads()
+        * model.get_head_size()
+        * itemsize
+    )
+    tokens = settings.cpu_kv_cache_sequences * model.max_model_len
+    blocks = -(-tokens // KV_BLOCK_TOKENS)
+    return min(cap, blocks * KV_BLOCK_TOKENS * per_token)
 
 
 def _kv_cache_unsized(vllm_argv: list[str]) -> bool:

@@ -4,12 +4,14 @@ Plans the model list in a child process (`python -m services.launcher.plan`: it 
 default models and fetches remote `source:`s (hf://, s3://, gs://, https://; the storage
 initializer of `services.models.fetch`) if needed, with progress, and imports torch and vLLM to
 do so; the launcher never does, and stays a light supervisor), then starts the control plane,
-the tokenizer and one engine process per model, backend and replica, then the gateway; shows
-each as it becomes ready and prints the URL to call. Every service but the control plane gets
-its address in `HFMESH_CONTROL_PLANE` (the `control_plane` setting), and an xDS bootstrap for
-`xds:///` clients is written into the log folder. With `--tls_dir` every service, the control
-plane included, gets the folder's certificate, key and CA as its `HFMESH_TLS_*` settings (mutual
-TLS on every gRPC port and channel), and readiness is checked over TLS.
+the tokenizer and the engines (one process per model, backend and replica, except that the HF
+engine models of an engine group share one: by default all of them, `--engine_per_model` to
+keep one each), then the gateway; shows each as it becomes ready and prints the URL to call.
+Every service but the control plane gets its address in `HFMESH_CONTROL_PLANE` (the
+`control_plane` setting), and an xDS bootstrap for `xds:///` clients is written into the log
+folder. With `--tls_dir` every service, the control plane included, gets the folder's
+certificate, key and CA as its `HFMESH_TLS_*` settings (mutual TLS on every gRPC port and
+channel), and readiness is checked over TLS.
 
 Then it supervises (`services.launcher.supervisor`): a service that dies is printed and
 restarted with backoff on its port while the others keep serving. A service that fails before
@@ -107,6 +109,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--models", default="", help="comma-separated subset of model names to serve"
     )
     parser.add_argument("--no_vllm", action="store_true", help="serve every model on the HF engine")
+    parser.add_argument(
+        "--engine_per_model",
+        action="store_true",
+        help="one HF engine process per model (default: the HF engine models without an "
+        "engine_group of their own share one process, the group 'shared'; "
+        "docs/engine-groups.md)",
+    )
     parser.add_argument("--log_dir", default="", help="service logs (default: a new temp folder)")
     parser.add_argument(
         "--ready_timeout",
@@ -210,6 +219,8 @@ def _plan(args: argparse.Namespace, mesh_file: Path) -> MeshPlan | None:
     ]
     if args.no_vllm:
         command.append("--no_vllm")
+    if args.engine_per_model:
+        command.append("--engine_per_model")
     code = subprocess.call(command, cwd=ROOT)
     if code != 0:
         print(f"hfmesh: planning {args.model_list} failed (exit {code})", file=sys.stderr)
@@ -245,9 +256,10 @@ def serve(args: argparse.Namespace) -> int:
             return 1
         for entry in plan.models:
             count = f" replicas={entry.replicas}" if entry.replicas > 1 else ""
+            group = f" engine_group={entry.engine_group}" if entry.engine_group else ""
             print(
                 f"  {entry.name:<28} {entry.task.value:<24} "
-                f"backend={'+'.join(entry.backends)}{count}",
+                f"backend={'+'.join(entry.backends)}{count}{group}",
                 flush=True,
             )
         # The same host and base port as the planning child: the ports it wrote.

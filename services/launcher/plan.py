@@ -20,7 +20,16 @@ models:
     engine_args: []                   # optional: extra flags for the vLLM engine
     adapters: [{name: my-lora, source: s3://bucket/lora}]  # optional: LoRA adapters (vLLM)
     tool_parser: hermes               # optional: hermes | pythonic, lets chat requests use tools
+    engine_group: shared              # optional: the HF engine process it shares
 ```
+
+Engine groups (docs/engine-groups.md): the HF engine models of one `engine_group` are served
+by one engine process (`python -m services.engine_hf --model_list MESH --models A,B,...`),
+since torch and transformers cost each process ~0.5 GB before its first model. Planning puts
+every HF-engine model without an `engine_group` of its own, one replica and no `scaling` into
+the group `default_group` (the launcher's: `shared`; none with `--engine_per_model`); a model
+given a group of its own keeps its own process. The planned list records each model's group,
+so the launcher and its planning child assign the same ports.
 
 Planning builds `model:` names (torch, once per machine), fetches remote sources
 (`services.models.fetch`, once per machine), reads each folder's
@@ -63,6 +72,8 @@ from services.models.fetch import FetchError, fetch_source
 
 BACKENDS = ("auto", "vllm", "huggingface")
 ENGINE_MODULES = {"vllm": "services.engine_vllm", "huggingface": "services.engine_hf"}
+#: The engine group of HF engine models the launcher plans without one (docs/engine-groups.md).
+DEFAULT_ENGINE_GROUP = "shared"
 
 
 def resolve_backend(
@@ -109,7 +120,11 @@ def _resolve_source(name: str, written: str, *, fetch: bool) -> tuple[str, str |
 
 
 def plan_entry(
-    raw: dict[str, Any], *, vllm_available: bool | None = None, fetch: bool = True
+    raw: dict[str, Any],
+    *,
+    vllm_available: bool | None = None,
+    fetch: bool = True,
+    default_group: str | None = None,
 ) -> ModelEntry:
     """One hand-written entry, planned: its folder (built if named by `model:`, fetched if its
     `source:` is remote), task and backend.
@@ -145,6 +160,14 @@ def plan_entry(
         backend = resolve_backend(backend, task, architecture, vllm_available=vllm_available)
     entry = model_entry(raw, source=source, task=task, backend=backend, adapters=adapters)
     entry.storage_uri = storage_uri
+    if raw.get("engine_group") is not None and "huggingface" not in entry.backends:
+        raise InvalidArgument(
+            f"model '{name}': engine_group groups HF engine processes, and this model is planned "
+            f"on {entry.backend} only"
+        )
+    groupable = entry.replicas == 1 and entry.scaling is None and "huggingface" in entry.backends
+    if "engine_group" not in raw and default_group and groupable:
+        entry.engine_group = default_group
     if adapters and "vllm" not in entry.backends:
         raise InvalidArgument(
             f"model '{name}': adapters are served by the vLLM engine, and this model is planned "
@@ -164,11 +187,18 @@ def plan_adapters(name: str, written: Any, *, fetch: bool) -> list[Adapter]:
 
 
 def plan_models(
-    entries: list[dict[str, Any]], *, vllm_available: bool | None = None, fetch: bool = True
+    entries: list[dict[str, Any]],
+    *,
+    vllm_available: bool | None = None,
+    fetch: bool = True,
+    default_group: str | None = None,
 ) -> MeshPlan:
     """Entries as `model_dicts` returns them, planned (`plan_processes` assigns endpoints)."""
     return MeshPlan(
-        models=[plan_entry(raw, vllm_available=vllm_available, fetch=fetch) for raw in entries]
+        models=[
+            plan_entry(raw, vllm_available=vllm_available, fetch=fetch, default_group=default_group)
+            for raw in entries
+        ]
     )
 
 
@@ -199,6 +229,7 @@ class ProcessSpec:
     model: str | None = None  # an engine's model and backend
     backend: str | None = None
     tls: TlsConfig | None = None  # the mesh's TLS (passed as HFMESH_TLS_*; None: plain)
+    group: list[str] = field(default_factory=list)  # a group engine's models (no `model`)
 
 
 def engine_args(entry: ModelEntry, backend: str) -> list[str]:
@@ -217,16 +248,34 @@ def plan_processes(
 ) -> list[ProcessSpec]:
     """Assign ports; fill `plan.endpoints`; return the tokenizer and engine processes.
 
-    One tokenizer service serves every model; each (model, backend, replica)
-    gets its own engine process, as KServe runs one model per predictor.
+    One tokenizer service serves every model. Each (model, backend, replica) gets its own
+    engine process, as KServe runs one model per predictor, except the HF engine models of an
+    `engine_group`: one process serves them all, on the port of the group's first model.
     """
     port = base_port
     tokenizer = ProcessSpec("tokenizer", "services.tokenizer", ["--model_list", mesh_file], port)
     port += 1
     specs = [tokenizer]
+    groups: dict[str, ProcessSpec] = {}
     for entry in plan.models:
         endpoints = Endpoints(tokenizer=[f"{host}:{tokenizer.port}"])
         for backend in entry.backends:
+            if backend == "huggingface" and entry.engine_group:
+                group = groups.get(entry.engine_group)
+                if group is None:
+                    group = groups[entry.engine_group] = ProcessSpec(
+                        f"huggingface-group-{entry.engine_group}",
+                        ENGINE_MODULES[backend],
+                        ["--model_list", mesh_file, "--models", ""],
+                        port,
+                        backend=backend,
+                    )
+                    port += 1
+                    specs.append(group)
+                group.group.append(entry.name)
+                group.args[-1] = ",".join(group.group)
+                endpoints.engines.setdefault(backend, []).append(f"{host}:{group.port}")
+                continue
             for replica in range(entry.replicas):
                 suffix = f"-{replica}" if entry.replicas > 1 else ""
                 spec = ProcessSpec(
@@ -281,6 +330,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--base_port", type=int, default=50051, help="first gRPC port")
     parser.add_argument("--models", default="", help="comma-separated subset of model names")
     parser.add_argument("--no_vllm", action="store_true", help="plan every model on the HF engine")
+    parser.add_argument(
+        "--engine_per_model",
+        action="store_true",
+        help="one HF engine process per model, except models given an engine_group",
+    )
     return parser.parse_args(argv)
 
 
@@ -292,7 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     names = [name.strip() for name in args.models.split(",") if name.strip()]
     try:
         entries = select_models(read_model_list(args.model_list), names)
-        plan = plan_models(entries, vllm_available=False if args.no_vllm else None)
+        plan = plan_models(
+            entries,
+            vllm_available=False if args.no_vllm else None,
+            default_group=None if args.engine_per_model else DEFAULT_ENGINE_GROUP,
+        )
     except InvalidArgument as error:
         print(f"hfmesh: {error.message}", file=sys.stderr, flush=True)
         return 2

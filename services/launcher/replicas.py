@@ -8,7 +8,9 @@ plane: it registers itself when ready, and clients that follow the control plane
 service and stops it with the mesh. `remove(model, backend)` stops the one started last
 (SIGTERM: it deregisters, drains, exits), but never a model's last replica on that backend;
 `scale(model, n)` adds or removes until there are `n`, zero included (the autoscaler's
-`scale`). `backend` defaults to the model's planned one. `handle` answers the commands of
+`scale`). A model of an engine group counts the group's process as its planned replica (never
+removed: a grouped model has one replica and no scaling); a replica added to it is a process of
+its own. `backend` defaults to the model's planned one. `handle` answers the commands of
 `python -m services.launcher --add_replica` / `--remove_replica`
 (`services.launcher.runstate`).
 """
@@ -43,8 +45,10 @@ class Replicas:
         #: (model, backend) → its engine processes' names, oldest first.
         self.running: dict[tuple[str, str], list[str]] = {}
         for spec in planned:
-            if spec.model is not None and spec.backend is not None:
-                self.running.setdefault((spec.model, spec.backend), []).append(spec.name)
+            if spec.backend is None:
+                continue
+            for model in [spec.model] if spec.model is not None else spec.group:
+                self.running.setdefault((model, spec.backend), []).append(spec.name)
 
     def _key(self, model: str, backend: str | None) -> tuple[str, str]:
         try:

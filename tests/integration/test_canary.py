@@ -42,6 +42,8 @@ class Launcher(LauncherRun):
         model_list = tmp / "list.yaml"
         model_list.write_text(yaml.safe_dump({"models": models}))
         args = ["--model_list", str(model_list), "--no_vllm", "--port", str(self.port)]
+        # one engine per revision: `served` counts each revision's requests in its engine's log
+        args += ["--engine_per_model"]
         args += ["--base_port", str(free_port_run(3)), "--control_plane_port", str(free_port())]
         args += ["--log_dir", str(self.logs), "--ready_timeout", "240"]
         super().__init__(tmp, args, env={"HFMESH_MODEL_LIST_RELOAD": "0.2"})

@@ -28,7 +28,8 @@ from tests.helpers.mesh import free_port_run
 pytestmark = pytest.mark.slow  # a multi-process mesh
 
 MODEL = "sentiment"
-ENGINE = f"huggingface-{MODEL}"
+ENGINE = "huggingface-group-shared"  # the launcher's default engine group
+REPLICA = f"huggingface-{MODEL}-1"  # an added replica is a process of the model alone
 
 
 def _until(check: Callable[[], object], timeout: float, what: str) -> object:
@@ -137,12 +138,12 @@ def test_a_killed_service_is_restarted_and_the_mesh_answers_again(launcher, name
 async def test_add_and_remove_a_replica(launcher):
     added = launcher.scale("--add_replica", MODEL, "--ready_timeout", "120")
     assert added.returncode == 0, added.stderr
-    match = re.search(rf"started ({ENGINE}-1) \(pid (\d+), 127\.0\.0\.1:(\d+)\)", added.stdout)
+    match = re.search(rf"started ({REPLICA}) \(pid (\d+), 127\.0\.0\.1:(\d+)\)", added.stdout)
     assert match, added.stdout
-    assert f"{ENGINE}-1 is serving" in added.stdout
+    assert f"{REPLICA} is serving" in added.stdout
     pid, port = int(match[2]), match[3]
     assert launcher.service(int(port)).pid == pid  # under the launcher's supervision
-    launcher.wait_for(rf"^hfmesh: {ENGINE}-1 added \(pid {pid}, port {port}\)", timeout=5)
+    launcher.wait_for(rf"^hfmesh: {REPLICA} added \(pid {pid}, port {port}\)", timeout=5)
     if _engines_register():
         # The replica registered itself: the control plane publishes it next to the static one.
         discovery = Discovery(f"127.0.0.1:{launcher.control_port}", [f"{MODEL}.huggingface"])
@@ -153,13 +154,13 @@ async def test_add_and_remove_a_replica(launcher):
         finally:
             await discovery.close()
         # ... and the gateway, following the control plane, sends it requests.
-        log = launcher.tmp / "logs" / f"{ENGINE}-1.log"
+        log = launcher.tmp / "logs" / f"{REPLICA}.log"
         _until(lambda: launcher.answers() and " encode " in log.read_text(), 20, "traffic")
     assert launcher.answers()
 
     # Killed, it is restarted like a planned service.
     launcher.service(int(port)).kill()
-    launcher.wait_for(rf"^hfmesh: {ENGINE}-1 restarted \(pid \d+, port {port}\)", timeout=15)
+    launcher.wait_for(rf"^hfmesh: {REPLICA} restarted \(pid \d+, port {port}\)", timeout=15)
 
     unknown = launcher.scale("--add_replica", "nope")
     assert unknown.returncode == 1
@@ -167,7 +168,7 @@ async def test_add_and_remove_a_replica(launcher):
 
     removed = launcher.scale("--remove_replica", MODEL)
     assert removed.returncode == 0, removed.stderr
-    assert f"{ENGINE}-1 stopped" in removed.stdout
+    assert f"{REPLICA} stopped" in removed.stdout
     assert port not in launcher.children()
     again = launcher.scale("--remove_replica", MODEL)
     assert again.returncode == 1

@@ -156,3 +156,23 @@ def test_lora_module_forms():
     assert parse_lora_module('{"name": "b", "path": "/q"}') == LoraModule("b", "/q")
     with pytest.raises(InvalidArgument, match="needs 'name' and 'path'"):
         parse_lora_module('{"name": "b"}')
+
+
+def test_the_cpu_kv_cache_fits_its_context_length(model_path, monkeypatch):
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    folder = model_path("tiny-llama")  # 2 layers, 2 KV heads of 32, float32 on CPU
+    per_token = 2 * 2 * 2 * 32 * 4
+    sized = build_config(["--model_dir", folder, "--max_model_len", "300"], on_cpu=True)
+    # 8 sequences of 300 tokens: 2400 tokens, in whole blocks of 256
+    assert sized.engine_args.kv_cache_memory_bytes == 2560 * per_token
+    # without --max_model_len: the model's own limit (512)
+    limit = build_config(["--model_dir", folder, "--cpu_kv_cache_sequences", "2"], on_cpu=True)
+    assert limit.engine_args.kv_cache_memory_bytes == 1024 * per_token
+    fixed = build_config(["--model_dir", folder, "--cpu_kv_cache_sequences", "0"], on_cpu=True)
+    assert fixed.engine_args.kv_cache_memory_bytes == 2 * 2**30
+    given = build_config(["--model_dir", folder, "--kv-cache-memory-bytes", "12345"], on_cpu=True)
+    assert given.engine_args.kv_cache_memory_bytes == 12345
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # vLLM's own setting, read by vLLM
+    assert (
+        build_config(["--model_dir", folder], on_cpu=True).engine_args.kv_cache_memory_bytes is None
+    )
