@@ -17,8 +17,8 @@ ways, alternating in every round so that load from elsewhere on the machine hits
 - forward: the model's forward pass in this process on pre-tokenised batches of the size
   the engine would see (concurrency × inputs per request): the limit of the machine.
 Prints one table per task and concurrency: req/s, inputs/s, p50 and p99 latency, the ratio
-to the engine called directly, and the CPU each process used (cores: CPU seconds per second
-of the run) — gateway (the one measured), tokenizer, engine, this client. The
+to the engine called directly, and the CPU each process used per request (ms) — gateway
+(the one measured), tokenizer, engine, this client. The
 `embeddings x32` row sends 32 sentences per request. Reference measured on this 2-core
 machine: KServe's HF server 69 / 71 / 67 req/s at c=1 / 8 / 32 (it batches nothing).
 """
@@ -45,19 +45,13 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from tritonclient.grpc import service_pb2  # noqa: E402
 
+from bench.engine_hf import SENTENCES  # noqa: E402
 from services.launcher.processes import free_port, start_service  # noqa: E402
 from services.models.cache import ensure_model  # noqa: E402
 from tests.helpers.mesh import model_entry, running_mesh  # noqa: E402
 
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
-SENTENCES = [
-    "A man is eating food.",
-    "The stock market fell sharply today.",
-    "Paris is the capital of France.",
-    "A cat sleeps on the warm windowsill in the afternoon sun.",
-    "How do I reset my password?",
-    "The new library opened downtown with a large collection of science books.",
-]
+PROFILE_RATE = 200  # py-spy samples per second
 DOCUMENTS = [
     "Paris is the capital of France.",
     "The Eiffel Tower stands in Paris.",
@@ -305,11 +299,13 @@ async def bench(args, specs: list[TaskSpec], mesh, split) -> list[tuple[TaskSpec
 
 
 def print_rows(spec: TaskSpec, concurrency: int, measures: dict[str, Measure], header: bool):
+    """CPU is per process and request, in ms: steadier than req/s on a machine others load
+    too (it counts the work, not the waiting)."""
     if header:
         line = (
             f"{'task':<24} {'conc':>4} {'target':<8} {'req/s':>8} {'inputs/s':>9} "
-            f"{'p50 ms':>8} {'p99 ms':>8} {'vs engine':>9}   CPU cores: "
-            + " ".join(f"{name[:4]:>5}" for name in PROCESSES)
+            f"{'p50 ms':>8} {'p99 ms':>8} {'vs engine':>9}   CPU ms/req: "
+            + " ".join(f"{name[:5]:>6}" for name in PROCESSES)
         )
         print(line)
         print("-" * len(line))
@@ -317,13 +313,15 @@ def print_rows(spec: TaskSpec, concurrency: int, measures: dict[str, Measure], h
     name = spec.key + (f" x{spec.inputs}" if spec.inputs > 1 and spec.task != "rerank" else "")
     for target, m in measures.items():
         cpu = " ".join(
-            f"{m.cpu.get(p, 0.0) / m.seconds:>5.2f}" if target != "forward" else f"{'':>5}"
+            f"{m.cpu.get(p, 0.0) * 1000 / max(m.requests, 1):>6.2f}"
+            if target != "forward"
+            else f"{'':>6}"
             for p in PROCESSES
         )
         print(
             f"{name:<24} {concurrency:>4} {target:<8} {m.rate():>8.1f} "
             f"{m.rate() * spec.inputs:>9.1f} {m.p(50):>8.1f} {m.p(99):>8.1f} "
-            f"{m.rate() / engine_rate:>8.2f}x   {'':>10} {cpu}",
+            f"{m.rate() / engine_rate:>8.2f}x   {'':>11} {cpu}",
             flush=True,
         )
 
@@ -351,7 +349,7 @@ def profile(args, spec: TaskSpec, mesh, folder: Path) -> None:
                 "--duration",
                 str(int(args.profile)),
                 "--rate",
-                "200",
+                str(PROFILE_RATE),
                 "--format",
                 "raw",
                 "--nonblocking",
@@ -369,8 +367,12 @@ def profile(args, spec: TaskSpec, mesh, folder: Path) -> None:
         recorder.wait()
     print(f"{spec.key} through the mesh at c={concurrency}: {rate:.1f} req/s while profiled")
     for name in pids:
-        print(f"\n{name}: share of samples per function (inclusive), top {args.profile_top}")
-        for share, function in heaviest(folder / f"{name}.txt", args.profile_top):
+        samples, ranked = heaviest(folder / f"{name}.txt", args.profile_top)
+        print(
+            f"\n{name}: {samples / PROFILE_RATE / args.profile:.2f} cores busy "
+            f"({samples} samples); share of them per function (inclusive), top {args.profile_top}"
+        )
+        for share, function in ranked:
             print(f"  {share * 100:5.1f}%  {function}")
     print(f"\ncollapsed stacks (flamegraph.pl / speedscope input): {folder}")
 
@@ -382,8 +384,9 @@ async def mesh_load(mesh, spec: TaskSpec, concurrency: int, duration: float) -> 
     return len(latencies) / seconds
 
 
-def heaviest(path: Path, top: int) -> list[tuple[float, str]]:
-    """Functions by the share of samples whose stack holds them (collapsed-stack input)."""
+def heaviest(path: Path, top: int) -> tuple[int, list[tuple[float, str]]]:
+    """(samples, functions by the share of samples whose stack holds them), from collapsed
+    stacks of active threads only: samples / rate is CPU-busy thread time."""
     counts: dict[str, int] = {}
     total = 0
     for line in path.read_text().splitlines():
@@ -398,7 +401,7 @@ def heaviest(path: Path, top: int) -> list[tuple[float, str]]:
         for frame in frames:
             counts[frame] = counts.get(frame, 0) + samples
     ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
-    return [(n / max(total, 1), frame) for frame, n in ranked]
+    return total, [(n / max(total, 1), frame) for frame, n in ranked]
 
 
 def levels(text: str) -> list[int]:

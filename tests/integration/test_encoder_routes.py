@@ -37,6 +37,7 @@ TEXTS = [
     "Paris is a city in France.",
     "The weather in London was terrible today, said Maria Garcia.",
     "A man is eating food.",
+    "The weather was fine and the sea was calm. " * 80,  # past 512 tokens: truncated alike
 ]
 MASKED = ["Paris is the [MASK] of France.", "Alice went to [MASK] on [MASK]."]
 QUERY = "What is the capital of France?"
