@@ -433,6 +433,13 @@ def main() -> None:
         "task runs through the mesh at the first --concurrency",
     )
     parser.add_argument("--profile-top", type=int, default=25, help="functions listed per process")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment of every mesh process (repeatable), e.g. OMP_WAIT_POLICY=PASSIVE",
+    )
     args = parser.parse_args()
     specs = []
     for key in args.tasks.split(","):
@@ -451,7 +458,8 @@ def main() -> None:
         "per target, targets alternating (mesh / engine / forward)\n"
     )
     folder = Path(tempfile.mkdtemp(prefix="hfmesh-bench-"))
-    with running_mesh(list(entries.values()), folder) as m:
+    env = dict(item.split("=", 1) for item in args.env)
+    with running_mesh(list(entries.values()), folder, env=env or None) as m:
         if args.profile:
             profile(args, specs[0], m, folder)
             return
@@ -462,6 +470,7 @@ def main() -> None:
             name="gateway-split",
             port=free_port(),
             ready="http",
+            env=env or None,
             log_dir=folder,
         )
         try:
