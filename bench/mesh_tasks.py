@@ -39,9 +39,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# The forward target runs torch here, beside this process's event loop and gRPC threads: its
-# OpenMP threads wait as the HF engine's do (`--omp_wait_policy`), not spinning.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import aiohttp  # noqa: E402
 import grpc  # noqa: E402

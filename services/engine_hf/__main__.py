@@ -50,9 +50,10 @@ async def run(settings: HFEngineSettings) -> int:
 
 def set_wait_policy(settings: HFEngineSettings) -> None:
     """`OMP_WAIT_POLICY` from `--omp_wait_policy` unless the environment has one; before torch
-    loads. On shared cores, spinning OpenMP threads take the CPU the rest of the mesh needs
-    (and their own other thread's): 4-6x the engine CPU per embedding request on 2 cores."""
-    os.environ.setdefault("OMP_WAIT_POLICY", settings.omp_wait_policy.upper())
+    loads. On busy shared cores, spinning OpenMP threads take the CPU the rest of the mesh
+    needs (and their own other thread's): docs/performance.md."""
+    if settings.omp_wait_policy != "default":
+        os.environ.setdefault("OMP_WAIT_POLICY", settings.omp_wait_policy.upper())
 
 
 def main(argv: list[str] | None = None) -> int:

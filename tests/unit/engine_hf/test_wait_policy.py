@@ -16,7 +16,7 @@ import services.engine_hf.__main__ as entry
 assert "torch" not in sys.modules, "the entry point imported torch before reading its settings"
 entry.set_wait_policy(entry.HFEngineSettings(model_dir="/nowhere", omp_wait_policy=sys.argv[1]))
 import torch  # noqa: F401
-print(os.environ["OMP_WAIT_POLICY"])
+print(os.environ.get("OMP_WAIT_POLICY", "unset"))
 """
 
 
@@ -35,7 +35,8 @@ def _policy(policy: str, env: dict[str, str] | None = None) -> str:
 
 
 def test_the_entry_point_reads_settings_before_torch_loads():
-    assert HFEngineSettings(model_dir="/nowhere").omp_wait_policy == "passive"
+    assert HFEngineSettings(model_dir="/nowhere").omp_wait_policy == "default"
+    assert _policy("default") == "unset"  # OpenMP's own bounded spinning
     assert _policy("passive") == "PASSIVE"
     assert _policy("active") == "ACTIVE"
     assert _policy("passive", {"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"  # the environment wins
