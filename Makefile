@@ -39,6 +39,7 @@ proto:
 	$(PY) scripts/gen_proto.py
 
 bench: setup
+	$(PY) bench/mesh_tasks.py
 	$(PY) bench/engine_hf.py
 	$(PY) bench/gateway.py
 	$(PY) bench/vllm_mesh.py

@@ -5,7 +5,11 @@ Generation: token i of sequence k is `fake_token(prompt ids, k, i)`, its text " 
 `max_tokens` does ("length"). Logprobs, when asked for, are -0.1 * (i + 1) with two
 alternatives. Encoders: texts answer `[len(text), 1.0]` rows (plus a "text" output the
 servicer must filter), query/document pairs the documents' lengths, token tensors
-deterministic raw outputs per task. Adapters load as generative models of the first one.
+deterministic raw outputs per task. A model given a tokenizer-service model in `text_models`
+answers text as an HF engine does instead: tokenized as the tokenizer's preprocess does, the
+raw outputs of its token tensors, post-processed into `output-0` (with `num_input_tokens`
+when asked), so text sent straight to it and text sent through the tokenizer agree.
+Adapters load as generative models of the first one.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from services.common.codec import as_bytes_array
+from services.common.encoder_tensors import TOKEN_COUNT_OUTPUT, token_counts_wanted
 from services.common.engine import (
     EncodeRequest,
     EncodeResult,
@@ -51,6 +57,8 @@ class FakeEngine:
     running: set[str] = field(default_factory=set)
     aborted: list[str] = field(default_factory=list)
     fail_with: Exception | None = None
+    #: model name → the tokenizer service's `TokenizerModel` of it (text answered as above)
+    text_models: dict[str, Any] = field(default_factory=dict)
 
     async def start(self) -> None:
         pass
@@ -117,6 +125,16 @@ class FakeEngine:
 
     async def encode(self, request: EncodeRequest) -> EncodeResult:
         self.encodes.append(request)
+        model = self.text_models.get(request.model)
+        if model is not None and request.tensors is None:
+            first = [q for q, _ in request.pairs] if request.pairs else list(request.texts or ())
+            second = [d for _, d in request.pairs] if request.pairs else None
+            tensors = model.preprocess(first, second)
+            raw = self._raw_outputs(request.model, tensors)
+            outputs = {"output-0": model.postprocess(raw, tensors, request.options)}
+            if token_counts_wanted(request.options):
+                outputs[TOKEN_COUNT_OUTPUT] = tensors["attention_mask"].sum(axis=1)
+            return EncodeResult(outputs)
         if request.pairs is not None:
             return EncodeResult(
                 {"output-0": np.array([len(d) for _, d in request.pairs], np.float32)}
@@ -124,26 +142,27 @@ class FakeEngine:
         if request.tensors is None:
             rows = np.array([[len(t), 1.0] for t in request.texts], np.float32)
             return EncodeResult({"output-0": rows, "text": as_bytes_array(request.texts)})
-        info = next(i for i in self.infos if i.name == request.model)
-        ids = request.tensors["input_ids"].astype(np.float32)
+        return EncodeResult(self._raw_outputs(request.model, request.tensors))
+
+    def _raw_outputs(self, name: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        info = next(i for i in self.infos if i.name == name)
+        ids = tensors["input_ids"].astype(np.float32)
         n, length = ids.shape
         if info.task is Task.TEXT_EMBEDDING:
             hidden = np.stack([np.sin(ids * (h + 1) / 50.0) for h in range(8)], axis=-1)
-            return EncodeResult({"last_hidden_state": hidden.astype(np.float32)})
+            return {"last_hidden_state": hidden.astype(np.float32)}
         if info.task is Task.SEQUENCE_CLASSIFICATION:
             logits = np.stack([ids.sum(axis=1) % 5, (ids.sum(axis=1) + 2) % 5], axis=-1)
-            return EncodeResult({"logits": logits.astype(np.float32)})
+            return {"logits": logits.astype(np.float32)}
         if info.task is Task.TOKEN_CLASSIFICATION:
             logits = np.stack([(ids + c) % 3 for c in range(3)], axis=-1)
-            return EncodeResult({"logits": logits.astype(np.float32)})
+            return {"logits": logits.astype(np.float32)}
         if info.task is Task.FILL_MASK:
             logits = np.zeros((n, length, 64), dtype=np.float32)
             logits[:, :, 40] = 1.0  # always predicts token 40
-            return EncodeResult({"logits": logits})
+            return {"logits": logits}
         if info.task is Task.RERANK:
-            return EncodeResult(
-                {"logits": (ids.sum(axis=1, keepdims=True) % 7 - 3).astype(np.float32)}
-            )
+            return {"logits": (ids.sum(axis=1, keepdims=True) % 7 - 3).astype(np.float32)}
         raise InvalidArgument(f"fake engine: no encoder for {info.task.value}")
 
     async def abort(self, request_id: str) -> None:

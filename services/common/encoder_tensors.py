@@ -34,6 +34,11 @@ TEXT_INPUT = "input-0"
 RESULT_OUTPUT = "output-0"
 #: Request parameters that change how a task answers (KServe's runtime flags, per request).
 RESULT_OPTIONS = ("return_probabilities", "return_raw_logits")
+#: A text-in request to the HF engine whose parameter `return_num_input_tokens` is true also
+#: gets `num_input_tokens` INT64 [N], each input's token count: what the gateway reports as
+#: usage when it sends text straight to the engine instead of through the tokenizer.
+TOKEN_COUNT_PARAMETER = "return_num_input_tokens"
+TOKEN_COUNT_OUTPUT = "num_input_tokens"
 
 # The raw output each task reads first (a predictor answering one output is read as that).
 PREFERRED_OUTPUTS: dict[Task, tuple[str, ...]] = {
@@ -159,6 +164,11 @@ class ResultOptions:
             if k in RESULT_OPTIONS and v is not None
         }
         return replace(self, **given) if given else self
+
+
+def token_counts_wanted(parameters: Mapping[str, object]) -> bool:
+    value = parameters.get(TOKEN_COUNT_PARAMETER)
+    return value is not None and parse_bool(TOKEN_COUNT_PARAMETER, value)
 
 
 def pick_output(task: Task, outputs: Mapping[str, np.ndarray]) -> tuple[str, np.ndarray]:

@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 
 from services.common import task_results
-from services.common.encoder_tensors import RESULT_OUTPUT, TOKEN_INPUTS, ResultOptions, task_result
+from services.common.encoder_tensors import (
+    RESULT_OUTPUT,
+    TOKEN_COUNT_OUTPUT,
+    TOKEN_INPUTS,
+    ResultOptions,
+    task_result,
+    token_counts_wanted,
+)
 from services.common.engine import EncodeRequest, EncodeResult, Task
 from services.common.errors import HfmeshError, InternalError, InvalidArgument
 from services.engine_hf.loading import LoadedModel, ModelLoadError
@@ -252,7 +259,10 @@ class EncoderRunner:
             tokenizer=self.tokenizer,
             options=self.result_options.overridden(job.request.options),
         )
-        return EncodeResult({RESULT_OUTPUT: result})
+        outputs = {RESULT_OUTPUT: result}
+        if token_counts_wanted(job.request.options):
+            outputs[TOKEN_COUNT_OUTPUT] = job.attention_mask.sum(axis=1, dtype=np.int64)
+        return EncodeResult(outputs)
 
     def _raw_outputs(self, job: EncodeJob, output: np.ndarray) -> dict[str, np.ndarray]:
         output = np.ascontiguousarray(output, dtype=np.float32)

@@ -36,6 +36,14 @@ class HFEngineSettings(KServeRuntimeFlags):
         description="with --model_list: comma-separated model names to serve (default: every "
         "model of the list the HF engine serves)",
     )
+    omp_wait_policy: str = Field(
+        "default",
+        description="how torch's OpenMP threads wait between parallel regions (OMP_WAIT_POLICY, "
+        "set before torch loads; an OMP_WAIT_POLICY already in the environment wins): "
+        "'default' leaves OpenMP's bounded spinning (quickest on cores the engine mostly has "
+        "to itself); 'passive' sleeps at once, leaving the CPU to the gateway, the tokenizer "
+        "and other engines on busy shared cores (docs/performance.md); 'active' always spins",
+    )
 
     @field_validator("backend")
     @classmethod
@@ -64,6 +72,10 @@ class HFEngineSettings(KServeRuntimeFlags):
             raise ValueError("--max_batch_size and --max_concurrent_sequences must be at least 1")
         if self.max_batch_wait_ms < 0:
             raise ValueError("--max_batch_wait_ms must be >= 0")
+        if self.omp_wait_policy not in ("default", "passive", "active"):
+            raise ValueError(
+                f"--omp_wait_policy is default, passive or active, got {self.omp_wait_policy!r}"
+            )
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError("--max_model_len must be at least 1")
         return self

@@ -16,8 +16,14 @@ from typing import Any, TypeVar
 import numpy as np
 
 from services.common import llm_tensors
-from services.common.codec import InferRequest, InferResponse, Tensor
-from services.common.encoder_tensors import TOKEN_INPUTS
+from services.common.codec import InferRequest, InferResponse, Tensor, as_bytes_array
+from services.common.encoder_tensors import (
+    RESULT_OUTPUT,
+    TEXT_INPUT,
+    TOKEN_COUNT_OUTPUT,
+    TOKEN_COUNT_PARAMETER,
+    TOKEN_INPUTS,
+)
 from services.common.engine import GenerateDelta, SamplingParams, Task
 from services.common.errors import InvalidArgument, Unavailable
 from services.gateway import grpc_clients as rpc
@@ -30,6 +36,8 @@ from services.gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+#: The backend whose engines tokenize and post-process encoder text themselves.
+TEXT_ENGINE_BACKEND = "huggingface"
 
 
 @dataclass
@@ -277,7 +285,8 @@ class MeshClient:
                 yield delta
             return
 
-    # -- encoder tasks (tokenizer preprocess → engine tensors → tokenizer postprocess)
+    # -- encoder tasks (tokenizer preprocess → engine tensors → tokenizer postprocess,
+    #    or text straight to an HF engine)
 
     async def encode(
         self,
@@ -292,6 +301,14 @@ class MeshClient:
     ) -> Encoded:
         cap = self.settings.tokenizer_timeout
         self.limits.inputs(len(token_ids) if token_ids is not None else len(texts or []))
+        budgeted = call.quota is not None and call.quota.tenant.limited
+        if (
+            token_ids is None
+            and not label
+            and not budgeted
+            and self._engine_takes_text(route, pairs)
+        ):
+            return await self._encode_on_engine(route, call, texts or [], pairs, parameters)
         if token_ids is not None:
             encoded = _pad(token_ids)
         else:
@@ -331,6 +348,48 @@ class MeshClient:
             ),
         )
         return Encoded(output=result, num_tokens=sum(counts), token_counts=counts, labels=labels)
+
+    def _engine_takes_text(self, route: ModelRoute, pairs: list[str] | None) -> bool:
+        """Whether text goes straight to the engine (`--encoder_route auto`): the model's
+        engines that would answer now (the first backend with a replica up, else its first
+        backend) are HF engines, which hold the model's tokenizer. Text pairs go that way
+        only for rerank (the engine pairs segments for rerank alone); class names (`label`)
+        come from the tokenizer's postprocess. A tenant with a budget takes the split path
+        (its caller checks): the budget is reserved from the exact token count before any
+        engine work."""
+        if self.settings.encoder_route != "auto" or (
+            pairs is not None and route.task is not Task.RERANK
+        ):
+            return False
+        live = [b for b, replicas in route.engines if any(r.available for r in replicas)]
+        backends = live or [b for b, _ in route.engines]
+        return bool(backends) and backends[0] == TEXT_ENGINE_BACKEND
+
+    async def _encode_on_engine(
+        self,
+        route: ModelRoute,
+        call: CallContext,
+        texts: list[str],
+        pairs: list[str] | None,
+        parameters: dict[str, Any] | None,
+    ) -> Encoded:
+        """One engine call, text in: the engine tokenizes as the tokenizer's preprocess does
+        (the model's own tokenizer files, the same call) and answers the task result with
+        each input's token count (`TOKEN_COUNT_OUTPUT`)."""
+        inputs = [Tensor(TEXT_INPUT, "BYTES", as_bytes_array(texts))]
+        if pairs is not None:
+            inputs.append(Tensor("text_pair", "BYTES", as_bytes_array(pairs)))
+        request = InferRequest(
+            route.name,
+            inputs,
+            id=call.request_id,
+            parameters={**(parameters or {}), TOKEN_COUNT_PARAMETER: True},
+        )
+        outputs = {t.name: t.data for t in (await self.infer_engine(route, request, call)).outputs}
+        counts = [int(c) for c in outputs[TOKEN_COUNT_OUTPUT]]
+        if call.quota is not None:  # a tenant without budgets: its usage is still counted
+            await call.quota.settle(sum(counts), 0)
+        return Encoded(output=outputs[RESULT_OUTPUT], num_tokens=sum(counts), token_counts=counts)
 
     async def infer_engine(
         self, route: ModelRoute, request: InferRequest, call: CallContext

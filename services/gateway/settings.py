@@ -11,6 +11,7 @@ from services.common.settings import TlsFlags, parse_settings
 from services.gateway.policy import RoutingOptions
 
 ROUTE_PREFIX_ENV = "KSERVE_OPENAI_ROUTE_PREFIX"
+ENCODER_ROUTES = ("auto", "split")
 
 
 class GatewaySettings(TlsFlags):
@@ -123,6 +124,14 @@ class GatewaySettings(TlsFlags):
         description="deadline of one tokenizer call, and the longest a request waits for a "
         "tokenizer while none is up (one restarting), seconds",
     )
+    encoder_route: str = Field(
+        "auto",
+        description="text inputs of encoder tasks (embeddings, rerank, classification, "
+        "fill-mask): 'auto' sends them straight to a model's HF engine, which tokenizes and "
+        "post-processes itself (one gRPC call instead of three; models on the vLLM engine and "
+        "requests for class names still go through the tokenizer); 'split' always goes "
+        "tokenizer preprocess -> engine tensors -> tokenizer postprocess",
+    )
     retry_after: int = Field(1, description="Retry-After seconds on 503/429 answers")
     drain_grace: float = Field(
         30.0,
@@ -183,6 +192,15 @@ class GatewaySettings(TlsFlags):
     @classmethod
     def _strip_slashes(cls, value: str) -> str:
         return value.strip().strip("/")
+
+    @field_validator("encoder_route")
+    @classmethod
+    def _known_route(cls, value: str) -> str:
+        if value not in ENCODER_ROUTES:
+            raise ValueError(
+                f"--encoder_route is one of {', '.join(ENCODER_ROUTES)}, got {value!r}"
+            )
+        return value
 
     @property
     def routing_options(self) -> RoutingOptions:

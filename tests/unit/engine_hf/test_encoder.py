@@ -203,3 +203,21 @@ async def test_fill_mask_needs_a_mask_and_unknown_models_are_not_found(engine):
             GenerateRequest("g", "tiny-bert-fill-mask", SamplingParams(), prompt="hi")
         ):
             pass
+
+
+async def test_text_requests_report_their_token_counts_when_asked(engine, reference):
+    _, tokenizer = reference("tiny-bert-ner", "AutoModelForTokenClassification")
+    served = await engine("tiny-bert-ner")
+    plain = await served.encode(EncodeRequest("t", "tiny-bert-ner", texts=TEXTS))
+    assert set(plain.outputs) == {"output-0"}
+    counted = await served.encode(
+        EncodeRequest("t", "tiny-bert-ner", texts=TEXTS, options={"return_num_input_tokens": True})
+    )
+    counts = counted.outputs["num_input_tokens"]
+    assert counts.dtype == np.int64
+    assert counts.tolist() == [len(tokenizer(text)["input_ids"]) for text in TEXTS]
+    np.testing.assert_array_equal(counted.outputs["output-0"], plain.outputs["output-0"])
+    with pytest.raises(InvalidArgument, match="return_num_input_tokens"):
+        await served.encode(
+            EncodeRequest("t", "tiny-bert-ner", texts=TEXTS, options={"return_num_input_tokens": 7})
+        )

@@ -83,14 +83,18 @@ async def start_engine(engine: FakeEngine) -> GrpcServiceRunner:
 
 @pytest.fixture(scope="package")
 async def mesh(model_path) -> Mesh:
-    engine = FakeEngine([ready(name, task, limit) for name, (task, _, limit) in MODELS.items()])
-    engine_runner = await start_engine(engine)
     models = [
         TokenizerModel(
             name, load_tokenizer(model_path(folder)), ModelOptions(task=task, max_model_len=limit)
         )
         for name, (task, folder, limit) in MODELS.items()
     ]
+    # The fake engine holds the tokenizers as an HF engine does: text can go straight to it.
+    engine = FakeEngine(
+        [ready(name, task, limit) for name, (task, _, limit) in MODELS.items()],
+        text_models={model.name: model for model in models if not model.options.task.is_generative},
+    )
+    engine_runner = await start_engine(engine)
     core = TokenizerCore(models, workers=2)
     servicer = TokenizerServicer()
     servicer.attach(core)
