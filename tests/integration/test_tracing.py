@@ -28,6 +28,7 @@ def mesh(model_path, tmp_path_factory, receiver):
     models = [
         model_entry("llm", model_path("tiny-llama"), "text_generation", max_model_len=256),
         model_entry("embed", model_path("all-minilm-l6-v2"), "text_embedding"),
+        model_entry("sentiment", model_path("tiny-bert-sentiment"), "sequence_classification"),
     ]
     env = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
@@ -159,7 +160,9 @@ def test_cancelled_stream_is_an_error_at_gateway_and_engine(mesh, receiver):
     assert "finish" not in generate.events
 
 
-def test_embeddings_trace_preprocess_engine_postprocess(http, receiver):
+def test_embeddings_on_the_direct_route_trace_gateway_and_engine(http, receiver):
+    """Encoder text goes straight to the HF engine (`--encoder_route auto`): one engine call
+    under the request span, the engine's own tokenizing inside its request span."""
     trace_id, parent, header = _traceparent()
     reply = http.post(
         "/openai/v1/embeddings",
@@ -169,16 +172,39 @@ def test_embeddings_trace_preprocess_engine_postprocess(http, receiver):
     assert reply.status_code == 200, reply.text
 
     def complete(spans: list[ReceivedSpan]) -> bool:
-        names = {s.name for s in spans}
-        return {"embeddings embed", "preprocess", "encode embed", "postprocess"} <= names
+        return {"embeddings embed", "encode embed"} <= {s.name for s in spans}
 
     spans = receiver.wait_for(complete, trace_id)
     request = _one(spans, GATEWAY, "embeddings embed")
     assert request.parent_id == parent and not request.error
     assert request.attributes["gen_ai.usage.input_tokens"] == reply.json()["usage"]["prompt_tokens"]
+    (engine_rpc,) = _children(spans, request, ENGINE)
+    assert engine_rpc.kind == SERVER
+    assert _one(spans, ENGINE, "encode embed").parent_id == engine_rpc.span_id
+    assert not [s for s in spans if s.service == TOKENIZER]
+
+
+def test_classify_traces_preprocess_engine_postprocess(http, receiver):
+    """The split route (`/classify` takes it: its class names come from the tokenizer):
+    preprocess, engine, postprocess in order, each inside its service's RPC span."""
+    trace_id, parent, header = _traceparent()
+    reply = http.post(
+        "/openai/classify",
+        json={"model": "sentiment", "input": ["I loved it"]},
+        headers={"traceparent": header},
+    )
+    assert reply.status_code == 200, reply.text
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        names = {s.name for s in spans}
+        return {"preprocess", "encode sentiment", "postprocess"} <= names
+
+    spans = receiver.wait_for(complete, trace_id)
+    (request,) = [s for s in spans if s.service == GATEWAY and s.parent_id == parent]
+    assert not request.error
     steps = [
         _one(spans, TOKENIZER, "preprocess"),
-        _one(spans, ENGINE, "encode embed"),
+        _one(spans, ENGINE, "encode sentiment"),
         _one(spans, TOKENIZER, "postprocess"),
     ]
     by_id = {s.span_id: s for s in spans}
