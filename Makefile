@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup run check test test-quick test-clients test-deploy proto bench
+.PHONY: setup run check test test-heavy test-quick test-clients test-deploy proto bench
 
 LINT_PATHS := services tests bench scripts
 
@@ -23,9 +23,14 @@ check: setup
 test-clients:
 	scripts/setup_test_clients.sh
 
-## The full test suite (what CI runs), after the checks.
+## The test suite (what CI runs), after the checks: every tier but `heavy` (under 20 minutes).
 test: setup check test-clients
-	HF_HUB_OFFLINE=1 $(PYTEST) tests
+	HF_HUB_OFFLINE=1 $(PYTEST) tests -m "not heavy"
+
+## The heavy tier: scale-out under minutes of load, 2,000-request canary split and
+## cancellations, vLLM behind mutual TLS (about 8 minutes on 2 cores).
+test-heavy: setup test-clients
+	HF_HUB_OFFLINE=1 $(PYTEST) tests -m heavy
 
 ## The quick tier: no real model loads, no multi-process meshes.
 test-quick: setup check

@@ -83,6 +83,7 @@ def _complete(client: httpx.Client, _: int = 0) -> None:
     assert reply.json()["model"] == PUBLIC
 
 
+@pytest.mark.heavy
 def test_weights_90_10_split_2000_requests_within_3_points(mesh):
     before = {r: mesh.served(r) for r in (OLD, NEW)}
     with httpx.Client(base_url=mesh.url, timeout=120) as client:

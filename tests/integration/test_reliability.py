@@ -322,6 +322,7 @@ def test_kill_9_of_an_engine_mid_stream(mesh):
     mesh.restart(_engine_name(mesh, victim))
 
 
+@pytest.mark.heavy
 def test_2000_random_cancellations_leak_nothing(mesh):
     _wait_ready(mesh)
     gateway, engines = mesh["gateway"], _engines(mesh)

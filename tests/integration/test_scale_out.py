@@ -35,7 +35,10 @@ from tests.helpers.launcher import LauncherRun, launched
 from tests.helpers.mesh import free_port_run
 from tests.helpers.metrics import scrape, wait_until
 
-pytestmark = pytest.mark.slow  # a launcher with eight processes
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.heavy,
+]  # a launcher with eight processes, minutes of load
 
 STATIC, AUTO, ZERO = "tiny-llama", "auto", "zero"
 ENGINE = f"huggingface-{STATIC}"

@@ -157,6 +157,7 @@ async def test_control_plane_health_checks_and_discovery_speak_tls(mesh, certs):
 
 
 @pytest.mark.vllm
+@pytest.mark.heavy
 def test_vllm_engine_serves_mutual_tls(certs, model_path):
     """The vLLM engine's gRPC front behind mutual TLS: strangers refused, a Triton client with
     the mesh's certificate served."""
