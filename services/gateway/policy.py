@@ -2,11 +2,15 @@
 
 - `least_loaded`: the lowest load; among equals the one picked longest ago.
 - `prefix` (sticky until saturated): the replica holding most of the prompt's leading token
-  blocks (`PrefixIndex`), unless its load exceeds the least loaded other replica's by more than
-  `load_margin`; then the request spills to the least loaded one. A prefix score that is only one
-  weight in a sum hot-spots or dilutes, and hashing without a load term thrashes (DESIGN.md §6):
-  affinity decides, load only vetoes. A prompt no replica holds goes to the least loaded one, so
-  new prefix groups spread.
+  blocks (`PrefixIndex`), unless its cost exceeds the cheapest other replica's by more than
+  `load_margin`; then the request spills to that one. A replica's cost is its load plus the
+  prompt tokens it does not hold (the prefill a miss adds), so a spill pays for the prefix it
+  recomputes. A prefix score that is only one weight in a sum hot-spots or dilutes, and hashing
+  without a load term thrashes (DESIGN.md §6): affinity decides, load only vetoes. A prompt no
+  replica holds goes to the least loaded one, so new prefix groups spread. Of several replicas
+  holding the prompt, the one it was last sent to is its home: after a spill the prefix moves
+  with its newest copy and the old one ages out of its engine's cache, where alternating
+  between copies would keep both hot and halve every engine's room for other prefixes.
 - `session`: consistent hashing with bounded load on the request's session key: the key's
   point on a ring of virtual nodes, walking on past any replica whose in-flight count would
   exceed `ceil(session_load_factor * (total + 1) / replicas)`. A request without a session key
@@ -100,13 +104,23 @@ def pick_prefix(
     elif top == 0:
         pick = Pick(least_loaded(live, options.token_unit), AFFINITY_MISS)
     else:
-        holder = least_loaded([r for r in live if held[r.address] == top], options.token_unit)
-        others = [r for r in live if r is not holder]
-        floor = min((load(r, options.token_unit) for r in others), default=math.inf)
-        if load(holder, options.token_unit) <= floor + options.load_margin:
-            pick = Pick(holder, AFFINITY_HIT)
+        deepest = hashes[top - 1]
+        home = max(
+            (r for r in live if held[r.address] == top),
+            key=lambda r: index.last_sent(r.address, deepest),
+        )
+
+        def cost(replica: Replica) -> float:
+            uncached = (len(hashes) - held[replica.address]) * options.block_tokens
+            return load(replica, options.token_unit) + uncached / options.token_unit
+
+        others = [r for r in live if r is not home]
+        cheapest = min(others, key=lambda r: (cost(r), r.last_pick), default=None)
+        if cheapest is None or cost(home) <= cost(cheapest) + options.load_margin:
+            pick = Pick(home, AFFINITY_HIT)
         else:
-            pick = Pick(least_loaded(others, options.token_unit), SPILL)
+            pick = Pick(cheapest, SPILL)
+        pick.replica.last_pick = next(_ticket)
     pick.matched_blocks = held.get(pick.replica.address, 0)
     pick.total_blocks = len(hashes)
     pick.hashes = hashes

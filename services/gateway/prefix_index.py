@@ -9,7 +9,9 @@ full blocks only.
 
 The index keeps, per replica, the block hashes of the prompts sent there, in an LRU of at most
 `cap` entries: a write touches the prompt's blocks last-to-first, so a prompt's head is the most
-recently used part and eviction trims long tails before shared heads. The index is written
+recently used part and eviction trims long tails before shared heads. Each entry remembers
+when it was last sent (a write counter), so that of two replicas holding a prefix the policy
+can tell which one has it hot. The index is written
 after each pick (the replica will hold those blocks once it has prefilled them), and a
 replica's entries are dropped when it leaves the mesh or stops serving (a restart loses its
 cache). Memory per entry is about `ENTRY_BYTES`, so `cap` bounds the index's memory.
@@ -46,7 +48,8 @@ class PrefixIndex:
         if cap < 1:
             raise ValueError("the prefix index needs a cap of at least one block")
         self.cap = cap
-        self._blocks: dict[str, OrderedDict[int, None]] = {}
+        self._blocks: dict[str, OrderedDict[int, int]] = {}  # block hash → write number
+        self._writes = 0
 
     def matched(self, address: str, hashes: Sequence[int]) -> int:
         """How many of the prompt's leading blocks `address` holds."""
@@ -60,6 +63,11 @@ class PrefixIndex:
             count += 1
         return count
 
+    def last_sent(self, address: str, block: int) -> int:
+        """The write that last sent `block` to `address` (higher is later; 0: never)."""
+        held = self._blocks.get(address)
+        return held.get(block, 0) if held else 0
+
     def best(self, addresses: Iterable[str], hashes: Sequence[int]) -> dict[str, int]:
         """Leading blocks held, for each of `addresses`."""
         return {address: self.matched(address, hashes) for address in addresses}
@@ -67,8 +75,9 @@ class PrefixIndex:
     def record(self, address: str, hashes: Sequence[int]) -> None:
         """`address` now holds these blocks: touch them (head last), evict beyond the cap."""
         held = self._blocks.setdefault(address, OrderedDict())
+        self._writes += 1
         for block in reversed(hashes):
-            held[block] = None
+            held[block] = self._writes
             held.move_to_end(block)
         while len(held) > self.cap:
             held.popitem(last=False)

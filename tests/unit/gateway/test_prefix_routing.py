@@ -136,6 +136,29 @@ def test_a_saturated_holder_spills_to_the_least_loaded():
     assert pick_prefix("m", [a, b, c], prompt, index, OPTIONS).replica is a
 
 
+def test_a_spill_pays_for_the_prefix_it_recomputes():
+    index, (a, b) = PrefixIndex(1000), replicas(2)
+    prompt = list(range(64))  # 16 blocks: a miss adds 0.64 of a request's load
+    index.record(a.address, block_hashes("m", prompt, 4))
+    a.in_flight, a.pending_tokens = 2, 50  # load 2.5: more than b's 0 + margin 2 ...
+    pick = pick_prefix("m", [a, b], prompt, index, OPTIONS)
+    assert (pick.replica, pick.reason) == (a, AFFINITY_HIT)  # ... but not than b's 0.64 + 2
+    a.pending_tokens = 70
+    assert pick_prefix("m", [a, b], prompt, index, OPTIONS).reason == SPILL
+
+
+def test_a_spilled_prefix_moves_with_its_newest_copy():
+    index, (a, b) = PrefixIndex(1000), replicas(2)
+    prompt = list(range(64))
+    index.record(a.address, block_hashes("m", prompt, 4))
+    a.in_flight = 5
+    assert pick_prefix("m", [a, b], prompt, index, OPTIONS).replica is b  # spills
+    a.in_flight = 0
+    # both hold it now; it stays with b instead of alternating between the two copies
+    picks = [pick_prefix("m", [a, b], prompt + [i] * 4, index, OPTIONS) for i in range(6)]
+    assert [(p.replica, p.reason) for p in picks] == [(b, AFFINITY_HIT)] * 6
+
+
 def test_sessions_stay_put_while_not_overloaded_and_move_little():
     live = replicas(4)
     homes = {f"s{i}": pick_session(f"s{i}", live, 1.25).replica for i in range(200)}
