@@ -16,11 +16,12 @@ set -euo pipefail
 out="${1:-certs}"
 shift || true
 days="${HFMESH_CERT_DAYS:-365}"
+# Found before the cd below: "$0" may be a relative path (scripts/make_dev_certs.sh).
+compose="$(cd "$(dirname "$0")/.." && pwd)/deploy/compose/compose.yaml"
 mkdir -p "$out"
 cd "$out"
 
 names=(localhost hfmesh control-plane tokenizer gateway)
-compose="$(dirname "$0")/../deploy/compose/compose.yaml"
 if [[ -f "$compose" ]]; then
     # Every service of the generated compose file (two-space indented keys under services:).
     while read -r name; do names+=("$name"); done < <(

@@ -42,6 +42,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common import tracing
 from services.common.errors import GENERIC_INTERNAL_MESSAGE, HfmeshError, Unavailable
+from services.common.health import HealthServicer
 from services.common.interceptors import streaming_handler
 from services.common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.common.pb import inference_pb2, pool
@@ -183,25 +184,6 @@ def _reflection_pool():
     return pool.POOL
 
 
-class _HealthServicer(health.aio.HealthServicer):
-    """`grpc.health.v1` whose Watch streams end once the server drains: an open watch (the
-    gateway holds one on every replica) would otherwise hold `server.stop(grace)` for the whole
-    grace. The watcher sees its stream end and its next Watch refused."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.closing = asyncio.Event()
-
-    async def Watch(self, request: health_pb2.HealthCheckRequest, context) -> None:
-        watching = asyncio.ensure_future(super().Watch(request, context))
-        closing = asyncio.ensure_future(self.closing.wait())
-        try:
-            await asyncio.wait({watching, closing}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watching.cancel()
-            closing.cancel()
-
-
 class GrpcServiceRunner:
     """Owns one `grpc.aio` server: health, reflection, error interceptor, drain."""
 
@@ -239,7 +221,7 @@ class GrpcServiceRunner:
                 ("grpc.http2.max_ping_strikes", 0),
             ],
         )
-        self.health = _HealthServicer()
+        self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._service_names = [OIP_SERVICE, *extra_service_names]
         reflection.enable_server_reflection(
@@ -317,7 +299,7 @@ class GrpcServiceRunner:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.interceptor.idle.wait(), self.grace_seconds)
         left = max(0.0, self.grace_seconds - (time.monotonic() - started))
-        self.health.closing.set()  # watches (which saw NOT_SERVING) end only now
+        await self.health.close_watches()  # watches (which saw NOT_SERVING) end only now
         await self.server.stop(left)
 
 

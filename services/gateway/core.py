@@ -248,7 +248,7 @@ class MeshClient:
             route.engine_model, input_ids, sampling, logprobs=logprobs, request_id=call.request_id
         )
         wanted = RouteRequest(input_ids=input_ids, session=call.session)
-        tried: set = set()
+        tried: set[Replica] = set()
         while True:
             pick = await self.engine(route, call, tried, wanted)
             replica = pick.replica
@@ -269,14 +269,7 @@ class MeshClient:
             except Unavailable as error:
                 if started:
                     raise
-                logger.warning(
-                    "engine %s unavailable for %s (%s); trying another",
-                    replica.address,
-                    route.name,
-                    error.message,
-                )
-                replica.mark_failed()
-                tried.add(replica)
+                _skip_replica(replica, route, error, tried)
                 continue
             finally:
                 replica.in_flight -= 1
@@ -395,21 +388,35 @@ class MeshClient:
         self, route: ModelRoute, request: InferRequest, call: CallContext
     ) -> InferResponse:
         """One unary engine call, skipping replicas that answer UNAVAILABLE."""
-        tried: set = set()
+        tried: set[Replica] = set()
         while True:
             replica = (await self.engine(route, call, tried)).replica
             replica.in_flight += 1
             try:
                 return await rpc.infer(replica, request, call)
-            except Unavailable:
-                replica.mark_failed()
-                tried.add(replica)
+            except Unavailable as error:
+                _skip_replica(replica, route, error, tried)
             finally:
                 replica.in_flight -= 1
 
     async def engine_metadata(self, route: ModelRoute, call: CallContext) -> dict[str, Any]:
         replica = (await self.engine(route, call)).replica
         return await rpc.model_metadata(replica, route.name, call)
+
+
+def _skip_replica(
+    replica: Replica, route: ModelRoute, error: Unavailable, tried: set[Replica]
+) -> None:
+    """An engine replica answered UNAVAILABLE before any output: said in the log (the
+    client's 503 then names no replica), skipped for a cooldown and by this request."""
+    logger.warning(
+        "engine %s unavailable for %s (%s); trying another",
+        replica.address,
+        route.name,
+        error.message,
+    )
+    replica.mark_failed()
+    tried.add(replica)
 
 
 def _pad(rows: list[list[int]]) -> dict[str, np.ndarray]:

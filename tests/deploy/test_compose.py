@@ -115,6 +115,32 @@ def test_engines_serve_the_model_list(compose_doc, mesh_doc):
     )
 
 
+def test_replicas_register_under_the_address_the_model_list_names(compose_doc, mesh_doc):
+    """One endpoint per container: registered under its container IP, an engine would also
+    be published at that IP beside its model-list name, and count as two replicas."""
+    services = mesh_services(compose_doc)
+    listed = {
+        address
+        for entry in mesh_doc["models"]
+        for addresses in entry["endpoints"].values()
+        for address in addresses
+    }
+    registering = {
+        name: s
+        for name, s in services.items()
+        if "HFMESH_CONTROL_PLANE" in s["environment"] and image_of(s) != "gateway"
+    }
+    assert "tokenizer" in registering and "hf-tiny-sentiment" in registering
+    for name, service in registering.items():
+        host = service["environment"].get("HFMESH_ADVERTISE_HOST")
+        assert host is not None, f"{name} registers without HFMESH_ADVERTISE_HOST"
+        assert f"{host}:{settings_of(service).port}" in listed, name
+        # a GPU twin answers under its CPU twin's name (its network alias)
+        assert host == name.removesuffix("-gpu"), name
+        if name.endswith("-gpu"):
+            assert host in service["networks"]["default"]["aliases"], name
+
+
 def profiles_of(service: dict[str, Any]) -> list[str]:
     return service.get("profiles", [])
 

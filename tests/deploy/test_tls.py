@@ -120,3 +120,24 @@ def test_k8s_component_mounts_the_secret_and_probes_over_tls(rendered):
             assert "grpc" not in container[probe], (name, probe)
             command = container[probe]["exec"]["command"]
             assert command == ["python", "-m", "services.common.healthcheck", "grpc", str(port)]
+
+
+def test_dev_certificate_names_every_compose_service_when_run_by_a_relative_path(
+    compose_doc, tmp_path
+):
+    """`scripts/make_dev_certs.sh DIR`, as docs/tls.md says to run it from the repository root:
+    the certificate names every service the overlay's members dial (engines included)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl")
+    out = tmp_path / "certs"
+    subprocess.run(
+        ["scripts/make_dev_certs.sh", str(out)], cwd=ROOT, check=True, capture_output=True
+    )
+    text = subprocess.run(
+        ["openssl", "x509", "-in", str(out / "mesh.pem"), "-noout", "-ext", "subjectAltName"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    names = {part.strip().removeprefix("DNS:") for part in text.split("\n", 1)[1].split(",")}
+    assert hfmesh_services(compose_doc) <= names, hfmesh_services(compose_doc) - names
