@@ -83,10 +83,10 @@ RESPONSE_START_BUCKETS = (
     0.1,
     0.25,
     0.5,
-    1.0,
+    1,
     2.5,
-    10.0,
-    60.0,
+    10,
+    60,
 )
 OUTCOMES = ("success", "client_error", "rejected", "cancelled", "server_error")
 _GENAI_LABELS = ["gen_ai_operation_name", "gen_ai_request_model"]
