@@ -1,70 +1,158 @@
 """Overload: admitted latency and refusal speed at 1×, capacity and 2× capacity.
 
     python bench/overload.py [--per-replica 8] [--seconds 30] [--max-tokens 32]
-                             [--model tiny-llama]
+                             [--model tiny-llama] [--omp-wait-policy default|passive|active]
+                             [--num-threads 0] [--client aiohttp|httpx]
 
-Starts tiny-llama on one HF engine, the tokenizer and the gateway as real processes, the
-gateway admitting `--per-replica` streams with no wait queue. Then three phases of
-`--seconds` each, clients looping streamed chats of exactly `--max-tokens` tokens:
-one client (unloaded), `per-replica` clients (at capacity) and twice that (2× capacity).
-Prints, per phase, the admitted streams' TTFT p50/p99, how many were refused (503) and
-how fast a refusal came back (p50/p99), and the 2× phase's TTFT p99 over the unloaded one
-(target ≤ 2) and over the at-capacity one.
+Starts tiny-llama on one HF engine (with `--omp-wait-policy` and `--num-threads` as its
+`--omp_wait_policy` and `--num_threads`),
+the tokenizer and the gateway as real processes, the gateway admitting `--per-replica`
+streams with no wait queue. Then three phases of `--seconds` each, clients looping
+streamed chats of exactly `--max-tokens` tokens: one client (unloaded), `per-replica`
+clients (at capacity) and twice that (2× capacity). A refused client waits a tenth of the
+answer's Retry-After before it asks again.
+
+Prints, per phase, the admitted streams' TTFT p50/p99 as the client saw them, how many
+were refused (503) and how fast a refusal came back: as the client saw it, and inside the
+gateway (`hfmesh_gateway_response_start_seconds`, interpolated within its buckets as
+Prometheus' `histogram_quantile` does), and the 1-minute load average at the phase's end;
+then the 2× phase's TTFT p99 over the unloaded one (target ≤ 2) and over the at-capacity
+one. The clients share the machine with the mesh: `--client aiohttp` (default) costs them
+less CPU than `httpx`, whose own event-loop delays show up in what it measures.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import signal
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 
 from bench.soak import quantile  # noqa: E402
 from services.models.cache import ensure_model  # noqa: E402
 from tests.helpers.mesh import model_entry, running_mesh  # noqa: E402
+from tests.helpers.metrics import scrape  # noqa: E402
+
+PATH = "/openai/v1/chat/completions"
+REFUSAL_SECONDS = "hfmesh_gateway_response_start_seconds_bucket"
+
+#: One chat: its status, Retry-After, and seconds to its first event (200; None if none
+#: came) or to the whole refusal (503).
+Outcome = tuple[int, str | None, float | None]
 
 
-async def _phase(url: str, clients: int, seconds: float, max_tokens: int) -> dict:
-    ttfts: list[float] = []
-    refusals: list[float] = []
-    body = {
+def _body(max_tokens: int) -> dict:
+    return {
         "model": "llm",
         "messages": [{"role": "user", "content": "Tell me a story."}],
         "max_tokens": max_tokens,
         "ignore_eos": True,
         "stream": True,
     }
+
+
+async def _closed_loop(
+    clients: int, seconds: float, chat: Callable[[], Awaitable[Outcome]]
+) -> dict[str, list[float]]:
+    ttfts: list[float] = []
+    refusals: list[float] = []
     stop = time.monotonic() + seconds
 
-    async def client(http: httpx.AsyncClient) -> None:
+    async def client() -> None:
         while time.monotonic() < stop:
-            started = time.monotonic()
-            async with http.stream("POST", "/openai/v1/chat/completions", json=body) as reply:
-                if reply.status_code == 503:
-                    await reply.aread()
-                    refusals.append(time.monotonic() - started)
-                    await asyncio.sleep(float(reply.headers.get("retry-after", "1")) / 10)
-                    continue
-                first = True
-                async for line in reply.aiter_lines():
-                    if first and line.startswith("data: {"):
-                        first = False
-                        ttfts.append(time.monotonic() - started)
+            status, retry_after, took = await chat()
+            if status == 503 and took is not None:
+                refusals.append(took)
+                await asyncio.sleep(float(retry_after or "1") / 10)
+            elif status != 200:
+                raise RuntimeError(f"the gateway answered {status}")
+            elif took is not None:
+                ttfts.append(took)
 
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return {"ttft": ttfts, "refused": refusals}
+
+
+async def _phase_aiohttp(url: str, clients: int, seconds: float, body: dict) -> dict:
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
+
+        async def chat() -> Outcome:
+            started = time.monotonic()
+            async with session.post(PATH, json=body) as reply:
+                if reply.status != 200:
+                    await reply.read()
+                    took = time.monotonic() - started
+                    return reply.status, reply.headers.get("Retry-After"), took
+                first = None
+                async for line in reply.content:
+                    if first is None and line.startswith(b"data: {"):
+                        first = time.monotonic() - started
+                return 200, None, first
+
+        return await _closed_loop(clients, seconds, chat)
+
+
+async def _phase_httpx(url: str, clients: int, seconds: float, body: dict) -> dict:
     limits = httpx.Limits(max_connections=clients + 4)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
-        await asyncio.gather(*(client(http) for _ in range(clients)))
-    return {"ttft": ttfts, "refused": refusals}
+
+        async def chat() -> Outcome:
+            started = time.monotonic()
+            async with http.stream("POST", PATH, json=body) as reply:
+                if reply.status_code != 200:
+                    await reply.aread()
+                    took = time.monotonic() - started
+                    return reply.status_code, reply.headers.get("retry-after"), took
+                first = None
+                async for line in reply.aiter_lines():
+                    if first is None and line.startswith("data: {"):
+                        first = time.monotonic() - started
+                return 200, None, first
+
+        return await _closed_loop(clients, seconds, chat)
+
+
+def _refusal_buckets(url: str) -> dict[float, float]:
+    """The gateway's cumulative 503 counts of the OpenAI routes by bucket bound."""
+    buckets = {}
+    for sample, count in scrape(f"{url}/metrics").items():
+        if sample.startswith(REFUSAL_SECONDS) and 'status="503"' in sample:
+            if 'family="openai"' in sample:
+                bound = sample.split('le="')[1].split('"')[0]
+                buckets[float(bound)] = count
+    return buckets
+
+
+def bucket_quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float:
+    """`histogram_quantile` over what the buckets gained between two scrapes."""
+    bounds = sorted(after)
+    gained = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not gained or gained[-1] <= 0:
+        return float("nan")
+    rank = q * gained[-1]
+    lower, below = 0.0, 0.0
+    for bound, count in zip(bounds, gained, strict=True):
+        if count >= rank:
+            if math.isinf(bound):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = bound, count
+    return lower
 
 
 def main() -> int:
@@ -77,12 +165,35 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="seconds per phase")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--model", default="tiny-llama")
+    parser.add_argument(
+        "--omp-wait-policy",
+        choices=("default", "passive", "active"),
+        default="default",
+        help="the HF engine's --omp_wait_policy",
+    )
+    parser.add_argument(
+        "--num-threads", type=int, default=0, help="the HF engine's --num_threads (0: torch's)"
+    )
+    parser.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp")
     args = parser.parse_args()
     env = {
         "HFMESH_MAX_IN_FLIGHT_PER_REPLICA": str(args.per_replica),
         "HFMESH_MAX_QUEUED_PER_REPLICA": "0",
     }
-    llm = model_entry("llm", str(ensure_model(args.model)), "text_generation", max_model_len=512)
+    llm = model_entry(
+        "llm",
+        str(ensure_model(args.model)),
+        "text_generation",
+        max_model_len=512,
+        engine_args=[
+            "--omp_wait_policy",
+            args.omp_wait_policy,
+            "--num_threads",
+            str(args.num_threads),
+        ],
+    )
+    phase = _phase_aiohttp if args.client == "aiohttp" else _phase_httpx
+    body = _body(args.max_tokens)
     phases = {
         "unloaded (c=1)": 1,
         "at capacity": args.per_replica,
@@ -92,23 +203,33 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         with running_mesh([llm], Path(folder), env=env) as mesh:
             url = mesh["gateway"].url
-            asyncio.run(_phase(url, args.per_replica, 5, args.max_tokens))  # warm-up
+            asyncio.run(phase(url, args.per_replica, 5, body))  # warm-up
             for name, clients in phases.items():
-                results[name] = asyncio.run(_phase(url, clients, args.seconds, args.max_tokens))
+                before = _refusal_buckets(url)
+                results[name] = asyncio.run(phase(url, clients, args.seconds, body))
+                results[name]["load"] = os.getloadavg()[0]
+                after = _refusal_buckets(url)
+                results[name]["server"] = [bucket_quantile(q, before, after) for q in (0.5, 0.99)]
     print(
-        f"\noverload: {args.model} on one HF engine, {args.per_replica} admission slots, no "
-        f"queue, {args.max_tokens} tokens per stream, {args.seconds:.0f} s per phase"
+        f"\noverload: {args.model} on one HF engine (--omp_wait_policy {args.omp_wait_policy}, "
+        f"--num_threads {args.num_threads}), "
+        f"{args.per_replica} admission slots, no queue, {args.max_tokens} tokens per stream, "
+        f"{args.seconds:.0f} s per phase, {args.client} clients"
     )
     print(
-        f"{'phase':<18}{'clients':>8}{'streams':>9}{'TTFT p50':>10}{'TTFT p99':>10}"
-        f"{'refused':>9}{'503 p50':>9}{'503 p99':>9}"
+        f"{'phase':<16}{'clients':>8}{'streams':>8}{'TTFT p50':>10}{'TTFT p99':>10}"
+        f"{'refused':>8}{'503 p50':>9}{'503 p99':>9}{'gw 503 p50':>12}{'gw 503 p99':>12}"
+        f"{'load':>6}"
     )
     for name, clients in phases.items():
         ttft, refused = results[name]["ttft"], results[name]["refused"]
+        server = results[name]["server"]
         print(
-            f"{name:<18}{clients:>8}{len(ttft):>9}{quantile(ttft, 0.5) * 1000:>8.0f}ms"
-            f"{quantile(ttft, 0.99) * 1000:>8.0f}ms{len(refused):>9}"
+            f"{name:<16}{clients:>8}{len(ttft):>8}{quantile(ttft, 0.5) * 1000:>8.0f}ms"
+            f"{quantile(ttft, 0.99) * 1000:>8.0f}ms{len(refused):>8}"
             f"{quantile(refused, 0.5) * 1000:>7.1f}ms{quantile(refused, 0.99) * 1000:>7.1f}ms"
+            f"{server[0] * 1000:>10.2f}ms{server[1] * 1000:>10.2f}ms"
+            f"{results[name]['load']:>6.1f}"
         )
     over = quantile(results["2x capacity"]["ttft"], 0.99)
     print(

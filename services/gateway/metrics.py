@@ -71,6 +71,23 @@ TIME_PER_OUTPUT_TOKEN_BUCKETS = (
     1.0,
     2.5,
 )
+#: Time to an answer's status: a refusal takes well under a millisecond of gateway work.
+RESPONSE_START_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    10,
+    60,
+)
 OUTCOMES = ("success", "client_error", "rejected", "cancelled", "server_error")
 _GENAI_LABELS = ["gen_ai_operation_name", "gen_ai_request_model"]
 
@@ -199,6 +216,14 @@ class GatewayMetrics:
             "hfmesh_gateway_outcomes",
             "HTTP requests finished, by route family and outcome",
             ["family", "outcome"],
+            registry=self.registry,
+        )
+        self.response_start = Histogram(
+            "hfmesh_gateway_response_start_seconds",
+            "request in the gateway's app → its response status sent, by route family and "
+            "status (a 503 refusal: all its work; a stream: until its first event is ready)",
+            ["family", "status"],
+            buckets=RESPONSE_START_BUCKETS,
             registry=self.registry,
         )
         self.request_duration = Histogram(

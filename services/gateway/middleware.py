@@ -2,8 +2,9 @@
 
 - `RequestIdMiddleware`: accepts or generates `X-Request-Id`, binds it for
   logging and the gRPC hops, echoes it on the response.
-- `AccessMiddleware`: request counts, outcomes and in-flight gauge, the GenAI
-  metrics of inference requests; 499 logged for clients that went away.
+- `AccessMiddleware`: request counts, outcomes and in-flight gauge, the time to each
+  answer's status (a refusal's whole cost inside the gateway), the GenAI metrics of
+  inference requests; 499 logged for clients that went away.
 - `RequestGuardMiddleware`: headers over their limit → 431, bodies over theirs → 413
   (by Content-Length up front, or while reading a chunked body), a body that is not
   UTF-8 or nests too deep → 400, on every route family.
@@ -78,17 +79,19 @@ class RequestIdMiddleware:
 
 
 class ResponseWatch:
-    """Wraps `send`: the response's status once started, and whether its body was finished
-    (a streamed body cut short by a client that went away is not)."""
+    """Wraps `send`: the response's status and when it started, and whether its body was
+    finished (a streamed body cut short by a client that went away is not)."""
 
     def __init__(self, send: Send) -> None:
         self._send = send
         self.status: int | None = None
+        self.started_at: float | None = None
         self.complete = False
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
+            self.started_at = time.monotonic()
         elif message["type"] == "http.response.body" and not message.get("more_body"):
             self.complete = True
         await self._send(message)
@@ -134,6 +137,10 @@ class AccessMiddleware:
             outcome = outcome_of(code, response.complete)
             if counted:
                 self.metrics.outcomes.labels(family, outcome).inc()
+                if response.started_at is not None:
+                    self.metrics.response_start.labels(family, str(code)).observe(
+                        response.started_at - started
+                    )
             error_type = {"success": "", "cancelled": "cancelled"}.get(outcome, str(code))
             self.metrics.observe_genai(genai_record, error_type)
             if code == 499:

@@ -54,6 +54,12 @@ async def test_over_capacity_is_503_with_retry_after_and_the_queue_drains(slow):
             metrics = (await client.get("/metrics")).text
             assert 'hfmesh_gateway_admission_refused_total{model="llm"} 2.0' in metrics
             assert 'hfmesh_gateway_admission_queued{model="llm"} 1.0' in metrics
+            # how long each refusal took inside the gateway, by route family
+            for family in ("openai", "v1"):
+                count = (
+                    f'hfmesh_gateway_response_start_seconds_count{{family="{family}",status="503"}}'
+                )
+                assert f"{count} 1.0" in metrics
             assert (await first).status_code == 200
             assert (await queued).status_code == 200
         assert gate.in_use == 0 and not gate.queue

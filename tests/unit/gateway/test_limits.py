@@ -3,10 +3,13 @@ and each content limit is a 400 naming its setting, before any engine work."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
-from services.gateway.limits import json_depth
+from services.common.errors import InvalidArgument
+from services.gateway.limits import check_json_body, json_depth
 from services.gateway.settings import load_settings
 from tests.unit.gateway.conftest import serve_gateway
 
@@ -46,6 +49,17 @@ def test_json_depth_ignores_brackets_in_strings():
     assert json_depth(b'{"a": "[[[[[[", "b": [[1], {"c": "\\"]]]]"}]}') == 3
     assert json_depth(b'"no containers"') == 0
     assert json_depth(b"[" * 70 + b"]" * 70) == 70
+    assert json_depth(b'[[{"a": [') == 4  # unclosed: as deep as it got
+
+
+def test_the_depth_limit_counts_nesting_not_brackets():
+    check_json_body(b"[" * 64 + b"]" * 64, max_depth=64)
+    with pytest.raises(InvalidArgument, match="nests 65 levels deep; the limit is 64"):
+        check_json_body(b"[" * 65 + b"]" * 65, max_depth=64)
+    siblings = json.dumps({"messages": [{"role": "user", "content": "[{" * 50}] * 100}).encode()
+    check_json_body(siblings, max_depth=3)
+    with pytest.raises(InvalidArgument, match="nests 3 levels deep; the limit is 2"):
+        check_json_body(siblings, max_depth=2)
 
 
 async def test_depth_within_the_limit_still_works(http):
