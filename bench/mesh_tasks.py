@@ -46,12 +46,12 @@ import numpy as np  # noqa: E402
 from tritonclient.grpc import service_pb2  # noqa: E402
 
 from bench.engine_hf import SENTENCES  # noqa: E402
+from bench.profiling import Profile  # noqa: E402
 from services.launcher.processes import free_port, start_service  # noqa: E402
 from services.models.cache import ensure_model  # noqa: E402
 from tests.helpers.mesh import model_entry, running_mesh  # noqa: E402
 
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
-PROFILE_RATE = 200  # py-spy samples per second
 DOCUMENTS = [
     "Paris is the capital of France.",
     "The Eiffel Tower stands in Paris.",
@@ -329,9 +329,6 @@ def print_rows(spec: TaskSpec, concurrency: int, measures: dict[str, Measure], h
 def profile(args, spec: TaskSpec, mesh, folder: Path) -> None:
     """`py-spy record` on the gateway, the tokenizer and the engine while `spec` runs through
     the mesh at the first `--concurrency`; prints each process's heaviest functions."""
-    import subprocess
-
-    spy = Path(sys.executable).with_name("py-spy")
     pids = {
         "gateway": mesh["gateway"].process.pid,
         "tokenizer": mesh["tokenizer"].process.pid,
@@ -339,42 +336,10 @@ def profile(args, spec: TaskSpec, mesh, folder: Path) -> None:
     }
     concurrency = args.concurrency[0]
     asyncio.run(mesh_load(mesh, spec, concurrency, 1.0))  # warm-up
-    recorders = {
-        name: subprocess.Popen(
-            [
-                str(spy),
-                "record",
-                "--pid",
-                str(pid),
-                "--duration",
-                str(int(args.profile)),
-                "--rate",
-                str(PROFILE_RATE),
-                "--format",
-                "raw",
-                "--nonblocking",
-                "--threads",
-                "--output",
-                str(folder / f"{name}.txt"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for name, pid in pids.items()
-    }
+    recording = Profile(pids, args.profile, folder)
     rate = asyncio.run(mesh_load(mesh, spec, concurrency, args.profile))
-    for recorder in recorders.values():
-        recorder.wait()
     print(f"{spec.key} through the mesh at c={concurrency}: {rate:.1f} req/s while profiled")
-    for name in pids:
-        samples, ranked = heaviest(folder / f"{name}.txt", args.profile_top)
-        print(
-            f"\n{name}: {samples / PROFILE_RATE / args.profile:.2f} cores busy "
-            f"({samples} samples); share of them per function (inclusive), top {args.profile_top}"
-        )
-        for share, function in ranked:
-            print(f"  {share * 100:5.1f}%  {function}")
-    print(f"\ncollapsed stacks (flamegraph.pl / speedscope input): {folder}")
+    recording.report(args.profile_top)
 
 
 async def mesh_load(mesh, spec: TaskSpec, concurrency: int, duration: float) -> float:
@@ -382,26 +347,6 @@ async def mesh_load(mesh, spec: TaskSpec, concurrency: int, duration: float) -> 
         context = {"sessions": {"mesh": session}}
         seconds, latencies = await run_target("mesh", spec, concurrency, duration, context)
     return len(latencies) / seconds
-
-
-def heaviest(path: Path, top: int) -> tuple[int, list[tuple[float, str]]]:
-    """(samples, functions by the share of samples whose stack holds them), from collapsed
-    stacks of active threads only: samples / rate is CPU-busy thread time."""
-    counts: dict[str, int] = {}
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, number = line.rpartition(" ")
-        if not stack:
-            continue
-        samples = int(number)
-        total += samples
-        frames = {
-            frame.split(" (")[0] + " (" + frame.rsplit("/", 1)[-1] for frame in stack.split(";")
-        }
-        for frame in frames:
-            counts[frame] = counts.get(frame, 0) + samples
-    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
-    return total, [(n / max(total, 1), frame) for frame, n in ranked]
 
 
 def levels(text: str) -> list[int]:
