@@ -21,6 +21,11 @@ to the engine called directly, and the CPU each process used per request (ms) â€
 (the one measured), tokenizer, engine, this client. The
 `embeddings x32` row sends 32 sentences per request. Reference measured on this 2-core
 machine: KServe's HF server 69 / 71 / 67 req/s at c=1 / 8 / 32 (it batches nothing).
+
+`--peer infinity` adds a target to the embeddings rows: Infinity (`bench/infinity_peer.py`,
+installed into a venv of its own on first use) serving the same model folder, sent the same
+request bodies on its OpenAI-compatible `/embeddings`; its one process's CPU is shown under
+"engine", and its row ends with the mesh's req/s over its own.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -45,6 +51,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from tritonclient.grpc import service_pb2  # noqa: E402
 
+from bench import infinity_peer  # noqa: E402
 from bench.engine_hf import SENTENCES  # noqa: E402
 from bench.profiling import Profile  # noqa: E402
 from services.launcher.processes import free_port, start_service  # noqa: E402
@@ -176,9 +183,11 @@ async def run_target(
     duration: float,
     context: dict[str, Any],
 ) -> tuple[float, list[float]]:
-    if target in ("mesh", "split"):
+    if target in ("mesh", "split", PEER):
         session: aiohttp.ClientSession = context["sessions"][target]
         bodies = [spec.http(i) for i in range(64)]
+        if target == PEER:  # the same bodies on Infinity's route
+            bodies = [("/embeddings", body) for _, body in bodies]
 
         async def call(i: int) -> None:
             path, body = bodies[i % len(bodies)]
@@ -246,9 +255,32 @@ def forward_limit(spec: TaskSpec):
 
 TARGETS = ("mesh", "split", "engine", "forward")
 PROCESSES = ("gateway", "tokenizer", "engine", "client")
+PEER = "infinity"
 
 
-async def bench(args, specs: list[TaskSpec], mesh, split) -> list[tuple[TaskSpec, int, dict]]:
+def peer_serves(spec: TaskSpec) -> bool:
+    """Infinity is measured on the rows of the model it serves (embeddings, x32 too)."""
+    return spec.folder == TASKS["embeddings"].folder
+
+
+async def check_peer(session: aiohttp.ClientSession, mesh: aiohttp.ClientSession) -> float:
+    """The cosine of Infinity's and the mesh's embedding of one sentence: both must serve the
+    same model (â‰ˆ 1.0), or the comparison means nothing."""
+    path, body = TASKS["embeddings"].http(0)
+    vectors = []
+    for client, route in ((session, "/embeddings"), (mesh, path)):
+        async with client.post(route, json=body) as reply:
+            data = await reply.json()
+            if reply.status != 200:
+                raise RuntimeError(f"{route} answered {reply.status}: {data}")
+        vectors.append(np.asarray(data["data"][0]["embedding"], dtype=np.float64))
+    a, b = vectors
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+async def bench(
+    args, specs: list[TaskSpec], mesh, split, peer=None
+) -> list[tuple[TaskSpec, int, dict]]:
     gateways = {"mesh": mesh["gateway"], "split": split}
     engines = {spec.model: mesh.engine(spec.model) for spec in specs}
     channels = {m: grpc.aio.insecure_channel(e.address) for m, e in engines.items()}
@@ -264,22 +296,31 @@ async def bench(args, specs: list[TaskSpec], mesh, split) -> list[tuple[TaskSpec
         ) as split_session,
     ):
         sessions = {"mesh": auto, "split": split_session}
+        if peer is not None:
+            sessions[PEER] = aiohttp.ClientSession(
+                peer.url, timeout=timeout, connector=aiohttp.TCPConnector(limit=0)
+            )
+            cosine = await check_peer(sessions[PEER], auto)
+            print(f"Infinity vs mesh, one sentence: embedding cosine {cosine:.6f}\n")
         context = {"sessions": sessions, "channels": channels, "forwards": forwards}
         for spec in specs:
             engine_pid = engines[spec.model].process.pid
             levels = args.batch_concurrency if spec.key == "embeddings-x32" else args.concurrency
+            targets = TARGETS + ((PEER,) if peer is not None and peer_serves(spec) else ())
             for concurrency in levels:
-                measures = {target: Measure() for target in TARGETS}
-                for target in TARGETS:  # warm-up: not counted
+                measures = {target: Measure() for target in targets}
+                for target in targets:  # warm-up: not counted
                     await run_target(target, spec, concurrency, min(1.0, args.duration), context)
                 for _ in range(args.rounds):
-                    for target in TARGETS:
+                    for target in targets:
                         procs = {
                             "gateway": gateways.get(target, mesh["gateway"]).process.pid,
                             "tokenizer": mesh["tokenizer"].process.pid,
                             "engine": engine_pid,
                             "client": None,
                         }
+                        if target == PEER:  # one process does it all
+                            procs = {"engine": peer.process.pid, "client": None}
                         before = {name: cpu_seconds(pid) for name, pid in procs.items()}
                         seconds, latencies = await run_target(
                             target, spec, concurrency, args.duration, context
@@ -293,6 +334,8 @@ async def bench(args, specs: list[TaskSpec], mesh, split) -> list[tuple[TaskSpec
                             measure.cpu[name] = measure.cpu.get(name, 0.0) + used
                 results.append((spec, concurrency, measures))
                 print_rows(spec, concurrency, measures, header=len(results) == 1)
+        if peer is not None:
+            await sessions[PEER].close()
     for channel in channels.values():
         await channel.close()
     return results
@@ -313,15 +356,16 @@ def print_rows(spec: TaskSpec, concurrency: int, measures: dict[str, Measure], h
     name = spec.key + (f" x{spec.inputs}" if spec.inputs > 1 and spec.task != "rerank" else "")
     for target, m in measures.items():
         cpu = " ".join(
-            f"{m.cpu.get(p, 0.0) * 1000 / max(m.requests, 1):>6.2f}"
-            if target != "forward"
+            f"{m.cpu[p] * 1000 / max(m.requests, 1):>6.2f}"
+            if p in m.cpu and target != "forward"
             else f"{'':>6}"
             for p in PROCESSES
         )
+        peer = f"   mesh/{PEER} {measures['mesh'].rate() / m.rate():.2f}x" if target == PEER else ""
         print(
             f"{name:<24} {concurrency:>4} {target:<8} {m.rate():>8.1f} "
             f"{m.rate() * spec.inputs:>9.1f} {m.p(50):>8.1f} {m.p(99):>8.1f} "
-            f"{m.rate() / engine_rate:>8.2f}x   {'':>11} {cpu}",
+            f"{m.rate() / engine_rate:>8.2f}x   {'':>11} {cpu}{peer}",
             flush=True,
         )
 
@@ -383,9 +427,18 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="environment of every mesh process (repeatable), e.g. OMP_WAIT_POLICY=PASSIVE",
+        help="environment of every mesh process and the peer (repeatable), e.g. "
+        "OMP_WAIT_POLICY=PASSIVE",
+    )
+    parser.add_argument(
+        "--peer",
+        choices=[PEER],
+        help="also serve all-MiniLM-L6-v2 with this server (installed into its own venv on "
+        "first use) and measure it on the embeddings rows, alternating with the others",
     )
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so that the services this bench started are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     specs = []
     for key in args.tasks.split(","):
         if key == "embeddings-x32":
@@ -395,6 +448,8 @@ def main() -> None:
             specs.append(TASKS[key])
         else:
             parser.error(f"unknown task {key!r}")
+    if args.peer and not any(peer_serves(spec) for spec in specs):
+        parser.error("--peer infinity serves the embeddings model: add embeddings to --tasks")
     entries = {}
     for spec in specs:
         entries[spec.model] = model_entry(spec.model, str(ensure_model(spec.folder)), spec.task)
@@ -402,6 +457,7 @@ def main() -> None:
         f"encoder tasks on {os.cpu_count()} CPU cores, {args.rounds} rounds x {args.duration:g} s "
         "per target, targets alternating (mesh / engine / forward)\n"
     )
+    peer_cli = infinity_peer.ensure_installed() if args.peer else None
     folder = Path(tempfile.mkdtemp(prefix="hfmesh-bench-"))
     env = dict(item.split("=", 1) for item in args.env)
     with running_mesh(list(entries.values()), folder, env=env or None) as m:
@@ -418,9 +474,15 @@ def main() -> None:
             env=env or None,
             log_dir=folder,
         )
+        peer = None
         try:
-            asyncio.run(bench(args, specs, m, split))
+            if peer_cli is not None:
+                model = ensure_model(TASKS["embeddings"].folder)
+                peer = infinity_peer.start_infinity(peer_cli, model, folder, env or None)
+            asyncio.run(bench(args, specs, m, split, peer))
         finally:
+            if peer is not None:
+                peer.stop()
             split.stop()
     print(
         "\nreq/s of the mesh over the engine called directly is the split's cost; forward is "
