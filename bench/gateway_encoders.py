@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import aiohttp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.mesh_tasks import TASKS, Measure, TaskSpec, closed_loop, cpu_seconds  # noqa: E402
+from bench.mesh_tasks import TASKS, Measure, TaskSpec, cpu_seconds, run_target  # noqa: E402
 from services.common.engine import Task  # noqa: E402
 from services.launcher.processes import ServiceProcess, free_port, wait_ready  # noqa: E402
 from services.models.cache import ensure_model  # noqa: E402
@@ -125,16 +125,8 @@ def start_gateway(root: Path, mesh_file: Path, name: str, log_dir: Path) -> Serv
 
 
 async def drive(session: aiohttp.ClientSession, spec: TaskSpec, concurrency: int, seconds: float):
-    bodies = [spec.http(i) for i in range(64)]
-
-    async def call(i: int) -> None:
-        path, body = bodies[i % len(bodies)]
-        async with session.post(path, json=body) as reply:
-            data = await reply.read()
-            if reply.status != 200:
-                raise RuntimeError(f"{path} answered {reply.status}: {data[:300]!r}")
-
-    return await closed_loop(call, concurrency, seconds)
+    """`spec`'s requests through one gateway (mesh_tasks' `mesh` target)."""
+    return await run_target("mesh", spec, concurrency, seconds, {"sessions": {"mesh": session}})
 
 
 async def bench(args, gateways: dict[str, ServiceProcess], specs: list[TaskSpec]) -> None:
