@@ -88,10 +88,21 @@ def datatype_of(array: np.ndarray) -> str:
         raise InvalidArgument(f"numpy dtype {array.dtype} has no OIP v2 datatype") from None
 
 
+def utf8(text: str) -> bytes:
+    """`text` as UTF-8; a lone surrogate (JSON allows `"\\ud800"`, UTF-8 has no form of it) is
+    refused as bad input."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError as error:
+        raise InvalidArgument(
+            f"a text holds a lone surrogate (position {error.start}), which is not valid Unicode"
+        ) from None
+
+
 def as_bytes_array(values: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """An object array of `bytes` (str items are UTF-8 encoded)."""
     flat = [
-        v.encode() if isinstance(v, str) else bytes(v)
+        utf8(v) if isinstance(v, str) else bytes(v)
         for v in np.asarray(values, dtype=object).ravel()
     ]
     out = np.empty(len(flat), dtype=object)
@@ -204,7 +215,7 @@ def encode_raw(tensor: Tensor) -> bytes:
     if tensor.datatype == "BYTES":
         parts: list[bytes] = []
         for item in tensor.data.ravel():
-            data = item.encode() if isinstance(item, str) else bytes(item)
+            data = utf8(item) if isinstance(item, str) else bytes(item)
             parts.append(_LENGTH.pack(len(data)))
             parts.append(data)
         return b"".join(parts)
@@ -219,7 +230,7 @@ def contents_values(tensor: Tensor) -> tuple[str, list[Any]]:
         raise InvalidArgument(f"tensor '{tensor.name}': {tensor.datatype} can only be returned raw")
     flat = tensor.data.ravel()
     if info.dtype is None:
-        return info.contents_field, [v.encode() if isinstance(v, str) else bytes(v) for v in flat]
+        return info.contents_field, [utf8(v) if isinstance(v, str) else bytes(v) for v in flat]
     return info.contents_field, flat.tolist()
 
 

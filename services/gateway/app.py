@@ -22,6 +22,7 @@ from services.common import tracing
 from services.common.model_list import MeshPlan, load_model_list
 from services.common.version import VERSION
 from services.gateway.discovery import Discovery, subscriptions
+from services.gateway.encoder_lane import EncoderLane
 from services.gateway.errors import install_error_handlers
 from services.gateway.kserve.router import build_v1_router, build_v2_router
 from services.gateway.metrics import GatewayMetrics
@@ -99,7 +100,8 @@ def build_app(settings: GatewaySettings, plan: MeshPlan | None = None) -> FastAP
     app.include_router(build_v1_router())
     app.include_router(build_v2_router())
     # Added innermost first: the request id wraps everything; the key is checked before a
-    # body is read.
+    # body is read; the encoder routes skip FastAPI's routing once the body passed its limits.
+    app.add_middleware(EncoderLane, openai_prefix=prefix, retry_after=settings.retry_after)
     app.add_middleware(
         RequestGuardMiddleware,
         max_body_bytes=settings.max_body_bytes,

@@ -146,30 +146,41 @@ def validation_message(error: RequestValidationError) -> tuple[str, str | None]:
     return "; ".join(problems) or "invalid request", first
 
 
+def validation_error_response(error: RequestValidationError, *, openai: bool) -> Response:
+    """A body that failed validation: 400 naming each problem."""
+    message, param = validation_message(error)
+    return error_response(400, message, openai=openai, param=param)
+
+
+def hfmesh_error_response(
+    error: HfmeshError, request: Request, *, openai: bool, retry_after: int
+) -> Response:
+    """The DESIGN.md §3 answer to an `HfmeshError`; 429/503 carry `Retry-After` (the error's
+    own, else `retry_after`)."""
+    status = error.http_status
+    message = public_message(error)
+    if status >= 500:
+        logger.warning("%s %s → %d: %s", request.method, request.url.path, status, error.message)
+    retry = (
+        error.retry_after
+        if error.retry_after is not None
+        else (retry_after if status in (429, 503) else None)
+    )
+    return error_response(status, message, openai=openai, retry_after=retry, param=error.param)
+
+
 def install_error_handlers(app: FastAPI, *, openai_prefix: str, retry_after: int) -> None:
     def openai(request: Request) -> bool:
         return is_openai(request.scope, openai_prefix)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, error: RequestValidationError) -> Response:
-        message, param = validation_message(error)
-        return error_response(400, message, openai=openai(request), param=param)
+        return validation_error_response(error, openai=openai(request))
 
     @app.exception_handler(HfmeshError)
     async def _hfmesh(request: Request, error: HfmeshError) -> Response:
-        status = error.http_status
-        message = public_message(error)
-        if status >= 500:
-            logger.warning(
-                "%s %s → %d: %s", request.method, request.url.path, status, error.message
-            )
-        retry = (
-            error.retry_after
-            if error.retry_after is not None
-            else (retry_after if status in (429, 503) else None)
-        )
-        return error_response(
-            status, message, openai=openai(request), retry_after=retry, param=error.param
+        return hfmesh_error_response(
+            error, request, openai=openai(request), retry_after=retry_after
         )
 
     @app.exception_handler(StarletteHTTPException)

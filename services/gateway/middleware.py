@@ -53,6 +53,20 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that answers the body already read, then what the client sends next."""
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 class RequestIdMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -194,16 +208,7 @@ class RequestGuardMiddleware:
         if body is None:
             await self.app(scope, receive, send)
             return
-        delivered = False
-
-        async def replay() -> Message:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(body, receive), send)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
         """The whole body of a request that has one (None: none to check), within limits."""

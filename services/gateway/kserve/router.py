@@ -45,6 +45,36 @@ def _parse(raw: bytes, model: type[M]) -> M:
         raise RequestValidationError(error.errors()) from None
 
 
+# The encoder routes' work, shared with their pure ASGI lane (services/gateway/encoder_lane.py).
+
+
+async def answer_predict(name: str, request: Request) -> Response:
+    """KServe V1 `:predict`."""
+    body = await _body(request, V1PredictRequest)
+    state = gateway(request)
+    call = state.call(request)
+    slots = len(body.instances) if state.kserve.generative(name) else 1
+    work = state.admission.run(name, slots, call, lambda: state.kserve.v1_predict(name, body, call))
+    return json_response(await cancel_on_disconnect(request, work))
+
+
+async def answer_infer(name: str, request: Request) -> Response:
+    """V2 REST infer, with the binary tensor extension both ways."""
+    header, tail = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+    body = _parse(header, V2InferRequest)
+    raw = raw_outputs(body)
+    state = gateway(request)
+    call = state.call(request)
+    work = state.admission.run(name, 1, call, lambda: state.kserve.v2_infer(name, body, tail, call))
+    result = await cancel_on_disconnect(request, work)
+    content, json_length = encode_response(response_to_json(result), result, raw)
+    if json_length is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_length)}
+    )
+
+
 def build_v1_router() -> APIRouter:
     router = APIRouter(tags=["kserve-v1"], responses=error_responses(KServeError))
 
@@ -66,14 +96,7 @@ def build_v1_router() -> APIRouter:
 
     @router.post("/v1/models/{name}:predict")
     async def predict(name: str, request: Request) -> Response:
-        body = await _body(request, V1PredictRequest)
-        state = gateway(request)
-        call = state.call(request)
-        slots = len(body.instances) if state.kserve.generative(name) else 1
-        work = state.admission.run(
-            name, slots, call, lambda: state.kserve.v1_predict(name, body, call)
-        )
-        return json_response(await cancel_on_disconnect(request, work))
+        return await answer_predict(name, request)
 
     return router
 
@@ -111,23 +134,7 @@ def build_v2_router() -> APIRouter:
 
     @router.post("/v2/models/{name}/infer")
     async def infer(name: str, request: Request) -> Response:
-        header, tail = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
-        body = _parse(header, V2InferRequest)
-        raw = raw_outputs(body)
-        state = gateway(request)
-        call = state.call(request)
-        work = state.admission.run(
-            name, 1, call, lambda: state.kserve.v2_infer(name, body, tail, call)
-        )
-        result = await cancel_on_disconnect(request, work)
-        content, json_length = encode_response(response_to_json(result), result, raw)
-        if json_length is None:
-            return Response(content, media_type="application/json")
-        return Response(
-            content,
-            media_type="application/octet-stream",
-            headers={HEADER_LENGTH: str(json_length)},
-        )
+        return await answer_infer(name, request)
 
     @router.get(
         "/metrics",

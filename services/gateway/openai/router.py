@@ -31,6 +31,23 @@ def _answer(result) -> Response:
     return EventStreamResponse(result)
 
 
+# The encoder routes' work, shared with their pure ASGI lane (services/gateway/encoder_lane.py).
+
+
+async def answer_embeddings(body: EmbeddingRequest, request: Request) -> Response:
+    state = gateway(request)
+    call = state.call(request)
+    work = state.admission.run(body.model, 1, call, lambda: state.pooling.embeddings(body, call))
+    return json_response(await cancel_on_disconnect(request, work))
+
+
+async def answer_rerank(body: RerankRequest, request: Request) -> Response:
+    state = gateway(request)
+    call = state.call(request)
+    work = state.admission.run(body.model, 1, call, lambda: state.pooling.rerank(body, call))
+    return json_response(await cancel_on_disconnect(request, work))
+
+
 def build_router(prefix: str) -> APIRouter:
     router = APIRouter(prefix=prefix, tags=[OPENAI_TAG], responses=error_responses(OpenAIError))
 
@@ -55,19 +72,11 @@ def build_router(prefix: str) -> APIRouter:
 
     @router.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
-        state = gateway(request)
-        call = state.call(request)
-        work = state.admission.run(
-            body.model, 1, call, lambda: state.pooling.embeddings(body, call)
-        )
-        return json_response(await cancel_on_disconnect(request, work))
+        return await answer_embeddings(body, request)
 
     @router.post("/v1/rerank")
     async def rerank(body: RerankRequest, request: Request) -> Response:
-        state = gateway(request)
-        call = state.call(request)
-        work = state.admission.run(body.model, 1, call, lambda: state.pooling.rerank(body, call))
-        return json_response(await cancel_on_disconnect(request, work))
+        return await answer_rerank(body, request)
 
     @router.get("/v1/models")
     async def models(request: Request) -> Response:

@@ -5,12 +5,14 @@ tokenizers) and the gateway app served by uvicorn on a free port."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from services.common.engine import Task
 from services.common.model_list import Endpoints, MeshPlan, ModelEntry
@@ -111,9 +113,18 @@ async def mesh(model_path) -> Mesh:
 
 
 @asynccontextmanager
-async def serve_gateway(settings: GatewaySettings, plan: MeshPlan, *, wait: bool = True):
-    """The app on a real socket (uvicorn in this loop); yields (base_url, app)."""
+async def serve_gateway(
+    settings: GatewaySettings,
+    plan: MeshPlan,
+    *,
+    wait: bool = True,
+    prepare: Callable[[FastAPI], None] | None = None,
+):
+    """The app on a real socket (uvicorn in this loop); yields (base_url, app). `prepare`
+    sees the app before it starts."""
     app = build_app(settings, plan)
+    if prepare is not None:
+        prepare(app)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
