@@ -121,11 +121,15 @@ def _wait_ready(mesh) -> None:
         )
 
 
-async def _stream(client: httpx.AsyncClient, max_tokens: int, **extra) -> dict:
+async def _stream(
+    client: httpx.AsyncClient, max_tokens: int, out: dict | None = None, **extra
+) -> dict:
     """One streamed chat read to its end: status, events, whether it ended with [DONE], the
-    error event if any, and the time of its first token."""
+    error event if any, and the time of its first token. `out`, when given, is filled as the
+    stream goes, so that a test can watch it."""
     started = time.monotonic()
-    out: dict = {"status": None, "done": False, "error": None, "ttft": None, "tokens": 0}
+    out = {} if out is None else out
+    out.update({"status": None, "done": False, "error": None, "ttft": None, "tokens": 0})
     body = {
         **CHAT,
         "max_tokens": max_tokens,
@@ -294,10 +298,16 @@ def test_kill_9_of_an_engine_mid_stream(mesh):
 
     async def run():
         async with httpx.AsyncClient(base_url=mesh["gateway"].url, timeout=120) as client:
-            tasks = [asyncio.ensure_future(_stream(client, 300)) for _ in range(16)]
-            assert await asyncio.to_thread(
-                wait_until, lambda: _running(victim) >= 4 and _running(survivor) >= 4, 30, 0.02
-            )
+            states: list[dict] = [{} for _ in range(16)]
+            tasks = [asyncio.ensure_future(_stream(client, 300, out)) for out in states]
+
+            def mid_stream() -> bool:
+                # Every stream has its first token: a kill now cuts the victim's streams
+                # instead of letting the gateway retry them, unstarted, on the survivor.
+                started = all(s.get("ttft") is not None for s in states)
+                return started and _running(victim) >= 4 and _running(survivor) >= 4
+
+            assert await asyncio.to_thread(wait_until, mid_stream, 30, 0.02), states
             killed = time.monotonic()
             victim.kill(signal.SIGKILL)
             results = await asyncio.gather(*tasks)
