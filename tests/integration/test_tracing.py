@@ -49,6 +49,13 @@ def _traceparent() -> tuple[str, str, str]:
     return trace_id, parent, f"00-{trace_id}-{parent}-01"
 
 
+def _traced_post(http, path: str, body: dict, **headers: str) -> tuple[str, str, httpx.Response]:
+    """POST `body` under a fresh trace context: the trace id, the caller's span id, the reply."""
+    trace_id, parent, header = _traceparent()
+    reply = http.post(path, json=body, headers={"traceparent": header, **headers})
+    return trace_id, parent, reply
+
+
 def _one(spans: list[ReceivedSpan], service: str, name: str) -> ReceivedSpan:
     found = [s for s in spans if s.service == service and s.name == name]
     assert len(found) == 1, (service, name, [(s.service, s.name) for s in spans])
@@ -60,16 +67,14 @@ def _children(spans: list[ReceivedSpan], parent: ReceivedSpan, service: str) -> 
 
 
 def test_chat_is_one_trace_across_gateway_tokenizer_and_engine(http, receiver):
-    trace_id, parent, header = _traceparent()
-    reply = http.post(
-        "/openai/v1/chat/completions",
-        json={
-            "model": "llm",
-            "messages": [{"role": "user", "content": "Hello"}],
-            "max_tokens": 5,
-            "temperature": 0,
-        },
-        headers={"traceparent": header, "X-Request-Id": "trace-chat-1"},
+    body = {
+        "model": "llm",
+        "messages": [{"role": "user", "content": "Hello"}],
+        "max_tokens": 5,
+        "temperature": 0,
+    }
+    trace_id, parent, reply = _traced_post(
+        http, "/openai/v1/chat/completions", body, **{"X-Request-Id": "trace-chat-1"}
     )
     assert reply.status_code == 200, reply.text
     usage = reply.json()["usage"]
@@ -118,12 +123,8 @@ def test_chat_is_one_trace_across_gateway_tokenizer_and_engine(http, receiver):
 
 
 def test_rejected_request_is_an_error(http, receiver):
-    trace_id, _, header = _traceparent()
-    reply = http.post(
-        "/openai/v1/chat/completions",
-        json={"model": "llm", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 9999},
-        headers={"traceparent": header},
-    )
+    body = {"model": "llm", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 9999}
+    trace_id, _, reply = _traced_post(http, "/openai/v1/chat/completions", body)
     assert reply.status_code == 400
     spans = receiver.wait_for(lambda s: any(x.service == GATEWAY for x in s), trace_id)
     request = _one(spans, GATEWAY, "chat llm")
@@ -163,12 +164,8 @@ def test_cancelled_stream_is_an_error_at_gateway_and_engine(mesh, receiver):
 def test_embeddings_on_the_direct_route_trace_gateway_and_engine(http, receiver):
     """Encoder text goes straight to the HF engine (`--encoder_route auto`): one engine call
     under the request span, the engine's own tokenizing inside its request span."""
-    trace_id, parent, header = _traceparent()
-    reply = http.post(
-        "/openai/v1/embeddings",
-        json={"model": "embed", "input": ["A man is eating food."]},
-        headers={"traceparent": header},
-    )
+    body = {"model": "embed", "input": ["A man is eating food."]}
+    trace_id, parent, reply = _traced_post(http, "/openai/v1/embeddings", body)
     assert reply.status_code == 200, reply.text
 
     def complete(spans: list[ReceivedSpan]) -> bool:
@@ -187,12 +184,8 @@ def test_embeddings_on_the_direct_route_trace_gateway_and_engine(http, receiver)
 def test_classify_traces_preprocess_engine_postprocess(http, receiver):
     """The split route (`/classify` takes it: its class names come from the tokenizer):
     preprocess, engine, postprocess in order, each inside its service's RPC span."""
-    trace_id, parent, header = _traceparent()
-    reply = http.post(
-        "/openai/classify",
-        json={"model": "sentiment", "input": ["I loved it"]},
-        headers={"traceparent": header},
-    )
+    body = {"model": "sentiment", "input": ["I loved it"]}
+    trace_id, parent, reply = _traced_post(http, "/openai/classify", body)
     assert reply.status_code == 200, reply.text
 
     def complete(spans: list[ReceivedSpan]) -> bool:
