@@ -23,6 +23,7 @@ spills; then the ratios prefix / least_loaded.
     .venv/bin/python bench/prefix_routing.py [--model smollm2-135m-instruct] [--groups 24]
         [--prefix-tokens 1000] [--question-tokens 16] [--output-len 32]
         [--concurrency 4,8,16] [--requests 96] [--warm-per-group 1] [--kv-fraction 0.6]
+        [--block-size 0]
 """
 
 from __future__ import annotations
@@ -123,6 +124,8 @@ class Mesh:
                 engine_args += ["--disable_log_requests", "--dtype", "float32"]
                 engine_args += ["--kv-cache-memory-bytes", str(kv_bytes)]
                 engine_args += ["--enable-prefix-caching"]
+                if args.block_size:
+                    engine_args += ["--block-size", str(args.block_size)]
                 self.services.append(
                     start_service(
                         "services.engine_vllm",
@@ -313,6 +316,13 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.6,
         help="share of all groups' prefix tokens one replica's KV cache holds",
+    )
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        default=0,
+        help="the engines' KV block size in tokens, a multiple of 32 (0: vLLM's own, 128 on "
+        "CPU); a prompt's cache hit ends at its last full block",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-dir", default=None, help="service logs (default: a temp folder)")
