@@ -28,6 +28,7 @@ from services.common.errors import Unavailable
 from services.gateway.grpc_clients import CallContext
 from services.gateway.routing import ReplicaRouter
 from services.gateway.settings import GatewaySettings
+from services.gateway.streaming import LastChunk
 
 logger = logging.getLogger(__name__)
 
@@ -199,8 +200,16 @@ class Admission:
 
 
 async def _releasing(stream: AsyncIterator[bytes], gate: ModelGate, slots: int):
+    """`stream`, holding `slots` until its answer is whole: its `LastChunk` frees them before
+    it is sent, so a client that asks again as soon as it reads the end finds them free (the
+    stream's bookkeeping after its last event, such as the engine call's own end, takes a few
+    more turns of the event loop); otherwise its end, however it ends, frees them."""
+    held = slots
     try:
         async for chunk in stream:
+            if held and isinstance(chunk, LastChunk):
+                gate.release(held)
+                held = 0
             yield chunk
     finally:
         try:
@@ -208,7 +217,8 @@ async def _releasing(stream: AsyncIterator[bytes], gate: ModelGate, slots: int):
             if aclose is not None:
                 await aclose()
         finally:
-            gate.release(slots)
+            if held:
+                gate.release(held)
 
 
 def generation_slots(n: int | None, best_of: int | None = None, prompts: Any = None) -> int:

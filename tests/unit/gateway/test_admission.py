@@ -4,11 +4,14 @@ maximum wait, 503 + Retry-After when over, and a cancelled waiter leaves the que
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
 
+from services.gateway.grpc_clients import CallContext
 from services.gateway.settings import load_settings
+from services.gateway.streaming import LastChunk
 from tests.helpers.metrics import poll
 from tests.unit.gateway.conftest import serve_gateway
 
@@ -109,6 +112,41 @@ async def test_a_cancelled_waiter_leaves_the_queue_and_a_stream_holds_its_slot(s
             assert (
                 await client.post("/openai/v1/chat/completions", json=_chat())
             ).status_code == 200
+
+
+async def test_a_stream_frees_its_slot_with_its_last_chunk(mesh):
+    """A client that asks again as soon as it reads `[DONE]` finds the slot free, though the
+    stream's bookkeeping after its last event has not finished."""
+    settings = load_settings(
+        ["--max_in_flight_per_replica=1", "--max_queued_per_replica=0"], env={}
+    )
+    async with serve_gateway(settings, mesh.plan()) as (_, app):
+        admission = app.state.gateway.admission
+        gate = admission.gate("llm")
+        bookkeeping = asyncio.Event()
+
+        async def answer():
+            yield b"data: {}\n\n"
+            yield LastChunk(b"data: [DONE]\n\n")
+            await bookkeeping.wait()
+
+        async def work():
+            return answer()
+
+        call = CallContext(request_id="r", deadline=time.monotonic() + 30)
+        stream = await admission.run("llm", 1, call, work)
+        assert await anext(stream) == b"data: {}\n\n" and gate.in_use == 1
+        assert isinstance(await anext(stream), LastChunk) and gate.in_use == 0
+        rest = asyncio.ensure_future(anext(stream, None))
+        await asyncio.sleep(0.05)
+        assert not rest.done() and gate.in_use == 0
+        bookkeeping.set()
+        assert await rest is None and gate.in_use == 0  # freed once, not twice
+
+        cut = await admission.run("llm", 1, call, work)  # a stream cut before its end
+        await anext(cut)
+        await cut.aclose()
+        assert gate.in_use == 0
 
 
 async def test_admission_off_and_unknown_models(mesh):
