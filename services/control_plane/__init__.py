@@ -19,7 +19,10 @@ ClusterLoadAssignment per service; a client dials `xds:///<service>`):
 
 Endpoint sources, all feeding one `EndpointStore`: the mesh model list (static), the
 `Registration` service (leases), Kubernetes EndpointSlices (labels `hfmesh.io/model` and
-`hfmesh.io/role`). Published endpoints are health-checked over `grpc.health.v1`: one that stops
-answering SERVING is withdrawn until it does again; a draining one stays in its
-ClusterLoadAssignment with `health_status: DRAINING`, which gRPC clients send no new calls to.
+`hfmesh.io/role`). With `--kubernetes` the model list's endpoints (there: Service names) are a
+fallback, published for a service only while no other source publishes one of its pods, so a
+pod is one endpoint and never also reached through its Service (`store.py`). Published
+endpoints are health-checked over `grpc.health.v1`: one that stops answering SERVING is
+withdrawn until it does again; a draining one stays in its ClusterLoadAssignment with
+`health_status: DRAINING`, which gRPC clients send no new calls to.
 """

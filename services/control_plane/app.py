@@ -51,7 +51,9 @@ class ControlPlane:
     def __init__(self, settings: ControlPlaneSettings) -> None:
         self.settings = settings
         static = read_model_list(settings.model_list) if settings.model_list else StaticMesh()
-        self.store = EndpointStore(static.models)
+        # In Kubernetes the list's endpoints are Services over the pods the cluster publishes.
+        fallback = (STATIC,) if settings.kubernetes else ()
+        self.store = EndpointStore(static.models, fallback_sources=fallback)
         self.store.replace(STATIC, static.publications)
         self.cache = SnapshotCache(self.store)
         self.ads = AdsServicer(self.cache)

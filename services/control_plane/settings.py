@@ -24,7 +24,11 @@ class ControlPlaneSettings(TlsFlags):
     health_failures: int = Field(
         3, ge=1, description="failed checks (no answer) before an endpoint is withdrawn"
     )
-    kubernetes: bool = Field(False, description="also follow Kubernetes EndpointSlices")
+    kubernetes: bool = Field(
+        False,
+        description="also follow Kubernetes EndpointSlices; the model list's endpoints (Service "
+        "names) then stand in for a service only while no pod of it is published",
+    )
     kubernetes_namespace: str = Field("default", description="namespace of the EndpointSlices")
     kubernetes_host: str | None = Field(
         None, description="API server URL (default: the in-cluster service account)"

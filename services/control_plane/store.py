@@ -6,6 +6,17 @@ when any of them says so. The health checker marks addresses unhealthy; those ar
 the view until they are healthy again. Every change bumps `version` and calls the subscribers
 (the xDS snapshot cache), on the event loop: sources running in threads hand their updates over
 with `loop.call_soon_threadsafe`.
+
+Fallback sources: a source named in `fallback_sources` stands in for a service only while no
+other source publishes any endpoint of it. The control plane makes the model list's static
+endpoints a fallback in Kubernetes (`--kubernetes`): there they name Services (`hf-m:8081`), and
+a Service's ClusterIP spreads calls over the very pods that the EndpointSlices and the pods'
+registrations publish by pod IP. Published side by side, one pod would be two replicas (N pods,
+N+1), and the one that is a Service would land on any pod, which defeats admission counts and
+prefix affinity. Outside Kubernetes every static endpoint is a process of its own (the
+launcher's replicas; a compose service, which registers under its service name, the same
+address): all sources are merged as equals. A withheld fallback address is still in
+`addresses()`, so its health is known by the time it stands in.
 """
 
 from __future__ import annotations
@@ -65,10 +76,17 @@ class EndpointStore:
     """`models` maps each known model to its backends in order of preference.
 
     With no known models (no model list), any model name is accepted and prefers vLLM.
+    `fallback_sources`: sources whose endpoints of a service count only while no other source
+    publishes that service (see the module docstring).
     """
 
-    def __init__(self, models: Mapping[str, Iterable[str]] | None = None) -> None:
+    def __init__(
+        self,
+        models: Mapping[str, Iterable[str]] | None = None,
+        fallback_sources: Iterable[str] = (),
+    ) -> None:
         self._models = {name: tuple(backends) for name, backends in (models or {}).items()}
+        self._fallback = frozenset(fallback_sources)
         self._sources: dict[str, dict[tuple[ServiceKey, str], bool]] = {}
         self._unhealthy: set[str] = set()
         self._subscribers: list[Callable[[], None]] = []
@@ -129,8 +147,16 @@ class EndpointStore:
         for model in self._models:
             for role in (TOKENIZER, *self._models[model]):
                 merged.setdefault(ServiceKey(model, role), {})
-        for entries in self._sources.values():
+        covered = {
+            key
+            for source, entries in self._sources.items()
+            if source not in self._fallback
+            for key, _ in entries
+        }
+        for source, entries in self._sources.items():
             for (key, address), draining in entries.items():
+                if source in self._fallback and key in covered:
+                    continue
                 slot = merged.setdefault(key, {})
                 slot[address] = slot.get(address, False) or draining
         view: dict[ServiceKey, list[Endpoint]] = {}

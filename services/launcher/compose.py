@@ -130,7 +130,7 @@ def _service(container: Container, depends_on: dict[str, str]) -> dict[str, Any]
         service["stop_grace_period"] = STOP_GRACE
         labels.update({"hfmesh.io/role": container.role, "hfmesh.io/model": container.model.name})
     service["labels"] = labels
-    if container.role != "gateway" and "HFMESH_CONTROL_PLANE" in container.environment:
+    if container.registers:
         service["environment"]["HFMESH_ADVERTISE_HOST"] = container.name
     if container.role == "vllm":
         service["shm_size"] = VLLM_SHM

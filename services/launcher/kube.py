@@ -12,6 +12,14 @@ PodDisruptionBudget and a HorizontalPodAutoscaler. Probes are native gRPC on num
 endpoints are withdrawn before SIGTERM, and a grace period longer than the server's 30 s drain.
 Services carry the `hfmesh.io/role` / `hfmesh.io/model` labels the control plane follows
 (EndpointSlices inherit them; `services/control_plane/kubernetes.py`).
+
+Addresses: a pod is one replica, at its pod IP. The tokenizer and the engines register under
+`HFMESH_ADVERTISE_HOST` = `status.podIP` (the downward API), the address the EndpointSlices
+publish for the same pod, so the two sources name it once. The `NAME:PORT` endpoints of the
+planned list are Services; the control plane, run with `--kubernetes`, publishes them only for a
+service none of whose pods is published (a Service's ClusterIP spreads calls over those same
+pods, and counted beside them it would be one more replica that is none). Under TLS clients
+check the name `hfmesh` (`HFMESH_TLS_SERVER_NAME`), not the pod IP they dial.
 """
 
 from __future__ import annotations
@@ -151,6 +159,11 @@ def deployment(container: Container) -> dict[str, Any]:
     env: list[dict[str, Any]] = [
         {"name": k, "value": v} for k, v in sorted(container.environment.items())
     ]
+    if container.registers:
+        # Register under the pod IP, the address its EndpointSlice publishes: one pod, one
+        # endpoint (the Service names of the model list only stand in while no pod is published).
+        pod_ip = {"fieldRef": {"fieldPath": "status.podIP"}}
+        env.append({"name": "HFMESH_ADVERTISE_HOST", "valueFrom": pod_ip})
     if container.role == "control-plane":
         # Follow the EndpointSlices of this namespace (the Role below allows it).
         args += ["--kubernetes", "--kubernetes_namespace", "$(POD_NAMESPACE)"]

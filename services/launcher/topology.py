@@ -76,6 +76,13 @@ class Container:
         return f"{self.name}:{self.port}"
 
     @property
+    def registers(self) -> bool:
+        """Whether it registers with the control plane itself (the tokenizer and the engines)."""
+        return self.role not in ("gateway", "control-plane") and bool(
+            self.environment.get("HFMESH_CONTROL_PLANE")
+        )
+
+    @property
     def reads_mesh(self) -> bool:
         """Whether the planned model list is mounted (engines take their model as flags)."""
         return MESH_FILE in self.args

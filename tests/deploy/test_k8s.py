@@ -144,6 +144,51 @@ def test_control_plane_may_watch_endpointslices(rendered):
         assert service["metadata"]["labels"]["hfmesh.io/role"]
 
 
+def test_each_pod_registers_under_the_address_its_endpointslice_publishes(rendered):
+    """One pod, one endpoint: the tokenizer and the engines register at their pod IP (what
+    their EndpointSlices publish, on the Service's `grpc` port), and the control plane runs
+    with `--kubernetes`, which makes the list's Service names a fallback only."""
+    from services.common.registration import advertised_address
+    from services.common.settings import parse_settings
+    from services.engine_vllm.settings import split_argv
+
+    _, objects = rendered
+    services = by_kind(objects, "Service")
+    registering = {}
+    for name, deployment in mesh_deployments(objects).items():
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        role = deployment["metadata"]["labels"]["hfmesh.io/role"]
+        if role in ("gateway", "control-plane"):
+            assert "HFMESH_ADVERTISE_HOST" not in env, name
+            continue
+        assert "HFMESH_CONTROL_PLANE" in env and "HFMESH_ADVERTISE_HOST" in env, name
+        assert env["HFMESH_ADVERTISE_HOST"]["valueFrom"] == {
+            "fieldRef": {"fieldPath": "status.podIP"}
+        }, name
+        registering[name] = (container, env)
+    assert "tokenizer" in registering and "hf-tiny-sentiment" in registering
+    for name, (container, env) in registering.items():
+        image = container["image"].split("/")[1].split(":")[0]
+        image = image.removesuffix("-cpu").removesuffix("-cuda")
+        argv = container["args"]
+        if image == "engine-vllm":
+            argv, _ = split_argv(argv)
+        environment = {
+            "HFMESH_CONTROL_PLANE": env["HFMESH_CONTROL_PLANE"]["value"],
+            "HFMESH_ADVERTISE_HOST": "10.244.1.7",  # what the kubelet puts there
+        }
+        settings, _ = parse_settings(
+            SETTINGS[image], argv, prog=name, description="", env=environment
+        )
+        host = settings.advertise_host or settings.host
+        address = advertised_address(host, settings.port, settings.control_plane)
+        grpc_port = next(p for p in services[name]["spec"]["ports"] if p["name"] == "grpc")
+        assert address == f"10.244.1.7:{grpc_port['port']}", name
+    control_plane = by_kind(objects, "Deployment")["control-plane"]
+    assert "--kubernetes" in control_plane["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
 def test_every_container_args_parse(rendered):
     from services.common.settings import parse_settings
     from services.engine_vllm.settings import split_argv

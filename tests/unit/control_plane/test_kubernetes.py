@@ -10,8 +10,11 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from services.common.registration import Registrar
 from services.control_plane.kubernetes import MODEL_LABEL, ROLE_LABEL
 from services.control_plane.store import Endpoint, ServiceKey
+from services.gateway.discovery import Discovery
+from services.gateway.discovery import Endpoint as DiscoveredEndpoint
 from tests.unit.control_plane.helpers import eventually, mesh_file
 
 M_HF, M_TOK = ServiceKey("m", "huggingface"), ServiceKey("m", "tokenizer")
@@ -216,3 +219,53 @@ def test_outside_a_cluster_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(InvalidArgument, match="--kubernetes_host"):
         api_client(None)
+
+
+async def test_a_pod_is_one_endpoint_for_the_gateway(tmp_path, control_plane, api_server):
+    """The deployed configuration: the model list names the Service (`hf-m:50051`), each pod
+    registers at its pod IP and its EndpointSlice publishes the same address. A gateway's
+    subscriber sees one endpoint per pod, and the Service only while there is no pod."""
+    plane = await control_plane(
+        model_list=mesh_file(tmp_path, {"m": ["hf-m:50051"]}),
+        kubernetes=True,
+        kubernetes_host=api_server.url,
+        kubernetes_namespace="ns",
+    )
+    address = f"127.0.0.1:{plane.runner.bound_port}"
+    gateway = Discovery(address, ["m.huggingface"])
+    await gateway.start(connect_timeout=10)
+    pods: list[Registrar] = []
+
+    def seen() -> list[DiscoveredEndpoint]:
+        return gateway.endpoints.get("m.huggingface", [])
+
+    async def pod_up(host: str, hosts: list[str], version: str) -> None:
+        pods.append(
+            Registrar(
+                address, service="engine", model="m", backend="huggingface", address=f"{host}:50051"
+            )
+        )
+        await pods[-1].register()
+        slice_ = endpoint_slice("hf-m-abc", "huggingface", hosts, version)
+        api_server.events.put({"type": "MODIFIED" if pods[1:] else "ADDED", "object": slice_})
+
+    try:
+        await eventually(lambda: seen() == [DiscoveredEndpoint("hf-m:50051")])
+        await eventually(lambda: len(api_server.watches()) == 1)
+        await pod_up("10.0.0.1", ["10.0.0.1"], "11")
+        await eventually(lambda: seen() == [DiscoveredEndpoint("10.0.0.1:50051")])
+        await pod_up("10.0.0.2", ["10.0.0.1", "10.0.0.2"], "12")
+        await eventually(
+            lambda: (
+                seen()
+                == [DiscoveredEndpoint("10.0.0.1:50051"), DiscoveredEndpoint("10.0.0.2:50051")]
+            )
+        )
+        # scaled to zero: the slice is deleted and the pods deregister
+        slice_ = endpoint_slice("hf-m-abc", "huggingface", [], "13")
+        api_server.events.put({"type": "DELETED", "object": slice_})
+        for pod in pods:
+            await pod.deregister()
+        await eventually(lambda: seen() == [DiscoveredEndpoint("hf-m:50051")])
+    finally:
+        await gateway.close()

@@ -9,7 +9,9 @@ import pytest
 
 from services.common.pb import registration_pb2 as pb
 from services.common.pb import registration_pb2_grpc as pb_grpc
+from services.common.registration import Registrar
 from services.control_plane.store import ServiceKey
+from services.gateway.discovery import Discovery, Endpoint
 from tests.unit.control_plane.helpers import WHO, eventually, mesh_file
 
 M_HF = ServiceKey("m", "huggingface")
@@ -148,3 +150,28 @@ async def test_calls_are_counted_per_method_and_status(tmp_path, control_plane, 
     assert counted == {"OK": 1.0, "INVALID_ARGUMENT": 1.0}
     latency = "hfmesh_control_plane_request_duration_seconds_count"
     assert registry.get_sample_value(latency, {"operation": method}) == 2.0
+
+
+async def test_outside_kubernetes_static_replicas_stay_beside_registered_ones(
+    tmp_path, control_plane
+):
+    """The launcher's configuration: static replicas are processes of their own; one that
+    registers under its listed address stays one endpoint, one not registered stays listed."""
+    listed = ["127.0.0.1:7001", "127.0.0.1:7002"]
+    plane = await control_plane(model_list=mesh_file(tmp_path, {"m": listed}))
+    address = f"127.0.0.1:{plane.runner.bound_port}"
+    gateway = Discovery(address, ["m.huggingface"])
+    await gateway.start(connect_timeout=10)
+    replicas = [
+        Registrar(address, service="engine", model="m", backend="huggingface", address=a)
+        for a in ("127.0.0.1:7001", "127.0.0.1:7003")
+    ]
+    try:
+        for replica in replicas:
+            await replica.register()
+        expected = [Endpoint(f"127.0.0.1:{port}") for port in (7001, 7002, 7003)]
+        await eventually(lambda: gateway.endpoints.get("m.huggingface") == expected)
+    finally:
+        for replica in replicas:
+            await replica.deregister()
+        await gateway.close()

@@ -64,6 +64,59 @@ def test_sources_merge_draining_wins_and_health_withdraws():
     assert not store.is_known_model("other") and EndpointStore().is_known_model("other")
 
 
+M_HF, M_TOK = ServiceKey("m", "huggingface"), ServiceKey("m", "tokenizer")
+
+
+def test_in_kubernetes_a_service_name_stands_in_only_while_no_pod_is_published():
+    """Static endpoints there are Services over the very pods the other sources publish."""
+    store = EndpointStore({"m": ("huggingface",)}, fallback_sources=("static",))
+    store.replace("static", [Publication(M_HF, "hf-m:8081"), Publication(M_TOK, "tokenizer:50051")])
+    assert store.services()[M_HF] == [Endpoint("hf-m", 8081)]
+    # pod 1 ready: its EndpointSlice and its registration name the same pod IP
+    store.replace("kubernetes", [Publication(M_HF, "10.0.0.1:8081")])
+    store.put("registration", Publication(M_HF, "10.0.0.1:8081"))
+    assert store.services()[M_HF] == [Endpoint("10.0.0.1", 8081)]
+    assert store.services()[M_TOK] == [Endpoint("tokenizer", 50051)]  # no tokenizer pod yet
+    store.put("registration", Publication(M_TOK, "10.0.0.9:50051"))
+    assert store.services()[M_TOK] == [Endpoint("10.0.0.9", 50051)]
+    # pod 2; then pod 1 terminating (draining) while still published
+    store.replace(
+        "kubernetes",
+        [Publication(M_HF, "10.0.0.1:8081", draining=True), Publication(M_HF, "10.0.0.2:8081")],
+    )
+    store.put("registration", Publication(M_HF, "10.0.0.2:8081"))
+    assert store.services()[M_HF] == [
+        Endpoint("10.0.0.1", 8081, draining=True),
+        Endpoint("10.0.0.2", 8081),
+    ]
+    # the withheld Service is still health-checked, so its health is known when it stands in
+    assert "hf-m:8081" in store.addresses()
+    store.set_healthy("hf-m:8081", False)
+    # scaled to zero: nothing but the Service is left, and it answers nothing yet
+    store.replace("kubernetes", [])
+    store.remove("registration", M_HF, "10.0.0.1:8081")
+    store.remove("registration", M_HF, "10.0.0.2:8081")
+    assert store.services()[M_HF] == []
+    store.set_healthy("hf-m:8081", True)
+    assert store.services()[M_HF] == [Endpoint("hf-m", 8081)]
+
+
+def test_outside_kubernetes_static_and_registered_replicas_are_merged_as_equals():
+    """The launcher's static replicas are processes of their own: one not registered (yet) is
+    still a replica beside the ones that are, and the same address is one endpoint."""
+    store = EndpointStore({"m": ("huggingface",)})
+    store.replace(
+        "static", [Publication(M_HF, "127.0.0.1:7001"), Publication(M_HF, "127.0.0.1:7002")]
+    )
+    store.put("registration", Publication(M_HF, "127.0.0.1:7001"))
+    store.put("registration", Publication(M_HF, "127.0.0.1:7003"))
+    assert store.services()[M_HF] == [
+        Endpoint("127.0.0.1", 7001),
+        Endpoint("127.0.0.1", 7002),
+        Endpoint("127.0.0.1", 7003),
+    ]
+
+
 def test_resources_carry_what_grpc_needs():
     store = EndpointStore({"g": ("vllm", "huggingface")})
     store.put("s", Publication(G_HF, "10.0.0.2:2"))
