@@ -2,7 +2,7 @@
 
     python bench/overload.py [--per-replica 8] [--seconds 30] [--max-tokens 32]
                              [--model tiny-llama] [--omp-wait-policy default|passive|active]
-                             [--num-threads 0] [--client aiohttp|httpx]
+                             [--num-threads 0] [--client aiohttp|httpx] [--profile SECONDS]
 
 Starts tiny-llama on one HF engine (with `--omp-wait-policy` and `--num-threads` as its
 `--omp_wait_policy` and `--num_threads`),
@@ -19,6 +19,9 @@ Prometheus' `histogram_quantile` does), and the 1-minute load average at the pha
 then the 2× phase's TTFT p99 over the unloaded one (target ≤ 2) and over the at-capacity
 one. The clients share the machine with the mesh: `--client aiohttp` (default) costs them
 less CPU than `httpx`, whose own event-loop delays show up in what it measures.
+`--profile SECONDS` then drives the 2× load again, unmeasured, for that long under `py-spy`
+(bench/profiling.py) and prints where the gateway, the tokenizer, the engine and this
+client spend their CPU.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 
+from bench.profiling import Profile  # noqa: E402
 from bench.soak import quantile  # noqa: E402
 from services.models.cache import ensure_model  # noqa: E402
 from tests.helpers.mesh import model_entry, running_mesh  # noqa: E402
@@ -175,6 +179,14 @@ def main() -> int:
         "--num-threads", type=int, default=0, help="the HF engine's --num_threads (0: torch's)"
     )
     parser.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp")
+    parser.add_argument(
+        "--profile",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="after the phases, py-spy every process under the 2x load for this long",
+    )
+    parser.add_argument("--profile-top", type=int, default=12, help="functions per process")
     args = parser.parse_args()
     env = {
         "HFMESH_MAX_IN_FLIGHT_PER_REPLICA": str(args.per_replica),
@@ -210,6 +222,13 @@ def main() -> int:
                 results[name]["load"] = os.getloadavg()[0]
                 after = _refusal_buckets(url)
                 results[name]["server"] = [bucket_quantile(q, before, after) for q in (0.5, 0.99)]
+            recording = None
+            if args.profile:
+                pids = {name: service.process.pid for name, service in mesh.services.items()}
+                pids["client"] = os.getpid()
+                spy = Path(tempfile.mkdtemp(prefix="hfmesh-spy-"))
+                recording = Profile(pids, args.profile, spy)
+                asyncio.run(phase(url, 2 * args.per_replica, args.profile, body))
     print(
         f"\noverload: {args.model} on one HF engine (--omp_wait_policy {args.omp_wait_policy}, "
         f"--num_threads {args.num_threads}), "
@@ -237,6 +256,9 @@ def main() -> int:
         f"{over / quantile(results['unloaded (c=1)']['ttft'], 0.99):.2f} (target <= 2); "
         f"/ at-capacity p99: {over / quantile(results['at capacity']['ttft'], 0.99):.2f}"
     )
+    if recording is not None:
+        print(f"\nwhere the CPU went under the 2x load ({args.profile:.0f} s, py-spy):")
+        recording.report(args.profile_top)
     return 0
 
 
