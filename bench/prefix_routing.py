@@ -23,7 +23,7 @@ spills; then the ratios prefix / least_loaded.
     .venv/bin/python bench/prefix_routing.py [--model smollm2-135m-instruct] [--groups 24]
         [--prefix-tokens 1000] [--question-tokens 16] [--output-len 32]
         [--concurrency 4,8,16] [--requests 96] [--warm-per-group 1] [--kv-fraction 0.6]
-        [--block-size 0]
+        [--block-size 0] [--gateway-args '--routing_token_unit 256']
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import asyncio
 import math
 import os
 import random
+import shlex
 import signal
 import sys
 import tempfile
@@ -153,7 +154,7 @@ class Mesh:
             for policy, model_list in lists.items():
                 gateway = start_service(
                     "services.gateway",
-                    ["--model_list", str(model_list), "--host", "127.0.0.1"],
+                    ["--model_list", str(model_list), "--host", "127.0.0.1", *args.gateway_args],
                     name=f"gateway-{policy}",
                     ready="http",
                     ready_timeout=120,
@@ -324,10 +325,16 @@ def main(argv: list[str] | None = None) -> int:
         help="the engines' KV block size in tokens, a multiple of 32 (0: vLLM's own, 128 on "
         "CPU); a prompt's cache hit ends at its last full block",
     )
+    parser.add_argument(
+        "--gateway-args",
+        default="",
+        help="extra flags of both gateways, e.g. '--routing_token_unit 256'",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-dir", default=None, help="service logs (default: a temp folder)")
     args = parser.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.gateway_args = shlex.split(args.gateway_args)
     args.max_concurrency = max(args.concurrency)
     # set, it would override each engine's --kv-cache-memory-bytes (whole GiB only)
     os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
