@@ -147,8 +147,8 @@ class GatewaySettings(TlsFlags):
     prefix_block_tokens: int = Field(
         16,
         ge=1,
-        description="tokens per hashed block of prefix routing (match the engines' KV block "
-        "size: vLLM's default is 16)",
+        description="tokens per hashed block of prefix routing (the engines' KV block size or a "
+        "divisor of it: vLLM's is 16 on GPU, 128 on CPU)",
     )
     prefix_index_blocks: int = Field(
         65536,
