@@ -22,8 +22,14 @@ spills; then the ratios prefix / least_loaded.
 
     .venv/bin/python bench/prefix_routing.py [--model smollm2-135m-instruct] [--groups 24]
         [--prefix-tokens 1000] [--question-tokens 16] [--output-len 32]
-        [--concurrency 4,8,16] [--requests 96] [--warm-per-group 1] [--kv-fraction 0.6]
-        [--block-size 0] [--gateway-args '--routing_token_unit 256']
+        [--concurrency 4,8,16] [--requests 192] [--warm-per-group 1] [--kv-fraction 0.5]
+        [--block-size 32] [--gateway-args '--routing_token_unit 256']
+
+The defaults are the CPU set-up docs/routing.md measures: each cache holds half of the groups
+(the two together hold them all, as the prefix policy needs), 32-token KV blocks (vLLM's CPU
+default of 128 leaves up to 127 prompt tokens of every hit to prefill again), and a routing
+token unit of 256 on both gateways (a 1,000-token prefill on CPU costs about what four
+requests in flight do). `--block-size 0 --gateway-args ''` runs both with their own defaults.
 """
 
 from __future__ import annotations
@@ -305,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--question-tokens", type=int, default=16)
     parser.add_argument("--output-len", type=int, default=32)
     parser.add_argument("--concurrency", default="4,8,16", help="rising, comma-separated")
-    parser.add_argument("--requests", type=int, default=96, help="measured, per phase")
+    parser.add_argument("--requests", type=int, default=192, help="measured, per phase")
     parser.add_argument(
         "--warm-per-group",
         type=int,
@@ -315,20 +321,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kv-fraction",
         type=float,
-        default=0.6,
-        help="share of all groups' prefix tokens one replica's KV cache holds",
+        default=0.5,
+        help="share of all groups' prefix tokens one replica's KV cache holds (plus room for "
+        "the running requests)",
     )
     parser.add_argument(
         "--block-size",
         type=int,
-        default=0,
+        default=32,
         help="the engines' KV block size in tokens, a multiple of 32 (0: vLLM's own, 128 on "
         "CPU); a prompt's cache hit ends at its last full block",
     )
     parser.add_argument(
         "--gateway-args",
-        default="",
-        help="extra flags of both gateways, e.g. '--routing_token_unit 256'",
+        default="--routing_token_unit 256",
+        help="extra flags of both gateways ('' for none)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-dir", default=None, help="service logs (default: a temp folder)")
