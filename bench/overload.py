@@ -1,6 +1,6 @@
 """Overload: admitted latency and refusal speed at 1×, capacity and 2× capacity.
 
-    python bench/overload.py [--per-replica 8] [--seconds 30] [--max-tokens 32]
+    python bench/overload.py [--per-replica 4] [--seconds 30] [--max-tokens 32]
                              [--model tiny-llama] [--omp-wait-policy default|passive|active]
                              [--num-threads 0] [--client aiohttp|httpx] [--profile SECONDS]
 
@@ -17,7 +17,10 @@ were refused (503) and how fast a refusal came back: as the client saw it, and i
 gateway (`hfmesh_gateway_response_start_seconds`, interpolated within its buckets as
 Prometheus' `histogram_quantile` does), and the 1-minute load average at the phase's end;
 then the 2× phase's TTFT p99 over the unloaded one (target ≤ 2) and over the at-capacity
-one. The clients share the machine with the mesh: `--client aiohttp` (default) costs them
+one. The first ratio is the cost of the slots plus that of the overload; the second is the
+overload's alone. The default of 4 slots is where this mesh on 2 shared cores still streams at
+near its unloaded latency; at 8 the cores are saturated at capacity already (docs/performance.md
+has both). The clients share the machine with the mesh: `--client aiohttp` (default) costs them
 less CPU than `httpx`, whose own event-loop delays show up in what it measures.
 `--profile SECONDS` then drives the 2× load again, unmeasured, for that long under `py-spy`
 (bench/profiling.py) and prints where the gateway, the tokenizer, the engine and this
@@ -165,7 +168,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--per-replica", type=int, default=8, help="admission slots")
+    parser.add_argument("--per-replica", type=int, default=4, help="admission slots")
     parser.add_argument("--seconds", type=float, default=30.0, help="seconds per phase")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--model", default="tiny-llama")
