@@ -40,7 +40,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common import tracing
+from services.common import heap, tracing
 from services.common.errors import GENERIC_INTERNAL_MESSAGE, HfmeshError, Unavailable
 from services.common.health import HealthServicer
 from services.common.interceptors import streaming_handler
@@ -198,8 +198,11 @@ class GrpcServiceRunner:
         min_client_ping_ms: int = MIN_CLIENT_PING_MS,
         interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
         tls: TlsConfig | None = None,
+        settle_heap: bool = False,
     ) -> None:
         self.host = host
+        #: The process is this service's own: once loaded, its heap is frozen (`heap.settle`).
+        self.settle_heap = settle_heap
         #: TLS (mutual with a CA) on the port, the files re-read when they change; None: plain.
         self.certificates = CertificateFiles(tls) if tls is not None and tls.enabled else None
         self.port = port
@@ -340,6 +343,8 @@ async def serve(
         if load is not None and not await _unless_stopped(runner, load()):
             await runner.drain_and_stop()
             return
+        if runner.settle_heap:  # what the load built, out of the collector's way
+            heap.settle()
         await runner.set_serving(True)
         logger.info("serving on port %d", port)
         try:

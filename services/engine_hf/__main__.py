@@ -41,6 +41,7 @@ async def run(settings: HFEngineSettings, models: list[HFEngineSettings]) -> int
         grace_seconds=settings.drain_grace,
         max_message_bytes=settings.max_message_bytes,
         tls=settings.tls,
+        settle_heap=True,
     )
     runner.add(lambda server: add_GRPCInferenceServiceServicer_to_server(servicer, server))
     if settings.metrics_port:

@@ -31,11 +31,11 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import gc
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+from services.common import heap
 from services.common.engine import (
     EncodeRequest,
     EncodeResult,
@@ -96,11 +96,11 @@ def model_settings(settings: HFEngineSettings) -> list[HFEngineSettings]:
 
 def release_memory() -> None:
     """Give freed memory back to the system: collect cycles (an engine and its batcher refer to
-    each other), empty torch's CUDA cache, and trim glibc's heap (freed small allocations
-    otherwise stay in the process)."""
+    each other; `heap.collect` reaches what the start froze too), empty torch's CUDA cache, and
+    trim glibc's heap (freed small allocations otherwise stay in the process)."""
     import torch
 
-    gc.collect()
+    heap.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     libc = ctypes.util.find_library("c")
@@ -180,6 +180,7 @@ class ModelRepository:
             except Exception as error:  # noqa: BLE001 - reported to the caller, not fatal
                 logger.exception("loading %s failed", name)
                 raise Unavailable(f"model '{name}' failed to load: {error}") from None
+            await asyncio.to_thread(heap.collect)
 
     async def unload_model(self, name: str) -> None:
         if name not in self._configs:

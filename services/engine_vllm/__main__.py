@@ -35,6 +35,7 @@ async def run(engine: VLLMEngine, settings: VLLMEngineSettings) -> int:
         grace_seconds=settings.drain_grace,
         max_message_bytes=settings.max_message_bytes,
         tls=settings.tls,
+        settle_heap=True,
     )
     servicer = InferenceServicer(
         engine, server_name=SERVER_NAME, max_pending=settings.max_pending_requests

@@ -10,13 +10,14 @@ import argparse
 import math
 import secrets
 import signal
+import socket
 import sys
 from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
 
-from services.common import tracing
+from services.common import heap, tracing
 from services.common.errors import HfmeshError
 from services.common.logs import configure_logging
 from services.gateway.app import build_app
@@ -79,11 +80,15 @@ def _drained(sig: int, frame: FrameType | None) -> None:
 class DrainingServer(uvicorn.Server):
     """uvicorn, whose SIGTERM also turns the gateway's readiness to 503 at once (uvicorn
     itself stops accepting connections and lets requests in flight finish within the
-    grace)."""
+    grace), and which settles the heap once the app has started (`services.common.heap`)."""
 
     def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
         super().__init__(config)
         self.gateway_app = app
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        heap.settle()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.gateway_app.state.gateway.draining = True

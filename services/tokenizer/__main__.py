@@ -92,6 +92,7 @@ async def main(argv: list[str] | None = None) -> None:
         grace_seconds=settings.drain_grace,
         max_message_bytes=settings.max_message_bytes,
         tls=settings.tls,
+        settle_heap=True,
     )
     runner.add(lambda server: pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server))
     core: list[TokenizerCore] = []
