@@ -14,7 +14,7 @@ import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
-from services.common import tracing
+from services.common import heap, tracing
 from services.common.engine import (
     EncodeRequest,
     EncodeResult,
@@ -306,3 +306,4 @@ class HFEngine:
         if self.adapters is None or name not in self.adapters.names():
             raise NotFound(f"unknown adapter '{name}'")
         self.adapters.unload(name)
+        await asyncio.to_thread(heap.collect)  # an adapter loaded at start may sit frozen
