@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc  # noqa: E402
 
+from services.common.codec import InferRequest, Tensor, as_bytes_array  # noqa: E402
+from services.common.converters import infer_request_to_pb  # noqa: E402
 from services.common.pb import inference_pb2 as pb  # noqa: E402
 from services.common.pb import inference_pb2_grpc as pb_grpc  # noqa: E402
 from services.launcher.processes import free_port  # noqa: E402
@@ -45,13 +47,9 @@ async def serve(port: int) -> None:
 
 
 def request() -> pb.ModelInferRequest:
-    """One sentence as BYTES, as the gateway sends an encoder's text."""
-    message = pb.ModelInferRequest(model_name="bench", id="1")
-    tensor = message.inputs.add(name="text", datatype="BYTES")
-    tensor.shape.append(1)
-    text = b"The quick brown fox jumps over the lazy dog."
-    message.raw_input_contents.append(len(text).to_bytes(4, "little") + text)
-    return message
+    """One sentence as BYTES, encoded as the gateway encodes an encoder's text."""
+    text = Tensor("text", "BYTES", as_bytes_array(["The quick brown fox jumps over the lazy dog."]))
+    return infer_request_to_pb(InferRequest("bench", [text], id="1"), raw=True)
 
 
 def aio_caller(target: str) -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable]]:
