@@ -306,4 +306,4 @@ class HFEngine:
         if self.adapters is None or name not in self.adapters.names():
             raise NotFound(f"unknown adapter '{name}'")
         self.adapters.unload(name)
-        await asyncio.to_thread(heap.collect)  # an adapter loaded at start may sit frozen
+        await asyncio.to_thread(heap.resettle)

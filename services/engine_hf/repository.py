@@ -180,7 +180,7 @@ class ModelRepository:
             except Exception as error:  # noqa: BLE001 - reported to the caller, not fatal
                 logger.exception("loading %s failed", name)
                 raise Unavailable(f"model '{name}' failed to load: {error}") from None
-            await asyncio.to_thread(heap.collect)
+            await asyncio.to_thread(heap.resettle)
 
     async def unload_model(self, name: str) -> None:
         if name not in self._configs:

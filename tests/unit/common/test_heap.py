@@ -59,6 +59,17 @@ def test_collect_in_a_process_that_never_settled_is_a_plain_collection():
     assert gc.get_freeze_count() == 0
 
 
+def test_resettle_acts_only_where_the_heap_was_settled():
+    heap.resettle()
+    assert gc.get_freeze_count() == 0
+    node, ref = _cycle()
+    heap.settle()
+    del node
+    heap.resettle()
+    assert ref() is None
+    assert gc.get_freeze_count() > 0
+
+
 @pytest.mark.parametrize("settle", [True, False])
 async def test_a_runner_settles_once_loaded_only_when_asked(settle):
     loaded = asyncio.Event()
